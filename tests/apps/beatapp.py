@@ -1,0 +1,95 @@
+"""Celery app for beat subprocesses in tests; configured only from ``SRB_*`` env vars.
+
+SRB_REDIS_URL   redbeat_redis_url (required)
+SRB_BROKER_URL  broker_url (default: SRB_REDIS_URL)
+SRB_KEY_PREFIX  redbeat_key_prefix (optional)
+SRB_INSTANCE    safe_redbeat_instance_name (optional)
+SRB_SETTINGS    JSON object merged into app.conf last (overrides everything above)
+SRB_SCHEDULE    JSON object {name: {"task": str, "every": seconds | "cron": "m h dom mon dow",
+                "args": [...], "kwargs": {...}, "options": {...}}}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery
+from celery.schedules import BaseSchedule, crontab, schedule
+
+
+def _json_env(name: str) -> dict[str, Any]:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return {}
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise TypeError(f"${name} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def build_entry(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    if "every" in spec:
+        run_every: BaseSchedule = schedule(timedelta(seconds=float(spec["every"])))
+    elif "cron" in spec:
+        fields = str(spec["cron"]).split()
+        if len(fields) != 5:
+            raise ValueError(f"entry {name!r}: cron needs 5 fields, got {spec['cron']!r}")
+        minute, hour, day_of_month, month_of_year, day_of_week = fields
+        run_every = crontab(
+            minute=minute,
+            hour=hour,
+            day_of_month=day_of_month,
+            month_of_year=month_of_year,
+            day_of_week=day_of_week,
+        )
+    else:
+        raise ValueError(f"entry {name!r}: needs 'every' or 'cron'")
+    entry: dict[str, Any] = {"task": spec["task"], "schedule": run_every}
+    if "args" in spec:
+        entry["args"] = tuple(spec["args"])
+    if "kwargs" in spec:
+        entry["kwargs"] = dict(spec["kwargs"])
+    if "options" in spec:
+        entry["options"] = dict(spec["options"])
+    return entry
+
+
+def build_schedule(specs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: build_entry(name, spec) for name, spec in specs.items()}
+
+
+def create_app() -> Celery:
+    redis_url = os.environ.get("SRB_REDIS_URL")
+    if not redis_url:
+        raise RuntimeError("tests.apps.beatapp needs $SRB_REDIS_URL (set by BeatProcess)")
+    app = Celery("beatapp")
+    app.conf.update(
+        broker_url=os.environ.get("SRB_BROKER_URL") or redis_url,
+        redbeat_redis_url=redis_url,
+        timezone="UTC",
+        beat_enable_remote_control=False,
+        broker_connection_retry_on_startup=True,
+        # No result backend: keep celery.backend_cleanup out of the schedule.
+        result_expires=None,
+        beat_schedule=build_schedule(_json_env("SRB_SCHEDULE")),
+    )
+    if os.environ.get("SRB_KEY_PREFIX"):
+        app.conf.redbeat_key_prefix = os.environ["SRB_KEY_PREFIX"]
+    if os.environ.get("SRB_INSTANCE"):
+        app.conf.safe_redbeat_instance_name = os.environ["SRB_INSTANCE"]
+    app.conf.update(_json_env("SRB_SETTINGS"))
+    return app
+
+
+app = create_app()
+
+
+def _noop(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+# Registered as "noop"; the explicit call keeps mypy --strict happy (celery is untyped).
+noop = app.task(name="noop")(_noop)

