@@ -1,0 +1,147 @@
+"""Settings, read from the Celery app's configuration and validated once at start.
+
+Every setting is a lowercase Celery setting prefixed ``safe_redbeat_``; under Django's
+``CELERY_`` namespace the same setting is ``CELERY_SAFE_REDBEAT_...``. A setting present
+with the value ``0`` or ``None`` is taken as given, never as "unset".
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .errors import ConfigurationError
+
+__all__ = ["CATCH_UP_POLICIES", "Settings"]
+
+PREFIX = "safe_redbeat_"
+
+#: ``run_once``: after an outage, a missed entry runs once now (Celery's behaviour).
+#: ``skip``: an occurrence later than ``catch_up_grace_seconds`` is skipped, not sent.
+CATCH_UP_POLICIES = ("run_once", "skip")
+
+
+def _default_instance_name() -> str:
+    return os.environ.get("HOSTNAME") or socket.gethostname()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated safe_redbeat settings; build with :meth:`from_app` or directly in tests."""
+
+    #: How long the lease lives in Redis after each renewal. A standby takes over at most
+    #: this long (plus one ``retry_seconds``) after the leader dies without releasing.
+    lease_seconds: float = 15.0
+    #: The leader stops dispatching when it has not renewed for this long. Smaller than
+    #: ``lease_seconds``, so a leader always stops before a standby may start.
+    renew_seconds: float = 10.0
+    #: How often the leader renews and a standby tries to acquire.
+    retry_seconds: float = 2.0
+    #: Upper bound of the exponential backoff used while Redis is failing.
+    backoff_max_seconds: float = 30.0
+    #: Socket timeout of the scheduler's own Redis connection; a stalled Redis fails a call
+    #: after this long instead of hanging the tick. Must be below ``renew_seconds``.
+    socket_timeout: float = 5.0
+    #: Due entries read, claimed and published per batch (one claim script per batch).
+    batch_size: int = 1000
+    #: What to do with an occurrence missed during an outage; see ``CATCH_UP_POLICIES``.
+    catch_up: str = "run_once"
+    #: With ``catch_up="skip"``, how late an occurrence may be and still be sent.
+    catch_up_grace_seconds: float = 60.0
+    #: Shown in the lease value and logs; defaults to ``$HOSTNAME`` (the pod name on k8s).
+    instance_name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.instance_name:
+            object.__setattr__(self, "instance_name", _default_instance_name())
+        self.validate()
+
+    @classmethod
+    def from_app(cls, app: Any) -> Settings:
+        """Read ``safe_redbeat_*`` settings from ``app.conf``; raise ConfigurationError."""
+        return cls.from_mapping(app.conf)
+
+    @classmethod
+    def from_mapping(cls, conf: Mapping[str, Any]) -> Settings:
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = PREFIX + f.name
+            if name not in conf:
+                continue
+            values[f.name] = _coerce(name, conf[name], f.default)
+        return cls(**values)
+
+    def validate(self) -> None:
+        for name in (
+            "lease_seconds",
+            "renew_seconds",
+            "retry_seconds",
+            "backoff_max_seconds",
+            "socket_timeout",
+            "catch_up_grace_seconds",
+        ):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise ConfigurationError(
+                    f"{PREFIX}{name} must be a positive number of seconds, got {value!r}",
+                    PREFIX + name,
+                )
+        if not (self.lease_seconds > self.renew_seconds > 1.2 * self.retry_seconds):
+            raise ConfigurationError(
+                "lease settings must satisfy "
+                f"{PREFIX}lease_seconds > {PREFIX}renew_seconds > 1.2 * {PREFIX}retry_seconds;"
+                f" got lease={self.lease_seconds}, renew={self.renew_seconds},"
+                f" retry={self.retry_seconds}",
+                PREFIX + "lease_seconds",
+                PREFIX + "renew_seconds",
+                PREFIX + "retry_seconds",
+            )
+        if self.socket_timeout >= self.renew_seconds:
+            raise ConfigurationError(
+                f"{PREFIX}socket_timeout ({self.socket_timeout}) must be below "
+                f"{PREFIX}renew_seconds ({self.renew_seconds}), or a stalled Redis call "
+                "outlives the renew deadline",
+                PREFIX + "socket_timeout",
+                PREFIX + "renew_seconds",
+            )
+        if self.backoff_max_seconds < self.retry_seconds:
+            raise ConfigurationError(
+                f"{PREFIX}backoff_max_seconds ({self.backoff_max_seconds}) must be at least "
+                f"{PREFIX}retry_seconds ({self.retry_seconds})",
+                PREFIX + "backoff_max_seconds",
+            )
+        if self.batch_size < 1:
+            raise ConfigurationError(
+                f"{PREFIX}batch_size must be a positive integer, got {self.batch_size!r}",
+                PREFIX + "batch_size",
+            )
+        if self.catch_up not in CATCH_UP_POLICIES:
+            raise ConfigurationError(
+                f"{PREFIX}catch_up must be one of {', '.join(CATCH_UP_POLICIES)}, "
+                f"got {self.catch_up!r}",
+                PREFIX + "catch_up",
+            )
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """Convert a configured value to the type of the default, or name the setting."""
+    kind = type(default)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigurationError(f"{name} must be a string, got {value!r}", name)
+        return value
+    if isinstance(value, bool) or value is None:
+        raise ConfigurationError(f"{name} must be a number, got {value!r}", name)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{name} must be a number, got {value!r}", name) from None
+    if kind is int:
+        if number != int(number):
+            raise ConfigurationError(f"{name} must be an integer, got {value!r}", name)
+        return int(number)
+    return number

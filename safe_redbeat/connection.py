@@ -1,0 +1,56 @@
+"""The scheduler's own Redis client, built from RedBeat's connection settings.
+
+RedBeat's ``get_redis`` honours ``redbeat_redis_url`` and ``redbeat_redis_options``
+(Sentinel, SSL, Cluster); we reuse it and then make sure no call can block for longer than
+``safe_redbeat_socket_timeout``, so a stalled Redis cannot outlive the renew deadline.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from kombu.utils.url import maybe_sanitize_url
+from redbeat.schedulers import get_redis
+from redis.sentinel import SentinelConnectionPool
+
+__all__ = ["sanitize_url", "scheduler_client"]
+
+
+def sanitize_url(url: str | None) -> str:
+    """A Redis URL with its password masked, for logs and CLI output."""
+    return str(maybe_sanitize_url(url or ""))
+
+
+def scheduler_client(app: Any, socket_timeout: float) -> Any:
+    """A Redis client for the scheduler: RedBeat's settings, bounded socket timeouts.
+
+    RedBeat's ``RetryingConnection`` wrapper is removed: the scheduler decides itself when
+    to retry (it must not block the tick for the wrapper's retry period).
+    """
+    client = get_redis(app)
+    client = getattr(client, "wrapped_connection", client)
+    if not isinstance(client, redis.Redis):
+        return client  # RedisCluster: used as configured
+    pool = client.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    if kwargs.get("socket_timeout") is not None and kwargs.get("socket_connect_timeout"):
+        return client
+    kwargs["socket_timeout"] = kwargs.get("socket_timeout") or socket_timeout
+    kwargs["socket_connect_timeout"] = kwargs.get("socket_connect_timeout") or socket_timeout
+    new_pool: redis.ConnectionPool
+    if isinstance(pool, SentinelConnectionPool):
+        kwargs.pop("connection_pool", None)
+        new_pool = SentinelConnectionPool(  # type: ignore[no-untyped-call]
+            pool.service_name,
+            pool.sentinel_manager,
+            connection_class=pool.connection_class,
+            **{k: v for k, v in kwargs.items() if k != "connection_class"},
+        )
+    else:
+        new_pool = pool.__class__(
+            connection_class=pool.connection_class,
+            max_connections=pool.max_connections,
+            **kwargs,
+        )
+    return redis.Redis(connection_pool=new_pool)

@@ -1,0 +1,198 @@
+"""Plan, claim and describe the occurrences of one batch of due entries.
+
+An *occurrence* is one entry at one scheduled time: the entry's ZSET score when it was
+claimed. Its task id is derived from both (uuid5), so any leader that sends the same
+occurrence sends the same id, and a worker-side guard can drop a second copy.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .entries import StoredEntry, encode_meta, next_score, to_timestamp
+
+__all__ = [
+    "HEADER_ENTRY",
+    "HEADER_FENCE",
+    "HEADER_SCHEDULED",
+    "ClaimOp",
+    "Occurrence",
+    "Plan",
+    "plan_batch",
+    "task_id_for",
+]
+
+#: Message headers set on every task we send.
+HEADER_FENCE = "safe_redbeat_fence"
+HEADER_SCHEDULED = "safe_redbeat_scheduled"
+HEADER_ENTRY = "safe_redbeat_entry"
+
+_TASK_ID_NAMESPACE = uuid.UUID("6f1c1d56-3f43-4a52-9d1e-6a0f2f6b7c15")
+
+# claim.lua's per operation result codes
+CLAIMED = 1
+SCORE_MOVED = 0
+GONE = 2
+VERSION_CHANGED = 3
+
+
+def task_id_for(entry_key: str, scheduled: int) -> str:
+    """Deterministic task id of the occurrence of ``entry_key`` scheduled at ``scheduled``."""
+    return str(uuid.uuid5(_TASK_ID_NAMESPACE, f"{entry_key}\x00{scheduled}"))
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    """A claimed occurrence: everything needed to publish it, now or after a crash."""
+
+    task_id: str
+    entry: str
+    task: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    options: dict[str, Any]
+    scheduled: int
+    fence: int
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "entry": self.entry,
+                "task": self.task,
+                "args": self.args,
+                "kwargs": self.kwargs,
+                "options": self.options,
+                "scheduled": self.scheduled,
+                "fence": self.fence,
+            },
+            separators=(",", ":"),
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, task_id: str, raw: str) -> Occurrence:
+        data = json.loads(raw)
+        return cls(
+            task_id=task_id,
+            entry=str(data["entry"]),
+            task=str(data["task"]),
+            args=list(data.get("args") or []),
+            kwargs=dict(data.get("kwargs") or {}),
+            options=dict(data.get("options") or {}),
+            scheduled=int(data["scheduled"]),
+            fence=int(data["fence"]),
+        )
+
+    def headers(self, sender_fence: int) -> dict[str, Any]:
+        return {
+            "celery_beat_task": True,
+            HEADER_FENCE: sender_fence,
+            HEADER_SCHEDULED: self.scheduled,
+            HEADER_ENTRY: self.entry,
+        }
+
+
+@dataclass(frozen=True)
+class ClaimOp:
+    """One operation of ``claim.lua``: claim an occurrence, or just move a score."""
+
+    key: str
+    expected_score: float
+    expected_version: str
+    new_score: int
+    new_meta: str = ""
+    occurrence: Occurrence | None = None
+
+    def argv(self) -> list[str]:
+        record = ""
+        if self.occurrence is not None:
+            record = f"{self.occurrence.task_id} {self.occurrence.to_json()}"
+        return [
+            _score_text(self.expected_score),
+            self.expected_version,
+            str(self.new_score),
+            self.new_meta,
+            record,
+        ]
+
+
+@dataclass
+class Plan:
+    """What one batch asks Redis to do, and when the scheduler should look again."""
+
+    ops: list[ClaimOp] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    #: Seconds until the earliest selected-but-not-yet-due entry is due.
+    next_due_in: float | None = None
+
+    def note_next(self, seconds: float) -> None:
+        if self.next_due_in is None or seconds < self.next_due_in:
+            self.next_due_in = seconds
+
+
+def _score_text(score: float) -> str:
+    return str(int(score)) if float(score).is_integer() else repr(score)
+
+
+def plan_batch(
+    entries: Iterable[StoredEntry],
+    *,
+    now: datetime,
+    fence: int,
+    disabled_recheck_seconds: float,
+    catch_up: str = "run_once",
+    catch_up_grace_seconds: float = 60.0,
+) -> Plan:
+    """Decide, for each due entry read from Redis, what the claim script should do."""
+    plan = Plan()
+    now_ts = to_timestamp(now)
+    for entry in entries:
+        scheduled = int(entry.score)
+        if not entry.enabled:
+            plan.ops.append(
+                ClaimOp(
+                    entry.key, entry.score, entry.version, now_ts + int(disabled_recheck_seconds)
+                )
+            )
+            continue
+        due, next_seconds = entry.is_due()
+        if not due:
+            plan.note_next(next_seconds)
+            corrected = next_score(entry.schedule, entry.last_run_at, now)
+            if corrected != scheduled:
+                plan.ops.append(ClaimOp(entry.key, entry.score, entry.version, corrected))
+            continue
+        new_score = next_score(entry.schedule, now, now)
+        if new_score != -1 and new_score <= scheduled:
+            new_score = scheduled + 1
+        if catch_up == "skip" and now_ts - scheduled > catch_up_grace_seconds:
+            plan.skipped.append(entry.name)
+            meta = encode_meta(now, entry.total_run_count)
+            plan.ops.append(ClaimOp(entry.key, entry.score, entry.version, new_score, meta))
+            continue
+        occurrence = Occurrence(
+            task_id=task_id_for(entry.key, scheduled),
+            entry=entry.name,
+            task=entry.task,
+            args=entry.args,
+            kwargs=entry.kwargs,
+            options=entry.options,
+            scheduled=scheduled,
+            fence=fence,
+        )
+        meta = encode_meta(now, entry.total_run_count + 1)
+        plan.ops.append(ClaimOp(entry.key, entry.score, entry.version, new_score, meta, occurrence))
+    return plan
+
+
+def claim_arguments(token: str, ops: Sequence[ClaimOp]) -> tuple[list[str], list[str]]:
+    """KEYS tail and ARGV of ``claim.lua`` for ``ops`` (after the three fixed keys)."""
+    argv = [token]
+    for op in ops:
+        argv.extend(op.argv())
+    return [op.key for op in ops], argv

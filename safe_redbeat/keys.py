@@ -1,0 +1,55 @@
+"""Redis key names: RedBeat's, plus the few safe_redbeat adds beside them.
+
+All keys start with RedBeat's ``redbeat_key_prefix``. On Redis Cluster, put a hash tag in
+the prefix (``{redbeat}:``) so lease, schedule and entries share one slot and the fenced
+scripts can touch them together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Keys"]
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str
+    #: RedBeat's lock key, which is also our lease key (so stock RedBeat and we exclude
+    #: each other).
+    lease: str
+
+    @classmethod
+    def from_app(cls, app: Any) -> Keys:
+        """Keys as RedBeat names them for ``app`` (RedBeat's config must be loaded)."""
+        conf = app.redbeat_conf
+        lock_key = conf.lock_key or conf.key_prefix + ":lock"
+        return cls(prefix=conf.key_prefix, lease=lock_key)
+
+    @property
+    def schedule(self) -> str:
+        """ZSET: member = entry key, score = next due UTC timestamp (-1 = never)."""
+        return self.prefix + ":schedule"
+
+    @property
+    def statics(self) -> str:
+        """SET of entry names that came from ``beat_schedule``."""
+        return self.prefix + ":statics"
+
+    @property
+    def fence(self) -> str:
+        """STRING: the last fence number handed out; only grows."""
+        return self.prefix + ":fence"
+
+    @property
+    def pending(self) -> str:
+        """HASH: task id -> JSON record of a claimed occurrence not yet published."""
+        return self.prefix + ":pending"
+
+    def entry(self, name: str) -> str:
+        """HASH of one entry (fields ``definition``, ``meta``, ``version``)."""
+        return self.prefix + name
+
+    def name_of(self, key: str) -> str:
+        return key[len(self.prefix) :] if key.startswith(self.prefix) else key

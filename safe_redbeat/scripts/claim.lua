@@ -1,0 +1,54 @@
+-- Claim due occurrences, fenced: nothing is written unless the lease still holds our token.
+--
+-- KEYS[1]   - lease key
+-- KEYS[2]   - schedule ZSET
+-- KEYS[3]   - pending HASH (task id -> record of a claimed, unpublished occurrence)
+-- KEYS[3+i] - entry HASH of operation i
+-- ARGV[1]   - our lease token
+-- then 5 values per operation i, starting at ARGV[2 + 5 * (i - 1)]:
+--   expected score   - the ZSET score read when the occurrence was planned
+--   expected version - the entry's `version` field read then ('0' if it had none)
+--   new score        - next due timestamp ('-1' = never again)
+--   new meta         - JSON for the `meta` field, or '' to leave meta alone (a plain move)
+--   pending record   - '<task id> <JSON>' to record before publishing, or '' (no publish)
+--
+-- return {1, code_1, ..., code_n} when the lease is ours, with per operation:
+--   1 - done;  0 - the score moved meanwhile (claimed by someone, or rescheduled);
+--   3 - the definition changed meanwhile (version differs);
+--   2 - the entry HASH is gone: its ZSET member is dropped (it pointed at nothing).
+-- return {0} when the lease is not ours: nothing was written.
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return {0}
+end
+local codes = {1}
+local n = #KEYS - 3
+for i = 1, n do
+    local key = KEYS[3 + i]
+    local base = 2 + 5 * (i - 1)
+    local code = 1
+    if redis.call('EXISTS', key) == 0 then
+        redis.call('ZREM', KEYS[2], key)
+        code = 2
+    else
+        local score = redis.call('ZSCORE', KEYS[2], key)
+        local version = redis.call('HGET', key, 'version') or '0'
+        if (not score) or tonumber(score) ~= tonumber(ARGV[base]) then
+            code = 0
+        elseif version ~= ARGV[base + 1] then
+            code = 3
+        else
+            if ARGV[base + 3] ~= '' then
+                redis.call('HSET', key, 'meta', ARGV[base + 3])
+            end
+            redis.call('ZADD', KEYS[2], ARGV[base + 2], key)
+            local record = ARGV[base + 4]
+            if record ~= '' then
+                local sep = string.find(record, ' ', 1, true)
+                redis.call('HSET', KEYS[3], string.sub(record, 1, sep - 1),
+                           string.sub(record, sep + 1))
+            end
+        end
+    end
+    codes[i + 1] = code
+end
+return codes

@@ -1,0 +1,31 @@
+-- Remove one entry (definition, meta and schedule slot), versioned, optionally fenced.
+-- Pending records of occurrences already claimed are left alone: they are still sent.
+--
+-- KEYS[1] - entry HASH
+-- KEYS[2] - schedule ZSET
+-- KEYS[3] - lease key
+-- KEYS[4] - statics SET (names that came from beat_schedule)
+-- ARGV[1] - lease token, or '' for a write that is not fenced
+-- ARGV[2] - expected version, or '' to accept any
+-- ARGV[3] - entry name (its member in the statics SET)
+--
+-- return {1, version}  removed (version it had);
+-- return {2, false}    there was no such entry (its ZSET member and statics name dropped);
+-- return {0, false}    fenced out;
+-- return {-1, version} version conflict, nothing removed.
+if ARGV[1] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[1] then
+    return {0, false}
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+    redis.call('ZREM', KEYS[2], KEYS[1])
+    redis.call('SREM', KEYS[4], ARGV[3])
+    return {2, false}
+end
+local version = tonumber(redis.call('HGET', KEYS[1], 'version') or '0') or 0
+if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= version then
+    return {-1, version}
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], KEYS[1])
+redis.call('SREM', KEYS[4], ARGV[3])
+return {1, version}
