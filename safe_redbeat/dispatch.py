@@ -41,9 +41,12 @@ GONE = 2
 VERSION_CHANGED = 3
 
 
-def task_id_for(entry_key: str, scheduled: int) -> str:
-    """Deterministic task id of the occurrence of ``entry_key`` scheduled at ``scheduled``."""
-    return str(uuid.uuid5(_TASK_ID_NAMESPACE, f"{entry_key}\x00{scheduled}"))
+def task_id_for(entry_key: str, scheduled: int, kind: str = "") -> str:
+    """Deterministic task id of the occurrence of ``entry_key`` scheduled at ``scheduled``.
+
+    ``kind`` separates occurrences that are not part of the schedule (``"run_now"``).
+    """
+    return str(uuid.uuid5(_TASK_ID_NAMESPACE, f"{entry_key}\x00{scheduled}{kind}"))
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,12 @@ def plan_batch(
     now_ts = to_timestamp(now)
     for entry in entries:
         scheduled = int(entry.score)
+        if entry.run_now is not None:
+            # a manual run: sent once, the regular schedule and last run stay as they were
+            occurrence = _occurrence(entry, entry.run_now, fence, kind="\x00run_now")
+            regular = next_score(entry.schedule, entry.last_run_at, now)
+            plan.ops.append(ClaimOp(entry.key, entry.score, entry.version, regular, "", occurrence))
+            continue
         if not entry.enabled:
             plan.ops.append(
                 ClaimOp(
@@ -175,19 +184,23 @@ def plan_batch(
             meta = encode_meta(now, entry.total_run_count)
             plan.ops.append(ClaimOp(entry.key, entry.score, entry.version, new_score, meta))
             continue
-        occurrence = Occurrence(
-            task_id=task_id_for(entry.key, scheduled),
-            entry=entry.name,
-            task=entry.task,
-            args=entry.args,
-            kwargs=entry.kwargs,
-            options=entry.options,
-            scheduled=scheduled,
-            fence=fence,
-        )
+        occurrence = _occurrence(entry, scheduled, fence)
         meta = encode_meta(now, entry.total_run_count + 1)
         plan.ops.append(ClaimOp(entry.key, entry.score, entry.version, new_score, meta, occurrence))
     return plan
+
+
+def _occurrence(entry: StoredEntry, scheduled: int, fence: int, kind: str = "") -> Occurrence:
+    return Occurrence(
+        task_id=task_id_for(entry.key, scheduled, kind),
+        entry=entry.name,
+        task=entry.task,
+        args=entry.args,
+        kwargs=entry.kwargs,
+        options=entry.options,
+        scheduled=scheduled,
+        fence=fence,
+    )
 
 
 def claim_arguments(token: str, ops: Sequence[ClaimOp]) -> tuple[list[str], list[str]]:

@@ -54,6 +54,8 @@ class StoredEntry:
     version: str
     score: float
     meta_raw: str | None = field(default=None, repr=False)
+    #: a pending "run now" request: the Redis time (whole seconds) it was made at
+    run_now: int | None = None
 
     def is_due(self) -> tuple[bool, float]:
         """Celery's answer for this entry at the schedule's ``now``."""
@@ -76,6 +78,7 @@ def decode_entry(
     *,
     app: Any,
     nowfun: Any = None,
+    run_now_raw: str | None = None,
 ) -> StoredEntry:
     """Decode an entry hash; raise InvalidEntry naming the key and the bad field."""
     if not definition_raw:
@@ -114,7 +117,14 @@ def decode_entry(
     version = version_raw if version_raw is not None else "0"
     if not version.isdigit():
         raise _fail(key, "version", f"must be a non-negative integer, got {version!r}")
+    run_now: int | None = None
+    if run_now_raw:
+        try:
+            run_now = int(float(run_now_raw))
+        except ValueError:
+            raise _fail(key, "run_now", f"must be a timestamp, got {run_now_raw!r}") from None
     return StoredEntry(
+        run_now=run_now,
         key=key,
         name=name,
         task=task,

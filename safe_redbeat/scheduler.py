@@ -322,14 +322,14 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             return batch
         with self.client.pipeline(transaction=False) as pipe:
             for key, _score in due:
-                pipe.hmget(key, "definition", "meta", "version")
+                pipe.hmget(key, "definition", "meta", "version", "run_now")
             rows = pipe.execute()
 
         def nowfun() -> datetime:
             return batch.now
 
-        for (key, score), (definition, meta, version) in zip(due, rows, strict=True):
-            if definition is None and meta is None and version is None:
+        for (key, score), (definition, meta, version, run_now) in zip(due, rows, strict=True):
+            if definition is None and meta is None and version is None and run_now is None:
                 # a ZSET member without its hash: the claim script drops the member
                 batch.ops.append(ClaimOp(key, score, "0", -1))
                 continue

@@ -10,7 +10,8 @@
 --   expected version - the entry's `version` field read then ('0' if it had none)
 --   new score        - next due timestamp ('-1' = never again)
 --   new meta         - JSON for the `meta` field, or '' to leave meta alone (a plain move)
---   pending record   - '<task id> <JSON>' to record before publishing, or '' (no publish)
+--   pending record   - '<task id> <JSON>' to record before publishing, or '' (no publish);
+--                      a recorded publish also clears the entry's `run_now` request
 --
 -- return {1, code_1, ..., code_n} when the lease is ours, with per operation:
 --   1 - done;  0 - the score moved meanwhile (claimed by someone, or rescheduled);
@@ -46,6 +47,7 @@ for i = 1, n do
                 local sep = string.find(record, ' ', 1, true)
                 redis.call('HSET', KEYS[3], string.sub(record, 1, sep - 1),
                            string.sub(record, sep + 1))
+                redis.call('HDEL', key, 'run_now')
             end
         end
     end
