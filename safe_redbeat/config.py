@@ -19,6 +19,7 @@ from .errors import ConfigurationError
 __all__ = ["CATCH_UP_POLICIES", "Settings"]
 
 PREFIX = "safe_redbeat_"
+_UNSET = object()
 
 #: ``run_once``: after an outage, a missed entry runs once now (Celery's behaviour).
 #: ``skip``: an occurrence later than ``catch_up_grace_seconds`` is skipped, not sent.
@@ -70,9 +71,11 @@ class Settings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             name = PREFIX + f.name
-            if name not in conf:
+            # ``get``, not ``in``: Celery resolves Django's CELERY_ prefix only on lookup
+            value = conf.get(name, _UNSET)
+            if value is _UNSET:
                 continue
-            values[f.name] = _coerce(name, conf[name], f.default)
+            values[f.name] = _coerce(name, value, f.default)
         return cls(**values)
 
     def validate(self) -> None:
