@@ -63,8 +63,9 @@ def first_with_new_fence(
 
 
 def assert_no_duplicates(messages: list[Message]) -> None:
-    occurrences = [(m.headers["safe_redbeat_entry"], m.headers["safe_redbeat_scheduled"])
-                   for m in messages]
+    occurrences = [
+        (m.headers["safe_redbeat_entry"], m.headers["safe_redbeat_scheduled"]) for m in messages
+    ]
     assert len(occurrences) == len(set(occurrences)), "an occurrence was sent twice"
     ids = [m.task_id for m in messages]
     assert len(ids) == len(set(ids)), "a task id was sent twice"
@@ -89,8 +90,9 @@ def test_two_replicas_exactly_one_dispatches(
     leader = leader_of(procs, redis_client)
     fences = {fence_of(m) for m in auditor.messages}
     assert len(fences) == 1, f"more than one leader sent: fences {fences}"
-    assert {m.headers["origin"] for m in auditor.messages} == {f"gen{leader.pid}@" + (
-        auditor.messages[0].headers["origin"].split("@", 1)[1])}
+    assert {m.headers["origin"] for m in auditor.messages} == {
+        f"gen{leader.pid}@" + (auditor.messages[0].headers["origin"].split("@", 1)[1])
+    }
     standby = next(p for p in procs if p is not leader)
     assert "acquired the lease" not in standby.log()
     assert "standby; the lease is held by" in standby.log()

@@ -90,13 +90,11 @@ def claim(scripts: Scripts, token: str, *ops: list[str], keys: list[str]) -> lis
     return [int(code) for code in result]
 
 
-def test_claim_by_a_stale_token_writes_nothing(
-    scripts: Scripts, redis_client: redis.Redis
-) -> None:
+def test_claim_by_a_stale_token_writes_nothing(scripts: Scripts, redis_client: redis.Redis) -> None:
     key = seed_entry(redis_client, "a", 100)
     acquire(scripts)
     before = {k: redis_client.dump(k) for k in redis_client.keys("*")}
-    codes = claim(scripts, "stale token", ["100", "0", "200", "{\"m\":1}", "id1 {}"], keys=[key])
+    codes = claim(scripts, "stale token", ["100", "0", "200", '{"m":1}', "id1 {}"], keys=[key])
     assert codes == [0]
     assert {k: redis_client.dump(k) for k in redis_client.keys("*")} == before
 
@@ -121,15 +119,14 @@ def test_claim_rejects_a_definition_that_changed_since_it_was_read(
     key = seed_entry(redis_client, "a", 100, version="3")
     token = acquire(scripts)
     assert claim(scripts, token, ["100", "2", "200", "", "id1 {}"], keys=[key]) == [
-        1, VERSION_CHANGED
+        1,
+        VERSION_CHANGED,
     ]
     assert redis_client.zscore(KEYS.schedule, key) == 100
     assert not redis_client.exists(KEYS.pending)
 
 
-def test_claim_drops_a_slot_whose_hash_is_gone(
-    scripts: Scripts, redis_client: redis.Redis
-) -> None:
+def test_claim_drops_a_slot_whose_hash_is_gone(scripts: Scripts, redis_client: redis.Redis) -> None:
     redis_client.zadd(KEYS.schedule, {"redbeat:ghost": 100})
     token = acquire(scripts)
     codes = claim(scripts, token, ["100", "0", "-1", "", ""], keys=["redbeat:ghost"])

@@ -25,9 +25,19 @@ def entry(
     sched = cron if cron is not None else schedule(timedelta(seconds=every or 60))
     sched.nowfun = lambda: NOW
     return StoredEntry(
-        key=f"redbeat:{name}", name=name, task="t", schedule=sched, args=[1], kwargs={"k": 2},
-        options={"queue": "q"}, enabled=enabled, last_run_at=last_run_at, total_run_count=4,
-        version="2", score=to_timestamp(NOW) if score is None else score, run_now=run_now,
+        key=f"redbeat:{name}",
+        name=name,
+        task="t",
+        schedule=sched,
+        args=[1],
+        kwargs={"k": 2},
+        options={"queue": "q"},
+        enabled=enabled,
+        last_run_at=last_run_at,
+        total_run_count=4,
+        version="2",
+        score=to_timestamp(NOW) if score is None else score,
+        run_now=run_now,
     )
 
 

@@ -1,0 +1,187 @@
+"""SafeRedBeatScheduler driven tick by tick in this process, against the real Redis.
+
+The monotonic clock is injected, so a pause (GC, SIGSTOP, VM freeze) is a jump of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from redbeat.schedulers import RedBeatSchedulerEntry
+
+from safe_redbeat import SafeRedBeatScheduler
+from safe_redbeat.dispatch import Occurrence
+from tests.support.beat import QueueAuditor
+
+pytestmark = pytest.mark.integration
+
+FAST = {
+    "safe_redbeat_lease_seconds": 3.0,
+    "safe_redbeat_renew_seconds": 2.0,
+    "safe_redbeat_retry_seconds": 0.5,
+    "safe_redbeat_socket_timeout": 1.0,
+}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def app(redis_url: str) -> Iterator[Celery]:
+    app = Celery("inprocess", set_as_current=False)
+    app.conf.update(
+        broker_url=redis_url,
+        redbeat_redis_url=redis_url,
+        timezone="UTC",
+        result_expires=None,
+        beat_max_loop_interval=5,
+        **FAST,
+    )
+    yield app
+    app.close()
+
+
+def make(app: Celery, clock: FakeClock | None = None, **settings: Any) -> SafeRedBeatScheduler:
+    app.conf.update(settings)
+    return SafeRedBeatScheduler(app=app, monotonic=clock or FakeClock())
+
+
+def add_due(app: Celery, names: list[str], every: int = 60) -> None:
+    past = datetime.now(timezone.utc) - timedelta(seconds=every * 2)
+    for name in names:
+        entry = RedBeatSchedulerEntry(name, "noop", timedelta(seconds=every), app=app)
+        entry.last_run_at = past
+        entry.save()
+
+
+def test_a_stale_leader_is_rejected_by_redis_not_by_its_own_check(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    auditor = QueueAuditor(redis_client)
+    leader = make(app)
+    leader.tick()
+    assert leader.is_leader
+    # Another replica took over while this one was paused; the pause was short enough
+    # that the old leader's own deadline check still passes.
+    redis_client.set("redbeat::lock", '99999999999999 {"host":"x","pid":1,"name":"other"}')
+    add_due(app, ["a", "b"])
+    schedule_before = redis_client.zrange("redbeat::schedule", 0, -1, withscores=True)
+    leader.tick()
+    assert not leader.is_leader
+    assert auditor.drain() == []
+    assert redis_client.zrange("redbeat::schedule", 0, -1, withscores=True) == schedule_before
+    assert not redis_client.exists("redbeat::pending")
+
+
+def test_lock_loss_never_raises_and_the_replica_reacquires(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    clock = FakeClock()
+    scheduler = make(app, clock)
+    scheduler.tick()
+    first = scheduler.lease.fence
+    redis_client.delete("redbeat::lock")
+    clock.now += 1  # renewal due
+    delay = scheduler.tick()  # finds out, demotes
+    assert not scheduler.is_leader and 0 < delay <= 0.5
+    scheduler.tick()  # reacquires
+    assert scheduler.is_leader and scheduler.lease.fence != first
+
+
+def test_a_paused_leader_reverifies_before_claiming(app: Celery, redis_client: redis.Redis) -> None:
+    clock = FakeClock()
+    scheduler = make(app, clock)
+    scheduler.tick()
+    redis_client.set("redbeat::lock", "taken by someone else")
+    add_due(app, ["a"])
+    clock.now += 60  # a long pause: far past the renew deadline
+    scheduler.tick()
+    assert not scheduler.is_leader
+    assert not redis_client.exists("redbeat::pending")
+    assert QueueAuditor(redis_client).drain() == []
+
+
+def test_a_crash_between_claim_and_publish_is_republished_with_the_same_id(
+    app: Celery, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    auditor = QueueAuditor(redis_client)
+    add_due(app, ["a", "b", "c"])
+    crashed = make(app)
+    monkeypatch.setattr(crashed, "_publish_claimed", lambda claimed: None)  # dies here
+    crashed.tick()
+    pending = redis_client.hgetall("redbeat::pending")
+    assert len(pending) == 3 and auditor.drain() == []
+    redis_client.delete("redbeat::lock")  # its lease expires
+    monkeypatch.undo()
+    successor = make(app)
+    successor.tick()
+    sent = {m.task_id for m in auditor.wait_for(lambda msgs: len(msgs) >= 3, timeout=5)}
+    assert sent == set(pending)
+    assert {Occurrence.from_json(k, v).entry for k, v in pending.items()} == {"a", "b", "c"}
+    assert not redis_client.exists("redbeat::pending")
+    successor.tick()
+    assert len(auditor.drain()) == 0, "an occurrence was sent twice"
+
+
+def test_a_long_tick_renews_between_batches(
+    app: Celery, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    scheduler = make(app, clock, safe_redbeat_batch_size=10)
+    scheduler.tick()
+    add_due(app, [f"e{i}" for i in range(45)])
+    renewals = []
+    real_renew = scheduler.lease.renew
+
+    def counting_renew() -> None:
+        renewals.append(clock.now)
+        real_renew()
+
+    monkeypatch.setattr(scheduler.lease, "renew", counting_renew)
+    real_publish = scheduler._publish
+
+    def slow_publish(occurrence: Occurrence) -> Any:
+        clock.now += 0.1  # each publish takes 100 ms: the tick lasts 4.5 s
+        return real_publish(occurrence)
+
+    monkeypatch.setattr(scheduler, "_publish", slow_publish)
+    scheduler.tick()
+    assert len(QueueAuditor(redis_client).drain()) == 45
+    assert len(renewals) >= 8, renewals  # every retry period (0.5 s) of the 4.5 s tick
+    assert scheduler.is_leader
+
+
+def test_nothing_is_written_before_the_lease_is_held(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    redis_client.set("redbeat::lock", "held by a stock RedBeat replica")
+    app.conf.beat_schedule = {"s": {"task": "noop", "schedule": 1.0}}
+    redis_client.sadd("redbeat::statics", "removed-static")
+    standby = make(app)
+    standby.tick()
+    assert not standby.is_leader
+    assert set(redis_client.keys("*")) == {"redbeat::lock", "redbeat::statics"}
+    assert redis_client.smembers("redbeat::statics") == {"removed-static"}
+    redis_client.delete("redbeat::lock")
+    standby.tick()
+    assert standby.is_leader
+    assert redis_client.smembers("redbeat::statics") == {"s"}
+    assert redis_client.hget("redbeat:s", "version") == "1"
+
+
+def test_close_releases_the_lease(app: Celery, redis_client: redis.Redis) -> None:
+    scheduler = make(app)
+    scheduler.tick()
+    assert redis_client.exists("redbeat::lock")
+    scheduler.close()
+    assert not redis_client.exists("redbeat::lock")
