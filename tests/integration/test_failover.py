@@ -138,7 +138,7 @@ def test_sigkill_of_the_leader_standby_takes_over_within_lease_plus_retry(
     old_fence = fence_of(auditor.messages[-1])
     leader.kill()
     killed_at = time.monotonic()
-    message, seen_at = first_with_new_fence(auditor, old_fence, timeout=LEASE + 10)
+    _message, seen_at = first_with_new_fence(auditor, old_fence, timeout=LEASE + 10)
     took = seen_at - killed_at
     assert took < LEASE + RETRY + INTERVAL_SLACK, f"takeover took {took:.2f}s"
     standby = next(p for p in procs if p is not leader)
@@ -157,7 +157,7 @@ def test_sigterm_of_the_leader_hands_over_in_about_the_retry_period(
     terminated_at = time.monotonic()
     assert leader.wait(10) == 0
     assert "released the lease" in leader.log()
-    message, seen_at = first_with_new_fence(auditor, old_fence, timeout=10)
+    _message, seen_at = first_with_new_fence(auditor, old_fence, timeout=10)
     took = seen_at - terminated_at
     assert took < 2 * RETRY + INTERVAL_SLACK, f"handover took {took:.2f}s"
     assert_no_duplicates(auditor.messages)
