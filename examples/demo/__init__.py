@@ -1,0 +1,1 @@
+"""Two beat replicas with SafeRedBeatScheduler failing over, on a Redis the demo starts."""
