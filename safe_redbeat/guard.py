@@ -1,0 +1,62 @@
+"""Opt-in worker-side guard: run each beat occurrence at most once.
+
+The broker publish cannot be fenced, so after a leader was paused between publishing and
+acknowledging, the next leader may send the same occurrence again — with the same task
+id. A task whose base is :class:`OncePerOccurrence` records the id in Redis (``SET NX``
+with a TTL) before it runs and drops a second copy.
+
+Trade-off: the id is recorded when execution *starts*, so a worker that dies mid-task does
+not run that occurrence again (at most once). Leave the guard off for tasks that must
+rather run twice than not at all.
+
+    from safe_redbeat.guard import OncePerOccurrence
+
+    @app.task(base=OncePerOccurrence)
+    def nightly_report(): ...
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task
+from celery.utils.log import get_logger
+from redbeat.schedulers import ensure_conf, get_redis
+
+from .dispatch import HEADER_SCHEDULED
+
+__all__ = ["OncePerOccurrence", "first_execution"]
+
+logger = get_logger("safe_redbeat.guard")
+
+#: How long an executed task id is remembered (one day).
+DEFAULT_TTL_SECONDS = 24 * 3600
+
+
+def first_execution(client: Any, key_prefix: str, task_id: str, ttl_seconds: int) -> bool:
+    """Record ``task_id`` as executed; False if it already was (within ``ttl_seconds``)."""
+    return bool(client.set(f"{key_prefix}:done:{task_id}", "1", nx=True, ex=ttl_seconds))
+
+
+class OncePerOccurrence(Task):  # type: ignore[misc]
+    """Task base class that drops a second copy of a message sent by SafeRedBeatScheduler.
+
+    Messages not sent by beat (no ``safe_redbeat_scheduled`` header) always run.
+    """
+
+    #: Seconds an executed occurrence is remembered; longer than any redelivery delay.
+    guard_ttl_seconds: int = DEFAULT_TTL_SECONDS
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        request = self.request
+        task_id = getattr(request, "id", None)
+        if task_id and getattr(request, HEADER_SCHEDULED, None) is not None:
+            conf = ensure_conf(self.app)
+            client = get_redis(self.app)
+            if not first_execution(client, conf.key_prefix, task_id, self.guard_ttl_seconds):
+                logger.warning(
+                    "%s[%s]: this beat occurrence already ran; dropping the copy",
+                    self.name, task_id,
+                )
+                return None
+        return super().__call__(*args, **kwargs)
