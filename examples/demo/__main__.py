@@ -25,9 +25,24 @@ def start_beat(name: str, url: str, logdir: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ, DEMO_REDIS_URL=url, HOSTNAME=name)
     log = (logdir / f"{name}.log").open("wb")
     return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "examples.demo.app", "beat", "-S",
-         "safe_redbeat", "--loglevel", "INFO", "-s", str(logdir / f"{name}.db")],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "examples.demo.app",
+            "beat",
+            "-S",
+            "safe_redbeat",
+            "--loglevel",
+            "INFO",
+            "-s",
+            str(logdir / f"{name}.db"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -41,8 +56,10 @@ def watch(client: object, seconds: float, names: dict[int, str]) -> None:
             continue
         headers = json.loads(raw)["headers"]
         pid = int(headers["origin"].rsplit("@", 1)[0].removeprefix("gen"))
-        print(f"  {time.strftime('%H:%M:%S')}  sent by {names.get(pid, pid)}"
-              f"  fence {headers['safe_redbeat_fence']}  id {headers['id']}")
+        print(
+            f"  {time.strftime('%H:%M:%S')}  sent by {names.get(pid, pid)}"
+            f"  fence {headers['safe_redbeat_fence']}  id {headers['id']}"
+        )
 
 
 def main() -> None:
@@ -57,8 +74,11 @@ def main() -> None:
         names = {p.pid: name for name, p in procs.items()}
         try:
             watch(client, args.seconds, names)
-            leader = next(n for n, p in procs.items() if f'"pid":{p.pid},' in
-                          (client.get("redbeat::lock") or ""))
+            leader = next(
+                n
+                for n, p in procs.items()
+                if f'"pid":{p.pid},' in (client.get("redbeat::lock") or "")
+            )
             print(f"SIGTERM {leader}: it releases the lease, the standby takes over")
             procs[leader].terminate()
             procs[leader].wait(10)
@@ -67,8 +87,11 @@ def main() -> None:
             procs[leader] = start_beat(leader, url, Path(tmp))
             names[procs[leader].pid] = leader
             watch(client, args.seconds, names)
-            leader = next(n for n, p in procs.items() if f'"pid":{p.pid},' in
-                          (client.get("redbeat::lock") or ""))
+            leader = next(
+                n
+                for n, p in procs.items()
+                if f'"pid":{p.pid},' in (client.get("redbeat::lock") or "")
+            )
             print(f"SIGKILL {leader}: the standby takes over when the lease expires")
             procs[leader].kill()
             watch(client, args.seconds + 4, names)
