@@ -47,6 +47,10 @@ class Keys:
         """HASH: task id -> JSON record of a claimed occurrence not yet published."""
         return self.prefix + ":pending"
 
+    def replica(self, instance: str) -> str:
+        """STRING with a TTL: the heartbeat of one replica (see heartbeat.py)."""
+        return f"{self.prefix}:replica:{instance}"
+
     def entry(self, name: str) -> str:
         """HASH of one entry (fields ``definition``, ``meta``, ``version``)."""
         return self.prefix + name

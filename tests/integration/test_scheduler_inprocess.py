@@ -170,7 +170,8 @@ def test_nothing_is_written_before_the_lease_is_held(
     standby = make(app)
     standby.tick()
     assert not standby.is_leader
-    assert set(redis_client.keys("*")) == {"redbeat::lock", "redbeat::statics"}
+    written = {k for k in redis_client.keys("*") if not k.startswith("redbeat::replica:")}
+    assert written == {"redbeat::lock", "redbeat::statics"}
     assert redis_client.smembers("redbeat::statics") == {"removed-static"}
     redis_client.delete("redbeat::lock")
     standby.tick()
@@ -185,3 +186,23 @@ def test_close_releases_the_lease(app: Celery, redis_client: redis.Redis) -> Non
     assert redis_client.exists("redbeat::lock")
     scheduler.close()
     assert not redis_client.exists("redbeat::lock")
+
+
+def test_replicas_publish_heartbeats_with_their_role(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    from safe_redbeat.heartbeat import read_heartbeats
+    from safe_redbeat.keys import Keys
+
+    leader = make(app, safe_redbeat_instance_name="pod-a")
+    leader.tick()
+    standby = make(app, safe_redbeat_instance_name="pod-b")
+    standby.tick()
+    replicas = {r.heartbeat.instance: r for r in read_heartbeats(redis_client, leader.keys)}
+    assert replicas["pod-a"].heartbeat.role == "leader"
+    assert replicas["pod-a"].heartbeat.fence == leader.lease.fence
+    assert replicas["pod-b"].heartbeat.role == "standby"
+    assert all(0 <= r.age < 1 for r in replicas.values())
+    leader.close()
+    remaining = [r.heartbeat.instance for r in read_heartbeats(redis_client, Keys.from_app(app))]
+    assert remaining == ["pod-b"]

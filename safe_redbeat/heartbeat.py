@@ -1,0 +1,66 @@
+"""Replica heartbeats: who is running, in which role, and when it last ticked.
+
+Each replica writes ``<prefix>:replica:<instance name>`` (a JSON string) with a TTL of
+``ttl`` seconds at most every ``retry_seconds``. The age of the last tick is derived from
+the key's remaining TTL, so it does not depend on any replica's clock. ``status`` and
+``health`` read them; no other service is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .keys import Keys
+
+__all__ = ["Heartbeat", "ReplicaStatus", "read_heartbeats", "write_heartbeat"]
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What one replica says about itself."""
+
+    instance: str
+    role: str  # "leader" or "standby"
+    fence: int | None
+    #: seconds this replica has led (0 for a standby)
+    leading_for: float
+    ttl: float
+    host: str = socket.gethostname()
+    pid: int = os.getpid()
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    heartbeat: Heartbeat
+    #: seconds since the replica last wrote its heartbeat (from the key's TTL)
+    age: float
+
+
+def write_heartbeat(client: Any, keys: Keys, heartbeat: Heartbeat) -> None:
+    payload = json.dumps(asdict(heartbeat), separators=(",", ":"), sort_keys=True)
+    client.set(keys.replica(heartbeat.instance), payload, px=int(heartbeat.ttl * 1000))
+
+
+def read_heartbeats(client: Any, keys: Keys) -> Iterator[ReplicaStatus]:
+    """Every live replica's last heartbeat (SCAN, never KEYS)."""
+    found = sorted(client.scan_iter(match=keys.replica("*"), count=500))
+    if not found:
+        return
+    with client.pipeline(transaction=False) as pipe:
+        for key in found:
+            pipe.get(key)
+            pipe.pttl(key)
+        values = pipe.execute()
+    for raw, pttl in zip(values[::2], values[1::2], strict=True):
+        if raw is None or pttl is None or pttl < 0:
+            continue
+        try:
+            heartbeat = Heartbeat(**json.loads(raw))
+        except (ValueError, TypeError):
+            continue
+        yield ReplicaStatus(heartbeat, age=max(heartbeat.ttl - pttl / 1000, 0.0))
