@@ -37,6 +37,7 @@ from .entries import (
     next_score,
 )
 from .errors import FencedOut, InvalidEntry, LeaseLost
+from .heartbeat import Heartbeat, write_heartbeat
 from .keys import Keys
 from .lease import Holder, Lease
 from .scripts import Scripts
@@ -96,6 +97,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         self._pending_retry_at = 0.0
         self._pending_failures = 0
         self._bad_entries: dict[str, str] = {}
+        self._next_heartbeat = 0.0
         super().__init__(app, lock_key=lock_key, lock_timeout=lock_timeout, **kwargs)
         configured = lock_key or app.redbeat_conf.lock_key
         self.keys = Keys(
@@ -163,13 +165,37 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             delay = self._tick()
         except LeaseLost as exc:
             self._demote(exc.reason)
-            return self._poll_delay()
+            delay = self._poll_delay()
         except REDIS_ERRORS as exc:
             return self._on_redis_error(exc)
         if self._failures:
             logger.info("beat: Redis answers again after %d failed attempts", self._failures)
             self._failures = 0
+        try:
+            self._maybe_heartbeat()
+        except REDIS_ERRORS as exc:  # the next tick finds out and backs off
+            logger.debug("beat: heartbeat not written: %s", exc)
         return delay
+
+    def _maybe_heartbeat(self) -> None:
+        now = self._monotonic()
+        if now < self._next_heartbeat:
+            return
+        s = self.safe_settings
+        lease = self.lease
+        leading = lease.valid()
+        write_heartbeat(
+            self.client,
+            self.keys,
+            Heartbeat(
+                instance=s.instance_name,
+                role="leader" if leading else "standby",
+                fence=lease.fence if leading else None,
+                leading_for=round(now - lease.acquired_at, 3) if leading else 0.0,
+                ttl=max(s.lease_seconds, 3 * s.retry_seconds),
+            ),
+        )
+        self._next_heartbeat = now + s.retry_seconds
 
     def _tick(self) -> float:
         lease = self.lease
@@ -246,6 +272,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             fence = None
         logger.warning("beat: lost the lease (fence %s): %s; now a standby", fence, reason)
         self._last_holder = None
+        self._next_heartbeat = 0.0
 
     def _on_elected(self) -> None:
         lease = self.lease
@@ -256,6 +283,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             lease.fence,
         )
         self._last_holder = None
+        self._next_heartbeat = 0.0
         self._bad_entries.clear()
         self._install_statics()
         self._pending_dirty = True
@@ -263,6 +291,11 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         self._pending_failures = 0
 
     def close(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.delete(self.keys.replica(self.safe_settings.instance_name))
+            except REDIS_ERRORS as exc:
+                logger.debug("beat: heartbeat not removed: %s", exc)
         lease = self._lease_obj
         if lease is not None and lease.held:
             fence = lease.fence
@@ -344,6 +377,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
                         version,
                         app=self.app,
                         nowfun=nowfun,
+                        run_now_raw=run_now,
                     )
                 )
             except InvalidEntry as exc:
