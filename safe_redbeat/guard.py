@@ -56,7 +56,8 @@ class OncePerOccurrence(Task):  # type: ignore[misc]
             if not first_execution(client, conf.key_prefix, task_id, self.guard_ttl_seconds):
                 logger.warning(
                     "%s[%s]: this beat occurrence already ran; dropping the copy",
-                    self.name, task_id,
+                    self.name,
+                    task_id,
                 )
                 return None
         return super().__call__(*args, **kwargs)
