@@ -16,16 +16,20 @@ from .errors import (
     SafeRedBeatError,
     VersionConflict,
 )
+from .schedule import EntryInfo, EntrySpec, Schedule
 from .scheduler import SafeRedBeatScheduler
 
 __all__ = [
     "ConfigurationError",
+    "EntryInfo",
     "EntryNotFound",
+    "EntrySpec",
     "FencedOut",
     "InvalidEntry",
     "LeaseLost",
     "SafeRedBeatError",
     "SafeRedBeatScheduler",
+    "Schedule",
     "Settings",
     "VersionConflict",
 ]

@@ -12,7 +12,7 @@ from typing import Any
 
 __all__ = ["NAMES", "Scripts", "source"]
 
-NAMES = ("acquire", "renew", "release", "claim", "upsert", "remove")
+NAMES = ("acquire", "renew", "release", "claim", "upsert", "remove", "run_now")
 
 
 @cache
@@ -31,3 +31,4 @@ class Scripts:
         self.claim = client.register_script(source("claim"))
         self.upsert = client.register_script(source("upsert"))
         self.remove = client.register_script(source("remove"))
+        self.run_now = client.register_script(source("run_now"))

@@ -15,6 +15,9 @@
 -- ARGV[7] - extra hash fields, '' or a JSON object of string values (e.g. owner)
 -- ARGV[8] - entry name to record in the statics SET, or '' (not a static entry)
 --
+-- A pending manual run (hash field `run_now`) is kept: the score written is never later
+-- than the request time, so the leader still sends it at its next tick.
+--
 -- return {1, version} written (version is the new one);
 -- return {2, version} unchanged: same definition and fields, nothing written;
 -- return {0, false}   fenced out: the lease is not ours;
@@ -26,7 +29,7 @@ end
 if ARGV[8] ~= '' then
     redis.call('SADD', KEYS[4], ARGV[8])
 end
-local current = redis.call('HMGET', KEYS[1], 'definition', 'version', 'meta')
+local current = redis.call('HMGET', KEYS[1], 'definition', 'version', 'meta', 'run_now')
 local version = tonumber(current[2] or '0') or 0
 if ARGV[3] ~= '' and tonumber(ARGV[3]) ~= version then
     return {-1, version}
@@ -57,5 +60,9 @@ end
 if not current[3] then
     redis.call('HSET', KEYS[1], 'meta', ARGV[5])
 end
-redis.call('ZADD', KEYS[2], ARGV[4], KEYS[1])
+local score = ARGV[4]
+if current[4] and (tonumber(score) < 0 or tonumber(current[4]) < tonumber(score)) then
+    score = current[4]
+end
+redis.call('ZADD', KEYS[2], score, KEYS[1])
 return {1, version}
