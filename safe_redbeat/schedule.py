@@ -13,348 +13,40 @@ module writes, and entries saved by stock RedBeat are read here with version 0.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, TypeAlias
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
 
-from celery.schedules import BaseSchedule, crontab, maybe_schedule, solar
-from celery.schedules import schedule as interval
+from celery.schedules import maybe_schedule
 from celery.utils.log import get_logger
 from redbeat.decoder import RedBeatJSONDecoder, RedBeatJSONEncoder
 from redbeat.schedulers import ensure_conf, get_redis
-from redbeat.schedules import rrule
 
 from .config import Settings
 from .connection import scheduler_client
-from .entries import (
-    StoredEntry,
-    decode_entry,
-    decode_meta,
-    encode_definition,
-    encode_meta,
-    next_score,
-)
+from .entries import decode_entry, decode_meta, encode_meta, next_score
 from .errors import EntryNotFound, InvalidEntry, SafeRedBeatError, VersionConflict
 from .keys import Keys
 from .scripts import Scripts
+from .specs import (
+    EntryInfo,
+    EntrySpec,
+    ScheduleLike,
+    check_expected_version,
+    check_name,
+    info_from_stored,
+    utc_datetime,
+)
 
-__all__ = ["CRONTAB_FIELDS", "EntryInfo", "EntrySpec", "Schedule", "ScheduleLike", "to_schedule"]
+__all__ = ["EntryInfo", "EntrySpec", "Schedule", "ScheduleLike"]
 
 logger = get_logger("safe_redbeat.schedule")
-
-#: What ``schedule=`` accepts: a Celery ``schedule``, a ``timedelta`` or a number of
-#: seconds (an interval), a ``crontab`` or a 5-field cron expression string, a RedBeat
-#: ``rrule``, or RedBeat's JSON form of any of them as a mapping (``{"__type__": ...}``).
-ScheduleLike: TypeAlias = BaseSchedule | timedelta | float | int | str | Mapping[str, Any]
-
-#: crontab's fields, in the order of a cron expression.
-CRONTAB_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
 
 #: Attempts of one call when Redis keeps changing under it (a claim moving ``meta``, or,
 #: without ``expected_version``, another writer). Each attempt is one atomic script.
 _MAX_ATTEMPTS = 50
-_MAX_JSON_DEPTH = 64
-_SUPPORTED = "a celery schedule, timedelta or seconds, crontab, cron string, or RedBeat rrule"
-
-
-def _invalid(key: str, field_name: str, problem: str) -> InvalidEntry:
-    return InvalidEntry(key, field_name, problem)
-
-
-# -- validation ------------------------------------------------------------------------
-
-
-def check_name(name: object) -> str:
-    """Return ``name`` if it can be an entry name; raise InvalidEntry otherwise.
-
-    Names starting with ``:`` are refused: ``<prefix>:schedule``, ``<prefix>:lock`` and the
-    other internal keys are exactly the keys such entries would get.
-    """
-    if not isinstance(name, str) or not name:
-        raise _invalid(str(name), "name", "must be a non-empty string")
-    if name.startswith(":"):
-        raise _invalid(
-            name,
-            "name",
-            "must not start with ':' (it would collide with internal keys such as "
-            "<prefix>:schedule, <prefix>:lock and <prefix>:pending)",
-        )
-    return name
-
-
-def _check_json(key: str, path: str, value: Any, depth: int = 0) -> None:
-    """Plain JSON only: the pending record of a claimed run is encoded with ``json``."""
-    if depth > _MAX_JSON_DEPTH:
-        raise _invalid(key, path, f"nested deeper than {_MAX_JSON_DEPTH} levels")
-    if value is None or isinstance(value, bool | str | int):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise _invalid(key, path, f"{value!r} is not valid JSON")
-        return
-    if isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            _check_json(key, f"{path}[{index}]", item, depth + 1)
-        return
-    if isinstance(value, Mapping):
-        for item_key, item in value.items():
-            if not isinstance(item_key, str):
-                raise _invalid(key, path, f"JSON object keys must be strings, got {item_key!r}")
-            _check_json(key, f"{path}[{item_key!r}]", item, depth + 1)
-        return
-    raise _invalid(
-        key,
-        path,
-        f"{type(value).__name__} is not JSON-serialisable; args, kwargs and options must be "
-        "plain JSON (None, bool, int, float, str, list, dict with str keys)",
-    )
-
-
-def _positive_seconds(key: str, seconds: Any) -> timedelta:
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-        raise _invalid(key, "schedule", f"an interval needs a number of seconds, got {seconds!r}")
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise _invalid(key, "schedule", f"an interval must be positive, got {seconds!r} seconds")
-    try:
-        return timedelta(seconds=seconds)
-    except OverflowError:
-        raise _invalid(key, "schedule", f"interval of {seconds!r} seconds is too large") from None
-
-
-def _crontab(key: str, fields: Mapping[str, Any]) -> crontab:
-    """Build a crontab field by field so an error names the field that is wrong."""
-    unknown = set(fields) - set(CRONTAB_FIELDS)
-    if unknown:
-        raise _invalid(key, "schedule", f"unknown crontab fields {sorted(unknown)}")
-    for name, value in fields.items():
-        try:
-            crontab(**{name: value})
-        except Exception as exc:  # ValueError, celery's ParseException, TypeError
-            raise _invalid(
-                key, f"schedule.{name}", f"invalid crontab field {value!r}: {exc}"
-            ) from None
-        if not isinstance(value, str | int) or isinstance(value, bool):
-            raise _invalid(
-                key,
-                f"schedule.{name}",
-                f"must be a string or an int to be stored as JSON, got {value!r} "
-                "(write a list as '0,30')",
-            )
-    try:
-        return crontab(**fields)
-    except Exception as exc:
-        raise _invalid(key, "schedule.day_of_month", str(exc)) from None
-
-
-def _from_json_form(key: str, value: Mapping[str, Any]) -> BaseSchedule:
-    kind = value.get("__type__")
-    body = {k: v for k, v in value.items() if k != "__type__"}
-    if kind == "interval":
-        unknown = set(body) - {"every", "relative"}
-        if unknown:
-            raise _invalid(key, "schedule", f"unknown interval fields {sorted(unknown)}")
-        every = _positive_seconds(key, body.get("every"))
-        return interval(every, relative=bool(body.get("relative", False)))
-    if kind == "crontab":
-        return _crontab(key, body)
-    if kind == "rrule":
-        try:
-            decoded = json.loads(json.dumps(dict(value)), cls=RedBeatJSONDecoder)
-        except Exception as exc:
-            raise _invalid(key, "schedule", f"invalid rrule: {exc}") from None
-        if not isinstance(decoded, rrule):
-            raise _invalid(key, "schedule", "invalid rrule")
-        return decoded
-    raise _invalid(
-        key,
-        "schedule",
-        f"unknown schedule type {kind!r} in JSON form (known: interval, crontab, rrule)",
-    )
-
-
-def to_schedule(value: ScheduleLike, key: str = "") -> BaseSchedule:
-    """Convert and validate a schedule; raise InvalidEntry naming the bad part.
-
-    The result is one RedBeat can store as JSON and decode again (checked by a round trip).
-    """
-    result: BaseSchedule
-    if isinstance(value, solar):
-        raise _invalid(
-            key,
-            "schedule",
-            "solar schedules are not supported: RedBeat cannot store them as JSON "
-            "(use crontab or redbeat.schedules.rrule)",
-        )
-    if isinstance(value, bool):
-        raise _invalid(key, "schedule", f"unsupported schedule {value!r} (use {_SUPPORTED})")
-    if isinstance(value, int | float):
-        result = interval(_positive_seconds(key, value))
-    elif isinstance(value, timedelta):
-        result = interval(_positive_seconds(key, value.total_seconds()))
-    elif isinstance(value, str):
-        parts = value.split()
-        if len(parts) != len(CRONTAB_FIELDS):
-            raise _invalid(
-                key,
-                "schedule",
-                f"a cron expression needs 5 fields (minute hour day_of_month month_of_year "
-                f"day_of_week), got {value!r}",
-            )
-        result = _crontab(key, dict(zip(CRONTAB_FIELDS, parts, strict=True)))
-    elif isinstance(value, Mapping):
-        result = _from_json_form(key, value)
-    elif isinstance(value, crontab):
-        result = _crontab(key, {f: getattr(value, f"_orig_{f}") for f in CRONTAB_FIELDS})
-    elif isinstance(value, interval):
-        _positive_seconds(key, value.run_every.total_seconds())
-        result = value
-    elif isinstance(value, rrule):
-        result = value
-    else:
-        raise _invalid(
-            key,
-            "schedule",
-            f"unsupported schedule type {type(value).__name__} (use {_SUPPORTED})",
-        )
-    try:
-        decoded = json.loads(json.dumps(result, cls=RedBeatJSONEncoder), cls=RedBeatJSONDecoder)
-    except Exception as exc:
-        raise _invalid(key, "schedule", f"cannot be stored as RedBeat JSON: {exc}") from None
-    if not isinstance(decoded, BaseSchedule):
-        raise _invalid(key, "schedule", f"does not decode back to a schedule: {decoded!r}")
-    return result
-
-
-def _check_expected(name: str, expected_version: int | None) -> None:
-    if expected_version is None:
-        return
-    if (
-        isinstance(expected_version, bool)
-        or not isinstance(expected_version, int)
-        or expected_version < 0
-    ):
-        raise _invalid(
-            name, "expected_version", f"must be None or an int >= 0, got {expected_version!r}"
-        )
-
-
-# -- values ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EntrySpec:
-    """The definition of one entry, validated on construction (raises InvalidEntry).
-
-    Build it from loose input with :meth:`build`; write it with :meth:`Schedule.put`.
-    """
-
-    name: str
-    task: str
-    schedule: BaseSchedule
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    options: dict[str, Any] = field(default_factory=dict)
-    enabled: bool = True
-
-    def __post_init__(self) -> None:
-        name = check_name(self.name)
-        if not isinstance(self.task, str) or not self.task.strip():
-            raise _invalid(name, "task", f"must be a non-empty task name, got {self.task!r}")
-        object.__setattr__(self, "schedule", to_schedule(self.schedule, name))
-        if isinstance(self.args, str | bytes | Mapping) or not isinstance(self.args, Iterable):
-            raise _invalid(name, "args", f"must be a list or tuple, got {self.args!r}")
-        args = tuple(self.args)
-        _check_json(name, "args", args)
-        object.__setattr__(self, "args", args)
-        for part in ("kwargs", "options"):
-            value = getattr(self, part)
-            if value is None:
-                value = {}
-            if not isinstance(value, Mapping):
-                raise _invalid(name, part, f"must be a mapping, got {value!r}")
-            _check_json(name, part, value)
-            object.__setattr__(self, part, dict(value))
-        if not isinstance(self.enabled, bool):
-            raise _invalid(name, "enabled", f"must be True or False, got {self.enabled!r}")
-
-    @classmethod
-    def build(
-        cls,
-        name: str,
-        task: str,
-        schedule: ScheduleLike,
-        args: Iterable[Any] = (),
-        kwargs: Mapping[str, Any] | None = None,
-        options: Mapping[str, Any] | None = None,
-        enabled: bool = True,
-    ) -> EntrySpec:
-        """An EntrySpec from any accepted schedule form (see :data:`ScheduleLike`)."""
-        return cls(
-            name=name,
-            task=task,
-            schedule=schedule,  # converted in __post_init__
-            args=args,  # type: ignore[arg-type]
-            kwargs=kwargs,  # type: ignore[arg-type]
-            options=options,  # type: ignore[arg-type]
-            enabled=enabled,
-        )
-
-    def definition(self) -> str:
-        """RedBeat's ``definition`` JSON for this entry (sorted keys)."""
-        return encode_definition(
-            self.name,
-            self.task,
-            self.schedule,
-            self.args,
-            self.kwargs,
-            self.options,
-            self.enabled,
-        )
-
-
-@dataclass(frozen=True)
-class EntryInfo:
-    """One entry as Redis holds it.
-
-    ``version`` is 0 for an entry saved by stock RedBeat. ``next_run_at`` is the entry's
-    score in the schedule ZSET (None when it will never run again); while a manual run is
-    pending (``run_now_at``) that is the request time. Times are aware datetimes.
-    """
-
-    name: str
-    task: str
-    schedule: BaseSchedule
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    options: dict[str, Any]
-    enabled: bool
-    version: int
-    last_run_at: datetime | None
-    next_run_at: datetime | None
-    total_run_count: int
-    run_now_at: datetime | None = None
-
-    @property
-    def spec(self) -> EntrySpec:
-        """The definition part, e.g. to change one field with :func:`dataclasses.replace`."""
-        return EntrySpec(
-            name=self.name,
-            task=self.task,
-            schedule=self.schedule,
-            args=self.args,
-            kwargs=self.kwargs,
-            options=self.options,
-            enabled=self.enabled,
-        )
-
-
-def _utc(ts: float | int | None) -> datetime | None:
-    if ts is None or ts < 0:
-        return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -440,7 +132,7 @@ class Schedule:
 
     def put(self, spec: EntrySpec, *, expected_version: int | None = None) -> EntryInfo:
         """:meth:`upsert` of a ready :class:`EntrySpec`."""
-        _check_expected(spec.name, expected_version)
+        check_expected_version(spec.name, expected_version)
         key = self._key(spec.name)
         return self._write(key, spec, expected_version)
 
@@ -458,7 +150,7 @@ class Schedule:
         The schedule, ``last_run_at`` and the version stay as they are. Requests made before
         the leader picks one up are sent once. A disabled entry is sent too.
         """
-        _check_expected(name, expected_version)
+        check_expected_version(name, expected_version)
         key = self._key(name)
         code, value = self.scripts.run_now(
             keys=[key, self.keys.schedule, self.keys.lease],
@@ -478,7 +170,7 @@ class Schedule:
 
         Runs already claimed by the leader are still sent.
         """
-        _check_expected(name, expected_version)
+        check_expected_version(name, expected_version)
         key = self._key(name)
         code, version = self.scripts.remove(
             keys=[key, self.keys.schedule, self.keys.lease, self.keys.statics],
@@ -547,7 +239,7 @@ class Schedule:
     def _key(self, name: str) -> str:
         key = self.keys.entry(check_name(name))
         if key in self._reserved:
-            raise _invalid(name, "name", f"its key {key!r} is an internal key")
+            raise InvalidEntry(name, "name", f"its key {key!r} is an internal key")
         return key
 
     def _info(
@@ -570,7 +262,7 @@ class Schedule:
             app=self.app,
             run_now_raw=run_now,
         )
-        return _from_stored(stored, None if score is None else float(score))
+        return info_from_stored(stored, None if score is None else float(score))
 
     def _read(self, key: str) -> _State:
         with self.client.pipeline(transaction=False) as pipe:
@@ -582,7 +274,7 @@ class Schedule:
         try:
             version_number = int(version or 0)
         except ValueError:
-            raise _invalid(key, "version", f"must be an integer, got {version!r}") from None
+            raise InvalidEntry(key, "version", f"must be an integer, got {version!r}") from None
         return _State(
             now=now.astimezone(self.app.timezone),
             definition=definition,
@@ -632,9 +324,9 @@ class Schedule:
                 raise VersionConflict(spec.name, expected_version, int(version))
             if code == 1:
                 logger.info("schedule: wrote entry %r (version %s)", spec.name, version)
-                next_run = _utc(score)
+                next_run = utc_datetime(score)
             else:
-                next_run = _utc(state.score)
+                next_run = utc_datetime(state.score)
             return EntryInfo(
                 name=spec.name,
                 task=spec.task,
@@ -647,14 +339,14 @@ class Schedule:
                 last_run_at=last_run_at,
                 next_run_at=next_run,
                 total_run_count=total_run_count,
-                run_now_at=_utc(int(float(state.run_now))) if state.run_now else None,
+                run_now_at=utc_datetime(int(float(state.run_now))) if state.run_now else None,
             )
         raise SafeRedBeatError(
             f"entry {spec.name!r}: its run metadata changed on each of {_MAX_ATTEMPTS} attempts"
         )
 
     def _set_enabled(self, name: str, enabled: bool, expected_version: int | None) -> EntryInfo:
-        _check_expected(name, expected_version)
+        check_expected_version(name, expected_version)
         self._key(name)
         for _attempt in range(_MAX_ATTEMPTS):
             current = self.get(name)
@@ -678,20 +370,3 @@ class Schedule:
                     raise
                 # changed by someone else since we read it: read again
         raise SafeRedBeatError(f"entry {name!r} changed on each of {_MAX_ATTEMPTS} attempts")
-
-
-def _from_stored(stored: StoredEntry, score: float | None) -> EntryInfo:
-    return EntryInfo(
-        name=stored.name,
-        task=stored.task,
-        schedule=stored.schedule,
-        args=tuple(stored.args),
-        kwargs=stored.kwargs,
-        options=stored.options,
-        enabled=stored.enabled,
-        version=int(stored.version),
-        last_run_at=stored.last_run_at,
-        next_run_at=_utc(score),
-        total_run_count=stored.total_run_count,
-        run_now_at=_utc(stored.run_now),
-    )
