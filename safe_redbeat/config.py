@@ -53,6 +53,12 @@ class Settings:
     catch_up: str = "run_once"
     #: With ``catch_up="skip"``, how late an occurrence may be and still be sent.
     catch_up_grace_seconds: float = 60.0
+    #: ``"package.module:function"`` returning the desired entries (see loader.py), or "".
+    loader: str = ""
+    #: How often the leader reconciles the loader's entries (and statics) with Redis.
+    reconcile_seconds: float = 60.0
+    #: A loader call that takes longer is abandoned; that round removes nothing.
+    loader_timeout_seconds: float = 30.0
     #: Shown in the lease value and logs; defaults to ``$HOSTNAME`` (the pod name on k8s).
     instance_name: str = ""
 
@@ -86,6 +92,8 @@ class Settings:
             "backoff_max_seconds",
             "socket_timeout",
             "catch_up_grace_seconds",
+            "reconcile_seconds",
+            "loader_timeout_seconds",
         ):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:

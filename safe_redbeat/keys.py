@@ -47,6 +47,21 @@ class Keys:
         """HASH: task id -> JSON record of a claimed occurrence not yet published."""
         return self.prefix + ":pending"
 
+    @property
+    def loaded(self) -> str:
+        """SET of entry names the loader owns (only these can be removed by it)."""
+        return self.prefix + ":loader"
+
+    @property
+    def seeded(self) -> str:
+        """STRING written after the leader seeded the schedule; gone = Redis lost data."""
+        return self.prefix + ":seeded"
+
+    @property
+    def reconcile(self) -> str:
+        """STRING: JSON summary of the leader's last loader reconcile."""
+        return self.prefix + ":reconcile"
+
     def replica(self, instance: str) -> str:
         """STRING with a TTL: the heartbeat of one replica (see heartbeat.py)."""
         return f"{self.prefix}:replica:{instance}"

@@ -28,18 +28,14 @@ from .dispatch import (
     claim_arguments,
     plan_batch,
 )
-from .entries import (
-    StoredEntry,
-    decode_entry,
-    decode_meta,
-    encode_definition,
-    encode_meta,
-    next_score,
-)
+from .entries import StoredEntry, decode_entry
 from .errors import FencedOut, InvalidEntry, LeaseLost
 from .heartbeat import Heartbeat, write_heartbeat
 from .keys import Keys
 from .lease import Holder, Lease
+from .loader import LoaderError, call_loader, parse_specs, resolve
+from .reconcile import Reconciler, ReconcileResult
+from .specs import EntrySpec
 from .scripts import Scripts
 
 __all__ = ["SafeRedBeatScheduler"]
@@ -98,6 +94,8 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         self._pending_failures = 0
         self._bad_entries: dict[str, str] = {}
         self._next_heartbeat = 0.0
+        self._next_reconcile = 0.0
+        self._reseed_needed = False
         super().__init__(app, lock_key=lock_key, lock_timeout=lock_timeout, **kwargs)
         configured = lock_key or app.redbeat_conf.lock_key
         self.keys = Keys(
@@ -209,6 +207,10 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             self._renew()
         if self._pending_dirty and self._monotonic() >= self._pending_retry_at:
             self._republish_pending()
+        if self._reseed_needed:
+            self._reseed("entries vanished from Redis (evicted or deleted)")
+        elif self._monotonic() >= self._next_reconcile:
+            self._reconcile(loader=True)
         return self._dispatch_due()
 
     def _renew(self) -> None:
@@ -285,7 +287,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         self._last_holder = None
         self._next_heartbeat = 0.0
         self._bad_entries.clear()
-        self._install_statics()
+        self._reseed("acquired the lease")
         self._pending_dirty = True
         self._pending_retry_at = 0.0
         self._pending_failures = 0
@@ -333,8 +335,9 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         """Read one batch of due entries: three round trips whatever the batch size."""
         with self.client.pipeline(transaction=False) as pipe:
             pipe.time()
-            seconds, micros = pipe.execute()[0]
-        batch = DueBatch(now=self._as_app_time(seconds + micros / 1e6))
+            pipe.exists(self.keys.seeded)
+            (seconds, micros), seeded = pipe.execute()
+        batch = DueBatch(now=self._as_app_time(seconds + micros / 1e6), seeded=bool(seeded))
         now_ts = int(seconds)
         with self.client.pipeline(transaction=False) as pipe:
             pipe.zrangebyscore(
@@ -406,6 +409,9 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         settings = self.safe_settings
         while True:
             batch = self._read_due()
+            if not batch.seeded:
+                self._reseed("the seed marker is gone: Redis lost data or keys were deleted")
+                continue
             plan = plan_batch(
                 batch.entries,
                 now=batch.now,
@@ -457,6 +463,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             if code == CLAIMED and op.occurrence is not None:
                 claimed.append(op.occurrence)
             elif code == GONE:
+                self._reseed_needed = True
                 logger.warning(
                     "beat: entry %r had a schedule slot but no hash; dropped the slot",
                     self.keys.name_of(op.key),
@@ -574,88 +581,96 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
 
     # -- static entries -----------------------------------------------------------------
 
-    def _install_statics(self) -> None:
-        """Install ``beat_schedule`` (and Celery's default entries), fenced and by diff."""
-        desired: dict[str, Any] = dict(self.app.redbeat_conf.schedule or {})
-        desired.update(self._default_entries(desired))
+    def _reseed(self, reason: str) -> None:
+        """Reconcile static entries and the loader's now (fenced), then mark as seeded."""
+        logger.info("beat: reconciling the schedule: %s", reason)
+        self._reconcile(loader=True)
+        self.client.set(self.keys.seeded, "1")
+        self._reseed_needed = False
+
+    def _reconcile(self, *, loader: bool) -> None:
+        """Static ``beat_schedule`` entries, then (if configured) the user's loader."""
         token = self.lease.token
         if token is None:
             raise LeaseLost("not holding the lease")
-        now = self._redis_now()
-        definitions: dict[str, tuple[str, Any]] = {}
+        static_specs, static_errors = self._static_specs()
+        statics = Reconciler(
+            self.client,
+            self.keys,
+            self.scripts,
+            self.app,
+            source="beat_schedule",
+            owned_key=self.keys.statics,
+        ).run(static_specs, token=token, errors=static_errors, renew=self._renew_if_due)
+        self._log_reconcile(statics)
+        if loader and self.safe_settings.loader:
+            result = self._reconcile_loader(token, reserved={s.name for s in static_specs})
+            self._log_reconcile(result)
+            self.client.set(self.keys.reconcile, result.to_json())
+        self._next_reconcile = self._monotonic() + self.safe_settings.reconcile_seconds
+
+    def _reconcile_loader(self, token: str, reserved: set[str]) -> ReconcileResult:
+        settings = self.safe_settings
+        try:
+            items = call_loader(
+                resolve(settings.loader),
+                self.app,
+                timeout=settings.loader_timeout_seconds,
+                wait_step=settings.retry_seconds,
+                on_wait=self._renew_if_due,
+                monotonic=self._monotonic,
+            )
+        except LoaderError as exc:
+            logger.error(
+                "beat: loader %r failed: %s; the current schedule is kept, nothing removed",
+                settings.loader,
+                exc,
+            )
+            result = ReconcileResult("loader", errors=[str(exc)], complete=False)
+            return result
+        load = parse_specs(items, reserved=reserved)
+        return Reconciler(
+            self.client,
+            self.keys,
+            self.scripts,
+            self.app,
+            source="loader",
+            owned_key=self.keys.loaded,
+        ).run(load.specs, token=token, errors=load.errors, renew=self._renew_if_due)
+
+    def _log_reconcile(self, result: ReconcileResult) -> None:
+        for error in result.errors:
+            logger.error("beat: %s: %s", result.source, error)
+        changed = result.created or result.updated or result.removed or result.conflicts
+        (logger.info if changed or result.errors else logger.debug)("beat: %s", result.summary())
+
+    def _renew_if_due(self) -> None:
+        if self._monotonic() >= self.lease.renew_at():
+            self._renew()
+
+    def _static_specs(self) -> tuple[list[EntrySpec], list[str]]:
+        """``beat_schedule`` (and Celery's default entries) as EntrySpecs."""
+        desired: dict[str, Any] = dict(self.app.redbeat_conf.schedule or {})
+        desired.update(self._default_entries(desired))
+        specs: list[EntrySpec] = []
+        errors: list[str] = []
         for name, spec in desired.items():
             try:
                 entry = self._maybe_entry(name, spec)
-                definitions[name] = (
-                    encode_definition(
+                specs.append(
+                    EntrySpec.build(
                         name,
                         entry.task,
                         entry.schedule,
-                        entry.args,
-                        entry.kwargs,
-                        entry.options,
+                        entry.args or (),
+                        entry.kwargs or {},
+                        entry.options or {},
                         getattr(entry, "enabled", True),
-                    ),
-                    entry.schedule,
+                    )
                 )
             except Exception as exc:
-                logger.error(
-                    "beat: static entry %r in beat_schedule is invalid and was not installed: %s",
-                    name,
-                    exc,
-                )
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.smembers(self.keys.statics)
-            for name in definitions:
-                pipe.hmget(self.keys.entry(name), "definition", "meta")
-            previous, *rows = pipe.execute()
-        with self.client.pipeline(transaction=False) as pipe:
-            for (name, (definition, schedule)), (_current, meta) in zip(
-                definitions.items(), rows, strict=True
-            ):
-                try:
-                    last_run_at, _count = decode_meta(self.keys.entry(name), meta)
-                except InvalidEntry:
-                    last_run_at = None
-                schedule.nowfun = lambda now=now: now
-                self.scripts.upsert(
-                    keys=[
-                        self.keys.entry(name),
-                        self.keys.schedule,
-                        self.keys.lease,
-                        self.keys.statics,
-                    ],
-                    args=[
-                        token,
-                        definition,
-                        "",
-                        next_score(schedule, last_run_at, now),
-                        encode_meta(None),
-                        meta if meta is not None else "-",
-                        "",
-                        name,
-                    ],
-                    client=pipe,
-                )
-            for name in set(previous) - set(desired):
-                logger.info("beat: removing static entry %r (gone from beat_schedule)", name)
-                self.scripts.remove(
-                    keys=[
-                        self.keys.entry(name),
-                        self.keys.schedule,
-                        self.keys.lease,
-                        self.keys.statics,
-                    ],
-                    args=[token, "", name],
-                    client=pipe,
-                )
-            results = pipe.execute()
-        if any(int(code) == 0 for code, _version in results):
-            self.lease.drop()
-            raise FencedOut("Redis rejected installing static entries: lease lost")
-        changed = sum(1 for code, _version in results if int(code) == 1)
-        if changed:
-            logger.info("beat: installed or updated %d static entries", changed)
+                errors.append(f"static entry {name!r} in beat_schedule is invalid: {exc}")
+        return specs, errors
 
     def _default_entries(self, desired: dict[str, Any]) -> dict[str, Any]:
         """Celery's own entries (``celery.backend_cleanup``) unless the user defined them."""
@@ -679,6 +694,8 @@ class DueBatch:
     """One batch read from Redis: decodable entries, and slots the claim script fixes."""
 
     now: datetime
+    #: False when the marker written after seeding is gone: Redis lost data
+    seeded: bool = True
     size: int = 0
     #: score of the first entry due after ``now``, if any
     upcoming: float | None = None

@@ -1,0 +1,305 @@
+"""Reconcile a desired set of entries with Redis: by diff, never by wipe.
+
+Used for static ``beat_schedule`` entries and for the user's loader (the database as the
+source of truth). Each source owns the names in one Redis SET; only names a source owns
+can be removed by it, and only after a *complete* load. Lease, fence, pending records and
+run metadata (``meta``) are never touched; an update keeps ``last_run_at``.
+
+Writes go through ``upsert.lua`` / ``remove.lua``: fenced by the lease token when the
+leader reconciles, versioned (compare-and-set on the version read) when any other process
+does (``python -m safe_redbeat sync``), so a concurrent ``Schedule.upsert`` is never
+overwritten with an older definition.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from celery.schedules import maybe_schedule
+from celery.utils.log import get_logger
+from redbeat.decoder import RedBeatJSONDecoder, RedBeatJSONEncoder
+
+from .entries import decode_meta, encode_meta, next_score
+from .errors import FencedOut, InvalidEntry
+from .keys import Keys
+from .specs import EntrySpec
+from .scripts import Scripts
+
+__all__ = ["ReconcileResult", "Reconciler"]
+
+logger = get_logger("safe_redbeat.reconcile")
+
+#: Entries read or written per pipeline; the lease is renewed between chunks.
+CHUNK = 2000
+_MAX_ROUNDS = 5
+
+
+@dataclass
+class ReconcileResult:
+    """What one reconcile did (or, with ``dry_run``, would do)."""
+
+    source: str
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    #: changed by someone else between read and write: left for the next round
+    conflicts: list[str] = field(default_factory=list)
+    #: problems, each naming the entry; any error makes the round incomplete
+    errors: list[str] = field(default_factory=list)
+    #: removals were allowed (the load completed without error)
+    complete: bool = True
+    dry_run: bool = False
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        verb = "would " if self.dry_run else ""
+        text = (
+            f"{self.source}: {verb}create {len(self.created)}, {verb}update "
+            f"{len(self.updated)}, {verb}remove {len(self.removed)}, unchanged "
+            f"{self.unchanged}, conflicts {len(self.conflicts)}, errors {len(self.errors)}"
+            f" in {self.seconds:.2f}s"
+        )
+        if not self.complete:
+            text += " (incomplete load: nothing removed)"
+        return text
+
+    def to_json(self) -> str:
+        data = {
+            "source": self.source,
+            "created": len(self.created),
+            "updated": len(self.updated),
+            "removed": len(self.removed),
+            "unchanged": self.unchanged,
+            "conflicts": len(self.conflicts),
+            "errors": self.errors[:20],
+            "complete": self.complete,
+            "seconds": round(self.seconds, 3),
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        return json.dumps(data, separators=(",", ":"))
+
+
+@dataclass
+class _Change:
+    spec: EntrySpec
+    definition: str
+    version: int
+    new: bool
+
+
+class Reconciler:
+    """Diff one source's desired entries against Redis and apply the difference."""
+
+    def __init__(
+        self,
+        client: Any,
+        keys: Keys,
+        scripts: Scripts,
+        app: Any,
+        *,
+        source: str,
+        owned_key: str,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.scripts = scripts
+        self.app = app
+        self.source = source
+        self.owned_key = owned_key
+
+    def run(
+        self,
+        specs: Iterable[EntrySpec],
+        *,
+        token: str = "",
+        complete: bool = True,
+        errors: Sequence[str] = (),
+        dry_run: bool = False,
+        renew: Callable[[], None] | None = None,
+    ) -> ReconcileResult:
+        """Apply ``specs``; remove owned names they lack only if ``complete``.
+
+        ``token`` fences every write by the lease (leader); ``''`` makes writes versioned
+        instead. Raises FencedOut if Redis rejected a fenced write.
+        """
+        started = time.monotonic()
+        result = ReconcileResult(self.source, errors=list(errors), dry_run=dry_run)
+        desired = {spec.name: spec for spec in specs}
+        result.complete = complete and not result.errors
+        owned = set(self.client.smembers(self.owned_key))
+        changes: list[_Change] = []
+        names = list(desired)
+        for start in range(0, len(names), CHUNK):
+            chunk = names[start : start + CHUNK]
+            with self.client.pipeline(transaction=False) as pipe:
+                for name in chunk:
+                    pipe.hmget(self.keys.entry(name), "definition", "version")
+                rows = pipe.execute()
+            for name, (stored, version) in zip(chunk, rows, strict=True):
+                spec = desired[name]
+                definition = spec.definition()
+                same = stored is not None and _same(stored, definition)
+                if same and name in owned:
+                    result.unchanged += 1
+                    continue
+                # changed, new, or unchanged but not yet owned by this source (the
+                # upsert then only records ownership, or normalises the JSON once)
+                changes.append(_Change(spec, definition, _version(version), stored is None))
+            if renew is not None:
+                renew()
+        removals = sorted(owned - set(desired)) if result.complete else []
+        if dry_run:
+            result.created = [c.spec.name for c in changes if c.new]
+            result.updated = [c.spec.name for c in changes if not c.new]
+            result.removed = removals
+        else:
+            self._apply(changes, token, result, renew)
+            self._remove(removals, token, result)
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _apply(
+        self,
+        changes: list[_Change],
+        token: str,
+        result: ReconcileResult,
+        renew: Callable[[], None] | None,
+    ) -> None:
+        pending = changes
+        for _round in range(_MAX_ROUNDS):
+            if not pending:
+                break
+            retry: list[_Change] = []
+            for start in range(0, len(pending), CHUNK):
+                chunk = pending[start : start + CHUNK]
+                retry.extend(self._write_chunk(chunk, token, result))
+                if renew is not None:
+                    renew()
+            pending = retry
+        result.conflicts.extend(change.spec.name for change in pending)
+
+    def _write_chunk(
+        self, chunk: list[_Change], token: str, result: ReconcileResult
+    ) -> list[_Change]:
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.time()
+            for change in chunk:
+                pipe.hmget(self.keys.entry(change.spec.name), "meta")
+            (seconds, micros), *metas = pipe.execute()
+        now = datetime.fromtimestamp(seconds + micros / 1e6, tz=timezone.utc)
+        with self.client.pipeline(transaction=False) as pipe:
+            for change, (meta,) in zip(chunk, metas, strict=True):
+                name = change.spec.name
+                try:
+                    last_run_at, _count = decode_meta(self.keys.entry(name), meta)
+                except InvalidEntry:
+                    last_run_at = None  # unreadable meta: keep it, schedule from now
+                score = _score(change.spec, last_run_at, now, self.app)
+                self._upsert(
+                    pipe,
+                    name,
+                    change.definition,
+                    token,
+                    str(change.version),
+                    score,
+                    "-" if meta is None else meta,
+                    name,
+                )
+            codes = pipe.execute()
+        _check_fenced(codes)
+        retry = []
+        for change, (code, _version) in zip(chunk, codes, strict=True):
+            code = int(code)
+            if code == 1:
+                (result.created if change.new else result.updated).append(change.spec.name)
+            elif code == 2:
+                result.unchanged += 1
+            elif code == -1:
+                result.conflicts.append(change.spec.name)
+            elif code == -2:
+                retry.append(change)
+        return retry
+
+    def _upsert(
+        self,
+        pipe: Any,
+        name: str,
+        definition: str,
+        token: str,
+        expected_version: str,
+        score: int,
+        expected_meta: str,
+        owner_name: str,
+    ) -> None:
+        self.scripts.upsert(
+            keys=[self.keys.entry(name), self.keys.schedule, self.keys.lease, self.owned_key],
+            args=[
+                token,
+                definition,
+                expected_version,
+                score,
+                encode_meta(None),
+                expected_meta,
+                "",
+                owner_name,
+            ],
+            client=pipe,
+        )
+
+    def _remove(self, names: list[str], token: str, result: ReconcileResult) -> None:
+        for start in range(0, len(names), CHUNK):
+            chunk = names[start : start + CHUNK]
+            with self.client.pipeline(transaction=False) as pipe:
+                for name in chunk:
+                    self.scripts.remove(
+                        keys=[
+                            self.keys.entry(name),
+                            self.keys.schedule,
+                            self.keys.lease,
+                            self.owned_key,
+                        ],
+                        args=[token, "", name],
+                        client=pipe,
+                    )
+                codes = pipe.execute()
+            _check_fenced(codes)
+            for name, (code, _version) in zip(chunk, codes, strict=True):
+                if int(code) in (1, 2):
+                    result.removed.append(name)
+                    logger.info("%s: removed entry %r (no longer loaded)", self.source, name)
+
+
+def _check_fenced(replies: Sequence[Sequence[Any]]) -> None:
+    """upsert.lua and remove.lua answer ``{0, false}`` when the lease is not ours."""
+    if any(int(reply[0]) == 0 for reply in replies):
+        raise FencedOut("Redis rejected a reconcile write: the lease is not ours")
+
+
+def _same(stored: str, definition: str) -> bool:
+    if stored == definition:
+        return True
+    try:
+        return bool(json.loads(stored) == json.loads(definition))
+    except ValueError:
+        return False
+
+
+def _version(raw: str | None) -> int:
+    try:
+        return int(raw or 0)
+    except ValueError:
+        return 0
+
+
+def _score(spec: EntrySpec, last_run_at: datetime | None, now: datetime, app: Any) -> int:
+    """Next due score of ``spec`` at ``now``, on a private copy of its schedule."""
+    copy = json.loads(json.dumps(spec.schedule, cls=RedBeatJSONEncoder), cls=RedBeatJSONDecoder)
+    schedule = maybe_schedule(copy, app=app)
+    schedule.nowfun = lambda: now
+    return next_score(schedule, last_run_at, now)
