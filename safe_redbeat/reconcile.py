@@ -27,8 +27,8 @@ from redbeat.decoder import RedBeatJSONDecoder, RedBeatJSONEncoder
 from .entries import decode_meta, encode_meta, next_score
 from .errors import FencedOut, InvalidEntry
 from .keys import Keys
-from .specs import EntrySpec
 from .scripts import Scripts
+from .specs import EntrySpec
 
 __all__ = ["ReconcileResult", "Reconciler"]
 
@@ -113,10 +113,29 @@ class Reconciler:
         self.source = source
         self.owned_key = owned_key
 
+    def snapshot(self) -> dict[str, int]:
+        """Versions of the entries this source owns, read *before* loading.
+
+        Pass it to :meth:`run`: an entry whose version moved while the loader read the
+        database (an application write-through that raced with it) is then left alone,
+        instead of being overwritten with the older row the loader returned.
+        """
+        owned = sorted(self.client.smembers(self.owned_key))
+        versions: dict[str, int] = {}
+        for start in range(0, len(owned), CHUNK):
+            chunk = owned[start : start + CHUNK]
+            with self.client.pipeline(transaction=False) as pipe:
+                for name in chunk:
+                    pipe.hget(self.keys.entry(name), "version")
+                for name, version in zip(chunk, pipe.execute(), strict=True):
+                    versions[name] = _version(version)
+        return versions
+
     def run(
         self,
         specs: Iterable[EntrySpec],
         *,
+        versions: dict[str, int] | None = None,
         token: str = "",
         complete: bool = True,
         errors: Sequence[str] = (),
@@ -125,8 +144,10 @@ class Reconciler:
     ) -> ReconcileResult:
         """Apply ``specs``; remove owned names they lack only if ``complete``.
 
-        ``token`` fences every write by the lease (leader); ``''`` makes writes versioned
-        instead. Raises FencedOut if Redis rejected a fenced write.
+        ``versions`` (from :meth:`snapshot`) are the versions expected by each write;
+        without it, the version read during the diff. ``token`` fences every write by the
+        lease (leader); ``''`` leaves only the version check. Raises FencedOut if Redis
+        rejected a fenced write.
         """
         started = time.monotonic()
         result = ReconcileResult(self.source, errors=list(errors), dry_run=dry_run)
@@ -150,7 +171,10 @@ class Reconciler:
                     continue
                 # changed, new, or unchanged but not yet owned by this source (the
                 # upsert then only records ownership, or normalises the JSON once)
-                changes.append(_Change(spec, definition, _version(version), stored is None))
+                expected = _version(version)
+                if versions is not None and name in versions:
+                    expected = versions[name]
+                changes.append(_Change(spec, definition, expected, stored is None))
             if renew is not None:
                 renew()
         removals = sorted(owned - set(desired)) if result.complete else []

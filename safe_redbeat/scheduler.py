@@ -35,8 +35,8 @@ from .keys import Keys
 from .lease import Holder, Lease
 from .loader import LoaderError, call_loader, parse_specs, resolve
 from .reconcile import Reconciler, ReconcileResult
-from .specs import EntrySpec
 from .scripts import Scripts
+from .specs import EntrySpec
 
 __all__ = ["SafeRedBeatScheduler"]
 
@@ -611,6 +611,15 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
 
     def _reconcile_loader(self, token: str, reserved: set[str]) -> ReconcileResult:
         settings = self.safe_settings
+        reconciler = Reconciler(
+            self.client,
+            self.keys,
+            self.scripts,
+            self.app,
+            source="loader",
+            owned_key=self.keys.loaded,
+        )
+        versions = reconciler.snapshot()  # before the loader reads the database
         try:
             items = call_loader(
                 resolve(settings.loader),
@@ -626,17 +635,15 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
                 settings.loader,
                 exc,
             )
-            result = ReconcileResult("loader", errors=[str(exc)], complete=False)
-            return result
+            return ReconcileResult("loader", errors=[str(exc)], complete=False)
         load = parse_specs(items, reserved=reserved)
-        return Reconciler(
-            self.client,
-            self.keys,
-            self.scripts,
-            self.app,
-            source="loader",
-            owned_key=self.keys.loaded,
-        ).run(load.specs, token=token, errors=load.errors, renew=self._renew_if_due)
+        return reconciler.run(
+            load.specs,
+            versions=versions,
+            token=token,
+            errors=load.errors,
+            renew=self._renew_if_due,
+        )
 
     def _log_reconcile(self, result: ReconcileResult) -> None:
         for error in result.errors:

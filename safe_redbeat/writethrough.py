@@ -1,0 +1,103 @@
+"""Application side of the loader pattern: commit the database, then write Redis.
+
+The database is the source of truth. After a transaction that changed a periodic task
+commits, write the entry to Redis so the running beat sees it at once; if that write fails
+(Redis down, process killed), the leader's next reconcile (every
+``safe_redbeat_reconcile_seconds``) repairs it. Django::
+
+    schedules = Schedule(app)          # one per process
+    transaction.on_commit(lambda: upsert_after_commit(schedules, row.as_entry()))
+
+SQLAlchemy: call the same from an ``after_commit`` session event.
+
+Both functions log and return False instead of raising: the database commit already
+happened and must not look failed. Writes are versioned, not fenced, and mark the entry as
+owned by the loader (so a later load that no longer returns it removes it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from celery.utils.log import get_logger
+from redis.exceptions import RedisError
+
+from .config import Settings
+from .connection import sanitize_url
+from .errors import InvalidEntry
+from .loader import LoaderError, call_loader, parse_specs, resolve
+from .reconcile import Reconciler, ReconcileResult
+from .schedule import Schedule
+from .specs import EntrySpec
+
+__all__ = ["remove_after_commit", "sync_once", "upsert_after_commit"]
+
+logger = get_logger("safe_redbeat.writethrough")
+
+
+def _reconciler(schedules: Schedule) -> Reconciler:
+    return Reconciler(
+        schedules.client,
+        schedules.keys,
+        schedules.scripts,
+        schedules.app,
+        source="loader",
+        owned_key=schedules.keys.loaded,
+    )
+
+
+def upsert_after_commit(schedules: Schedule, entry: EntrySpec | Mapping[str, Any]) -> bool:
+    """Write one loader entry to Redis; False (logged) if it did not get there."""
+    load = parse_specs([entry])
+    if load.errors:
+        for error in load.errors:
+            logger.error("write-through: %s; not written", error)
+        return False
+    try:
+        result = _reconciler(schedules).run(load.specs, complete=False)
+    except (RedisError, OSError) as exc:
+        logger.warning(
+            "write-through of %r to %s failed (%s); the next reconcile repairs it",
+            load.specs[0].name,
+            sanitize_url(schedules.app.redbeat_conf.redis_url),
+            exc,
+        )
+        return False
+    return not result.conflicts
+
+
+def remove_after_commit(schedules: Schedule, name: str) -> bool:
+    """Remove one loader entry from Redis; False (logged) if that failed."""
+    try:
+        schedules.delete(name)
+    except KeyError:
+        return True  # already gone
+    except (RedisError, OSError, InvalidEntry) as exc:
+        logger.warning("write-through removal of %r failed (%s)", name, exc)
+        return False
+    schedules.client.srem(schedules.keys.loaded, name)
+    return True
+
+
+def sync_once(schedules: Schedule, loader_path: str, *, dry_run: bool = False) -> ReconcileResult:
+    """One reconcile of the loader's entries from any process (versioned, not fenced).
+
+    Safe next to a running leader: a write based on a version that changed meanwhile is
+    rejected and reported as a conflict, never applied over the newer one.
+    """
+    settings = Settings.from_app(schedules.app)
+    statics = set(schedules.app.conf.beat_schedule or {})
+    reconciler = _reconciler(schedules)
+    versions = reconciler.snapshot()  # before the loader reads the database
+    try:
+        items = call_loader(
+            resolve(loader_path),
+            schedules.app,
+            timeout=settings.loader_timeout_seconds,
+            wait_step=settings.loader_timeout_seconds,
+        )
+    except LoaderError as exc:
+        return ReconcileResult("loader", errors=[str(exc)], complete=False, dry_run=dry_run)
+    load = parse_specs(items, reserved=statics)
+    return reconciler.run(load.specs, versions=versions, errors=load.errors, dry_run=dry_run)
