@@ -1,0 +1,212 @@
+"""Dispatch cost per due entry: N entries due at once, against the ``send_task`` floor.
+
+Method (in-process): a fresh Celery app per run; the scheduler is constructed and holds
+the lock (stock RedBeat: its beat_init handler; safe_redbeat: a first tick with nothing
+due), its producer is warmed up, then N entries due now are written and ``tick()`` is
+timed until all N messages are in the broker list. The floor is ``app.send_task`` in a
+loop with one producer on the same broker. The three run alternately in every
+repetition, each first in turn.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import safe_redbeat.scheduler as safe_scheduler_module
+
+from .env import (
+    BROKER_DB,
+    CONTENDERS,
+    REDBEAT,
+    SAFE,
+    TASK,
+    BenchmarkBroken,
+    Contender,
+    Env,
+    check_messages,
+    close_app,
+    rotated,
+    start_scheduler,
+    stop_scheduler,
+    stopwatch,
+    tick_until_sent,
+    warm_up,
+    write_entries,
+)
+from .stats import Sample, ratio
+
+FLOOR = "floor"
+SERIES = (FLOOR, REDBEAT.key, SAFE.key)
+
+
+@dataclass
+class DispatchResult:
+    n: int
+    #: seconds per run, keyed by FLOOR / contender key
+    seconds: dict[str, list[float]] = field(default_factory=dict)
+    ticks: dict[str, list[int]] = field(default_factory=dict)
+
+    def ms_per_entry(self, series: str) -> Sample:
+        return Sample.of(s * 1000 / self.n for s in self.seconds[series])
+
+    def safe_over_floor(self) -> Sample:
+        return ratio(self.seconds[SAFE.key], self.seconds[FLOOR])
+
+    def safe_over_redbeat(self) -> Sample:
+        return ratio(self.seconds[SAFE.key], self.seconds[REDBEAT.key])
+
+    def redbeat_over_safe(self) -> Sample:
+        return ratio(self.seconds[REDBEAT.key], self.seconds[SAFE.key])
+
+
+def prepare(env: Env, contender: Contender, app: Any) -> Any:
+    """A scheduler that holds the lock and has a connected producer; nothing is due yet."""
+    scheduler = start_scheduler(contender, app)
+    if not contender.is_stock:
+        scheduler.tick()
+        if not scheduler.is_leader:
+            raise BenchmarkBroken("safe_redbeat did not take the lease in its first tick")
+    warm_up(app, scheduler.producer, env.client(BROKER_DB))
+    return scheduler
+
+
+def run_scheduler(env: Env, contender: Contender, n: int, timeout: float) -> tuple[float, int]:
+    """Seconds of ``tick()`` until all ``n`` due entries were published, and the tick count."""
+    env.flush()
+    app = env.make_app()
+    broker = env.client(BROKER_DB)
+    try:
+        scheduler = prepare(env, contender, app)
+        try:
+            write_entries(env.schedule_client, range(n), due=True)
+            with stopwatch() as elapsed:
+                ticks = tick_until_sent(scheduler, broker, n, timeout=timeout)
+            check_messages(broker, n, contender)
+        finally:
+            stop_scheduler(scheduler)
+    finally:
+        close_app(app)
+    return elapsed[0], ticks
+
+
+def run_floor(env: Env, n: int) -> float:
+    """Seconds of ``app.send_task`` for ``n`` messages with one producer: the publish floor."""
+    env.flush()
+    app = env.make_app()
+    broker = env.client(BROKER_DB)
+    connection = app.connection_for_write()
+    try:
+        connection.ensure_connection()
+        producer = app.amqp.Producer(connection, auto_declare=False)
+        warm_up(app, producer, broker)
+        with stopwatch() as elapsed:
+            for index in range(n):
+                app.send_task(TASK, args=[index], producer=producer)
+        check_messages(broker, n, None)
+    finally:
+        connection.release()
+        close_app(app)
+    return elapsed[0]
+
+
+def run(env: Env, sizes: tuple[int, ...], repetitions: int, timeout: float) -> list[DispatchResult]:
+    results = [DispatchResult(n) for n in sizes]
+    for rep in range(repetitions):
+        for result in results:
+            for series in rotated(SERIES, rep):
+                if series == FLOOR:
+                    seconds, ticks = run_floor(env, result.n), 0
+                else:
+                    contender = next(c for c in CONTENDERS if c.key == series)
+                    seconds, ticks = run_scheduler(env, contender, result.n, timeout)
+                result.seconds.setdefault(series, []).append(seconds)
+                result.ticks.setdefault(series, []).append(ticks)
+    return results
+
+
+# -- where safe_redbeat's time goes ------------------------------------------------------
+
+#: (label, attribute of SafeRedBeatScheduler or of safe_redbeat.scheduler)
+PHASES = (
+    ("read due entries (TIME, ZRANGEBYSCORE, HMGET pipeline)", "method", "_read_due"),
+    ("  of which decode_entry (JSON, schedule)", "module", "decode_entry"),
+    ("plan_batch (is_due, next run, meta, task id)", "module", "plan_batch"),
+    ("claim (claim.lua, one call per batch)", "method", "_claim"),
+    ("publish (send_task per occurrence)", "method", "_publish"),
+    ("ack (HDEL pending, one per batch)", "method", "_ack"),
+)
+
+
+@dataclass
+class Breakdown:
+    n: int
+    total: float
+    phases: dict[str, float]
+
+    def rows(self) -> list[tuple[str, float, float]]:
+        """(phase, ms per entry, share of the tick)."""
+        rows = [
+            (label, seconds * 1000 / self.n, seconds / self.total)
+            for label, seconds in self.phases.items()
+        ]
+        accounted = sum(
+            seconds for label, seconds in self.phases.items() if not label.startswith("  ")
+        )
+        rest = max(self.total - accounted, 0.0)
+        rows.append(("rest of tick (lease upkeep, loop)", rest * 1000 / self.n, rest / self.total))
+        return rows
+
+
+@contextmanager
+def _timed_phases(scheduler: Any) -> Iterator[defaultdict[str, float]]:
+    spent: defaultdict[str, float] = defaultdict(float)
+
+    def wrap(label: str, func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                spent[label] += time.perf_counter() - started
+
+        return timed
+
+    saved = {}
+    for label, where, name in PHASES:
+        if where == "method":
+            setattr(scheduler, name, wrap(label, getattr(scheduler, name)))
+        else:
+            saved[name] = getattr(safe_scheduler_module, name)
+            setattr(safe_scheduler_module, name, wrap(label, saved[name]))
+    try:
+        yield spent
+    finally:
+        for name, func in saved.items():
+            setattr(safe_scheduler_module, name, func)
+
+
+def breakdown(env: Env, n: int, timeout: float) -> Breakdown:
+    """One extra, instrumented safe_redbeat run: wall time per phase of the dispatching tick."""
+    env.flush()
+    app = env.make_app()
+    broker = env.client(BROKER_DB)
+    try:
+        scheduler = prepare(env, SAFE, app)
+        try:
+            write_entries(env.schedule_client, range(n), due=True)
+            with _timed_phases(scheduler) as spent, stopwatch() as elapsed:
+                tick_until_sent(scheduler, broker, n, timeout=timeout)
+            check_messages(broker, n, SAFE)
+        finally:
+            stop_scheduler(scheduler)
+    finally:
+        close_app(app)
+    phases = {label: spent.get(label, 0.0) for label, _where, _name in PHASES}
+    return Breakdown(n=n, total=elapsed[0], phases=phases)

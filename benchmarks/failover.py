@@ -1,0 +1,169 @@
+"""Failover: two real ``celery beat`` replicas, the leader is killed, the other takes over.
+
+Measured: from the kill to the first message of a 1-second entry that the other replica
+sent, as seen by a QueueAuditor draining the broker every 20 ms. The sender of a message
+is its ``origin`` header (``gen<pid>@<host>``); safe_redbeat's messages also carry the
+lease's fence number (``safe_redbeat_fence``), which must change on takeover.
+
+After each trial a fresh standby is started, so the next trial again kills a leader
+that has a standby. safe_redbeat runs with its default lease settings (15/10/2). Stock
+RedBeat's default lock timeout is 5 x beat_max_loop_interval = 1500 s; it is measured
+with a short lock timeout instead and reported as "= lock timeout".
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.support.beat import BeatCluster, BeatProcess, Message, QueueAuditor
+
+from .env import BROKER_DB, SCHEDULE_DB, BenchmarkBroken, Env
+from .stats import Sample
+
+SCHEDULE = {"every-second": {"task": "benchmark.noop", "every": 1.0}}
+STOCK_SCHEDULER = "redbeat.RedBeatScheduler"
+SAFE_SCHEDULER = "safe_redbeat.SafeRedBeatScheduler"
+#: stock RedBeat, made measurable: the lock expires 10 s after the last tick, and a
+#: standby polls for it every second (RedBeat polls every beat_max_loop_interval)
+STOCK_LOCK_TIMEOUT = 10
+STOCK_SETTINGS = {"redbeat_lock_timeout": STOCK_LOCK_TIMEOUT, "beat_max_loop_interval": 1}
+#: safe_redbeat's defaults (shown, not set)
+LEASE_SECONDS = 15.0
+RETRY_SECONDS = 2.0
+POLL = 0.02
+START_TIMEOUT = 60.0
+
+
+@dataclass
+class FailoverResult:
+    scheduler: str
+    signal_name: str
+    settings: str
+    seconds: list[float] = field(default_factory=list)
+
+    def sample(self) -> Sample:
+        return Sample.of(self.seconds)
+
+
+def origin_pid(message: Message) -> int | None:
+    origin = str(message.headers.get("origin") or "")
+    name = origin.partition("@")[0]
+    return int(name[3:]) if name.startswith("gen") and name[3:].isdigit() else None
+
+
+class Replicas:
+    """Two beat replicas of one scheduler class; tracks who leads."""
+
+    def __init__(self, env: Env, logdir: Path, scheduler: str, settings: dict[str, Any]):
+        env.flush()
+        self.stock = scheduler == STOCK_SCHEDULER
+        self.cluster = BeatCluster(
+            logdir,
+            redis_url=env.server.url_for(SCHEDULE_DB),
+            broker_url=env.server.url_for(BROKER_DB),
+            scheduler=scheduler,
+            settings=settings,
+            schedule=SCHEDULE,
+            loglevel="INFO",
+        )
+        self.auditor = QueueAuditor(env.client(BROKER_DB))
+
+    def start(self, *, standby: bool = True) -> BeatProcess:
+        """Start a replica; with ``standby``, wait until it is up and not leading."""
+        (proc,) = self.cluster.start(1)
+        proc.wait_for_log(r"beat: Starting", timeout=START_TIMEOUT)
+        if standby and not self.stock:
+            proc.wait_for_log(r"standby; the lease is held by", timeout=START_TIMEOUT)
+        return proc
+
+    def leader(self) -> tuple[BeatProcess, Message]:
+        """The process that sent the latest message, and that message."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            self.auditor.drain()
+            if self.auditor.messages:
+                latest = self.auditor.messages[-1]
+                pid = origin_pid(latest)
+                for proc in self.cluster.alive():
+                    if proc.pid == pid:
+                        return proc, latest
+            if time.monotonic() >= deadline:
+                raise BenchmarkBroken(f"no leader dispatching:\n{self.cluster.report(20)}")
+            time.sleep(POLL)
+
+    def trial(self, sig: int) -> float:
+        """Kill the leader with ``sig``; seconds until the other replica's first message."""
+        leader, last = self.leader()
+        old_fence = last.headers.get("safe_redbeat_fence")
+        old_pid = leader.pid
+        self.auditor.drain()
+        killed_at = time.time()
+        if sig == signal.SIGKILL:
+            leader.kill()
+        else:
+            leader.stop_signal(sig)
+        deadline = time.monotonic() + (STOCK_LOCK_TIMEOUT if self.stock else LEASE_SECONDS) + 30
+        while True:
+            for message in self.auditor.drain():
+                if origin_pid(message) in (old_pid, None):
+                    continue
+                if not self.stock and message.headers.get("safe_redbeat_fence") == old_fence:
+                    raise BenchmarkBroken("the new leader sent with the old leader's fence")
+                if sig != signal.SIGKILL and leader.wait(10) is None:
+                    raise BenchmarkBroken(f"{leader.name} did not exit after the signal")
+                return message.received_at - killed_at
+            if time.monotonic() >= deadline:
+                raise BenchmarkBroken(f"no takeover:\n{self.cluster.report(20)}")
+            time.sleep(POLL)
+
+    def cleanup(self) -> None:
+        self.cluster.cleanup()
+
+
+def measure(
+    env: Env,
+    logdir: Path,
+    scheduler: str,
+    settings: dict[str, Any],
+    plan: list[int],
+    label: str,
+) -> list[FailoverResult]:
+    results: dict[int, FailoverResult] = {}
+    replicas = Replicas(env, logdir, scheduler, settings)
+    try:
+        replicas.start(standby=False)
+        replicas.leader()  # the first replica leads once it sends
+        replicas.start()
+        for index, sig in enumerate(plan):
+            result = results.setdefault(
+                sig, FailoverResult(scheduler, signal.Signals(sig).name, label)
+            )
+            result.seconds.append(replicas.trial(sig))
+            if index + 1 < len(plan):
+                replicas.start()
+    finally:
+        replicas.cleanup()
+    return list(results.values())
+
+
+def run(env: Env, logdir: Path, sigkill: int, sigterm: int, stock: bool) -> list[FailoverResult]:
+    plan = [int(signal.SIGTERM)] * sigterm + [int(signal.SIGKILL)] * sigkill
+    results = []
+    if plan:
+        results += measure(
+            env, logdir / "safe_redbeat", SAFE_SCHEDULER, {}, plan, "defaults: lease 15/10/2"
+        )
+    if stock:
+        results += measure(
+            env,
+            logdir / "redbeat",
+            STOCK_SCHEDULER,
+            STOCK_SETTINGS,
+            [int(signal.SIGTERM), int(signal.SIGKILL)],
+            f"redbeat_lock_timeout={STOCK_LOCK_TIMEOUT}, beat_max_loop_interval=1",
+        )
+    return results

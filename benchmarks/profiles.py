@@ -1,0 +1,90 @@
+"""How much each mode measures: sizes, repetitions, failover trials."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    #: entries due at once, for dispatch cost and commands per tick
+    dispatch_sizes: tuple[int, ...]
+    repetitions: int
+    #: entries stored (one of them due) for start -> first dispatch
+    startup_sizes: tuple[int, ...]
+    startup_repetitions: int
+    #: entries installed and run once before measuring memory
+    memory_entries: int
+    #: seconds between two runs of an entry in the memory benchmark
+    memory_interval: float
+    #: failover trials per signal for safe_redbeat
+    failover_sigkill: int
+    failover_sigterm: int
+    #: also run stock RedBeat replicas (short lock timeout) for failover
+    failover_stock: bool
+    #: give up on one dispatch run after this long (a broken benchmark, not a slow one)
+    run_timeout: float = 300.0
+
+    @property
+    def failover(self) -> bool:
+        return bool(self.failover_sigkill or self.failover_sigterm or self.failover_stock)
+
+    def without_failover(self) -> Profile:
+        return Profile(
+            name=self.name,
+            dispatch_sizes=self.dispatch_sizes,
+            repetitions=self.repetitions,
+            startup_sizes=self.startup_sizes,
+            startup_repetitions=self.startup_repetitions,
+            memory_entries=self.memory_entries,
+            memory_interval=self.memory_interval,
+            failover_sigkill=0,
+            failover_sigterm=0,
+            failover_stock=False,
+            run_timeout=self.run_timeout,
+        )
+
+
+#: ``--quick``: CI; every benchmark runs, small sizes, well under 3 minutes.
+QUICK = Profile(
+    name="quick",
+    dispatch_sizes=(100, 1000, 3000),
+    repetitions=3,
+    startup_sizes=(1000, 10000),
+    startup_repetitions=3,
+    memory_entries=1000,
+    memory_interval=10.0,
+    failover_sigkill=0,
+    failover_sigterm=1,
+    failover_stock=False,
+)
+
+#: default: the numbers in docs/benchmarks.md (several minutes).
+FULL = Profile(
+    name="full",
+    dispatch_sizes=(100, 1000, 3000, 10000),
+    repetitions=5,
+    startup_sizes=(1000, 10000, 100000),
+    startup_repetitions=5,
+    memory_entries=3000,
+    memory_interval=10.0,
+    failover_sigkill=3,
+    failover_sigterm=3,
+    failover_stock=True,
+)
+
+#: ``--tiny``: proves the benchmark code works (the test suite runs it), no failover.
+TINY = Profile(
+    name="tiny",
+    dispatch_sizes=(50,),
+    repetitions=1,
+    startup_sizes=(50,),
+    startup_repetitions=1,
+    memory_entries=50,
+    memory_interval=2.0,
+    failover_sigkill=0,
+    failover_sigterm=0,
+    failover_stock=False,
+    run_timeout=30.0,
+)

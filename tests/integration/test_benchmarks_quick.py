@@ -1,0 +1,65 @@
+"""The benchmark suite runs end to end on tiny sizes (speed is never asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import redis
+
+from benchmarks.__main__ import main
+from benchmarks.env import QUEUE, BenchmarkBroken, check_messages, tick_until_sent
+
+pytestmark = pytest.mark.integration
+
+
+def test_tiny_run_prints_every_table_and_writes_docs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--tiny", "--no-failover", "--write-docs", "--docs-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for heading in (
+        "Dispatch cost per due entry",
+        "Redis commands for the dispatching tick(s)",
+        "Construct + first tick until the first dispatch",
+        "Redis memory per entry after one run",
+        "Targets",
+    ):
+        assert heading in out
+    # one dispatch row for N=50 with floor, RedBeat and safe_redbeat numbers
+    row = next(line for line in out.splitlines() if line.startswith("| 50 "))
+    assert len([cell for cell in row.split("|") if cell.strip()]) == 7
+    assert "PASS" in out or "MISS" in out
+    md = (tmp_path / "benchmarks.md").read_text()
+    assert "python -m benchmarks --tiny --no-failover --write-docs" in md
+    assert "## Reconcile — pending the loader" in md
+    assert "Redis server" in md
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class _IdleScheduler:
+    """A scheduler whose ticks never send anything."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+
+    def tick(self) -> float:
+        self.ticks += 1
+        return 0.01
+
+
+def test_a_scheduler_that_sends_nothing_is_reported_broken(redis_client: redis.Redis) -> None:
+    scheduler = _IdleScheduler()
+    with pytest.raises(BenchmarkBroken, match="only 0 of 3 messages"):
+        tick_until_sent(scheduler, redis_client, 3, timeout=0.2)
+    assert scheduler.ticks >= 2
+
+
+def test_duplicate_or_foreign_messages_are_reported_broken(redis_client: redis.Redis) -> None:
+    redis_client.lpush(QUEUE, '{"headers": {"id": "a", "task": "other"}}')
+    with pytest.raises(BenchmarkBroken, match="not one per entry"):
+        check_messages(redis_client, 1, None)
+    with pytest.raises(BenchmarkBroken, match="1 messages queued, expected 2"):
+        check_messages(redis_client, 2, None)
