@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -262,4 +261,3 @@ def test_due_loaded_entries_are_dispatched(
     leader.tick()
     sent = QueueAuditor(redis_client).drain()
     assert sorted(m.headers["safe_redbeat_entry"] for m in sent) == ["a", "b"]
-    _ = datetime.now(timezone.utc) - timedelta(seconds=1)
