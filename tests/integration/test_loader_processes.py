@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,7 @@ def test_restarting_a_standby_five_times_touches_nothing(
         for m in auditor.messages
         if m.headers["safe_redbeat_entry"] == "every-second"
     )
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in pairwise(times)]
     assert gaps and max(gaps) <= 2, f"an occurrence went missing: scheduled gaps {gaps}"
     assert leader.alive()
 
