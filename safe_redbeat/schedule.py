@@ -12,6 +12,7 @@ module writes, and entries saved by stock RedBeat are read here with version 0.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -51,12 +52,10 @@ _MAX_ATTEMPTS = 50
 
 @dataclass(frozen=True)
 class _State:
-    """An entry's hash and score as read before a write, with Redis' clock."""
+    """What a write depends on, read just before it: run metadata, score, Redis' clock."""
 
     now: datetime
-    definition: str | None
     meta: str | None
-    version: int
     run_now: str | None
     score: float | None
 
@@ -267,19 +266,13 @@ class Schedule:
     def _read(self, key: str) -> _State:
         with self.client.pipeline(transaction=False) as pipe:
             pipe.time()
-            pipe.hmget(key, "definition", "meta", "version", "run_now")
+            pipe.hmget(key, "meta", "run_now")
             pipe.zscore(self.keys.schedule, key)
-            (seconds, micros), (definition, meta, version, run_now), score = pipe.execute()
+            (seconds, micros), (meta, run_now), score = pipe.execute()
         now = datetime.fromtimestamp(seconds + micros / 1e6, tz=timezone.utc)
-        try:
-            version_number = int(version or 0)
-        except ValueError:
-            raise InvalidEntry(key, "version", f"must be an integer, got {version!r}") from None
         return _State(
             now=now.astimezone(self.app.timezone),
-            definition=definition,
             meta=meta,
-            version=version_number,
             run_now=run_now,
             score=None if score is None else float(score),
         )
@@ -354,15 +347,7 @@ class Schedule:
                 raise VersionConflict(name, expected_version, current.version)
             if current.enabled is enabled:
                 return current
-            spec = EntrySpec(
-                name=current.name,
-                task=current.task,
-                schedule=current.schedule,
-                args=current.args,
-                kwargs=current.kwargs,
-                options=current.options,
-                enabled=enabled,
-            )
+            spec = dataclasses.replace(current.spec, enabled=enabled)
             try:
                 return self._write(self._key(name), spec, current.version)
             except VersionConflict:
