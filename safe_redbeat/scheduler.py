@@ -252,6 +252,9 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         delay = self._backoff(self._failures)
         lease = self._lease_obj
         if lease is not None and lease.held:
+            # A claim whose reply was lost, or a failed ack, leaves pending records that
+            # no new leader will republish while we keep the lease: republish them.
+            self._pending_dirty = True
             now = self._monotonic()
             if now >= lease.deadline():
                 self._demote(f"Redis unreachable past the renew deadline ({exc})")
