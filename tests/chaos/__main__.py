@@ -1,0 +1,96 @@
+"""``python -m tests.chaos --duration 600 [--seed N] [--replicas 3] [--write-docs]``.
+
+Runs the chaos harness for ``--duration`` seconds of fault injection (every fault kind,
+in seeded random order, again and again), prints the oracle's figures, writes them as
+JSON, and with ``--write-docs`` regenerates the results section of docs/reliability.md.
+Exit status 1 if the run found a crash, a missing occurrence or a duplicate with a
+different task id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from tests.chaos.docs import DOC_PATH, write_results
+from tests.chaos.harness import ChaosConfig, run_chaos
+from tests.chaos.model import FAULT_KINDS
+from tests.chaos.oracle import markdown_table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__)
+    parser.add_argument("--duration", type=float, default=600.0, help="seconds of faults")
+    parser.add_argument("--seed", type=int, default=None, help="default: time-based")
+    parser.add_argument("--replicas", type=int, default=3)
+    parser.add_argument("--statics", type=int, default=240, help="static interval entries")
+    parser.add_argument("--dynamics", type=int, default=80, help="entries written to Redis")
+    parser.add_argument("--crons", type=int, default=10, help="every-minute crontab entries")
+    parser.add_argument("--skew", type=float, default=None, help="replica-0 clock offset")
+    parser.add_argument(
+        "--faults", default=",".join(FAULT_KINDS), help="comma-separated fault kinds"
+    )
+    parser.add_argument("--each-once", action="store_true", help="one fault of each kind")
+    parser.add_argument("--json", type=Path, default=None, help="write the report here")
+    parser.add_argument("--write-docs", action="store_true", help=f"update {DOC_PATH}")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args(argv)
+
+    seed = args.seed if args.seed is not None else int(time.time()) % 100_000
+    faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
+    unknown = set(faults) - set(FAULT_KINDS)
+    if unknown:
+        parser.error(f"unknown fault kinds: {', '.join(sorted(unknown))}")
+    if args.replicas < 2:
+        parser.error("--replicas must be at least 2 (faults target the leader)")
+    skew = args.skew
+    if skew is None:
+        # seeded sign and size: a replica ahead sends early if it trusts its own clock,
+        # one behind sends late
+        skew = (5 + seed % 6) * (1 if seed % 2 else -1)
+    config = ChaosConfig(
+        duration=args.duration,
+        seed=seed,
+        replicas=args.replicas,
+        statics=args.statics,
+        dynamics=args.dynamics,
+        crons=args.crons,
+        skew=skew,
+        faults=faults,
+        each_once=args.each_once,
+        keep_workdir=args.keep,
+    )
+    started = time.monotonic()
+    report, data, workdir = run_chaos(config)
+    elapsed = time.monotonic() - started
+    print(markdown_table(report))
+    print(report.summary())
+    print(f"wall time {elapsed:.0f}s, seed {seed}, workdir {workdir}")
+    result = report.to_dict()
+    result["info"] = data.info
+    result["info"]["wall_seconds"] = round(elapsed, 1)
+    json_path = args.json or (Path(workdir) / "report.json" if args.keep else None)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2, default=str))
+        print(f"report written to {json_path}")
+    if args.write_docs:
+        write_results(report, data.info, command=_command(args, seed))
+        print(f"results written to {DOC_PATH}")
+    bad = report.crashes or report.missing or report.dup_different_id or report.early_unexplained
+    return 1 if bad else 0
+
+
+def _command(args: argparse.Namespace, seed: int) -> str:
+    parts = ["python -m tests.chaos", f"--duration {args.duration:g}", f"--seed {seed}"]
+    if args.replicas != 3:
+        parts.append(f"--replicas {args.replicas}")
+    parts.append("--write-docs")
+    return " ".join(parts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

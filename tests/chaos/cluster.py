@@ -1,0 +1,345 @@
+"""Replicas supervised like a Kubernetes Deployment, and a broker auditor thread."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from safe_redbeat.dispatch import HEADER_ENTRY, HEADER_FENCE, HEADER_SCHEDULED
+from safe_redbeat.lease import Holder, parse_token
+from tests.chaos.model import ReplicaExit, Sent
+from tests.support.beat import REPO_ROOT, BeatProcess, Message, QueueAuditor
+
+SKEW_DIR = Path(__file__).resolve().parent / "skew"
+#: Environment variable read by tests/chaos/skew/sitecustomize.py (fallback skew).
+SKEW_ENV = "SRB_CLOCK_SKEW"
+
+
+def libfaketime_path() -> str | None:
+    """The libfaketime shared object shipped by the ``libfaketime`` wheel, if installed."""
+    spec = importlib.util.find_spec("libfaketime")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "vendor" / "libfaketime" / "src" / "libfaketime.so.1"
+    return str(path) if path.is_file() else None
+
+
+def skew_env(offset: float) -> tuple[dict[str, str], str]:
+    """Environment that shifts a beat process' wall clock by ``offset`` seconds.
+
+    With libfaketime (LD_PRELOAD) every wall-clock read of the process is shifted
+    (``time.time``, ``datetime.now``, C libraries); the monotonic clock is not. Without
+    it, a ``sitecustomize`` shifts Python's ``time.time``/``time.time_ns`` only.
+    """
+    library = libfaketime_path()
+    if library is not None:
+        return (
+            {
+                "LD_PRELOAD": library,
+                "FAKETIME": f"{offset:+.0f}",
+                "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+                "DONT_FAKE_MONOTONIC": "1",
+            },
+            "libfaketime",
+        )
+    pythonpath = os.pathsep.join([str(SKEW_DIR), str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
+    return {"PYTHONPATH": pythonpath.rstrip(os.pathsep), SKEW_ENV: str(offset)}, "sitecustomize"
+
+
+@dataclass
+class Replica:
+    """One pod of the Deployment: restarted with the same name and env when it exits."""
+
+    name: str
+    extra_env: dict[str, str] = field(default_factory=dict)
+    generation: int = 0
+    process: BeatProcess | None = None
+    expected_exit: str = ""
+    restart_at: float | None = None
+
+
+class Supervisor:
+    """Keeps ``replicas`` running; records every exit and whether we caused it."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        logdir: Path,
+        *,
+        settings: dict[str, Any],
+        schedule: dict[str, dict[str, Any]],
+        loglevel: str = "INFO",
+        restart_delay: float = 0.5,
+    ) -> None:
+        self.redis_url = redis_url
+        self.logdir = logdir
+        self.settings = settings
+        self.schedule = schedule
+        self.loglevel = loglevel
+        self.restart_delay = restart_delay
+        self.replicas: dict[str, Replica] = {}
+        self.exits: list[ReplicaExit] = []
+        self.all_processes: list[BeatProcess] = []
+        #: pid -> replica name, for every process ever started
+        self.pids: dict[int, str] = {}
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._shutting_down = False
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def add(self, name: str, extra_env: dict[str, str] | None = None) -> Replica:
+        with self._lock:
+            replica = Replica(name, dict(extra_env or {}))
+            self.replicas[name] = replica
+            self._spawn(replica)
+            return replica
+
+    def _spawn(self, replica: Replica) -> None:
+        replica.generation += 1
+        process = BeatProcess(
+            self.redis_url,
+            logdir=self.logdir,
+            name=f"{replica.name}.gen{replica.generation}",
+            settings=self.settings,
+            schedule=self.schedule,
+            instance=replica.name,
+            loglevel=self.loglevel,
+            extra_env=replica.extra_env,
+        )
+        process.start()
+        replica.process = process
+        replica.expected_exit = ""
+        replica.restart_at = None
+        self.all_processes.append(process)
+        self.pids[process.pid] = replica.name
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                now = time.time()
+                for replica in self.replicas.values():
+                    process = replica.process
+                    if process is None:
+                        continue
+                    code = process.returncode
+                    if code is not None and replica.restart_at is None:
+                        self.exits.append(
+                            ReplicaExit(
+                                replica=replica.name,
+                                generation=replica.generation,
+                                pid=process.pid,
+                                returncode=code,
+                                at=now,
+                                expected=_expected(replica.expected_exit, code),
+                                cause=replica.expected_exit or "unexpected exit",
+                            )
+                        )
+                        replica.restart_at = now + self.restart_delay
+                    if (
+                        replica.restart_at is not None
+                        and now >= replica.restart_at
+                        and not self._shutting_down
+                    ):
+                        self._spawn(replica)
+            self._stop.wait(0.05)
+
+    def shutdown(self, timeout: float = 15.0) -> dict[str, int | None]:
+        """SIGTERM every replica, return their exit codes, then stop supervising.
+
+        The supervisor thread stays alive until the replicas exited: processes it
+        restarted die with it (``die_with_parent`` is per thread).
+        """
+        codes: dict[str, int | None] = {}
+        with self._lock:
+            self._shutting_down = True
+            running = []
+            for replica in self.replicas.values():
+                process = replica.process
+                if process is None or replica.restart_at is not None or not process.alive():
+                    continue
+                replica.expected_exit = "SIGTERM (end of run)"
+                process.sigcont()
+                process.terminate()
+                running.append(replica)
+        deadline = time.monotonic() + timeout
+        for replica in running:
+            assert replica.process is not None
+            codes[replica.name] = replica.process.wait(max(deadline - time.monotonic(), 0.1))
+        time.sleep(0.2)  # let the thread record the exits
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self.cleanup()
+        return codes
+
+    def cleanup(self) -> None:
+        """Kill every process this supervisor ever started that is still alive (by PID)."""
+        self._stop.set()
+        for process in self.all_processes:
+            if process.alive():
+                process.sigcont()
+                process.kill()
+
+    # -- faults -----------------------------------------------------------------------
+
+    def signal(self, name: str, sig: int, *, cause: str) -> BeatProcess:
+        """Send ``sig`` to the current process of replica ``name``; an exit is expected."""
+        with self._lock:
+            replica = self.replicas[name]
+            process = replica.process
+            if process is None:
+                raise RuntimeError(f"replica {name} has no process")
+            if sig in (signal.SIGKILL, signal.SIGTERM):
+                replica.expected_exit = cause
+            process.stop_signal(sig)
+            return process
+
+    def process_of(self, name: str) -> BeatProcess | None:
+        with self._lock:
+            return self.replicas[name].process
+
+    def all_running(self) -> bool:
+        with self._lock:
+            return all(r.process is not None and r.process.alive() for r in self.replicas.values())
+
+    def logs(self, lines: int = 30) -> str:
+        return "\n".join(
+            f"==== {p.name} pid={p.pid} rc={p.returncode}\n{p.log_tail(lines)}"
+            for p in self.all_processes
+        )
+
+
+def _expected(cause: str, code: int) -> bool:
+    if cause.startswith("SIGKILL"):
+        return code == -signal.SIGKILL
+    if cause.startswith("SIGTERM"):
+        return code in (0, -signal.SIGTERM)
+    return False
+
+
+# -- leader -------------------------------------------------------------------------------
+
+
+def current_holder(client: redis.Redis, lease_key: str = "redbeat::lock") -> Holder | None:
+    try:
+        value = client.get(lease_key)
+    except redis.RedisError:
+        return None
+    return None if value is None else parse_token(str(value))
+
+
+def wait_for_leader(
+    client: redis.Redis,
+    timeout: float,
+    *,
+    among: set[str] | None = None,
+    lease_key: str = "redbeat::lock",
+) -> Holder:
+    deadline = time.monotonic() + timeout
+    while True:
+        holder = current_holder(client, lease_key)
+        if (
+            holder is not None
+            and holder.fence is not None
+            and (among is None or holder.name in among)
+        ):
+            return holder
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"no leader{f' among {among}' if among else ''} in {timeout}s")
+        time.sleep(0.05)
+
+
+# -- auditor ------------------------------------------------------------------------------
+
+
+def to_sent(message: Message) -> Sent:
+    headers = message.headers
+
+    def as_int(value: Any) -> int | None:
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return None
+
+    return Sent(
+        task_id=message.task_id,
+        entry=headers.get(HEADER_ENTRY),
+        scheduled=as_int(headers.get(HEADER_SCHEDULED)),
+        fence=as_int(headers.get(HEADER_FENCE)),
+        origin=str(headers.get("origin", "")),
+        arrived=message.received_at,
+        args=tuple(message.args),
+        kwargs=dict(message.kwargs),
+        custom_header=headers.get("x-chaos"),
+    )
+
+
+class AuditorThread:
+    """Drains the broker queue every ``interval`` seconds into compact ``Sent`` records.
+
+    Faults that cut connections or stop Redis run inside :meth:`hold`, so no drain is in
+    flight when its reply could be lost (the auditor itself must not lose messages).
+    """
+
+    def __init__(self, host: str, port: int, *, db: int = 0, interval: float = 0.05) -> None:
+        self.client = redis.Redis(
+            host=host, port=port, db=db, decode_responses=True, socket_timeout=3,
+            socket_connect_timeout=1,
+        )  # fmt: skip
+        self.auditor = QueueAuditor(self.client)
+        self.interval = interval
+        self.sent: list[Sent] = []
+        self.errors = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="auditor", daemon=True)
+
+    def start(self) -> AuditorThread:
+        self._thread.start()
+        return self
+
+    def drain(self) -> int:
+        try:
+            new = self.auditor.drain()
+        except redis.RedisError:
+            self.errors += 1
+            return 0
+        self.auditor.messages.clear()
+        self.sent.extend(to_sent(m) for m in new)
+        return len(new)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                self.drain()
+            self._stop.wait(self.interval)
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """No drain runs inside this block; one runs right before it."""
+        with self._lock:
+            self.drain()
+            yield
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        with self._lock:
+            self.drain()
+        self.client.close()

@@ -1,0 +1,298 @@
+"""One chaos run: Redis, N supervised beat replicas, an auditor, faults, the oracle."""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import redis
+
+from safe_redbeat.lease import Holder
+from tests.chaos.cluster import (
+    AuditorThread,
+    Supervisor,
+    current_holder,
+    skew_env,
+    wait_for_leader,
+)
+from tests.chaos.faults import FAULTS
+from tests.chaos.model import FAULT_KINDS, FaultRecord, Lifetime, RunData
+from tests.chaos.oracle import OracleSettings, Report, analyze
+from tests.chaos.workload import build_specs, redbeat_app, static_schedule, write_dynamic
+from tests.support.redis_server import HOST, RedisServer
+
+LEASE_KEY = "redbeat::lock"
+PENDING_KEY = "redbeat::pending"
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@dataclass
+class ChaosConfig:
+    #: seconds of fault injection (after start-up and the clock-skew phase)
+    duration: float = 120.0
+    seed: int = 1
+    replicas: int = 3
+    statics: int = 200
+    dynamics: int = 60
+    crons: int = 6
+    lease: float = 3.0
+    renew: float = 2.0
+    retry: float = 0.5
+    socket_timeout: float = 1.0
+    backoff_max: float = 2.0
+    faults: tuple[str, ...] = FAULT_KINDS
+    #: inject each fault kind once (in a seeded order) and stop, whatever ``duration``
+    each_once: bool = False
+    #: wall-clock offset of replica-0, which leads first; 0 = no skewed replica
+    skew: float = 8.0
+    #: seconds replica-0 (the skewed one) leads before the first fault
+    skew_phase: float = 6.0
+    #: random pause before each fault, after the previous failover window closed
+    gap: tuple[float, float] = (0.5, 2.5)
+    final_quiet: float = 7.0
+    loglevel: str = "INFO"
+    workdir: Path | None = None
+    keep_workdir: bool = False
+    oracle: OracleSettings = field(default_factory=OracleSettings)
+
+    def beat_settings(self) -> dict[str, Any]:
+        return {
+            "safe_redbeat_lease_seconds": self.lease,
+            "safe_redbeat_renew_seconds": self.renew,
+            "safe_redbeat_retry_seconds": self.retry,
+            "safe_redbeat_socket_timeout": self.socket_timeout,
+            "safe_redbeat_backoff_max_seconds": self.backoff_max,
+        }
+
+    @property
+    def failover_allowance(self) -> float:
+        return self.lease + self.retry + self.oracle.slack
+
+
+class Harness:
+    """Owns every process of a run; ``with Harness(config) as h: report = h.run()``."""
+
+    def __init__(self, config: ChaosConfig, log: Callable[[str], None] = _stderr) -> None:
+        self.config = config
+        self.log = log
+        self.rng = random.Random(config.seed)
+        self.lease_key = LEASE_KEY
+        self._own_workdir = config.workdir is None
+        self.workdir = config.workdir or Path(tempfile.mkdtemp(prefix="chaos-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.specs = build_specs(
+            self.rng, statics=config.statics, dynamics=config.dynamics, crons=config.crons
+        )
+        self.lifetimes: dict[str, list[Lifetime]] = {}
+        self.faults: list[FaultRecord] = []
+        self.server = RedisServer(appendonly=True, workdir=self.workdir / "redis")
+        self.skew_mechanism = ""
+        self.failed = False
+        self.started_at = time.time()
+
+    # -- setup / teardown -------------------------------------------------------------
+
+    def __enter__(self) -> Harness:
+        self.server.start()
+        self.admin = redis.Redis(
+            host=HOST, port=self.server.port, decode_responses=True, socket_timeout=5,
+            socket_connect_timeout=2,
+        )  # fmt: skip
+        self.configure_redis()
+        self.auditor = AuditorThread(HOST, self.server.port)
+        self.supervisor = Supervisor(
+            self.server.url,
+            self.workdir / "logs",
+            settings=self.config.beat_settings(),
+            schedule=static_schedule(self.specs.values()),
+            loglevel=self.config.loglevel,
+        )
+        self.writer = redbeat_app(self.server.url)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.supervisor.cleanup()
+        self.auditor.stop()
+        self.admin.close()
+        self.writer.close()
+        self.server.stop()
+        if exc_type is not None:
+            self.failed = True
+        if self._own_workdir and not self.config.keep_workdir and not self.failed:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def configure_redis(self) -> None:
+        # appendfsync always (RedisServer's default) costs an fsync per publish; a clean
+        # shutdown flushes the AOF anyway, which is all redis-restart-aof needs.
+        self.admin.config_set("appendfsync", "everysec")
+
+    # -- helpers used by the faults ---------------------------------------------------
+
+    def leader(self, timeout: float = 20.0) -> Holder:
+        """The lease holder, once it is one of our live processes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            holder = wait_for_leader(self.admin, max(deadline - time.monotonic(), 0.1))
+            process = self.supervisor.process_of(holder.name)
+            if process is not None and process.alive() and process.pid == holder.pid:
+                return holder
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"lease held by {holder.describe()}, not a live replica")
+            time.sleep(0.05)
+
+    def wait_mid_dispatch(self, timeout: float) -> int:
+        """Wait until claimed occurrences are pending (claimed, not yet acknowledged)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                pending = int(self.admin.hlen(PENDING_KEY))
+            except redis.RedisError:
+                pending = 0
+            if pending:
+                return pending
+            time.sleep(0.002)
+        return 0
+
+    def dynamic_deleted(self, at: float) -> None:
+        for name, spec in self.specs.items():
+            if spec.source == "dynamic":
+                lives = self.lifetimes[name]
+                if lives and lives[-1].deleted is None:
+                    lives[-1].deleted = at
+
+    def reseed(self) -> None:
+        """Write the harness' own entries (again), as an application would."""
+        write_dynamic(self.writer, self.specs.values())
+        created = time.time()
+        for name, spec in self.specs.items():
+            if spec.source == "dynamic":
+                # entry.save() records "last run = now": due one period later (crontab:
+                # at the next minute boundary, UTC)
+                if spec.kind == "crontab":
+                    first_due = math.ceil(created / 60) * 60
+                else:
+                    first_due = created + spec.period
+                self.lifetimes.setdefault(name, []).append(Lifetime(created, None, first_due))
+
+    # -- the run ----------------------------------------------------------------------
+
+    def run(self) -> tuple[Report, RunData]:
+        config = self.config
+        self.auditor.start()
+        skews: dict[str, float] = {}
+        first_env: dict[str, str] = {}
+        if config.skew:
+            first_env, self.skew_mechanism = skew_env(config.skew)
+            skews["replica-0"] = config.skew
+        self.supervisor.add("replica-0", first_env)
+        self.supervisor.start()
+        wait_for_leader(self.admin, 60, among={"replica-0"})
+        self.reseed()
+        observe_from = time.time()
+        for index in range(1, config.replicas):
+            self.supervisor.add(f"replica-{index}")
+        self.log(
+            f"chaos: {len(self.specs)} entries, {config.replicas} replicas, seed {config.seed}, "
+            f"replica-0 clock {config.skew:+.1f}s ({self.skew_mechanism or 'no skew'}), "
+            f"workdir {self.workdir}"
+        )
+        time.sleep(config.skew_phase)
+        holder = current_holder(self.admin)
+        skew_led = holder is not None and holder.name == "replica-0"
+
+        fault_deadline = time.time() + config.duration
+        order: list[str] = []
+        rounds = 0
+        window_end = time.time()
+        while True:
+            if not order:
+                if config.each_once and rounds:
+                    break
+                order = list(config.faults)
+                self.rng.shuffle(order)
+                rounds += 1
+            if not config.each_once and time.time() >= fault_deadline:
+                break
+            kind = order.pop(0)
+            time.sleep(max(window_end - time.time(), 0) + self.rng.uniform(*config.gap))
+            record = FAULTS[kind](self)
+            self.faults.append(record)
+            window_end = record.recovered + config.failover_allowance
+            self.log(
+                f"chaos: t+{record.started - observe_from:6.1f}s {kind} "
+                f"target={record.target} {record.details}"
+            )
+        time.sleep(max(window_end - time.time(), 0) + config.final_quiet)
+        observe_until = time.time()
+        self.auditor.stop()
+        final_codes = self.supervisor.shutdown()
+        data = RunData(
+            specs=self.specs,
+            lifetimes={
+                name: self.lifetimes.get(name) or [Lifetime(observe_from)] for name in self.specs
+            },
+            messages=self.auditor.sent,
+            faults=self.faults,
+            exits=list(self.supervisor.exits),
+            observe_from=observe_from,
+            observe_until=observe_until,
+            lease_seconds=config.lease,
+            retry_seconds=config.retry,
+            skews=skews,
+            origins=self._origins(),
+            final_returncodes=final_codes,
+            info={
+                "seed": config.seed,
+                "replicas": config.replicas,
+                "entries": len(self.specs),
+                "skew_mechanism": self.skew_mechanism,
+                "skewed_replica_led_first": skew_led,
+                "auditor_errors": self.auditor.errors,
+                "workdir": str(self.workdir),
+                "wall_seconds": round(time.time() - self.started_at, 1),
+                "config": {
+                    k: v for k, v in asdict(config).items() if k not in ("workdir", "oracle")
+                },
+            },
+        )
+        report = analyze(data, config.oracle)
+        if report.crashes or report.missing or report.dup_different_id:
+            self.failed = True
+        return report, data
+
+    def _origins(self) -> dict[str, str]:
+        origins: dict[str, str] = {}
+        for message in self.auditor.sent:
+            match = re.match(r"gen(\d+)@", message.origin)
+            if match and message.origin not in origins:
+                name = self.supervisor.pids.get(int(match.group(1)))
+                if name is not None:
+                    origins[message.origin] = name
+        return origins
+
+
+def run_chaos(
+    config: ChaosConfig, log: Callable[[str], None] = _stderr
+) -> tuple[Report, RunData, Path]:
+    """Run once; return the report, the raw observations and the (kept) workdir."""
+    with Harness(config, log) as harness:
+        report, data = harness.run()
+        return report, data, harness.workdir

@@ -1,0 +1,129 @@
+"""Plain records shared by the harness and the oracle (no I/O here)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+#: Fault kinds, in the order the results table lists them.
+FAULT_KINDS = (
+    "sigstop-leader",
+    "sigkill-leader",
+    "sigterm-leader",
+    "delete-lock",
+    "wipe-keys",
+    "redis-restart-lossy",
+    "redis-restart-aof",
+    "client-kill",
+    "redis-pause",
+)
+
+#: Faults that lose schedule data: an entry may legitimately run again early after them
+#: (its last run time is gone, so it is due at once).
+DATA_LOSS_FAULTS = frozenset({"wipe-keys", "redis-restart-lossy"})
+
+
+@dataclass(frozen=True)
+class EntrySpec:
+    """One schedule entry the harness defined, and how often it is expected to run."""
+
+    name: str
+    kind: str  # "interval" | "crontab"
+    period: float  # seconds between occurrences (60 for a crontab every minute)
+    source: str  # "static" (beat_schedule) | "dynamic" (written to Redis by the harness)
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def beat_spec(self) -> dict[str, Any]:
+        """The SRB_SCHEDULE form read by tests/apps/beatapp.py."""
+        spec: dict[str, Any] = {"task": "noop"}
+        if self.kind == "interval":
+            spec["every"] = self.period
+        else:
+            spec["cron"] = "* * * * *"
+        if self.args:
+            spec["args"] = list(self.args)
+        if self.kwargs:
+            spec["kwargs"] = dict(self.kwargs)
+        if self.options:
+            spec["options"] = dict(self.options)
+        return spec
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One task message as the auditor took it from the broker."""
+
+    task_id: str
+    entry: str | None
+    scheduled: int | None
+    fence: int | None
+    origin: str
+    arrived: float
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    custom_header: str | None = None
+
+
+@dataclass
+class FaultRecord:
+    """One injected fault. ``recovered`` is when the fault itself was over (Redis up
+    again, pause over); the failover window runs from ``started`` to ``recovered`` plus
+    the failover allowance."""
+
+    kind: str
+    started: float
+    recovered: float
+    target: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ReplicaExit:
+    """A replica process that exited; ``expected`` if we had signalled it to."""
+
+    replica: str
+    generation: int
+    pid: int
+    returncode: int
+    at: float
+    expected: bool
+    cause: str = ""
+
+
+@dataclass
+class Lifetime:
+    """When an entry existed in Redis (dynamic entries die with a wipe or data loss)."""
+
+    created: float
+    deleted: float | None = None
+    #: when its first occurrence is due; None = at once (no last run time recorded).
+    #: RedBeat's ``entry.save()`` records "last run = now", so the first run is one
+    #: period later.
+    first_due: float | None = None
+
+
+@dataclass
+class RunData:
+    """Everything a run observed; the oracle's only input."""
+
+    specs: dict[str, EntrySpec]
+    lifetimes: dict[str, list[Lifetime]]
+    messages: list[Sent]
+    faults: list[FaultRecord]
+    exits: list[ReplicaExit]
+    observe_from: float
+    observe_until: float
+    lease_seconds: float
+    retry_seconds: float
+    #: replica name -> clock offset in seconds (only skewed replicas)
+    skews: dict[str, float] = field(default_factory=dict)
+    #: sender ("origin" header, gen<pid>@host) -> replica name
+    origins: dict[str, str] = field(default_factory=dict)
+    #: replicas' final shutdown return codes (SIGTERM at the end of the run)
+    final_returncodes: dict[str, int | None] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)

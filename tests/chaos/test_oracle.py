@@ -1,0 +1,158 @@
+"""The oracle's definitions on hand-made observations (no processes, no Redis)."""
+
+from __future__ import annotations
+
+from tests.chaos.model import EntrySpec, FaultRecord, Lifetime, ReplicaExit, RunData, Sent
+from tests.chaos.oracle import STEADY, analyze, merge, uncovered
+
+T0 = 1_000_000.0
+
+
+def sends(
+    entry: str, times: list[float], *, fence: int = 1, ids: list[str] | None = None
+) -> list[Sent]:
+    return [
+        Sent(
+            task_id=(ids[i] if ids else f"{entry}-{int(t)}"),
+            entry=entry,
+            scheduled=int(t),
+            fence=fence,
+            origin="gen1@host",
+            arrived=t + 0.3,
+        )
+        for i, t in enumerate(times)
+    ]
+
+
+def run(
+    messages: list[Sent],
+    *,
+    specs: dict[str, EntrySpec] | None = None,
+    faults: list[FaultRecord] | None = None,
+    exits: list[ReplicaExit] | None = None,
+    lifetimes: dict[str, list[Lifetime]] | None = None,
+    until: float = T0 + 60,
+) -> RunData:
+    return RunData(
+        specs=specs or {"e": EntrySpec("e", "interval", 5.0, "static")},
+        lifetimes=lifetimes or {},
+        messages=messages,
+        faults=faults or [],
+        exits=exits or [],
+        observe_from=T0,
+        observe_until=until,
+        lease_seconds=3.0,
+        retry_seconds=0.5,
+    )
+
+
+def every(period: float, start: float, end: float) -> list[float]:
+    times, t = [], start
+    while t < end:
+        times.append(t)
+        t += period
+    return times
+
+
+def test_interval_helpers() -> None:
+    assert merge([(5, 6), (1, 3), (2, 4)]) == [(1, 4), (5, 6)]
+    assert uncovered(0, 10, [(2, 4), (6, 7)]) == 7
+    assert uncovered(3, 3.5, [(0, 10)]) == 0
+
+
+def test_a_regular_entry_has_nothing_missing_or_duplicated() -> None:
+    report = analyze(run(sends("e", every(5, T0, T0 + 60))))
+    assert (report.missing, report.dup_same_id, report.dup_different_id) == (0, 0, 0)
+    assert report.occurrences == 12
+    assert report.rows[STEADY].occurrences == 12
+
+
+def test_a_gap_outside_failover_windows_counts_missing_occurrences() -> None:
+    times = [t for t in every(5, T0, T0 + 60) if not T0 + 20 <= t < T0 + 35]
+    report = analyze(run(sends("e", times)))
+    # sends at +15 then +35: expected by +22 (p + tolerance); [+22, +33] uncovered
+    assert report.missing == 3
+    assert report.missing_gaps[0]["entry"] == "e"
+
+
+def test_the_same_gap_inside_a_failover_window_is_not_missing() -> None:
+    times = [t for t in every(5, T0, T0 + 60) if not T0 + 20 <= t < T0 + 25]
+    fault = FaultRecord("sigkill-leader", T0 + 19, T0 + 19)  # window to +19+6.5
+    report = analyze(run(sends("e", times), faults=[fault]))
+    assert report.missing == 0
+    # a window closing long before the entry came back leaves the rest missing:
+    # [+25.5, +38.3] is uncovered, 12.8 s of a 5 s period
+    late = [t for t in every(5, T0, T0 + 60) if not T0 + 20 <= t < T0 + 40]
+    assert analyze(run(sends("e", late), faults=[fault])).missing == 3
+
+
+def test_the_tail_after_the_last_send_is_checked() -> None:
+    report = analyze(run(sends("e", every(5, T0, T0 + 30)), until=T0 + 60))
+    assert report.missing == 6
+
+
+def test_duplicates_are_split_by_task_id() -> None:
+    messages = sends("e", every(5, T0, T0 + 60))
+    same = sends("e", [T0 + 10])  # same occurrence, same id
+    other = sends("e", [T0 + 20], ids=["another-id"])
+    report = analyze(run(messages + same + other))
+    assert report.dup_same_id == 1
+    assert report.dup_same_id_outside_windows == 1
+    assert report.dup_different_id == 1
+    assert report.occurrences == 12
+
+
+def test_an_early_rerun_is_explained_only_by_data_loss() -> None:
+    messages = sends("e", [*every(5, T0, T0 + 30), T0 + 27, *every(5, T0 + 32, T0 + 60)])
+    report = analyze(run(messages))
+    assert report.early_unexplained == 1
+    wipe = FaultRecord("wipe-keys", T0 + 26, T0 + 26)
+    report = analyze(run(messages, faults=[wipe]))
+    assert (report.early_unexplained, report.early_after_data_loss) == (0, 1)
+
+
+def test_crontab_runs_off_the_minute_boundary_are_early() -> None:
+    spec = EntrySpec("c", "crontab", 60.0, "static")
+    start = 60 * 20_000.0
+    messages = sends("c", [start + 17, start + 60, start + 120, start + 150, start + 180])
+    data = run(messages, specs={"c": spec}, until=start + 200)
+    data.observe_from = start + 16
+    report = analyze(data)
+    assert report.early_unexplained == 1  # +150; the first run (+17) is due at once
+    assert report.missing == 0
+
+
+def test_a_deleted_entry_is_not_expected_until_it_is_created_again() -> None:
+    spec = EntrySpec("d", "interval", 2.0, "dynamic")
+    lives = [Lifetime(T0, T0 + 20), Lifetime(T0 + 40, None, T0 + 42)]
+    times = every(2, T0 + 2, T0 + 20) + every(2, T0 + 42, T0 + 60)
+    report = analyze(run(sends("d", times), specs={"d": spec}, lifetimes={"d": lives}))
+    assert report.missing == 0
+    # and an entry that never comes back after re-creation is missing
+    report = analyze(
+        run(sends("d", every(2, T0 + 2, T0 + 20)), specs={"d": spec}, lifetimes={"d": lives})
+    )
+    assert report.missing > 0
+
+
+def test_failover_time_is_the_first_message_with_a_new_fence() -> None:
+    old = sends("e", every(5, T0, T0 + 20), fence=1)
+    new = sends("e", every(5, T0 + 24, T0 + 60), fence=2)
+    fault = FaultRecord("sigkill-leader", T0 + 20.5, T0 + 20.5)
+    client_kill = FaultRecord("client-kill", T0 + 40, T0 + 40)
+    report = analyze(run(old + new, faults=[fault, client_kill]))
+    assert report.rows["sigkill-leader"].failovers == [T0 + 24.3 - (T0 + 20.5)]
+    assert report.rows["client-kill"].lease_kept == 1
+
+
+def test_stale_fence_sends_and_unexpected_exits_are_counted() -> None:
+    messages = sends("e", every(5, T0, T0 + 20), fence=2) + sends("e", [T0 + 21], fence=1)
+    exits = [
+        ReplicaExit("r0", 1, 10, -9, T0 + 5, expected=True, cause="SIGKILL (injected)"),
+        ReplicaExit("r1", 1, 11, 1, T0 + 6, expected=False),
+    ]
+    data = run(messages, exits=exits, until=T0 + 25)
+    data.final_returncodes = {"r0": 0, "r1": 0, "r2": 1}
+    report = analyze(data)
+    assert report.stale_fence_sends == 1
+    assert report.crashes == 2

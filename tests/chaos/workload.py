@@ -1,0 +1,89 @@
+"""The schedule under test: static entries (beat_schedule) and entries written to Redis."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from datetime import timedelta
+
+from celery import Celery
+from celery.schedules import crontab
+from celery.schedules import schedule as interval
+from redbeat.schedulers import RedBeatSchedulerEntry
+
+from tests.chaos.model import EntrySpec
+
+#: The entry that carries args, kwargs and options through every fault.
+PAYLOAD_ENTRY = "s-payload"
+PAYLOAD_ARGS = (1, "two", {"three": 3})
+PAYLOAD_KWARGS = {"k": [1, 2], "name": "payload"}
+PAYLOAD_OPTIONS = {"priority": 5, "headers": {"x-chaos": "payload"}}
+
+
+def build_specs(
+    rng: random.Random, *, statics: int, dynamics: int, crons: int
+) -> dict[str, EntrySpec]:
+    """``statics`` + ``dynamics`` interval entries of 1-5 s, ``crons`` every-minute ones."""
+    specs: dict[str, EntrySpec] = {}
+    for i in range(statics):
+        period = float(rng.randint(1, 5))
+        specs[f"s-int{int(period)}-{i:04d}"] = EntrySpec(
+            f"s-int{int(period)}-{i:04d}", "interval", period, "static"
+        )
+    for i in range(dynamics):
+        period = float(rng.randint(1, 5))
+        name = f"d-int{int(period)}-{i:04d}"
+        specs[name] = EntrySpec(name, "interval", period, "dynamic")
+    for i in range(crons):
+        name = f"{'s' if i % 2 == 0 else 'd'}-cron-{i:03d}"
+        specs[name] = EntrySpec(name, "crontab", 60.0, "static" if i % 2 == 0 else "dynamic")
+    specs[PAYLOAD_ENTRY] = EntrySpec(
+        PAYLOAD_ENTRY,
+        "interval",
+        2.0,
+        "static",
+        args=PAYLOAD_ARGS,
+        kwargs=PAYLOAD_KWARGS,
+        options=PAYLOAD_OPTIONS,
+    )
+    return specs
+
+
+def static_schedule(specs: Iterable[EntrySpec]) -> dict[str, dict[str, object]]:
+    """SRB_SCHEDULE for the replicas."""
+    return {spec.name: spec.beat_spec() for spec in specs if spec.source == "static"}
+
+
+def redbeat_app(redis_url: str) -> Celery:
+    """A Celery app the harness uses to write entries in RedBeat's format."""
+    app = Celery("chaos-writer", set_as_current=False)
+    app.conf.update(
+        broker_url=redis_url,
+        redbeat_redis_url=redis_url,
+        redbeat_redis_options={"retry_period": 30},
+        timezone="UTC",
+        result_expires=None,
+    )
+    return app
+
+
+def write_dynamic(app: Celery, specs: Iterable[EntrySpec]) -> int:
+    """Write entries directly to Redis, as RedBeat's own API does (``entry.save()``)."""
+    count = 0
+    for spec in specs:
+        if spec.source != "dynamic":
+            continue
+        run_every = (
+            interval(timedelta(seconds=spec.period)) if spec.kind == "interval" else crontab()
+        )
+        RedBeatSchedulerEntry(
+            spec.name,
+            "noop",
+            run_every,
+            args=list(spec.args),
+            kwargs=dict(spec.kwargs),
+            options=dict(spec.options),
+            app=app,
+        ).save()
+        count += 1
+    return count
