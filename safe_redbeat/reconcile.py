@@ -13,9 +13,10 @@ overwritten with an older definition.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -124,11 +125,9 @@ class Reconciler:
         versions: dict[str, int] = {}
         for start in range(0, len(owned), CHUNK):
             chunk = owned[start : start + CHUNK]
-            with self.client.pipeline(transaction=False) as pipe:
-                for name in chunk:
-                    pipe.hget(self.keys.entry(name), "version")
-                for name, version in zip(chunk, pipe.execute(), strict=True):
-                    versions[name] = _version(version)
+            reply = self.scripts.versions(keys=[self.keys.entry(name) for name in chunk])
+            for name, version in zip(chunk, str(reply).split(","), strict=True):
+                versions[name] = 0 if version == "-" else int(version)
         return versions
 
     def run(
@@ -144,6 +143,8 @@ class Reconciler:
     ) -> ReconcileResult:
         """Apply ``specs``; remove owned names they lack only if ``complete``.
 
+        Entries are compared by the SHA1 of their definition inside Redis (``diff.lua``),
+        so an unchanged entry costs no round trip of its own and no write.
         ``versions`` (from :meth:`snapshot`) are the versions expected by each write;
         without it, the version read during the diff. ``token`` fences every write by the
         lease (leader); ``''`` leaves only the version check. Raises FencedOut if Redis
@@ -155,32 +156,34 @@ class Reconciler:
         result.complete = complete and not result.errors
         owned = set(self.client.smembers(self.owned_key))
         changes: list[_Change] = []
-        names = list(desired)
-        for start in range(0, len(names), CHUNK):
-            chunk = names[start : start + CHUNK]
-            with self.client.pipeline(transaction=False) as pipe:
-                for name in chunk:
-                    pipe.hmget(self.keys.entry(name), "definition", "version")
-                rows = pipe.execute()
-            for name, (stored, version) in zip(chunk, rows, strict=True):
-                spec = desired[name]
-                definition = spec.definition()
-                same = stored is not None and _same(stored, definition)
-                if same and name in owned:
+        specs_list = list(desired.values())
+        for start in range(0, len(specs_list), CHUNK):
+            chunk = specs_list[start : start + CHUNK]
+            definitions = [spec.definition() for spec in chunk]
+            reply = self.scripts.diff(
+                keys=[self.keys.entry(spec.name) for spec in chunk],
+                args=[hashlib.sha1(d.encode()).hexdigest() for d in definitions],
+            )
+            differing = dict(_parse_diff(str(reply)))
+            for index, spec in enumerate(chunk):
+                if index not in differing and spec.name in owned:
                     result.unchanged += 1
                     continue
                 # changed, new, or unchanged but not yet owned by this source (the
-                # upsert then only records ownership, or normalises the JSON once)
-                expected = _version(version)
-                if versions is not None and name in versions:
-                    expected = versions[name]
-                changes.append(_Change(spec, definition, expected, stored is None))
+                # upsert then only records ownership)
+                current = differing.get(index)
+                expected = 0 if current in (None, "-") else int(current)
+                if index not in differing:
+                    expected = -1  # unchanged content: take the version upsert.lua finds
+                if versions is not None and spec.name in versions:
+                    expected = versions[spec.name]
+                changes.append(_Change(spec, definitions[index], expected, current == "-"))
             if renew is not None:
                 renew()
         removals = sorted(owned - set(desired)) if result.complete else []
         if dry_run:
             result.created = [c.spec.name for c in changes if c.new]
-            result.updated = [c.spec.name for c in changes if not c.new]
+            result.updated = [c.spec.name for c in changes if not c.new and c.version >= 0]
             result.removed = removals
         else:
             self._apply(changes, token, result, renew)
@@ -230,7 +233,7 @@ class Reconciler:
                     name,
                     change.definition,
                     token,
-                    str(change.version),
+                    "" if change.version < 0 else str(change.version),
                     score,
                     "-" if meta is None else meta,
                     name,
@@ -305,20 +308,11 @@ def _check_fenced(replies: Sequence[Sequence[Any]]) -> None:
         raise FencedOut("Redis rejected a reconcile write: the lease is not ours")
 
 
-def _same(stored: str, definition: str) -> bool:
-    if stored == definition:
-        return True
-    try:
-        return bool(json.loads(stored) == json.loads(definition))
-    except ValueError:
-        return False
-
-
-def _version(raw: str | None) -> int:
-    try:
-        return int(raw or 0)
-    except ValueError:
-        return 0
+def _parse_diff(reply: str) -> Iterator[tuple[int, str]]:
+    """``diff.lua``'s answer as (0-based index, current version or '-')."""
+    for item in reply.split(",") if reply else ():
+        position, _, version = item.partition(" ")
+        yield int(position) - 1, version
 
 
 def _score(spec: EntrySpec, last_run_at: datetime | None, now: datetime, app: Any) -> int:

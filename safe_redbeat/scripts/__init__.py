@@ -12,7 +12,17 @@ from typing import Any
 
 __all__ = ["NAMES", "Scripts", "source"]
 
-NAMES = ("acquire", "renew", "release", "claim", "upsert", "remove", "run_now")
+NAMES = (
+    "acquire",
+    "renew",
+    "release",
+    "claim",
+    "upsert",
+    "remove",
+    "run_now",
+    "versions",
+    "diff",
+)
 
 
 @cache
@@ -32,3 +42,5 @@ class Scripts:
         self.upsert = client.register_script(source("upsert"))
         self.remove = client.register_script(source("remove"))
         self.run_now = client.register_script(source("run_now"))
+        self.versions = client.register_script(source("versions"))
+        self.diff = client.register_script(source("diff"))
