@@ -410,10 +410,12 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
     def _dispatch_due(self) -> float:
         """Claim and publish everything due, batch by batch; return the sleep time."""
         settings = self.safe_settings
+        reseeded = False
         while True:
             batch = self._read_due()
-            if not batch.seeded:
+            if not batch.seeded and not reseeded:
                 self._reseed("the seed marker is gone: Redis lost data or keys were deleted")
+                reseeded = True
                 continue
             plan = plan_batch(
                 batch.entries,
