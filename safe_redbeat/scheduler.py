@@ -6,7 +6,7 @@ import enum
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -97,12 +97,10 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         self._next_reconcile = 0.0
         self._reseed_needed = False
         super().__init__(app, lock_key=lock_key, lock_timeout=lock_timeout, **kwargs)
-        configured = lock_key or app.redbeat_conf.lock_key
-        self.keys = Keys(
-            prefix=app.redbeat_conf.key_prefix,
-            lease=configured or app.redbeat_conf.key_prefix + ":lock",
-        )
-        if not configured:
+        self.keys = Keys.from_app(app)
+        if lock_key:
+            self.keys = replace(self.keys, lease=lock_key)
+        elif not app.redbeat_conf.lock_key:
             logger.warning(
                 "beat: redbeat_lock_key is unset; RedBeat would run unlocked, "
                 "safe_redbeat always leases %r",
