@@ -206,3 +206,15 @@ def test_replicas_publish_heartbeats_with_their_role(
     leader.close()
     remaining = [r.heartbeat.instance for r in read_heartbeats(redis_client, Keys.from_app(app))]
     assert remaining == ["pod-b"]
+
+
+def test_an_unset_redbeat_lock_key_still_leases_the_default_key(
+    app: Celery, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    app.conf.redbeat_lock_key = None  # stock RedBeat would run unlocked
+    first, second = make(app), make(app)
+    first.tick()
+    second.tick()
+    assert first.is_leader and not second.is_leader
+    assert redis_client.exists("redbeat::lock")
+    assert "redbeat_lock_key is unset" in caplog.text
