@@ -93,6 +93,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         self._pending_retry_at = 0.0
         self._pending_failures = 0
         self._bad_entries: dict[str, str] = {}
+        self._closed = False
         self._next_heartbeat = 0.0
         self._next_reconcile = 0.0
         self._reseed_needed = False
@@ -157,6 +158,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """One pass: lease upkeep, then dispatch of what is due. Never raises on Redis."""
+        self._exit_if_closed()
         try:
             delay = self._tick()
         except LeaseLost as exc:
@@ -293,7 +295,15 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         self._pending_retry_at = 0.0
         self._pending_failures = 0
 
+    def _exit_if_closed(self) -> None:
+        # Celery's SIGTERM handler calls close() and then raises SystemExit in whatever
+        # frame runs; a publish it interrupts fails on the connection close() released,
+        # and that error can replace the SystemExit. Never go on leading after close().
+        if self._closed:
+            raise SystemExit(0)
+
     def close(self) -> None:
+        self._closed = True
         if self._client is not None:
             try:
                 self._client.delete(self.keys.replica(self.safe_settings.instance_name))
@@ -498,6 +508,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
 
     def _publish(self, occurrence: Occurrence) -> PublishResult:
         """Send one occurrence; anything but SENT leaves its pending record in place."""
+        self._exit_if_closed()
         options = dict(occurrence.options)
         headers = dict(options.pop("headers", None) or {})
         headers.update(occurrence.headers(self.lease.fence or occurrence.fence))

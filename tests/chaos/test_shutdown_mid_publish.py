@@ -1,0 +1,82 @@
+"""SIGTERM while the leader publishes (a rolling restart landing mid-burst).
+
+Celery's SIGTERM handler calls ``Service.sync()`` -> ``scheduler.close()`` (which releases
+the broker connection) and then raises SystemExit from whatever frame was running. When
+that frame was reading a publish reply, the read fails on the connection just closed and
+that error replaces the SystemExit. The scheduler must still stop: a replica that goes
+on after close() takes the lease again and ignores the SIGTERM (seen in a chaos run: the
+pod kept leading until SIGKILLed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from redbeat.schedulers import RedBeatSchedulerEntry
+
+from safe_redbeat import SafeRedBeatScheduler
+
+pytestmark = [pytest.mark.chaos, pytest.mark.integration]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def app(redis_url: str) -> Iterator[Celery]:
+    app = Celery("sigterm", set_as_current=False)
+    app.conf.update(
+        broker_url=redis_url,
+        redbeat_redis_url=redis_url,
+        timezone="UTC",
+        result_expires=None,
+        safe_redbeat_lease_seconds=3.0,
+        safe_redbeat_renew_seconds=2.0,
+        safe_redbeat_retry_seconds=0.5,
+        safe_redbeat_socket_timeout=1.0,
+    )
+    yield app
+    app.close()
+
+
+def test_close_during_a_publish_stops_the_scheduler_even_when_the_exit_is_swallowed(
+    app: Celery, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    scheduler = SafeRedBeatScheduler(app=app, monotonic=clock)
+    scheduler.tick()
+    assert scheduler.is_leader
+    past = datetime.now(timezone.utc) - timedelta(hours=2)
+    for name in "abcd":
+        entry = RedBeatSchedulerEntry(name, "noop", timedelta(hours=1), app=app)
+        entry.last_run_at = past
+        entry.save()
+
+    real_send = app.send_task
+    published: list[str] = []
+
+    def send_task(*args: Any, **kwargs: Any) -> Any:
+        published.append(kwargs["headers"]["safe_redbeat_entry"])
+        if len(published) == 2:
+            scheduler.close()  # the SIGTERM handler, on top of this publish
+            raise ValueError("I/O operation on closed file.")  # replaces its SystemExit
+        return real_send(*args, **kwargs)
+
+    monkeypatch.setattr(app, "send_task", send_task)
+    with pytest.raises(SystemExit):
+        for _ in range(3):
+            scheduler.tick()
+            clock.now += 0.6
+    assert len(published) == 2, f"published after close(): {published[2:]}"
+    assert not redis_client.exists("redbeat::lock"), "the lease was taken again after close()"
+    assert redis_client.hlen("redbeat::pending") == 3, "unsent claims stay for the next leader"
