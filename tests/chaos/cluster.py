@@ -23,6 +23,8 @@ from tests.support.beat import REPO_ROOT, BeatProcess, Message, QueueAuditor
 SKEW_DIR = Path(__file__).resolve().parent / "skew"
 #: Environment variable read by tests/chaos/skew/sitecustomize.py (fallback skew).
 SKEW_ENV = "SRB_CLOCK_SKEW"
+#: Set to "sitecustomize" to use the fallback even where libfaketime is installed.
+SKEW_WITH_ENV = "SRB_CHAOS_SKEW_WITH"
 
 
 def libfaketime_path() -> str | None:
@@ -42,7 +44,7 @@ def skew_env(offset: float) -> tuple[dict[str, str], str]:
     it, a ``sitecustomize`` shifts Python's ``time.time``/``time.time_ns`` only.
     """
     library = libfaketime_path()
-    if library is not None:
+    if library is not None and os.environ.get(SKEW_WITH_ENV) != "sitecustomize":
         return (
             {
                 "LD_PRELOAD": library,
@@ -66,6 +68,8 @@ class Replica:
     process: BeatProcess | None = None
     expected_exit: str = ""
     restart_at: float | None = None
+    #: a SIGTERMed process still running then is SIGKILLed, and counted as a crash
+    term_deadline: float | None = None
 
 
 class Supervisor:
@@ -80,6 +84,7 @@ class Supervisor:
         schedule: dict[str, dict[str, Any]],
         loglevel: str = "INFO",
         restart_delay: float = 0.5,
+        term_grace: float = 10.0,
     ) -> None:
         self.redis_url = redis_url
         self.logdir = logdir
@@ -87,6 +92,7 @@ class Supervisor:
         self.schedule = schedule
         self.loglevel = loglevel
         self.restart_delay = restart_delay
+        self.term_grace = term_grace
         self.replicas: dict[str, Replica] = {}
         self.exits: list[ReplicaExit] = []
         self.all_processes: list[BeatProcess] = []
@@ -122,6 +128,7 @@ class Supervisor:
         replica.process = process
         replica.expected_exit = ""
         replica.restart_at = None
+        replica.term_deadline = None
         self.all_processes.append(process)
         self.pids[process.pid] = replica.name
 
@@ -138,6 +145,29 @@ class Supervisor:
                     if process is None:
                         continue
                     code = process.returncode
+                    if (
+                        code is None
+                        and replica.term_deadline is not None
+                        and now >= replica.term_deadline
+                        and not self._shutting_down
+                    ):
+                        # what a kubelet does after terminationGracePeriodSeconds
+                        self.exits.append(
+                            ReplicaExit(
+                                replica=replica.name,
+                                generation=replica.generation,
+                                pid=process.pid,
+                                returncode=None,
+                                at=now,
+                                expected=False,
+                                cause=f"still running {self.term_grace:g}s after SIGTERM",
+                            )
+                        )
+                        replica.term_deadline = None
+                        replica.expected_exit = "SIGKILL (SIGTERM grace period over)"
+                        process.sigcont()
+                        process.kill()
+                        code = process.returncode
                     if code is not None and replica.restart_at is None:
                         self.exits.append(
                             ReplicaExit(
@@ -207,6 +237,8 @@ class Supervisor:
                 raise RuntimeError(f"replica {name} has no process")
             if sig in (signal.SIGKILL, signal.SIGTERM):
                 replica.expected_exit = cause
+            if sig == signal.SIGTERM:
+                replica.term_deadline = time.time() + self.term_grace
             process.stop_signal(sig)
             return process
 

@@ -128,7 +128,7 @@ def redis_pause(h: Harness) -> FaultRecord:
     """Stall Redis for longer than the lease (CLIENT PAUSE ALL)."""
     seconds = h.config.lease + h.rng.uniform(0.5, 1.5)
     with h.auditor.hold():
-        h.admin.execute_command("CLIENT", "PAUSE", int(seconds * 1000), "ALL")
+        h.admin.client_pause(int(seconds * 1000), all=True)
         started = time.time()
         time.sleep(seconds + 0.05)
     return FaultRecord(

@@ -186,6 +186,7 @@ class Harness:
             if spec.source == "dynamic":
                 # entry.save() records "last run = now": due one period later (crontab:
                 # at the next minute boundary, UTC)
+                first_due: float
                 if spec.kind == "crontab":
                     first_due = math.ceil(created / 60) * 60
                 else:

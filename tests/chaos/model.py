@@ -89,7 +89,8 @@ class ReplicaExit:
     replica: str
     generation: int
     pid: int
-    returncode: int
+    #: None: it did not exit (still running after the SIGTERM grace period)
+    returncode: int | None
     at: float
     expected: bool
     cause: str = ""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -93,8 +93,10 @@ def test_claimed_occurrences_whose_claim_reply_was_lost_are_still_published(
     scheduler.tick()  # elected, nothing due yet
     assert scheduler.is_leader
     add_due(app, ["a", "b", "c"])
-    scores = dict(redis_client.zrange("redbeat::schedule", 0, -1, withscores=True))
-    scheduler.scripts.claim = once_then_fail(scheduler.scripts.claim)  # type: ignore[method-assign]
+    scores: dict[str, float] = dict(
+        cast(Any, redis_client.zrange("redbeat::schedule", 0, -1, withscores=True))
+    )
+    scheduler.scripts.claim = once_then_fail(scheduler.scripts.claim)
     scheduler.tick()  # the claim runs in Redis, its reply is lost
     assert redis_client.hlen("redbeat::pending") == 3, "the claim did run inside Redis"
     assert scheduler.is_leader, "a lost reply is not a lost lease"

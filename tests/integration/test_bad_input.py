@@ -10,7 +10,7 @@ import json
 import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -75,7 +75,7 @@ def add_due(app: Celery, names: list[str]) -> None:
 def write_raw(client: redis.Redis, name: str, fields: dict[str, str]) -> str:
     """An entry hash written by hand (a broken loader, a manual edit), due now."""
     key = f"redbeat:{name}"
-    client.hset(key, mapping=fields)
+    client.hset(key, mapping=cast("dict[Any, Any]", fields))
     client.zadd("redbeat::schedule", {key: int(datetime.now(timezone.utc).timestamp()) - 5})
     return key
 
