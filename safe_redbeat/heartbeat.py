@@ -17,7 +17,7 @@ from typing import Any
 
 from .keys import Keys
 
-__all__ = ["Heartbeat", "ReplicaStatus", "read_heartbeats", "write_heartbeat"]
+__all__ = ["Heartbeat", "ReplicaStatus", "read_heartbeat", "read_heartbeats", "write_heartbeat"]
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,26 @@ def read_heartbeats(client: Any, keys: Keys) -> Iterator[ReplicaStatus]:
             pipe.pttl(key)
         values = pipe.execute()
     for raw, pttl in zip(values[::2], values[1::2], strict=True):
-        if raw is None or pttl is None or pttl < 0:
-            continue
-        try:
-            heartbeat = Heartbeat(**json.loads(raw))
-        except (ValueError, TypeError):
-            continue
-        yield ReplicaStatus(heartbeat, age=max(heartbeat.ttl - pttl / 1000, 0.0))
+        status = _decode(raw, pttl)
+        if status is not None:
+            yield status
+
+
+def read_heartbeat(client: Any, keys: Keys, instance: str) -> ReplicaStatus | None:
+    """One replica's last heartbeat, or None if it has none (GET + PTTL, no SCAN)."""
+    key = keys.replica(instance)
+    with client.pipeline(transaction=False) as pipe:
+        pipe.get(key)
+        pipe.pttl(key)
+        raw, pttl = pipe.execute()
+    return _decode(raw, pttl)
+
+
+def _decode(raw: str | None, pttl: int | None) -> ReplicaStatus | None:
+    if raw is None or pttl is None or pttl < 0:
+        return None
+    try:
+        heartbeat = Heartbeat(**json.loads(raw))
+    except (ValueError, TypeError):
+        return None
+    return ReplicaStatus(heartbeat, age=max(heartbeat.ttl - pttl / 1000, 0.0))
