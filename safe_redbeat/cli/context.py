@@ -1,0 +1,110 @@
+"""What every command needs: the Celery app, its settings, one Redis client; exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..config import Settings
+from ..connection import sanitize_url, scheduler_client
+from ..keys import Keys
+from ..schedule import Schedule
+
+__all__ = ["CLIError", "Context", "load_app", "open_context", "redis_error"]
+
+EXIT_OK = 0
+#: ``health``: the check failed; ``sync``: the load had errors (nothing was removed).
+EXIT_UNHEALTHY = 1
+#: Bad arguments (argparse prints a usage line).
+EXIT_USAGE = 2
+#: Redis could not be reached, or answered with an error.
+EXIT_REDIS = 3
+#: The Celery app could not be loaded, or its configuration is invalid or incomplete.
+EXIT_APP = 4
+#: No entry of that name.
+EXIT_NOT_FOUND = 5
+#: ``--expected-version`` (or ``add`` of an existing name) did not match Redis.
+EXIT_CONFLICT = 6
+#: The entry the arguments describe is invalid (bad cron expression, name, ...).
+EXIT_INVALID = 7
+
+
+class CLIError(Exception):
+    """Reported as one line on stderr; ``kind`` and ``extra`` also go to ``--json``."""
+
+    def __init__(self, code: int, kind: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.kind = kind
+        self.message = message
+        self.extra = extra
+
+
+@dataclass
+class Context:
+    app: Any
+    settings: Settings
+    keys: Keys
+    client: Any
+    #: the Redis URL with its password masked, for messages
+    url: str
+
+    def schedule(self) -> Schedule:
+        return Schedule(self.app, client=self.client)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def load_app(name: str) -> Any:
+    """Import the Celery app as ``celery -A`` does (``proj``, ``proj.celery``,
+    ``proj.celery:app``), with the current directory on ``sys.path``; read its config."""
+    from celery import Celery
+    from celery.app.utils import find_app
+    from redbeat.schedulers import ensure_conf
+
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)  # also for the loader module `sync` imports later
+    what = f"cannot load the Celery app {name!r}"
+    try:
+        app = find_app(name)
+    except ModuleNotFoundError as exc:
+        raise CLIError(EXIT_APP, "app", f"{what}: no module named {exc.name!r}") from None
+    except Exception as exc:  # user code: anything can go wrong on import
+        raise CLIError(EXIT_APP, "app", f"{what}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(app, Celery):
+        raise CLIError(EXIT_APP, "app", f"{what}: it is a {type(app).__name__}, not a Celery app")
+    try:
+        ensure_conf(app)  # reads the configuration (e.g. Django settings) now
+    except Exception as exc:
+        raise CLIError(
+            EXIT_APP, "app", f"{what}: its configuration: {type(exc).__name__}: {exc}"
+        ) from None
+    return app
+
+
+def open_context(app_name: str, timeout: float | None) -> Context:
+    """Load the app; ``timeout`` (default ``safe_redbeat_socket_timeout``) bounds every
+    Redis call. No connection is made yet."""
+    app = load_app(app_name)
+    settings = Settings.from_app(app)
+    url = sanitize_url(app.redbeat_conf.redis_url)
+    try:
+        client = scheduler_client(app, settings.socket_timeout if timeout is None else timeout)
+    except ValueError as exc:  # e.g. an unknown URL scheme
+        raise CLIError(EXIT_APP, "configuration", f"redbeat_redis_url {url}: {exc}") from None
+    return Context(app=app, settings=settings, keys=Keys.from_app(app), client=client, url=url)
+
+
+def redis_error(exc: RedisError, url: str) -> CLIError:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return CLIError(EXIT_REDIS, "redis_unreachable", f"cannot reach Redis at {url}: {text}")
+    return CLIError(EXIT_REDIS, "redis_error", f"Redis at {url} answered: {text}")
