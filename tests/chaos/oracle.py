@@ -441,8 +441,11 @@ def _check_missing(
         inside = [t for t in arrivals if start <= t <= end]
         # an entry (re)created at `start` is due at once; one already running is due p
         # after its last send
-        first_due = start if life.first_due is None else max(life.first_due, start)
-        previous = before[-1] if before else first_due - p
+        if life.first_due is not None:
+            # written with "last run = now": its first run is due then, whatever ran before
+            previous = max(life.first_due, start) - p
+        else:
+            previous = before[-1] if before else start - p
         gaps = []
         for t in inside:
             gaps.append((previous, t, t - tol))
