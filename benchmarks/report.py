@@ -383,9 +383,11 @@ def markdown(results: Results, plot_name: str | None) -> str:
         results.command,
         "```",
         "",
-        f"Mode: {results.profile.name}, {results.profile.repetitions} repetitions of the",
-        f"dispatch runs, {results.profile.startup_repetitions} of the start runs; the whole",
-        f"run took {results.seconds / 60:.1f} minutes.",
+        f"Mode: {results.profile.name} ({results.profile.repetitions} repetitions of the "
+        f"dispatch runs, {results.profile.startup_repetitions} of the start runs); "
+        f"the whole run took {results.seconds / 60:.1f} minutes. "
+        "`python -m benchmarks --quick` runs the same measurements on smaller sizes in",
+        "under a minute (CI); it fails only when a benchmark is broken, never on speed.",
         "",
         machine,
         "",
