@@ -16,8 +16,8 @@ from celery.utils.log import get_logger
 from kombu.exceptions import OperationalError as BrokerError
 from redbeat.schedulers import RedBeatScheduler
 from redis.exceptions import RedisError
-from tenacity import RetryCallState, Retrying, wait_exponential_jitter
 
+from .backoff import Backoff
 from .config import Settings
 from .connection import sanitize_url, scheduler_client
 from .dispatch import (
@@ -41,9 +41,6 @@ from .specs import EntrySpec
 __all__ = ["SafeRedBeatScheduler"]
 
 logger = get_logger("safe_redbeat")
-
-_NO_RETRYING = Retrying()
-
 
 class PublishResult(enum.Enum):
     SENT = "sent"
@@ -84,6 +81,9 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         self.safe_settings = Settings.from_app(app)
         self._monotonic = monotonic
         self._rng = rng or random.Random()
+        self._backoff_strategy = Backoff(
+            self.safe_settings.retry_seconds, self.safe_settings.backoff_max_seconds
+        )
         self._client: Any = None
         self._lease_obj: Lease | None = None
         self._scripts: Scripts | None = None
@@ -230,15 +230,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         return retry * (0.8 + 0.2 * self._rng.random())
 
     def _backoff(self, attempt: int) -> float:
-        strategy = wait_exponential_jitter(
-            initial=self.safe_settings.retry_seconds,
-            max=self.safe_settings.backoff_max_seconds,
-            jitter=self.safe_settings.retry_seconds,
-        )
-        # tenacity's wait strategies only read the attempt number
-        state = RetryCallState(retry_object=_NO_RETRYING, fn=None, args=(), kwargs={})
-        state.attempt_number = attempt
-        return float(strategy(state))
+        return self._backoff_strategy.delay(attempt)
 
     def _on_redis_error(self, exc: BaseException) -> float:
         self._failures += 1
