@@ -1,6 +1,6 @@
 """The default chaos run: 3 supervised beat replicas, every fault kind once, the oracle.
 
-About two minutes. ``python -m tests.chaos --duration 600`` is the long version.
+About 95 seconds. ``python -m tests.chaos --duration 600`` is the long version.
 Set ``SRB_CHAOS_SEED`` to replay another seeded order of faults and moments.
 """
 

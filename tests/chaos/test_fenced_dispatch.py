@@ -122,7 +122,7 @@ def wait_mid_burst(client: redis.Redis, timeout: float) -> tuple[int, int]:
             pipe.llen("celery")
             pipe.hlen("redbeat::pending")
             published, pending = pipe.execute()
-        if published >= 100 and pending:
+        if published >= 400 and pending:
             return int(published), int(pending)
         time.sleep(0.0005)
     raise AssertionError(f"no dispatch burst seen within {timeout}s")
