@@ -27,6 +27,10 @@ def render(report: Report, info: dict[str, Any], command: str) -> str:
             f"{skew['early_sends']}."
         )
     lateness = report.lateness
+    exits = (
+        ", ".join(f"{n} with return code {c}" for c, n in sorted(report.expected_exits.items()))
+        or "none"
+    )
     day = datetime.date.today().isoformat()
     return "\n".join(
         [
@@ -43,7 +47,7 @@ def render(report: Report, info: dict[str, Any], command: str) -> str:
             f"{report.missing}; duplicates with different task ids: {report.dup_different_id};"
             f" duplicates with the same task id: {report.dup_same_id} "
             f"({report.dup_same_id_outside_windows} outside failover windows); replica "
-            f"crashes: {report.crashes}.",
+            f"crashes: {report.crashes}; replica exits caused by the harness: {exits}.",
             f"- Early re-runs: {report.early_after_data_loss} after data loss (last run time "
             f"gone), {report.early_unexplained} otherwise.",
             f"- Lateness of all sends outside failover windows: min {_f(lateness.get('min'))} s,"

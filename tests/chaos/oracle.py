@@ -98,6 +98,8 @@ class Report:
     unknown_messages: int
     payload_mismatches: int
     observed_seconds: float
+    #: replica exits the harness caused (SIGKILL, SIGTERM), by return code
+    expected_exits: dict[str, int] = field(default_factory=dict)
     missing_gaps: list[dict[str, Any]] = field(default_factory=list)
     duplicates: list[dict[str, Any]] = field(default_factory=list)
     early: list[dict[str, Any]] = field(default_factory=list)
@@ -126,6 +128,8 @@ class Report:
             f"{self.early_unexplained} unexplained",
             f"missing {self.missing}",
             f"crashes {self.crashes}",
+            "expected exits "
+            + (", ".join(f"{n} x rc {c}" for c, n in sorted(self.expected_exits.items())) or "0"),
             f"stale-fence sends {self.stale_fence_sends}",
             f"unknown messages {self.unknown_messages}",
             f"payload mismatches {self.payload_mismatches}",
@@ -318,6 +322,8 @@ def analyze(data: RunData, settings: OracleSettings | None = None) -> Report:
     # crashes
     for exit_ in data.exits:
         if exit_.expected:
+            rc = str(exit_.returncode)
+            report.expected_exits[rc] = report.expected_exits.get(rc, 0) + 1
             continue
         report.crashes += 1
         rows[attribution.kind_at(exit_.at)].crashes += 1
