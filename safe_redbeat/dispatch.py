@@ -8,13 +8,14 @@ occurrence sends the same id, and a worker-side guard can drop a second copy.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .entries import StoredEntry, encode_meta, next_score, to_timestamp
+from .entries import NEVER, StoredEntry, meta_encoder, next_score, to_timestamp
 
 __all__ = [
     "HEADER_ENTRY",
@@ -154,6 +155,8 @@ def plan_batch(
     """Decide, for each due entry read from Redis, what the claim script should do."""
     plan = Plan()
     now_ts = to_timestamp(now)
+    now_epoch = now.timestamp()
+    meta_at_now = meta_encoder(now)
     for entry in entries:
         scheduled = int(entry.score)
         if entry.run_now is not None:
@@ -163,30 +166,28 @@ def plan_batch(
             plan.ops.append(ClaimOp(entry.key, entry.score, entry.version, regular, "", occurrence))
             continue
         if not entry.enabled:
-            plan.ops.append(
-                ClaimOp(
-                    entry.key, entry.score, entry.version, now_ts + int(disabled_recheck_seconds)
-                )
-            )
+            parked = now_ts + int(disabled_recheck_seconds)
+            plan.ops.append(ClaimOp(entry.key, entry.score, entry.version, parked))
             continue
         due, next_seconds = entry.is_due()
+        # Celery's is_due also says when the next occurrence is: no second computation
+        following = NEVER if next_seconds is None else math.floor(now_epoch + next_seconds)
         if not due:
-            plan.note_next(next_seconds)
-            corrected = next_score(entry.schedule, entry.last_run_at, now)
-            if corrected != scheduled:
-                plan.ops.append(ClaimOp(entry.key, entry.score, entry.version, corrected))
+            if next_seconds is not None:
+                plan.note_next(next_seconds)
+            if following != scheduled:
+                plan.ops.append(ClaimOp(entry.key, entry.score, entry.version, following))
             continue
-        new_score = next_score(entry.schedule, now, now)
-        if new_score != -1 and new_score <= scheduled:
-            new_score = scheduled + 1
+        if following != NEVER and following <= scheduled:
+            following = scheduled + 1
         if catch_up == "skip" and now_ts - scheduled > catch_up_grace_seconds:
             plan.skipped.append(entry.name)
-            meta = encode_meta(now, entry.total_run_count)
-            plan.ops.append(ClaimOp(entry.key, entry.score, entry.version, new_score, meta))
+            meta = meta_at_now(entry.total_run_count)
+            plan.ops.append(ClaimOp(entry.key, entry.score, entry.version, following, meta))
             continue
         occurrence = _occurrence(entry, scheduled, fence)
-        meta = encode_meta(now, entry.total_run_count + 1)
-        plan.ops.append(ClaimOp(entry.key, entry.score, entry.version, new_score, meta, occurrence))
+        meta = meta_at_now(entry.total_run_count + 1)
+        plan.ops.append(ClaimOp(entry.key, entry.score, entry.version, following, meta, occurrence))
     return plan
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import calendar
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import MINYEAR, datetime
 from typing import Any
@@ -25,6 +25,7 @@ __all__ = [
     "decode_meta",
     "encode_definition",
     "encode_meta",
+    "meta_encoder",
     "next_score",
     "to_timestamp",
 ]
@@ -68,11 +69,15 @@ class StoredEntry:
     #: a pending "run now" request: the Redis time (whole seconds) it was made at
     run_now: int | None = None
 
-    def is_due(self) -> tuple[bool, float]:
-        """Celery's answer for this entry at the schedule's ``now``."""
+    def is_due(self) -> tuple[bool, float | None]:
+        """Celery's answer for this entry at the schedule's ``now``.
+
+        The seconds are those until the next occurrence (counted from ``now``, also when
+        due); None when there is none (an ``rrule`` that ended).
+        """
         last = self.last_run_at or datetime(MINYEAR, 1, 2, tzinfo=self.schedule.tz)
         due, next_seconds = self.schedule.is_due(last)
-        return bool(due), float(next_seconds)
+        return bool(due), None if next_seconds is None else float(next_seconds)
 
 
 def _fail(key: str, field_name: str, problem: str) -> InvalidEntry:
@@ -192,6 +197,16 @@ def encode_definition(
 def encode_meta(last_run_at: datetime | None, total_run_count: int = 0) -> str:
     meta = {"last_run_at": last_run_at, "total_run_count": total_run_count}
     return str(_META_ENCODER.encode(meta))
+
+
+def meta_encoder(last_run_at: datetime) -> Callable[[int], str]:
+    """``encode_meta(last_run_at, n)`` for many ``n``, encoding the datetime once."""
+    encoded = _META_ENCODER.encode(last_run_at)
+
+    def encode(total_run_count: int) -> str:
+        return f'{{"last_run_at": {encoded}, "total_run_count": {int(total_run_count)}}}'
+
+    return encode
 
 
 def next_score(schedule: BaseSchedule, last_run_at: datetime | None, now: datetime) -> int:

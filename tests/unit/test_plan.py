@@ -112,3 +112,24 @@ def test_parse_token_reads_our_tokens_and_tolerates_redbeats() -> None:
     assert (holder.fence, holder.pid, holder.name) == (17, 3, "pod")
     stock = parse_token("0b5e4c2a9f6e11ee8c1b0242ac120002")
     assert stock.fence is None and "not a safe_redbeat token" in stock.describe()
+
+
+def test_meta_encoder_matches_encode_meta() -> None:
+    from safe_redbeat.entries import encode_meta, meta_encoder
+
+    assert meta_encoder(NOW)(5) == encode_meta(NOW, 5)
+
+
+def test_an_rrule_that_ended_is_parked_forever_instead_of_crashing() -> None:
+    from redbeat.schedules import rrule
+
+    once = rrule("MINUTELY", dtstart=NOW - timedelta(minutes=10), count=1)
+    once.nowfun = lambda: NOW
+    ended = entry(last_run_at=NOW - timedelta(minutes=9), score=to_timestamp(NOW) - 5)
+    ended.schedule = once
+    (op,) = plan(ended).ops
+    assert op.occurrence is None and op.new_score == -1
+    last = entry(score=to_timestamp(NOW) - 5)  # never ran: its single occurrence is due
+    last.schedule = once
+    (op,) = plan(last).ops
+    assert op.occurrence is not None and op.new_score == -1
