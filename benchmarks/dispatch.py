@@ -155,8 +155,8 @@ PHASES = (
     ("  of which decode_entry (JSON, schedule)", "module", "decode_entry"),
     ("plan_batch (is_due, next run, meta, task id)", "module", "plan_batch"),
     ("claim (claim.lua, one call per batch)", "method", "_claim"),
-    ("publish (send_task per occurrence)", "method", "_publish"),
-    ("ack (HDEL pending, one per batch)", "method", "_ack"),
+    ("publish (send_task, broker batches of 500)", "method", "_publish_claimed"),
+    ("  of which ack (HDEL pending, one per chunk)", "method", "_ack"),
 )
 
 

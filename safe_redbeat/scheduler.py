@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -13,7 +12,6 @@ from typing import Any
 from celery.beat import Scheduler
 from celery.schedules import crontab
 from celery.utils.log import get_logger
-from kombu.exceptions import OperationalError as BrokerError
 from redbeat.schedulers import RedBeatScheduler
 from redis.exceptions import RedisError
 
@@ -34,6 +32,7 @@ from .heartbeat import Heartbeat, write_heartbeat
 from .keys import Keys
 from .lease import Holder, Lease
 from .loader import LoaderError, call_loader, parse_specs, resolve
+from .publisher import Publisher
 from .reconcile import Reconciler, ReconcileResult
 from .scripts import Scripts
 from .specs import EntrySpec
@@ -41,13 +40,6 @@ from .specs import EntrySpec
 __all__ = ["SafeRedBeatScheduler"]
 
 logger = get_logger("safe_redbeat")
-
-class PublishResult(enum.Enum):
-    SENT = "sent"
-    #: this message failed; its pending record stays and is retried later
-    KEPT = "kept"
-    #: the broker is not answering: stop this batch, the rest stays pending
-    BROKER_DOWN = "broker down"
 
 
 #: Errors that mean "Redis is not answering"; never allowed to escape ``tick()``.
@@ -87,6 +79,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         self._client: Any = None
         self._lease_obj: Lease | None = None
         self._scripts: Scripts | None = None
+        self._publisher: Publisher | None = None
         self._failures = 0
         self._last_holder: str | None = None
         self._pending_dirty = False
@@ -137,6 +130,12 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
                 monotonic=self._monotonic,
             )
         return self._lease_obj
+
+    @property
+    def publisher(self) -> Publisher:
+        if self._publisher is None:
+            self._publisher = Publisher(self.app, lambda: self.producer)
+        return self._publisher
 
     @property
     def is_leader(self) -> bool:
@@ -476,71 +475,17 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         return claimed
 
     def _publish_claimed(self, claimed: Sequence[Occurrence]) -> None:
-        """Publish claimed occurrences, renewing on the way; ack what was sent."""
-        sent: list[str] = []
-        try:
-            for index, occurrence in enumerate(claimed):
-                if self._monotonic() >= self.lease.renew_at():
-                    self._renew()
-                result = self._publish(occurrence)
-                if result is PublishResult.KEPT:
-                    continue
-                if result is PublishResult.BROKER_DOWN:
-                    if index + 1 < len(claimed):
-                        logger.warning(
-                            "beat: %d claimed occurrences stay pending until the broker answers",
-                            len(claimed) - index - 1,
-                        )
-                    break
-                sent.append(occurrence.task_id)
-        finally:
-            if len(sent) < len(claimed):
-                self._pending_dirty = True
-            self._ack(sent)
-
-    def _publish(self, occurrence: Occurrence) -> PublishResult:
-        """Send one occurrence; anything but SENT leaves its pending record in place."""
-        self._exit_if_closed()
-        options = dict(occurrence.options)
-        headers = dict(options.pop("headers", None) or {})
-        headers.update(occurrence.headers(self.lease.fence or occurrence.fence))
-        task = self.app.tasks.get(occurrence.task)
-        logger.debug(
-            "beat: sending %s (%s) id %s", occurrence.entry, occurrence.task, occurrence.task_id
+        """Publish claimed occurrences chunk by chunk, renewing between chunks."""
+        report = self.publisher.send(
+            claimed, fence=self._fence(), ack=self._ack, keep_leading=self._keep_leading
         )
-        try:
-            if task is not None:
-                task.apply_async(
-                    occurrence.args,
-                    occurrence.kwargs,
-                    producer=self.producer,
-                    task_id=occurrence.task_id,
-                    headers=headers,
-                    **options,
-                )
-            else:
-                self.app.send_task(
-                    occurrence.task,
-                    occurrence.args,
-                    occurrence.kwargs,
-                    producer=self.producer,
-                    task_id=occurrence.task_id,
-                    headers=headers,
-                    **options,
-                )
-        except (BrokerError, ConnectionError, OSError) as exc:
-            logger.error("beat: broker error sending %r: %s", occurrence.entry, exc)
-            return PublishResult.BROKER_DOWN
-        except Exception:
-            # one bad message (e.g. an unknown queue option) must not stop the others
-            logger.exception(
-                "beat: could not send %r (task %s); it stays pending and is retried",
-                occurrence.entry,
-                occurrence.task,
-            )
+        if report.kept:
             self._pending_dirty = True
-            return PublishResult.KEPT
-        return PublishResult.SENT
+
+    def _keep_leading(self) -> None:
+        self._exit_if_closed()
+        if self._monotonic() >= self.lease.renew_at():
+            self._renew()
 
     def _ack(self, task_ids: Sequence[str]) -> None:
         # Not fenced on purpose: an ack records a publish that happened. Refusing it
@@ -550,35 +495,23 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
 
     def _republish_pending(self) -> None:
         """Publish pending records (ours or a dead leader's) with their own task ids."""
-        records = dict(self.client.hscan_iter(self.keys.pending, count=1000))
-        failed = False
-        sent: list[str] = []
-        try:
-            for task_id, raw in records.items():
-                try:
-                    occurrence = Occurrence.from_json(task_id, raw)
-                except (ValueError, KeyError, TypeError) as exc:
-                    logger.error(
-                        "beat: pending record %r in %r is malformed (%s); left in place",
-                        task_id,
-                        self.keys.pending,
-                        exc,
-                    )
-                    continue
-                if self._monotonic() >= self.lease.renew_at():
-                    self._renew()
-                result = self._publish(occurrence)
-                if result is PublishResult.SENT:
-                    sent.append(task_id)
-                else:
-                    failed = True
-                    if result is PublishResult.BROKER_DOWN:
-                        break
-        finally:
-            self._ack(sent)
-        if sent:
-            logger.info("beat: republished %d pending occurrences", len(sent))
-        if failed:
+        occurrences = []
+        for task_id, raw in self.client.hscan_iter(self.keys.pending, count=1000):
+            try:
+                occurrences.append(Occurrence.from_json(task_id, raw))
+            except (ValueError, KeyError, TypeError) as exc:
+                logger.error(
+                    "beat: pending record %r in %r is malformed (%s); left in place",
+                    task_id,
+                    self.keys.pending,
+                    exc,
+                )
+        report = self.publisher.send(
+            occurrences, fence=self._fence(), ack=self._ack, keep_leading=self._keep_leading
+        )
+        if report.sent:
+            logger.info("beat: republished %d pending occurrences", len(report.sent))
+        if report.kept:
             self._pending_failures += 1
             self._pending_retry_at = self._monotonic() + self._backoff(self._pending_failures)
         else:

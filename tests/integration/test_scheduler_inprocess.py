@@ -148,13 +148,13 @@ def test_a_long_tick_renews_between_batches(
         real_renew()
 
     monkeypatch.setattr(scheduler.lease, "renew", counting_renew)
-    real_publish = scheduler._publish
+    real_apply = scheduler.publisher._apply
 
-    def slow_publish(occurrence: Occurrence) -> Any:
+    def slow_apply(occurrence: Occurrence, fence: int) -> Any:
         clock.now += 0.1  # each publish takes 100 ms: the tick lasts 4.5 s
-        return real_publish(occurrence)
+        return real_apply(occurrence, fence)
 
-    monkeypatch.setattr(scheduler, "_publish", slow_publish)
+    monkeypatch.setattr(scheduler.publisher, "_apply", slow_apply)
     scheduler.tick()
     assert len(QueueAuditor(redis_client).drain()) == 45
     assert len(renewals) >= 8, renewals  # every retry period (0.5 s) of the 4.5 s tick
@@ -218,3 +218,44 @@ def test_an_unset_redbeat_lock_key_still_leases_the_default_key(
     assert first.is_leader and not second.is_leader
     assert redis_client.exists("redbeat::lock")
     assert "redbeat_lock_key is unset" in caplog.text
+
+
+def test_a_broker_outage_keeps_claimed_occurrences_pending_until_it_answers(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Any
+) -> None:
+    from tests.support.redis_server import RedisServer
+
+    with RedisServer(workdir=tmp_path / "broker") as broker:
+        app = Celery("broker-outage", set_as_current=False)
+        app.conf.update(
+            broker_url=broker.url_for(0),
+            redbeat_redis_url=redis_url,
+            timezone="UTC",
+            result_expires=None,
+            beat_max_loop_interval=5,
+            task_publish_retry=False,
+            broker_connection_retry=False,
+            broker_connection_max_retries=0,
+            **FAST,
+        )
+        clock = FakeClock()
+        scheduler = make(app, clock)
+        scheduler.tick()  # leads; the producer connects
+        add_due(app, ["a", "b"])
+        broker.stop()
+        scheduler.tick()  # claims both, the broker refuses them
+        assert redis_client.hlen("redbeat::pending") == 2
+        assert scheduler.is_leader
+        broker.start()
+        clock.now += 60  # past any backoff
+        deadline = clock.now + 120
+        sent: list[Any] = []
+        auditor = QueueAuditor(broker.client(0))
+        while len(sent) < 2 and clock.now < deadline:
+            scheduler.tick()
+            sent += auditor.drain()
+            clock.now += 5
+        assert sorted(m.headers["safe_redbeat_entry"] for m in sent) == ["a", "b"]
+        assert redis_client.hlen("redbeat::pending") == 0
+        scheduler.close()
+        app.close()
