@@ -24,6 +24,8 @@ app.conf.update(
 )
 
 
-@app.task(name="demo.hello")
 def hello() -> str:
     return "hello"
+
+
+app.task(name="demo.hello")(hello)

@@ -18,10 +18,11 @@ def test_a_second_copy_of_an_occurrence_does_not_run(
     app.conf.update(broker_url=redis_url, redbeat_redis_url=redis_url)
     runs: list[int] = []
 
-    @app.task(base=OncePerOccurrence, name="guarded")
-    def guarded(n: int) -> int:
+    def run(n: int) -> int:
         runs.append(n)
         return n
+
+    guarded = app.task(base=OncePerOccurrence, name="guarded")(run)
 
     def deliver(task_id: str, **headers: object) -> object:
         guarded.push_request(id=task_id, **headers)

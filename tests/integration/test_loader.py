@@ -66,7 +66,7 @@ def leader(app: Celery, clock: Clock) -> SafeRedBeatScheduler:
 
 
 def names(client: redis.Redis) -> set[str]:
-    return {k.removeprefix("redbeat:") for k in client.zrange("redbeat::schedule", 0, -1)}
+    return {str(k).removeprefix("redbeat:") for k in client.zrange("redbeat::schedule", 0, -1)}
 
 
 def test_first_acquisition_creates_the_loaded_entries(

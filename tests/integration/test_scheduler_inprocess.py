@@ -127,7 +127,8 @@ def test_a_crash_between_claim_and_publish_is_republished_with_the_same_id(
     successor.tick()
     sent = {m.task_id for m in auditor.wait_for(lambda msgs: len(msgs) >= 3, timeout=5)}
     assert sent == set(pending)
-    assert {Occurrence.from_json(k, v).entry for k, v in pending.items()} == {"a", "b", "c"}
+    entries = {Occurrence.from_json(str(k), str(v)).entry for k, v in pending.items()}
+    assert entries == {"a", "b", "c"}
     assert not redis_client.exists("redbeat::pending")
     successor.tick()
     assert len(auditor.drain()) == 0, "an occurrence was sent twice"
@@ -170,7 +171,9 @@ def test_nothing_is_written_before_the_lease_is_held(
     standby = make(app)
     standby.tick()
     assert not standby.is_leader
-    written = {k for k in redis_client.keys("*") if not k.startswith("redbeat::replica:")}
+    written = {str(k) for k in redis_client.keys("*")} - {
+        str(k) for k in redis_client.keys("redbeat::replica:*")
+    }
     assert written == {"redbeat::lock", "redbeat::statics"}
     assert redis_client.smembers("redbeat::statics") == {"removed-static"}
     redis_client.delete("redbeat::lock")

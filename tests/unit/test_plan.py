@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from celery.schedules import crontab, schedule
 
-from safe_redbeat.dispatch import plan_batch, task_id_for
+from safe_redbeat.dispatch import Plan, plan_batch, task_id_for
 from safe_redbeat.entries import StoredEntry, to_timestamp
 from safe_redbeat.lease import parse_token
 
@@ -41,7 +42,7 @@ def entry(
     )
 
 
-def plan(*entries: StoredEntry, **kwargs: object):  # type: ignore[no-untyped-def]
+def plan(*entries: StoredEntry, **kwargs: Any) -> Plan:
     return plan_batch(entries, now=NOW, fence=7, disabled_recheck_seconds=300, **kwargs)
 
 
@@ -50,7 +51,8 @@ def test_a_due_entry_is_claimed_with_a_deterministic_task_id() -> None:
     (op,) = plan(e).ops
     assert op.occurrence is not None
     assert op.occurrence.task_id == task_id_for("redbeat:e", to_timestamp(NOW) - 1)
-    assert op.occurrence.task_id == plan(e).ops[0].occurrence.task_id  # type: ignore[union-attr]
+    again = plan(e).ops[0].occurrence
+    assert again is not None and op.occurrence.task_id == again.task_id
     assert op.new_score == to_timestamp(NOW) + 60
     assert '"total_run_count": 5' in op.new_meta
     assert op.expected_version == "2"
