@@ -20,6 +20,7 @@ from typing import Any
 
 from kombu.messaging import Producer
 
+import safe_redbeat.reader as safe_reader_module
 import safe_redbeat.scheduler as safe_scheduler_module
 
 from .env import (
@@ -149,10 +150,11 @@ def run(env: Env, sizes: tuple[int, ...], repetitions: int, timeout: float) -> l
 
 # -- where safe_redbeat's time goes ------------------------------------------------------
 
-#: (label, attribute of SafeRedBeatScheduler or of safe_redbeat.scheduler)
+#: (label, where, name): a method of SafeRedBeatScheduler, or a function looked up by name
+#: in safe_redbeat.scheduler ("module") or safe_redbeat.reader ("reader")
 PHASES = (
     ("read due entries (TIME, ZRANGEBYSCORE, HMGET pipeline)", "method", "_read_due"),
-    ("  of which decode_entry (JSON, schedule)", "module", "decode_entry"),
+    ("  of which decode_entry (JSON, schedule)", "reader", "decode_entry"),
     ("plan_batch (is_due, next run, meta, task id)", "module", "plan_batch"),
     ("claim (claim.lua, one call per batch)", "method", "_claim"),
     ("publish (send_task, broker batches of 500)", "method", "_publish_claimed"),
@@ -195,18 +197,20 @@ def _timed_phases(scheduler: Any) -> Iterator[defaultdict[str, float]]:
 
         return timed
 
-    saved = {}
+    modules = {"module": safe_scheduler_module, "reader": safe_reader_module}
+    saved: list[tuple[Any, str, Any]] = []
     for label, where, name in PHASES:
         if where == "method":
             setattr(scheduler, name, wrap(label, getattr(scheduler, name)))
         else:
-            saved[name] = getattr(safe_scheduler_module, name)
-            setattr(safe_scheduler_module, name, wrap(label, saved[name]))
+            module = modules[where]
+            saved.append((module, name, getattr(module, name)))
+            setattr(module, name, wrap(label, getattr(module, name)))
     try:
         yield spent
     finally:
-        for name, func in saved.items():
-            setattr(safe_scheduler_module, name, func)
+        for module, name, func in saved:
+            setattr(module, name, func)
 
 
 def breakdown(env: Env, n: int, timeout: float) -> Breakdown:

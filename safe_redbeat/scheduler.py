@@ -5,12 +5,10 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from dataclasses import replace
 from typing import Any
 
 from celery.beat import Scheduler
-from celery.schedules import crontab
 from celery.utils.log import get_logger
 from redbeat.schedulers import RedBeatScheduler
 from redis.exceptions import RedisError
@@ -26,16 +24,14 @@ from .dispatch import (
     claim_arguments,
     plan_batch,
 )
-from .entries import StoredEntry, decode_entry
-from .errors import FencedOut, InvalidEntry, LeaseLost
+from .errors import FencedOut, LeaseLost
 from .heartbeat import Heartbeat, write_heartbeat
 from .keys import Keys
 from .lease import Holder, Lease
-from .loader import LoaderError, call_loader, parse_specs, resolve
 from .publisher import Publisher
-from .reconcile import Reconciler, ReconcileResult
+from .reader import DueBatch, DueReader
 from .scripts import Scripts
-from .specs import EntrySpec
+from .seeding import Seeder
 
 __all__ = ["SafeRedBeatScheduler"]
 
@@ -85,7 +81,8 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         self._pending_dirty = False
         self._pending_retry_at = 0.0
         self._pending_failures = 0
-        self._bad_entries: dict[str, str] = {}
+        self._reader: DueReader | None = None
+        self._seeder: Seeder | None = None
         self._closed = False
         self._next_heartbeat = 0.0
         self._next_reconcile = 0.0
@@ -209,7 +206,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         if self._reseed_needed:
             self._reseed("entries vanished from Redis (evicted or deleted)")
         elif self._monotonic() >= self._next_reconcile:
-            self._reconcile(loader=True)
+            self._reconcile()
         return self._dispatch_due()
 
     def _renew(self) -> None:
@@ -280,7 +277,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         )
         self._last_holder = None
         self._next_heartbeat = 0.0
-        self._bad_entries.clear()
+        self.reader.forget_reported()
         self._reseed("acquired the lease")
         self._pending_dirty = True
         self._pending_retry_at = 0.0
@@ -326,83 +323,20 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
 
     # -- reading ----------------------------------------------------------------------
 
-    def _redis_now(self) -> datetime:
-        seconds, micros = self.client.time()
-        return self._as_app_time(seconds + micros / 1e6)
-
-    def _as_app_time(self, ts: float) -> datetime:
-        return datetime.fromtimestamp(ts, tz=timezone.utc).astimezone(self.app.timezone)
+    @property
+    def reader(self) -> DueReader:
+        if self._reader is None:
+            self._reader = DueReader(
+                self.client,
+                self.keys,
+                self.app,
+                batch_size=self.safe_settings.batch_size,
+                park_seconds=self.max_interval,
+            )
+        return self._reader
 
     def _read_due(self) -> DueBatch:
-        """Read one batch of due entries: three round trips whatever the batch size."""
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.time()
-            pipe.exists(self.keys.seeded)
-            (seconds, micros), seeded = pipe.execute()
-        batch = DueBatch(now=self._as_app_time(seconds + micros / 1e6), seeded=bool(seeded))
-        now_ts = int(seconds)
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.zrangebyscore(
-                self.keys.schedule,
-                0,
-                now_ts,
-                start=0,
-                num=self.safe_settings.batch_size,
-                withscores=True,
-            )
-            pipe.zrangebyscore(
-                self.keys.schedule, f"({now_ts}", "+inf", start=0, num=1, withscores=True
-            )
-            due, upcoming = pipe.execute()
-        batch.size = len(due)
-        batch.upcoming = upcoming[0][1] if upcoming else None
-        if not due:
-            return batch
-        with self.client.pipeline(transaction=False) as pipe:
-            for key, _score in due:
-                pipe.hmget(key, "definition", "meta", "version", "run_now")
-            rows = pipe.execute()
-
-        def nowfun() -> datetime:
-            return batch.now
-
-        for (key, score), (definition, meta, version, run_now) in zip(due, rows, strict=True):
-            if definition is None and meta is None and version is None and run_now is None:
-                # a ZSET member without its hash: the claim script drops the member
-                batch.ops.append(ClaimOp(key, score, "0", -1))
-                continue
-            try:
-                batch.entries.append(
-                    decode_entry(
-                        key,
-                        self.keys.name_of(key),
-                        score,
-                        definition,
-                        meta,
-                        version,
-                        app=self.app,
-                        nowfun=nowfun,
-                        run_now_raw=run_now,
-                    )
-                )
-            except InvalidEntry as exc:
-                self._report_bad_entry(key, str(definition), exc)
-                parked_until = now_ts + int(self.max_interval)
-                batch.ops.append(ClaimOp(key, score, version or "0", parked_until))
-        return batch
-
-    def _report_bad_entry(self, key: str, raw: str, exc: InvalidEntry) -> None:
-        if self._bad_entries.get(key) == raw:
-            return
-        self._bad_entries[key] = raw
-        logger.error(
-            "beat: skipping entry %r: %s. Fix or delete the hash %r; it is checked again "
-            "every %ss and nothing is deleted.",
-            self.keys.name_of(key),
-            exc,
-            key,
-            self.max_interval,
-        )
+        return self.reader.read()
 
     # -- dispatching --------------------------------------------------------------------
 
@@ -518,133 +452,39 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             self._pending_dirty = False
             self._pending_failures = 0
 
-    # -- static entries -----------------------------------------------------------------
+    # -- seeding ------------------------------------------------------------------------
+
+    @property
+    def seeder(self) -> Seeder:
+        if self._seeder is None:
+            self._seeder = Seeder(
+                self.app,
+                self.client,
+                self.keys,
+                self.scripts,
+                self.safe_settings,
+                build_entry=self._maybe_entry,
+                monotonic=self._monotonic,
+            )
+        return self._seeder
 
     def _reseed(self, reason: str) -> None:
-        """Reconcile static entries and the loader's now (fenced), then mark as seeded."""
+        """Reconcile statics and the loader now (fenced), then mark the schedule seeded."""
         logger.info("beat: reconciling the schedule: %s", reason)
-        self._reconcile(loader=True)
-        self.client.set(self.keys.seeded, "1")
+        self.seeder.seed(self._token(), self._renew_if_due)
         self._reseed_needed = False
+        self._next_reconcile = self._monotonic() + self.safe_settings.reconcile_seconds
 
-    def _reconcile(self, *, loader: bool) -> None:
-        """Static ``beat_schedule`` entries, then (if configured) the user's loader."""
+    def _reconcile(self) -> None:
+        self.seeder.reconcile(self._token(), self._renew_if_due)
+        self._next_reconcile = self._monotonic() + self.safe_settings.reconcile_seconds
+
+    def _token(self) -> str:
         token = self.lease.token
         if token is None:
             raise LeaseLost("not holding the lease")
-        static_specs, static_errors = self._static_specs()
-        statics = Reconciler(
-            self.client,
-            self.keys,
-            self.scripts,
-            self.app,
-            source="beat_schedule",
-            owned_key=self.keys.statics,
-        ).run(static_specs, token=token, errors=static_errors, renew=self._renew_if_due)
-        self._log_reconcile(statics)
-        if loader and self.safe_settings.loader:
-            result = self._reconcile_loader(token, reserved={s.name for s in static_specs})
-            self._log_reconcile(result)
-            self.client.set(self.keys.reconcile, result.to_json())
-        self._next_reconcile = self._monotonic() + self.safe_settings.reconcile_seconds
-
-    def _reconcile_loader(self, token: str, reserved: set[str]) -> ReconcileResult:
-        settings = self.safe_settings
-        reconciler = Reconciler(
-            self.client,
-            self.keys,
-            self.scripts,
-            self.app,
-            source="loader",
-            owned_key=self.keys.loaded,
-        )
-        versions = reconciler.snapshot()  # before the loader reads the database
-        try:
-            items = call_loader(
-                resolve(settings.loader),
-                self.app,
-                timeout=settings.loader_timeout_seconds,
-                wait_step=settings.retry_seconds,
-                on_wait=self._renew_if_due,
-                monotonic=self._monotonic,
-            )
-        except LoaderError as exc:
-            logger.error(
-                "beat: loader %r failed: %s; the current schedule is kept, nothing removed",
-                settings.loader,
-                exc,
-            )
-            return ReconcileResult("loader", errors=[str(exc)], complete=False)
-        load = parse_specs(items, reserved=reserved)
-        return reconciler.run(
-            load.specs,
-            versions=versions,
-            token=token,
-            errors=load.errors,
-            renew=self._renew_if_due,
-        )
-
-    def _log_reconcile(self, result: ReconcileResult) -> None:
-        for error in result.errors:
-            logger.error("beat: %s: %s", result.source, error)
-        changed = result.created or result.updated or result.removed or result.conflicts
-        (logger.info if changed or result.errors else logger.debug)("beat: %s", result.summary())
+        return token
 
     def _renew_if_due(self) -> None:
         if self._monotonic() >= self.lease.renew_at():
             self._renew()
-
-    def _static_specs(self) -> tuple[list[EntrySpec], list[str]]:
-        """``beat_schedule`` (and Celery's default entries) as EntrySpecs."""
-        desired: dict[str, Any] = dict(self.app.redbeat_conf.schedule or {})
-        desired.update(self._default_entries(desired))
-        specs: list[EntrySpec] = []
-        errors: list[str] = []
-        for name, spec in desired.items():
-            try:
-                entry = self._maybe_entry(name, spec)
-                specs.append(
-                    EntrySpec.build(
-                        name,
-                        entry.task,
-                        entry.schedule,
-                        entry.args or (),
-                        entry.kwargs or {},
-                        entry.options or {},
-                        getattr(entry, "enabled", True),
-                    )
-                )
-            except Exception as exc:
-                errors.append(f"static entry {name!r} in beat_schedule is invalid: {exc}")
-        return specs, errors
-
-    def _default_entries(self, desired: dict[str, Any]) -> dict[str, Any]:
-        """Celery's own entries (``celery.backend_cleanup``) unless the user defined them."""
-        if (
-            self.app.conf.result_expires
-            and not self.app.backend.supports_autoexpire
-            and "celery.backend_cleanup" not in desired
-        ):
-            return {
-                "celery.backend_cleanup": {
-                    "task": "celery.backend_cleanup",
-                    "schedule": crontab("0", "4", "*"),
-                    "options": {"expires": 12 * 3600},
-                }
-            }
-        return {}
-
-
-@dataclass
-class DueBatch:
-    """One batch read from Redis: decodable entries, and slots the claim script fixes."""
-
-    now: datetime
-    #: False when the marker written after seeding is gone: Redis lost data
-    seeded: bool = True
-    size: int = 0
-    #: score of the first entry due after ``now``, if any
-    upcoming: float | None = None
-    entries: list[StoredEntry] = field(default_factory=list)
-    #: orphaned ZSET members (dropped) and malformed entries (parked, never deleted)
-    ops: list[ClaimOp] = field(default_factory=list)

@@ -1,0 +1,128 @@
+"""Reading due entries: one batch in three round trips, whatever its size.
+
+Malformed entries are reported once (per content) and parked ``park_seconds`` ahead by the
+claim script, never deleted; a schedule slot whose hash is gone is dropped by it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from celery.utils.log import get_logger
+
+from .dispatch import ClaimOp
+from .entries import StoredEntry, decode_entry
+from .errors import InvalidEntry
+from .keys import Keys
+
+__all__ = ["DueBatch", "DueReader"]
+
+logger = get_logger("safe_redbeat")
+
+
+@dataclass
+class DueBatch:
+    """One batch read from Redis: decodable entries, and slots the claim script fixes."""
+
+    now: datetime
+    #: False when the marker written after seeding is gone: Redis lost data
+    seeded: bool = True
+    size: int = 0
+    #: score of the first entry due after ``now``, if any
+    upcoming: float | None = None
+    entries: list[StoredEntry] = field(default_factory=list)
+    #: orphaned ZSET members (dropped) and malformed entries (parked, never deleted)
+    ops: list[ClaimOp] = field(default_factory=list)
+
+
+class DueReader:
+    """Reads due entries of one schedule, with Redis' clock as "now"."""
+
+    def __init__(
+        self, client: Any, keys: Keys, app: Any, *, batch_size: int, park_seconds: float
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.app = app
+        self.batch_size = batch_size
+        self.park_seconds = park_seconds
+        self._reported: dict[str, str] = {}
+
+    def forget_reported(self) -> None:
+        """Report malformed entries again (after a leadership change)."""
+        self._reported.clear()
+
+    def now(self) -> datetime:
+        seconds, micros = self.client.time()
+        return self._as_app_time(seconds + micros / 1e6)
+
+    def _as_app_time(self, ts: float) -> datetime:
+        return datetime.fromtimestamp(ts, tz=timezone.utc).astimezone(self.app.timezone)
+
+    def read(self) -> DueBatch:
+        """Read one batch of due entries: three round trips whatever the batch size."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.time()
+            pipe.exists(self.keys.seeded)
+            (seconds, micros), seeded = pipe.execute()
+        batch = DueBatch(now=self._as_app_time(seconds + micros / 1e6), seeded=bool(seeded))
+        now_ts = int(seconds)
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.zrangebyscore(
+                self.keys.schedule, 0, now_ts, start=0, num=self.batch_size, withscores=True
+            )
+            pipe.zrangebyscore(
+                self.keys.schedule, f"({now_ts}", "+inf", start=0, num=1, withscores=True
+            )
+            due, upcoming = pipe.execute()
+        batch.size = len(due)
+        batch.upcoming = upcoming[0][1] if upcoming else None
+        if not due:
+            return batch
+        with self.client.pipeline(transaction=False) as pipe:
+            for key, _score in due:
+                pipe.hmget(key, "definition", "meta", "version", "run_now")
+            rows = pipe.execute()
+
+        def nowfun() -> datetime:
+            return batch.now
+
+        for (key, score), (definition, meta, version, run_now) in zip(due, rows, strict=True):
+            if definition is None and meta is None and version is None and run_now is None:
+                # a ZSET member without its hash: the claim script drops the member
+                batch.ops.append(ClaimOp(key, score, "0", -1))
+                continue
+            try:
+                batch.entries.append(
+                    decode_entry(
+                        key,
+                        self.keys.name_of(key),
+                        score,
+                        definition,
+                        meta,
+                        version,
+                        app=self.app,
+                        nowfun=nowfun,
+                        run_now_raw=run_now,
+                    )
+                )
+            except InvalidEntry as exc:
+                self._report(key, str(definition), exc)
+                parked_until = now_ts + int(self.park_seconds)
+                batch.ops.append(ClaimOp(key, score, version or "0", parked_until))
+        return batch
+
+    def _report(self, key: str, raw: str, exc: InvalidEntry) -> None:
+        if self._reported.get(key) == raw:
+            return
+        self._reported[key] = raw
+        logger.error(
+            "beat: skipping entry %r: %s. Fix or delete the hash %r; it is checked again "
+            "every %ss and nothing is deleted.",
+            self.keys.name_of(key),
+            exc,
+            key,
+            self.park_seconds,
+        )

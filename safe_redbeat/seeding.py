@@ -1,0 +1,144 @@
+"""Seeding the schedule: static ``beat_schedule`` entries and the user's loader.
+
+The leader runs this after each acquisition, every ``safe_redbeat_reconcile_seconds``, and
+at once when it notices Redis lost the schedule. Every write is fenced by its lease token
+and goes through :class:`~safe_redbeat.reconcile.Reconciler` (by diff, never by wipe).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from celery.schedules import crontab
+from celery.utils.log import get_logger
+
+from .config import Settings
+from .keys import Keys
+from .loader import LoaderError, call_loader, parse_specs, resolve
+from .reconcile import Reconciler, ReconcileResult
+from .scripts import Scripts
+from .specs import EntrySpec
+
+__all__ = ["Seeder", "default_entries"]
+
+logger = get_logger("safe_redbeat")
+
+
+class Seeder:
+    """Reconciles statics and the loader's entries into Redis for the leader."""
+
+    def __init__(
+        self,
+        app: Any,
+        client: Any,
+        keys: Keys,
+        scripts: Scripts,
+        settings: Settings,
+        *,
+        build_entry: Callable[[str, Any], Any],
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.app = app
+        self.client = client
+        self.keys = keys
+        self.scripts = scripts
+        self.settings = settings
+        #: the scheduler's ``_maybe_entry``: a beat_schedule item as a RedBeat entry
+        self.build_entry = build_entry
+        self.monotonic = monotonic
+
+    def seed(self, token: str, renew: Callable[[], None]) -> None:
+        """Reconcile everything now, then mark the schedule as seeded."""
+        self.reconcile(token, renew)
+        self.client.set(self.keys.seeded, "1")
+
+    def reconcile(self, token: str, renew: Callable[[], None]) -> None:
+        """Static ``beat_schedule`` entries, then (if configured) the user's loader."""
+        static_specs, static_errors = self.static_specs()
+        statics = self._reconciler("beat_schedule", self.keys.statics).run(
+            static_specs, token=token, errors=static_errors, renew=renew
+        )
+        _log(statics)
+        if self.settings.loader:
+            result = self._load(token, renew, reserved={s.name for s in static_specs})
+            _log(result)
+            self.client.set(self.keys.reconcile, result.to_json())
+
+    def _reconciler(self, source: str, owned_key: str) -> Reconciler:
+        return Reconciler(
+            self.client, self.keys, self.scripts, self.app, source=source, owned_key=owned_key
+        )
+
+    def _load(self, token: str, renew: Callable[[], None], reserved: set[str]) -> ReconcileResult:
+        reconciler = self._reconciler("loader", self.keys.loaded)
+        versions = reconciler.snapshot()  # before the loader reads the database
+        try:
+            items = call_loader(
+                resolve(self.settings.loader),
+                self.app,
+                timeout=self.settings.loader_timeout_seconds,
+                wait_step=self.settings.retry_seconds,
+                on_wait=renew,
+                monotonic=self.monotonic,
+            )
+        except LoaderError as exc:
+            logger.error(
+                "beat: loader %r failed: %s; the current schedule is kept, nothing removed",
+                self.settings.loader,
+                exc,
+            )
+            return ReconcileResult("loader", errors=[str(exc)], complete=False)
+        load = parse_specs(items, reserved=reserved)
+        return reconciler.run(
+            load.specs, versions=versions, token=token, errors=load.errors, renew=renew
+        )
+
+    def static_specs(self) -> tuple[list[EntrySpec], list[str]]:
+        """``beat_schedule`` (and Celery's default entries) as EntrySpecs, and errors."""
+        desired: dict[str, Any] = dict(self.app.conf.beat_schedule or {})
+        desired.update(default_entries(self.app, desired))
+        specs: list[EntrySpec] = []
+        errors: list[str] = []
+        for name, spec in desired.items():
+            try:
+                entry = self.build_entry(name, spec)
+                specs.append(
+                    EntrySpec.build(
+                        name,
+                        entry.task,
+                        entry.schedule,
+                        entry.args or (),
+                        entry.kwargs or {},
+                        entry.options or {},
+                        getattr(entry, "enabled", True),
+                    )
+                )
+            except Exception as exc:
+                errors.append(f"static entry {name!r} in beat_schedule is invalid: {exc}")
+        return specs, errors
+
+
+def default_entries(app: Any, desired: dict[str, Any]) -> dict[str, Any]:
+    """Celery's own entries (``celery.backend_cleanup``) unless the user defined them."""
+    if (
+        app.conf.result_expires
+        and not app.backend.supports_autoexpire
+        and "celery.backend_cleanup" not in desired
+    ):
+        return {
+            "celery.backend_cleanup": {
+                "task": "celery.backend_cleanup",
+                "schedule": crontab("0", "4", "*"),
+                "options": {"expires": 12 * 3600},
+            }
+        }
+    return {}
+
+
+def _log(result: ReconcileResult) -> None:
+    for error in result.errors:
+        logger.error("beat: %s: %s", result.source, error)
+    changed = result.created or result.updated or result.removed or result.conflicts
+    (logger.info if changed or result.errors else logger.debug)("beat: %s", result.summary())
