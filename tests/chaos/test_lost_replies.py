@@ -19,39 +19,15 @@ from redbeat.schedulers import RedBeatSchedulerEntry
 from safe_redbeat import SafeRedBeatScheduler
 from safe_redbeat.dispatch import task_id_for
 from tests.support.beat import QueueAuditor
+from tests.support.inprocess import FakeClock, celery_app
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
-
-FAST = {
-    "safe_redbeat_lease_seconds": 3.0,
-    "safe_redbeat_renew_seconds": 2.0,
-    "safe_redbeat_retry_seconds": 0.5,
-    "safe_redbeat_socket_timeout": 1.0,
-    "safe_redbeat_backoff_max_seconds": 1.0,
-}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
 def app(redis_url: str) -> Iterator[Celery]:
-    app = Celery("lost-replies", set_as_current=False)
-    app.conf.update(
-        broker_url=redis_url,
-        redbeat_redis_url=redis_url,
-        timezone="UTC",
-        result_expires=None,
-        beat_max_loop_interval=5,
-        **FAST,
-    )
-    yield app
-    app.close()
+    with celery_app("lost-replies", redis_url) as app:
+        yield app
 
 
 def add_due(app: Celery, names: list[str], every: int = 3600) -> None:
@@ -76,7 +52,7 @@ def once_then_fail(real: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def tick_until(scheduler: SafeRedBeatScheduler, clock: Clock, done: Callable[[], bool]) -> int:
+def tick_until(scheduler: SafeRedBeatScheduler, clock: FakeClock, done: Callable[[], bool]) -> int:
     for ticks in range(1, 21):
         clock.now += 0.6
         scheduler.tick()
@@ -88,7 +64,7 @@ def tick_until(scheduler: SafeRedBeatScheduler, clock: Clock, done: Callable[[],
 def test_claimed_occurrences_whose_claim_reply_was_lost_are_still_published(
     app: Celery, redis_client: redis.Redis
 ) -> None:
-    clock = Clock()
+    clock = FakeClock()
     scheduler = SafeRedBeatScheduler(app=app, monotonic=clock)
     scheduler.tick()  # elected, nothing due yet
     assert scheduler.is_leader
@@ -119,7 +95,7 @@ def test_claimed_occurrences_whose_claim_reply_was_lost_are_still_published(
 def test_an_acknowledgement_whose_reply_was_lost_is_resent_soon_with_the_same_id(
     app: Celery, redis_client: redis.Redis
 ) -> None:
-    clock = Clock()
+    clock = FakeClock()
     scheduler = SafeRedBeatScheduler(app=app, monotonic=clock)
     scheduler.tick()
     add_due(app, ["a"])

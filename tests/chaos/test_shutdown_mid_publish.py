@@ -22,39 +22,21 @@ from redbeat.schedulers import RedBeatSchedulerEntry
 
 from safe_redbeat import SafeRedBeatScheduler
 from tests.support.beat import QueueAuditor
+from tests.support.inprocess import FakeClock, celery_app
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def app(redis_url: str) -> Iterator[Celery]:
-    app = Celery("sigterm", set_as_current=False)
-    app.conf.update(
-        broker_url=redis_url,
-        redbeat_redis_url=redis_url,
-        timezone="UTC",
-        result_expires=None,
-        safe_redbeat_lease_seconds=3.0,
-        safe_redbeat_renew_seconds=2.0,
-        safe_redbeat_retry_seconds=0.5,
-        safe_redbeat_socket_timeout=1.0,
-    )
-    yield app
-    app.close()
+    with celery_app("sigterm", redis_url) as app:
+        yield app
 
 
 def test_close_during_a_publish_stops_the_scheduler_even_when_the_exit_is_swallowed(
     app: Celery, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = Clock()
+    clock = FakeClock()
     scheduler = SafeRedBeatScheduler(app=app, monotonic=clock)
     scheduler.tick()
     assert scheduler.is_leader

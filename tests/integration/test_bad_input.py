@@ -19,16 +19,11 @@ from redbeat.schedulers import RedBeatSchedulerEntry
 
 from safe_redbeat import ConfigurationError, SafeRedBeatScheduler
 from tests.support.beat import QueueAuditor
+from tests.support.inprocess import FAST, FakeClock, celery_app
 from tests.support.redis_server import free_port
 
 pytestmark = pytest.mark.integration
 
-FAST = {
-    "safe_redbeat_lease_seconds": 3.0,
-    "safe_redbeat_renew_seconds": 2.0,
-    "safe_redbeat_retry_seconds": 0.5,
-    "safe_redbeat_socket_timeout": 1.0,
-}
 GOOD = ["good-1", "good-2", "good-3"]
 VALID_DEFINITION = {
     "name": "x",
@@ -41,27 +36,10 @@ VALID_DEFINITION = {
 }
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def app(redis_url: str) -> Iterator[Celery]:
-    app = Celery("bad-input", set_as_current=False)
-    app.conf.update(
-        broker_url=redis_url,
-        redbeat_redis_url=redis_url,
-        timezone="UTC",
-        result_expires=None,
-        beat_max_loop_interval=5,
-        **FAST,
-    )
-    yield app
-    app.close()
+    with celery_app("bad-input", redis_url) as app:
+        yield app
 
 
 def add_due(app: Celery, names: list[str]) -> None:
@@ -95,7 +73,7 @@ def run_with_bad_entry(
 
     Returns the bad key, the error messages logged, and the bad hash before the ticks.
     """
-    scheduler = SafeRedBeatScheduler(app=app, monotonic=Clock())
+    scheduler = SafeRedBeatScheduler(app=app, monotonic=FakeClock())
     scheduler.tick()
     assert scheduler.is_leader
     key = write_raw(client, name, fields)
@@ -155,7 +133,7 @@ def test_a_non_numeric_version_is_logged_with_its_key_and_left_alone(
 def test_a_schedule_slot_without_its_hash_is_dropped_and_nothing_else(
     app: Celery, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    scheduler = SafeRedBeatScheduler(app=app, monotonic=Clock())
+    scheduler = SafeRedBeatScheduler(app=app, monotonic=FakeClock())
     scheduler.tick()
     add_due(app, GOOD)
     ghost = "redbeat:ghost"
@@ -199,7 +177,7 @@ def test_settings_breaking_the_lease_rule_fail_at_construction_naming_them(
 ) -> None:
     app.conf.update(settings)
     with pytest.raises(ConfigurationError) as info:
-        SafeRedBeatScheduler(app=app, monotonic=Clock())
+        SafeRedBeatScheduler(app=app, monotonic=FakeClock())
     assert named <= set(info.value.settings)
     assert all(name in str(info.value) for name in named), str(info.value)
     assert redis_client.keys("redbeat:*") == [], "nothing is written by a failed start"
@@ -214,7 +192,7 @@ def test_a_redis_that_refuses_connections_at_startup_logs_the_sanitized_url(
         broker_url=url, redbeat_redis_url=url, timezone="UTC", result_expires=None, **FAST
     )
     try:
-        scheduler = SafeRedBeatScheduler(app=app, monotonic=Clock())
+        scheduler = SafeRedBeatScheduler(app=app, monotonic=FakeClock())
         with caplog.at_level(logging.WARNING, logger="safe_redbeat"):
             delays = [scheduler.tick() for _ in range(3)]
     finally:

@@ -14,6 +14,7 @@ from safe_redbeat import SafeRedBeatScheduler, Schedule
 from safe_redbeat.writethrough import remove_after_commit, sync_once, upsert_after_commit
 from tests.apps import loaders
 from tests.support.beat import QueueAuditor
+from tests.support.inprocess import FakeClock, celery_app
 
 pytestmark = pytest.mark.integration
 
@@ -27,41 +28,23 @@ SETTINGS = {
 }
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def row(name: str, every: float = 60, **extra: Any) -> dict[str, Any]:
     return {"name": name, "task": "noop", "schedule": every, **extra}
 
 
 @pytest.fixture
 def app(redis_url: str) -> Iterator[Celery]:
-    app = Celery("loader", set_as_current=False)
-    app.conf.update(
-        broker_url=redis_url,
-        redbeat_redis_url=redis_url,
-        timezone="UTC",
-        result_expires=None,
-        beat_max_loop_interval=5,
-        **SETTINGS,
-    )
-    loaders.RESULT = []
-    yield app
-    app.close()
+    with celery_app("loader", redis_url, **SETTINGS) as app:
+        yield app
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-def leader(app: Celery, clock: Clock) -> SafeRedBeatScheduler:
+def leader(app: Celery, clock: FakeClock) -> SafeRedBeatScheduler:
     return SafeRedBeatScheduler(app=app, monotonic=clock)
 
 
@@ -81,7 +64,7 @@ def test_first_acquisition_creates_the_loaded_entries(
 
 
 def test_unchanged_rows_write_nothing_and_changed_rows_keep_last_run(
-    leader: SafeRedBeatScheduler, clock: Clock, redis_client: redis.Redis
+    leader: SafeRedBeatScheduler, clock: FakeClock, redis_client: redis.Redis
 ) -> None:
     loaders.RESULT = [row("a", 60), row("b", 60)]
     leader.tick()  # creates and, being new, runs both
@@ -97,7 +80,7 @@ def test_unchanged_rows_write_nothing_and_changed_rows_keep_last_run(
 
 
 def test_only_loader_owned_entries_are_removed_when_a_load_no_longer_returns_them(
-    app: Celery, leader: SafeRedBeatScheduler, clock: Clock, redis_client: redis.Redis
+    app: Celery, leader: SafeRedBeatScheduler, clock: FakeClock, redis_client: redis.Redis
 ) -> None:
     app.conf.beat_schedule = {"static": {"task": "noop", "schedule": 60.0}}
     loaders.RESULT = [row("a"), row("b")]
@@ -125,7 +108,7 @@ def test_only_loader_owned_entries_are_removed_when_a_load_no_longer_returns_the
 )
 def test_a_failing_or_garbage_load_removes_nothing_and_names_the_problem(
     leader: SafeRedBeatScheduler,
-    clock: Clock,
+    clock: FakeClock,
     redis_client: redis.Redis,
     caplog: pytest.LogCaptureFixture,
     result: Any,
@@ -236,7 +219,7 @@ def test_write_through_creates_updates_and_removes_without_the_leader(
 
 
 def test_reconcile_keeps_an_app_update_that_raced_with_it(
-    app: Celery, leader: SafeRedBeatScheduler, clock: Clock, redis_client: redis.Redis
+    app: Celery, leader: SafeRedBeatScheduler, clock: FakeClock, redis_client: redis.Redis
 ) -> None:
     loaders.RESULT = [row("a", 60)]
     leader.tick()

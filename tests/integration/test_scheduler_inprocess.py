@@ -17,38 +17,15 @@ from redbeat.schedulers import RedBeatSchedulerEntry
 from safe_redbeat import SafeRedBeatScheduler
 from safe_redbeat.dispatch import Occurrence
 from tests.support.beat import QueueAuditor
+from tests.support.inprocess import FAST, FakeClock, celery_app
 
 pytestmark = pytest.mark.integration
-
-FAST = {
-    "safe_redbeat_lease_seconds": 3.0,
-    "safe_redbeat_renew_seconds": 2.0,
-    "safe_redbeat_retry_seconds": 0.5,
-    "safe_redbeat_socket_timeout": 1.0,
-}
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
 def app(redis_url: str) -> Iterator[Celery]:
-    app = Celery("inprocess", set_as_current=False)
-    app.conf.update(
-        broker_url=redis_url,
-        redbeat_redis_url=redis_url,
-        timezone="UTC",
-        result_expires=None,
-        beat_max_loop_interval=5,
-        **FAST,
-    )
-    yield app
-    app.close()
+    with celery_app("inprocess", redis_url) as app:
+        yield app
 
 
 def make(app: Celery, clock: FakeClock | None = None, **settings: Any) -> SafeRedBeatScheduler:
