@@ -15,7 +15,7 @@ from celery import Celery
 from redbeat.schedulers import RedBeatSchedulerEntry
 
 from safe_redbeat import SafeRedBeatScheduler
-from safe_redbeat.dispatch import Occurrence
+from safe_redbeat.dispatch import Occurrence, task_id_for
 from tests.support.beat import QueueAuditor
 from tests.support.inprocess import FAST, FakeClock, celery_app
 
@@ -239,3 +239,29 @@ def test_a_broker_outage_keeps_claimed_occurrences_pending_until_it_answers(
         assert redis_client.hlen("redbeat::pending") == 0
         scheduler.close()
         app.close()
+
+
+def test_celery_options_and_headers_reach_the_message(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    entry = RedBeatSchedulerEntry(
+        "report",
+        "noop",
+        timedelta(seconds=60),
+        args=[1],
+        kwargs={"fmt": "pdf"},
+        options={"queue": "reports", "priority": 3, "headers": {"tenant": "acme"}},
+        app=app,
+    )
+    entry.last_run_at = datetime.now(timezone.utc) - timedelta(minutes=5)
+    entry.save()
+    make(app).tick()
+    (message,) = QueueAuditor(redis_client, queue="reports").drain()
+    assert (message.args, message.kwargs) == ([1], {"fmt": "pdf"})
+    assert message.headers["tenant"] == "acme"
+    assert message.headers["celery_beat_task"] is True
+    assert message.headers["safe_redbeat_entry"] == "report"
+    assert message.properties["priority"] == 3
+    assert message.task_id == task_id_for(
+        "redbeat:report", message.headers["safe_redbeat_scheduled"]
+    )
