@@ -265,3 +265,17 @@ def test_celery_options_and_headers_reach_the_message(
     assert message.task_id == task_id_for(
         "redbeat:report", message.headers["safe_redbeat_scheduled"]
     )
+
+
+def test_a_hash_tagged_key_prefix_keeps_every_key_in_one_slot(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    app.conf.redbeat_key_prefix = "{billing}:"
+    app.conf.beat_schedule = {"invoice": {"task": "noop", "schedule": 60.0}}
+    scheduler = make(app)
+    scheduler.tick()
+    keys = {str(k) for k in redis_client.keys("*")}
+    assert "{billing}::lock" in keys and "{billing}:invoice" in keys
+    assert len(QueueAuditor(redis_client).drain()) == 1
+    broker = {"celery", "_kombu.binding.celery", "_kombu.binding_permanent.celery"}
+    assert all(k.startswith("{billing}:") for k in keys - broker), keys
