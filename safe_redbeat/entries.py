@@ -27,6 +27,7 @@ __all__ = [
     "encode_meta",
     "meta_encoder",
     "next_score",
+    "next_score_of",
     "to_timestamp",
 ]
 
@@ -222,3 +223,16 @@ def next_score(schedule: BaseSchedule, last_run_at: datetime | None, now: dateti
     if delta.total_seconds() < 0:
         return to_timestamp(now)
     return to_timestamp(now + delta)
+
+
+def next_score_of(
+    schedule: BaseSchedule, last_run_at: datetime | None, now: datetime, app: Any
+) -> int:
+    """:func:`next_score` computed on a private copy of ``schedule``.
+
+    The copy gets ``now`` as its clock; the caller's object (possibly shared, see
+    ``specs.to_schedule``) is left untouched.
+    """
+    copy = maybe_schedule(_loads(json.dumps(schedule, cls=RedBeatJSONEncoder)), app=app)
+    copy.nowfun = lambda: now
+    return next_score(copy, last_run_at, now)

@@ -21,11 +21,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from celery.schedules import maybe_schedule
 from celery.utils.log import get_logger
-from redbeat.decoder import RedBeatJSONDecoder, RedBeatJSONEncoder
 
-from .entries import decode_meta, encode_meta, next_score
+from .entries import decode_meta, encode_meta, next_score_of
 from .errors import FencedOut, InvalidEntry
 from .keys import Keys
 from .scripts import Scripts
@@ -227,7 +225,7 @@ class Reconciler:
                     last_run_at, _count = decode_meta(self.keys.entry(name), meta)
                 except InvalidEntry:
                     last_run_at = None  # unreadable meta: keep it, schedule from now
-                score = _score(change.spec, last_run_at, now, self.app)
+                score = next_score_of(change.spec.schedule, last_run_at, now, self.app)
                 self._upsert(
                     pipe,
                     name,
@@ -313,11 +311,3 @@ def _parse_diff(reply: str) -> Iterator[tuple[int, str]]:
     for item in reply.split(",") if reply else ():
         position, _, version = item.partition(" ")
         yield int(position) - 1, version
-
-
-def _score(spec: EntrySpec, last_run_at: datetime | None, now: datetime, app: Any) -> int:
-    """Next due score of ``spec`` at ``now``, on a private copy of its schedule."""
-    copy = json.loads(json.dumps(spec.schedule, cls=RedBeatJSONEncoder), cls=RedBeatJSONDecoder)
-    schedule = maybe_schedule(copy, app=app)
-    schedule.nowfun = lambda: now
-    return next_score(schedule, last_run_at, now)

@@ -13,21 +13,18 @@ module writes, and entries saved by stock RedBeat are read here with version 0.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from celery.schedules import maybe_schedule
 from celery.utils.log import get_logger
-from redbeat.decoder import RedBeatJSONDecoder, RedBeatJSONEncoder
 from redbeat.schedulers import ensure_conf, get_redis
 
 from .config import Settings
 from .connection import scheduler_client
-from .entries import decode_entry, decode_meta, encode_meta, next_score
+from .entries import decode_entry, decode_meta, encode_meta, next_score_of
 from .errors import EntryNotFound, InvalidEntry, SafeRedBeatError, VersionConflict
 from .keys import Keys
 from .scripts import Scripts
@@ -278,13 +275,8 @@ class Schedule:
         )
 
     def _score(self, spec: EntrySpec, state: _State, last_run_at: datetime | None) -> int:
-        """Next due timestamp at Redis' ``now``, on a copy of the schedule (ours or
-        the caller's object is never given a ``nowfun``)."""
-        copy = json.loads(json.dumps(spec.schedule, cls=RedBeatJSONEncoder), cls=RedBeatJSONDecoder)
-        schedule = maybe_schedule(copy, app=self.app)
-        now = state.now
-        schedule.nowfun = lambda: now
-        score = next_score(schedule, last_run_at, now)
+        """Next due timestamp at Redis' ``now``, never later than a pending manual run."""
+        score = next_score_of(spec.schedule, last_run_at, state.now, self.app)
         if state.run_now:
             requested = int(float(state.run_now))
             if score < 0 or requested < score:
