@@ -8,7 +8,8 @@ on speed) or ``python -m benchmarks`` (full mode, ``--write-docs`` regenerates
 * :mod:`benchmarks.commands` - Redis commands and round trips per tick
 * :mod:`benchmarks.startup` - construct + first tick until the first dispatch
 * :mod:`benchmarks.memory` - Redis memory per entry
-* :mod:`benchmarks.failover` - real ``celery beat`` replicas, leader killed
+* :mod:`benchmarks.reconcile` - a loader reconcile against RedBeat's wipe-and-save
+* :mod:`benchmarks.failover` - real ``celery beat`` replicas, leader killed, lock deleted
 """
 
 from __future__ import annotations

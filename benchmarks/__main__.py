@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from . import commands, dispatch, failover, memory, startup
+from . import commands, dispatch, failover, memory, reconcile, startup
 from .env import Env
 from .profiles import FULL, QUICK, TINY, Profile
 from .report import Results, command_line, machine_info, text, write_docs
@@ -90,6 +90,10 @@ def run(profile: Profile, command: str) -> Results:
             "memory per entry",
             lambda: memory.run(env, profile.memory_entries, profile.memory_interval, timeout),
         )
+        results.reconcile = step(
+            "reconcile",
+            lambda: reconcile.run(env, profile.reconcile_sizes, profile.reconcile_repetitions),
+        )
         if profile.failover:
             with tempfile.TemporaryDirectory(prefix="bench-beat-") as logdir:
                 results.failover = step(
@@ -99,6 +103,7 @@ def run(profile: Profile, command: str) -> Results:
                         Path(logdir),
                         profile.failover_sigkill,
                         profile.failover_sigterm,
+                        profile.failover_lock_deleted,
                         profile.failover_stock,
                     ),
                 )

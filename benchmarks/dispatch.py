@@ -4,13 +4,17 @@ Method (in-process): a fresh Celery app per run; the scheduler is constructed an
 the lock (stock RedBeat: its beat_init handler; safe_redbeat: a first tick with nothing
 due), its producer is warmed up, then N entries due now are written and ``tick()`` is
 timed until all N messages are in the broker list. The floor is ``app.send_task`` in a
-loop with one producer on the same broker. The three run alternately in every
-repetition, each first in turn.
+loop with one producer on the same broker, one message at a time (as stock RedBeat
+publishes); the batched floor is the same loop inside kombu's ``Producer.batch()`` in
+chunks of 500, the way safe_redbeat publishes (one Redis pipeline per chunk), so it is
+the floor of safe_redbeat's own publish. All four run alternately in every repetition,
+each first in turn.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -22,6 +26,7 @@ from kombu.messaging import Producer
 
 import safe_redbeat.reader as safe_reader_module
 import safe_redbeat.scheduler as safe_scheduler_module
+from safe_redbeat.publisher import Publisher
 
 from .env import (
     BROKER_DB,
@@ -47,6 +52,8 @@ from .stats import Sample, ratio
 FLOOR = "floor"
 #: the same loop inside kombu's ``Producer.batch()`` (kombu 5.7+: one pipeline per batch)
 FLOOR_BATCHED = "floor_batched"
+#: messages per ``Producer.batch()`` in the batched floor: safe_redbeat's publish chunk
+PUBLISH_CHUNK = int(inspect.signature(Publisher).parameters["chunk_size"].default)
 BATCHING = hasattr(Producer, "batch")
 SERIES = (
     (FLOOR, FLOOR_BATCHED, REDBEAT.key, SAFE.key) if BATCHING else (FLOOR, REDBEAT.key, SAFE.key)
@@ -65,6 +72,9 @@ class DispatchResult:
 
     def safe_over_floor(self) -> Sample:
         return ratio(self.seconds[SAFE.key], self.seconds[FLOOR])
+
+    def safe_over_batched_floor(self) -> Sample:
+        return ratio(self.seconds[SAFE.key], self.seconds[FLOOR_BATCHED])
 
     def safe_over_redbeat(self) -> Sample:
         return ratio(self.seconds[SAFE.key], self.seconds[REDBEAT.key])
@@ -106,8 +116,8 @@ def run_scheduler(env: Env, contender: Contender, n: int, timeout: float) -> tup
 def run_floor(env: Env, n: int, *, batched: bool = False) -> float:
     """Seconds of ``app.send_task`` for ``n`` messages with one producer: the publish floor.
 
-    ``batched``: inside ``producer.batch()``, which sends the messages of each 1000 in one
-    Redis pipeline; neither scheduler publishes that way today.
+    ``batched``: inside ``producer.batch()``, which sends the messages of each chunk in one
+    Redis pipeline, chunks of PUBLISH_CHUNK as safe_redbeat's Publisher sends them.
     """
     env.flush()
     app = env.make_app()
@@ -119,9 +129,10 @@ def run_floor(env: Env, n: int, *, batched: bool = False) -> float:
         warm_up(app, producer, broker)
         with stopwatch() as elapsed:
             if batched:
-                with producer.batch(1000):
-                    for index in range(n):
-                        app.send_task(TASK, args=[index], producer=producer)
+                for start in range(0, n, PUBLISH_CHUNK):
+                    with producer.batch(PUBLISH_CHUNK):
+                        for index in range(start, min(start + PUBLISH_CHUNK, n)):
+                            app.send_task(TASK, args=[index], producer=producer)
             else:
                 for index in range(n):
                     app.send_task(TASK, args=[index], producer=producer)

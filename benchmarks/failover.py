@@ -5,7 +5,13 @@ sent, as seen by a QueueAuditor draining the broker every 20 ms. The sender of a
 is its ``origin`` header (``gen<pid>@<host>``); safe_redbeat's messages also carry the
 lease's fence number (``safe_redbeat_fence``), which must change on takeover.
 
-After each trial a fresh standby is started, so the next trial again kills a leader
+"lock deleted": both replicas keep running and the lease key (``redbeat::lock``) is
+deleted under them (an operator's ``DEL``, a ``FLUSHDB``, an eviction). Measured: from
+the ``DEL`` to the first message carrying a new fence number, from either replica (the
+old leader's next claim is rejected and it demotes; whichever replica polls first
+acquires a new, higher fence).
+
+After each kill a fresh standby is started, so the next trial again kills a leader
 that has a standby. safe_redbeat runs with its default lease settings (15/10/2). Stock
 RedBeat's default lock timeout is 5 x beat_max_loop_interval = 1500 s; it is measured
 with a short lock timeout instead and reported as "= lock timeout".
@@ -21,7 +27,7 @@ from typing import Any
 
 from tests.support.beat import BeatCluster, BeatProcess, Message, QueueAuditor
 
-from .env import BROKER_DB, SCHEDULE_DB, BenchmarkBroken, Env
+from .env import BROKER_DB, LOCK_KEY, SCHEDULE_DB, BenchmarkBroken, Env
 from .stats import Sample
 
 SCHEDULE = {"every-second": {"task": "benchmark.noop", "every": 1.0}}
@@ -36,12 +42,17 @@ LEASE_SECONDS = 15.0
 RETRY_SECONDS = 2.0
 POLL = 0.02
 START_TIMEOUT = 60.0
+#: the faults, as reported
+SIGTERM = "SIGTERM"
+SIGKILL = "SIGKILL"
+LOCK_DELETED = "lock deleted"
+SIGNALS = {SIGTERM: int(signal.SIGTERM), SIGKILL: int(signal.SIGKILL)}
 
 
 @dataclass
 class FailoverResult:
     scheduler: str
-    signal_name: str
+    fault: str
     settings: str
     seconds: list[float] = field(default_factory=list)
 
@@ -71,6 +82,7 @@ class Replicas:
             loglevel="INFO",
         )
         self.auditor = QueueAuditor(env.client(BROKER_DB))
+        self.schedule_client = env.schedule_client
 
     def start(self, *, standby: bool = True) -> BeatProcess:
         """Start a replica; with ``standby``, wait until it is up and not leading."""
@@ -95,7 +107,13 @@ class Replicas:
                 raise BenchmarkBroken(f"no leader dispatching:\n{self.cluster.report(20)}")
             time.sleep(POLL)
 
-    def trial(self, sig: int) -> float:
+    def trial(self, fault: str) -> float:
+        """Cause ``fault``; seconds until the first message of the new leader."""
+        if fault == LOCK_DELETED:
+            return self._lock_deleted()
+        return self._killed(SIGNALS[fault])
+
+    def _killed(self, sig: int) -> float:
         """Kill the leader with ``sig``; seconds until the other replica's first message."""
         leader, last = self.leader()
         old_fence = last.headers.get("safe_redbeat_fence")
@@ -120,6 +138,33 @@ class Replicas:
                 raise BenchmarkBroken(f"no takeover:\n{self.cluster.report(20)}")
             time.sleep(POLL)
 
+    def _lock_deleted(self) -> float:
+        """Delete the lease key; seconds until the first message with a new fence."""
+        if self.stock:
+            raise BenchmarkBroken("the lock-deleted trial is for safe_redbeat replicas")
+        _leader, last = self.leader()
+        old_fence = last.headers.get("safe_redbeat_fence")
+        if old_fence is None:
+            raise BenchmarkBroken("safe_redbeat sent a message without its fence header")
+        self.auditor.drain()
+        deleted_at = time.time()
+        if not self.schedule_client.delete(LOCK_KEY):
+            raise BenchmarkBroken(f"no lease key {LOCK_KEY!r} to delete")
+        deadline = time.monotonic() + LEASE_SECONDS + 30
+        while True:
+            for message in self.auditor.drain():
+                fence = message.headers.get("safe_redbeat_fence")
+                if fence is None or fence == old_fence:
+                    continue
+                if int(fence) <= int(old_fence):
+                    raise BenchmarkBroken(f"the fence went from {old_fence} to {fence}")
+                if len(self.cluster.alive()) != 2:
+                    raise BenchmarkBroken(f"a replica exited:\n{self.cluster.report(20)}")
+                return message.received_at - deleted_at
+            if time.monotonic() >= deadline:
+                raise BenchmarkBroken(f"no new fence after the DEL:\n{self.cluster.report(20)}")
+            time.sleep(POLL)
+
     def cleanup(self) -> None:
         self.cluster.cleanup()
 
@@ -129,29 +174,30 @@ def measure(
     logdir: Path,
     scheduler: str,
     settings: dict[str, Any],
-    plan: list[int],
+    plan: list[str],
     label: str,
 ) -> list[FailoverResult]:
-    results: dict[int, FailoverResult] = {}
+    results: dict[str, FailoverResult] = {}
     replicas = Replicas(env, logdir, scheduler, settings)
     try:
         replicas.start(standby=False)
         replicas.leader()  # the first replica leads once it sends
         replicas.start()
-        for index, sig in enumerate(plan):
-            result = results.setdefault(
-                sig, FailoverResult(scheduler, signal.Signals(sig).name, label)
-            )
-            result.seconds.append(replicas.trial(sig))
-            if index + 1 < len(plan):
+        for index, fault in enumerate(plan):
+            result = results.setdefault(fault, FailoverResult(scheduler, fault, label))
+            result.seconds.append(replicas.trial(fault))
+            if fault != LOCK_DELETED and index + 1 < len(plan):
                 replicas.start()
     finally:
         replicas.cleanup()
     return list(results.values())
 
 
-def run(env: Env, logdir: Path, sigkill: int, sigterm: int, stock: bool) -> list[FailoverResult]:
-    plan = [int(signal.SIGTERM)] * sigterm + [int(signal.SIGKILL)] * sigkill
+def run(
+    env: Env, logdir: Path, sigkill: int, sigterm: int, lock_deleted: int, stock: bool
+) -> list[FailoverResult]:
+    # lock deletions first: they keep both replicas running
+    plan = [LOCK_DELETED] * lock_deleted + [SIGTERM] * sigterm + [SIGKILL] * sigkill
     results = []
     if plan:
         results += measure(
@@ -163,7 +209,7 @@ def run(env: Env, logdir: Path, sigkill: int, sigterm: int, stock: bool) -> list
             logdir / "redbeat",
             STOCK_SCHEDULER,
             STOCK_SETTINGS,
-            [int(signal.SIGTERM), int(signal.SIGKILL)],
+            [SIGTERM, SIGKILL],
             f"redbeat_lock_timeout={STOCK_LOCK_TIMEOUT}, beat_max_loop_interval=1",
         )
     return results

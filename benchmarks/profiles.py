@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -18,9 +18,15 @@ class Profile:
     memory_entries: int
     #: seconds between two runs of an entry in the memory benchmark
     memory_interval: float
-    #: failover trials per signal for safe_redbeat
+    #: loader rows reconciled (and saved by the stock "init loader")
+    reconcile_sizes: tuple[int, ...]
+    #: timed runs per situation (nothing changed, 1% changed) and size
+    reconcile_repetitions: int
+    #: failover trials per fault for safe_redbeat
     failover_sigkill: int
     failover_sigterm: int
+    #: the lease key deleted while two replicas run
+    failover_lock_deleted: int
     #: also run stock RedBeat replicas (short lock timeout) for failover
     failover_stock: bool
     #: give up on one dispatch run after this long (a broken benchmark, not a slow one)
@@ -28,21 +34,20 @@ class Profile:
 
     @property
     def failover(self) -> bool:
-        return bool(self.failover_sigkill or self.failover_sigterm or self.failover_stock)
+        return bool(
+            self.failover_sigkill
+            or self.failover_sigterm
+            or self.failover_lock_deleted
+            or self.failover_stock
+        )
 
     def without_failover(self) -> Profile:
-        return Profile(
-            name=self.name,
-            dispatch_sizes=self.dispatch_sizes,
-            repetitions=self.repetitions,
-            startup_sizes=self.startup_sizes,
-            startup_repetitions=self.startup_repetitions,
-            memory_entries=self.memory_entries,
-            memory_interval=self.memory_interval,
+        return replace(
+            self,
             failover_sigkill=0,
             failover_sigterm=0,
+            failover_lock_deleted=0,
             failover_stock=False,
-            run_timeout=self.run_timeout,
         )
 
 
@@ -55,8 +60,11 @@ QUICK = Profile(
     startup_repetitions=3,
     memory_entries=1000,
     memory_interval=10.0,
+    reconcile_sizes=(10000,),
+    reconcile_repetitions=2,
     failover_sigkill=0,
     failover_sigterm=1,
+    failover_lock_deleted=0,
     failover_stock=False,
 )
 
@@ -69,8 +77,11 @@ FULL = Profile(
     startup_repetitions=5,
     memory_entries=3000,
     memory_interval=10.0,
+    reconcile_sizes=(10000, 100000),
+    reconcile_repetitions=3,
     failover_sigkill=3,
     failover_sigterm=3,
+    failover_lock_deleted=3,
     failover_stock=True,
 )
 
@@ -83,8 +94,11 @@ TINY = Profile(
     startup_repetitions=1,
     memory_entries=50,
     memory_interval=2.0,
+    reconcile_sizes=(200,),
+    reconcile_repetitions=1,
     failover_sigkill=0,
     failover_sigterm=0,
+    failover_lock_deleted=0,
     failover_stock=False,
     run_timeout=30.0,
 )

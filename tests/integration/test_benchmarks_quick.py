@@ -24,6 +24,7 @@ def test_tiny_run_prints_every_table_and_writes_docs(
         "Redis commands for the dispatching tick(s)",
         "Construct + first tick until the first dispatch",
         "Redis memory per entry after one run",
+        "Loader reconcile against RedBeat's wipe-and-save",
         "Targets",
     ):
         assert heading in out
@@ -36,9 +37,21 @@ def test_tiny_run_prints_every_table_and_writes_docs(
     assert all(cells)
     assert float(cells[1]) > 0
     assert "PASS" in out or "MISS" in out
+    # a reconcile with nothing changed writes nothing; 1% changed = 2 of 200 rows updated
+    by_situation = {
+        cells[1]: cells
+        for cells in (
+            [cell.strip() for cell in line.strip("|").split("|")]
+            for line in lines
+            if line.startswith("| 200 ")
+        )
+    }
+    assert by_situation["nothing changed"][4:7] == ["0 / 0", "0", "0"]
+    assert by_situation["1% changed"][4:6] == ["0 / 2", "2"]
     md = (tmp_path / "benchmarks.md").read_text()
     assert "python -m benchmarks --tiny --no-failover --write-docs" in md
-    assert "## Reconcile — pending the loader" in md
+    assert "## Reconcile\n" in md
+    assert "pending the loader" not in md
     assert "Redis server" in md
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
