@@ -164,7 +164,7 @@ def run(env: Env, sizes: tuple[int, ...], repetitions: int, timeout: float) -> l
 #: (label, where, name): a method of SafeRedBeatScheduler, or a function looked up by name
 #: in safe_redbeat.scheduler ("module") or safe_redbeat.reader ("reader")
 PHASES = (
-    ("read due entries (TIME, ZRANGEBYSCORE, HMGET pipeline)", "method", "_read_due"),
+    ("read due entries (due.lua, HMGET pipeline)", "method", "_read_due"),
     ("  of which decode_entry (JSON, schedule)", "reader", "decode_entry"),
     ("plan_batch (is_due, next run, meta, task id)", "module", "plan_batch"),
     ("claim (claim.lua, one call per batch)", "method", "_claim"),

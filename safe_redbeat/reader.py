@@ -1,4 +1,4 @@
-"""Reading due entries: one batch in three round trips, whatever its size.
+"""Reading due entries: one batch in two round trips, whatever its size.
 
 Malformed entries are reported once (per content) and parked ``park_seconds`` ahead by the
 claim script, never deleted; a schedule slot whose hash is gone is dropped by it.
@@ -16,6 +16,7 @@ from .dispatch import ClaimOp
 from .entries import StoredEntry, decode_entry
 from .errors import InvalidEntry
 from .keys import Keys
+from .scripts import Scripts
 
 __all__ = ["DueBatch", "DueReader"]
 
@@ -41,9 +42,17 @@ class DueReader:
     """Reads due entries of one schedule, with Redis' clock as "now"."""
 
     def __init__(
-        self, client: Any, keys: Keys, app: Any, *, batch_size: int, park_seconds: float
+        self,
+        client: Any,
+        keys: Keys,
+        scripts: Scripts,
+        app: Any,
+        *,
+        batch_size: int,
+        park_seconds: float,
     ) -> None:
         self.client = client
+        self.scripts = scripts
         self.keys = keys
         self.app = app
         self.batch_size = batch_size
@@ -54,31 +63,19 @@ class DueReader:
         """Report malformed entries again (after a leadership change)."""
         self._reported.clear()
 
-    def now(self) -> datetime:
-        seconds, micros = self.client.time()
-        return self._as_app_time(seconds + micros / 1e6)
-
     def _as_app_time(self, ts: float) -> datetime:
         return datetime.fromtimestamp(ts, tz=timezone.utc).astimezone(self.app.timezone)
 
     def read(self) -> DueBatch:
-        """Read one batch of due entries: three round trips whatever the batch size."""
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.time()
-            pipe.exists(self.keys.seeded)
-            (seconds, micros), seeded = pipe.execute()
-        batch = DueBatch(now=self._as_app_time(seconds + micros / 1e6), seeded=bool(seeded))
+        """Read one batch of due entries: two round trips whatever the batch size."""
+        seconds, micros, seeded, flat_due, flat_upcoming = self.scripts.due(
+            keys=[self.keys.schedule, self.keys.seeded], args=[self.batch_size]
+        )
         now_ts = int(seconds)
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.zrangebyscore(
-                self.keys.schedule, 0, now_ts, start=0, num=self.batch_size, withscores=True
-            )
-            pipe.zrangebyscore(
-                self.keys.schedule, f"({now_ts}", "+inf", start=0, num=1, withscores=True
-            )
-            due, upcoming = pipe.execute()
+        batch = DueBatch(now=self._as_app_time(now_ts + int(micros) / 1e6), seeded=bool(seeded))
+        due = [(str(k), float(v)) for k, v in zip(flat_due[::2], flat_due[1::2], strict=True)]
         batch.size = len(due)
-        batch.upcoming = upcoming[0][1] if upcoming else None
+        batch.upcoming = float(flat_upcoming[1]) if flat_upcoming else None
         if not due:
             return batch
         with self.client.pipeline(transaction=False) as pipe:

@@ -329,6 +329,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             self._reader = DueReader(
                 self.client,
                 self.keys,
+                self.scripts,
                 self.app,
                 batch_size=self.safe_settings.batch_size,
                 park_seconds=self.max_interval,

@@ -22,6 +22,7 @@ NAMES = (
     "run_now",
     "versions",
     "diff",
+    "due",
 )
 
 
@@ -44,3 +45,4 @@ class Scripts:
         self.run_now = client.register_script(source("run_now"))
         self.versions = client.register_script(source("versions"))
         self.diff = client.register_script(source("diff"))
+        self.due = client.register_script(source("due"))
