@@ -7,6 +7,7 @@ RedBeat's ``get_redis`` honours ``redbeat_redis_url`` and ``redbeat_redis_option
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import redis
@@ -32,9 +33,35 @@ def scheduler_client(app: Any, socket_timeout: float) -> Any:
     client = getattr(client, "wrapped_connection", client)
     if not isinstance(client, redis.Redis):
         return client  # RedisCluster: used as configured
+    return _bounded(client, socket_timeout)
+
+
+def _bounded(client: redis.Redis, socket_timeout: float, *, retries: bool = True) -> redis.Redis:
+    """``client`` if no call of it can block unbounded, else a copy with socket timeouts.
+
+    ``retries=False``: the copy does not retry a failed command either.
+    """
     pool = client.connection_pool
     kwargs = dict(pool.connection_kwargs)
-    if kwargs.get("socket_timeout") is not None and kwargs.get("socket_connect_timeout"):
+    retry = kwargs.get("retry")
+    bounded = (
+        kwargs.get("socket_timeout") is not None
+        and bool(kwargs.get("socket_connect_timeout"))
+        and (retries or retry is None or retry.get_retries() == 0)
+    )
+    if not retries:
+        kwargs.pop("retry", None)
+    manager: Any = None
+    if isinstance(pool, SentinelConnectionPool):
+        # Every (re)connection asks the sentinels, in order, for the primary's address. A
+        # sentinel that does not answer must cost one socket timeout, then the next one is
+        # asked: no unbounded read, no retries (redis-py's Redis() retries 10 times).
+        current = pool.sentinel_manager.sentinels
+        sentinels = [_bounded(s, socket_timeout, retries=False) for s in current]
+        if any(new is not old for new, old in zip(sentinels, current, strict=True)):
+            manager = copy.copy(pool.sentinel_manager)
+            manager.sentinels = sentinels
+    if bounded and manager is None:
         return client
     kwargs["socket_timeout"] = kwargs.get("socket_timeout") or socket_timeout
     kwargs["socket_connect_timeout"] = kwargs.get("socket_connect_timeout") or socket_timeout
@@ -43,7 +70,7 @@ def scheduler_client(app: Any, socket_timeout: float) -> Any:
         kwargs.pop("connection_pool", None)
         new_pool = SentinelConnectionPool(  # type: ignore[no-untyped-call]
             pool.service_name,
-            pool.sentinel_manager,
+            manager or pool.sentinel_manager,
             connection_class=pool.connection_class,
             **{k: v for k, v in kwargs.items() if k != "connection_class"},
         )
