@@ -5,6 +5,10 @@ in seeded random order, again and again), prints the oracle's figures, writes th
 JSON, and with ``--write-docs`` regenerates the results section of docs/reliability.md.
 Exit status 1 if the run found a crash, a missing occurrence or a duplicate with a
 different task id.
+
+``--sentinel`` puts the schedule behind Redis Sentinel (a primary, a replica, three
+sentinels; the broker stays a plain server) and adds the sentinel-failover fault; the
+faults that restart or pause "the" Redis are left out.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 
 from tests.chaos.docs import DOC_PATH, write_results
 from tests.chaos.harness import ChaosConfig, run_chaos
-from tests.chaos.model import FAULT_KINDS
+from tests.chaos.model import FAULT_KINDS, SENTINEL_MODE_FAULTS
 from tests.chaos.oracle import markdown_table
 
 
@@ -31,7 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crons", type=int, default=10, help="every-minute crontab entries")
     parser.add_argument("--skew", type=float, default=None, help="replica-0 clock offset")
     parser.add_argument(
-        "--faults", default=",".join(FAULT_KINDS), help="comma-separated fault kinds"
+        "--faults",
+        default=None,
+        help=f"comma-separated fault kinds (default: all; with --sentinel: "
+        f"{','.join(SENTINEL_MODE_FAULTS)})",
+    )
+    parser.add_argument(
+        "--sentinel", action="store_true", help="the schedule behind Sentinel, with failovers"
     )
     parser.add_argument("--each-once", action="store_true", help="one fault of each kind")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
@@ -40,10 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     seed = args.seed if args.seed is not None else int(time.time()) % 100_000
-    faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
-    unknown = set(faults) - set(FAULT_KINDS)
+    known = SENTINEL_MODE_FAULTS if args.sentinel else FAULT_KINDS
+    faults = tuple(f.strip() for f in (args.faults or ",".join(known)).split(",") if f.strip())
+    unknown = set(faults) - set(known)
     if unknown:
-        parser.error(f"unknown fault kinds: {', '.join(sorted(unknown))}")
+        mode = " with --sentinel" if args.sentinel else ""
+        parser.error(f"unknown fault kinds{mode}: {', '.join(sorted(unknown))}")
+    if args.sentinel and args.write_docs:
+        parser.error("--write-docs regenerates the default run's results, not --sentinel's")
     if args.replicas < 2:
         parser.error("--replicas must be at least 2 (faults target the leader)")
     skew = args.skew
@@ -62,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         faults=faults,
         each_once=args.each_once,
         keep_workdir=args.keep,
+        sentinel=args.sentinel,
     )
     started = time.monotonic()
     report, data, workdir = run_chaos(config)

@@ -85,8 +85,10 @@ class Supervisor:
         loglevel: str = "INFO",
         restart_delay: float = 0.5,
         term_grace: float = 10.0,
+        broker_url: str | None = None,
     ) -> None:
         self.redis_url = redis_url
+        self.broker_url = broker_url
         self.logdir = logdir
         self.settings = settings
         self.schedule = schedule
@@ -116,6 +118,7 @@ class Supervisor:
         replica.generation += 1
         process = BeatProcess(
             self.redis_url,
+            broker_url=self.broker_url,
             logdir=self.logdir,
             name=f"{replica.name}.gen{replica.generation}",
             settings=self.settings,

@@ -6,12 +6,20 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from tests.chaos.model import FaultRecord
+import redis
+
+from safe_redbeat.lease import parse_token
+from tests.chaos.model import SENTINEL_FAILOVER, FaultRecord
 
 if TYPE_CHECKING:
     from tests.chaos.harness import Harness
+
+LEASE_KEY = "redbeat::lock"
+FENCE_KEY = "redbeat::fence"
+SCHEDULE_KEY = "redbeat::schedule"
+PENDING_KEY = "redbeat::pending"
 
 #: Deletes every key matching ARGV[1] in one step (a careless loader's FLUSH-by-prefix).
 #: KEYS: none; ARGV[1] - pattern; return the number of keys deleted.
@@ -136,6 +144,81 @@ def redis_pause(h: Harness) -> FaultRecord:
     )
 
 
+def schedule_state(client: redis.Redis) -> dict[str, Any]:
+    """What a failover can lose: the lease, the fence, every entry's score, the pending
+    records (read in one MULTI, so consistent)."""
+    with client.pipeline(transaction=True) as pipe:
+        pipe.get(LEASE_KEY)
+        pipe.pttl(LEASE_KEY)
+        pipe.get(FENCE_KEY)
+        pipe.zrange(SCHEDULE_KEY, 0, -1, withscores=True)
+        pipe.hkeys(PENDING_KEY)
+        lease, pttl, fence, scores, pending = pipe.execute()
+    holder = None if lease is None else parse_token(str(lease))
+    return {
+        "holder": None if holder is None else holder.name,
+        "lease_fence": None if holder is None else holder.fence,
+        "lease_pttl_ms": int(pttl),
+        "fence": None if fence is None else int(fence),
+        "scores": {str(k): float(v) for k, v in scores},
+        "pending": sorted(str(k) for k in pending),
+    }
+
+
+def lost_writes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Compare the dead primary's state with what the promoted replica had."""
+    old, new = before.get("scores", {}), after.get("scores", {})
+    pending_before, pending_after = set(before.get("pending", [])), set(after.get("pending", []))
+    return {
+        # claims the replica never saw: the occurrence is due again on the new primary
+        "claims_lost": sum(1 for k, v in old.items() if k in new and new[k] < v),
+        "entries_lost": sum(1 for k in old if k not in new),
+        # pending records of lost claims
+        "pending_lost": len(pending_before - pending_after),
+        # acknowledged on the old primary, pending again on the new one: republished
+        "acks_lost": len(pending_after - pending_before),
+        "pending_before": len(pending_before),
+        "pending_after": len(pending_after),
+        "lease_before": [before.get("holder"), before.get("lease_fence")],
+        "lease_after": [after.get("holder"), after.get("lease_fence")],
+        "lease_pttl_ms_before": before.get("lease_pttl_ms"),
+        "lease_pttl_ms_after": after.get("lease_pttl_ms"),
+        "fence_lost": before.get("fence") != after.get("fence"),
+    }
+
+
+def sentinel_failover(h: Harness) -> FaultRecord:
+    """SIGKILL the schedule's primary; the sentinels promote its replica.
+
+    Replication lags cycle through ``sentinel_lags``: with a lag, the replica was cut off
+    the replication stream that long before the primary died, and the writes of that
+    time are lost (asynchronous replication). The old primary comes back, empty, as the
+    new primary's replica (ready for the next failover).
+    """
+    deployment = h.sentinel
+    if deployment is None:
+        raise RuntimeError(f"{SENTINEL_FAILOVER} needs ChaosConfig(sentinel=True)")
+    lags = h.config.sentinel_lags
+    lag = lags[len(deployment.promotions) % len(lags)]
+    holder = h.leader()
+    switches = deployment.switches()
+    promotion = deployment.fail_primary(replica_lag=lag, snapshot=schedule_state)
+    details: dict[str, Any] = {
+        # failovers the sentinels made before this one, planned or not
+        "switches_before": switches,
+        "killed_port": promotion.old_port,
+        "promoted_port": promotion.new_port,
+        "replica_lag_seconds": lag,
+        "promotion_seconds": round(promotion.promotion_seconds, 3),
+        "lost_bytes": promotion.lost_bytes,
+        **lost_writes(promotion.before, promotion.after),
+    }
+    deployment.rejoin()
+    return FaultRecord(
+        SENTINEL_FAILOVER, promotion.killed_at, promotion.promoted_at, holder.name, details
+    )
+
+
 FAULTS: dict[str, Callable[[Harness], FaultRecord]] = {
     "sigstop-leader": sigstop_leader,
     "sigkill-leader": sigkill_leader,
@@ -146,4 +229,5 @@ FAULTS: dict[str, Callable[[Harness], FaultRecord]] = {
     "redis-restart-aof": redis_restart_aof,
     "client-kill": client_kill,
     "redis-pause": redis_pause,
+    SENTINEL_FAILOVER: sentinel_failover,
 }

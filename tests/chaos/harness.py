@@ -26,10 +26,18 @@ from tests.chaos.cluster import (
     wait_for_leader,
 )
 from tests.chaos.faults import FAULTS
-from tests.chaos.model import FAULT_KINDS, FaultRecord, Lifetime, RunData
+from tests.chaos.model import (
+    FAULT_KINDS,
+    SENTINEL_FAILOVER,
+    SENTINEL_MODE_FAULTS,
+    FaultRecord,
+    Lifetime,
+    RunData,
+)
 from tests.chaos.oracle import OracleSettings, Report, analyze
 from tests.chaos.workload import build_specs, redbeat_app, static_schedule, write_dynamic
 from tests.support.redis_server import HOST, RedisServer
+from tests.support.sentinel import SentinelDeployment
 
 LEASE_KEY = "redbeat::lock"
 PENDING_KEY = "redbeat::pending"
@@ -48,6 +56,8 @@ class ChaosConfig:
     statics: int = 200
     dynamics: int = 60
     crons: int = 6
+    #: interval entries' periods, whole seconds (inclusive range)
+    periods: tuple[int, int] = (1, 5)
     lease: float = 3.0
     renew: float = 2.0
     retry: float = 0.5
@@ -67,6 +77,14 @@ class ChaosConfig:
     workdir: Path | None = None
     keep_workdir: bool = False
     oracle: OracleSettings = field(default_factory=OracleSettings)
+    #: the schedule behind Redis Sentinel (primary, replica, 3 sentinels); the broker is
+    #: the harness' own server. Enables the sentinel-failover fault.
+    sentinel: bool = False
+    #: seconds the replica is cut off before each primary failure, cycled (0: a plain
+    #: failover; > 0: the writes of that many seconds are lost)
+    sentinel_lags: tuple[float, ...] = (1.2, 0.0)
+    #: the sentinels' down-after-milliseconds
+    sentinel_down_after_ms: int = 1500
 
     def beat_settings(self) -> dict[str, Any]:
         return {
@@ -94,11 +112,25 @@ class Harness:
         self.workdir = config.workdir or Path(tempfile.mkdtemp(prefix="chaos-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.specs = build_specs(
-            self.rng, statics=config.statics, dynamics=config.dynamics, crons=config.crons
+            self.rng,
+            statics=config.statics,
+            dynamics=config.dynamics,
+            crons=config.crons,
+            periods=config.periods,
         )
         self.lifetimes: dict[str, list[Lifetime]] = {}
         self.faults: list[FaultRecord] = []
         self.server = RedisServer(appendonly=True, workdir=self.workdir / "redis")
+        self.sentinel: SentinelDeployment | None = None
+        if config.sentinel:
+            unfit = set(config.faults) - set(SENTINEL_MODE_FAULTS)
+            if unfit:
+                raise ValueError(f"not with the schedule behind Sentinel: {sorted(unfit)}")
+            self.sentinel = SentinelDeployment(
+                down_after_ms=config.sentinel_down_after_ms, workdir=self.workdir / "sentinel"
+            )
+        elif SENTINEL_FAILOVER in config.faults:
+            raise ValueError(f"{SENTINEL_FAILOVER} needs ChaosConfig(sentinel=True)")
         self.skew_mechanism = ""
         self.failed = False
         self.started_at = time.time()
@@ -107,20 +139,39 @@ class Harness:
 
     def __enter__(self) -> Harness:
         self.server.start()
-        self.admin = redis.Redis(
+        #: the broker (and the schedule unless it is behind Sentinel)
+        self.broker = redis.Redis(
             host=HOST, port=self.server.port, decode_responses=True, socket_timeout=5,
             socket_connect_timeout=2,
         )  # fmt: skip
         self.configure_redis()
+        schedule_url, options = self.server.url, {}
+        #: the schedule's Redis (its current primary behind Sentinel)
+        self.admin = self.broker
+        if self.sentinel is not None:
+            try:
+                self.sentinel.start()
+            except BaseException:
+                self.sentinel.cleanup()
+                self.broker.close()
+                self.server.stop()
+                raise
+            schedule_url = self.sentinel.url
+            options = self.sentinel.redbeat_options(self.config.socket_timeout)
+            self.admin = self.sentinel.client()
         self.auditor = AuditorThread(HOST, self.server.port)
+        settings = self.config.beat_settings()
+        if options:
+            settings["redbeat_redis_options"] = options
         self.supervisor = Supervisor(
-            self.server.url,
+            schedule_url,
             self.workdir / "logs",
-            settings=self.config.beat_settings(),
+            settings=settings,
             schedule=static_schedule(self.specs.values()),
             loglevel=self.config.loglevel,
+            broker_url=self.server.url,
         )
-        self.writer = redbeat_app(self.server.url)
+        self.writer = redbeat_app(schedule_url, options)
         return self
 
     def __exit__(
@@ -132,8 +183,11 @@ class Harness:
         self.supervisor.cleanup()
         self.auditor.stop()
         self.admin.close()
+        self.broker.close()
         self.writer.close()
         self.server.stop()
+        if self.sentinel is not None:
+            self.sentinel.cleanup()
         if exc_type is not None:
             self.failed = True
         if self._own_workdir and not self.config.keep_workdir and not self.failed:
@@ -142,7 +196,7 @@ class Harness:
     def configure_redis(self) -> None:
         # appendfsync always (RedisServer's default) costs an fsync per publish; a clean
         # shutdown flushes the AOF anyway, which is all redis-restart-aof needs.
-        self.admin.config_set("appendfsync", "everysec")
+        self.broker.config_set("appendfsync", "everysec")
 
     # -- helpers used by the faults ---------------------------------------------------
 
@@ -267,6 +321,12 @@ class Harness:
                 "skew_mechanism": self.skew_mechanism,
                 "skewed_replica_led_first": skew_led,
                 "auditor_errors": self.auditor.errors,
+                "sentinel": None
+                if self.sentinel is None
+                else {
+                    "planned_failovers": len(self.sentinel.promotions),
+                    "failovers": self.sentinel.switches(),
+                },
                 "workdir": str(self.workdir),
                 "wall_seconds": round(time.time() - self.started_at, 1),
                 "config": {

@@ -18,6 +18,23 @@ FAULT_KINDS = (
     "redis-pause",
 )
 
+#: The schedule Redis behind Sentinel: its primary dies, the replica is promoted
+#: (``python -m tests.chaos --sentinel``, tests/chaos/test_sentinel_failover.py).
+SENTINEL_FAILOVER = "sentinel-failover"
+
+#: Fault kinds that make sense with the schedule behind Sentinel (the broker is another
+#: server). Restarting or pausing "the" Redis would target the broker or trigger a
+#: failover of its own.
+SENTINEL_MODE_FAULTS = (
+    "sigstop-leader",
+    "sigkill-leader",
+    "sigterm-leader",
+    "delete-lock",
+    "wipe-keys",
+    "client-kill",
+    SENTINEL_FAILOVER,
+)
+
 #: Faults that lose schedule data: an entry may legitimately run again early after them
 #: (its last run time is gone, so it is due at once).
 DATA_LOSS_FAULTS = frozenset({"wipe-keys", "redis-restart-lossy"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 from datetime import timedelta
+from typing import Any
 
 from celery import Celery
 from celery.schedules import crontab
@@ -21,17 +22,23 @@ PAYLOAD_OPTIONS = {"priority": 5, "headers": {"x-chaos": "payload"}}
 
 
 def build_specs(
-    rng: random.Random, *, statics: int, dynamics: int, crons: int
+    rng: random.Random,
+    *,
+    statics: int,
+    dynamics: int,
+    crons: int,
+    periods: tuple[int, int] = (1, 5),
 ) -> dict[str, EntrySpec]:
-    """``statics`` + ``dynamics`` interval entries of 1-5 s, ``crons`` every-minute ones."""
+    """``statics`` + ``dynamics`` interval entries of ``periods`` (1-5 s), ``crons``
+    every-minute ones."""
     specs: dict[str, EntrySpec] = {}
     for i in range(statics):
-        period = float(rng.randint(1, 5))
+        period = float(rng.randint(*periods))
         specs[f"s-int{int(period)}-{i:04d}"] = EntrySpec(
             f"s-int{int(period)}-{i:04d}", "interval", period, "static"
         )
     for i in range(dynamics):
-        period = float(rng.randint(1, 5))
+        period = float(rng.randint(*periods))
         name = f"d-int{int(period)}-{i:04d}"
         specs[name] = EntrySpec(name, "interval", period, "dynamic")
     for i in range(crons):
@@ -54,13 +61,16 @@ def static_schedule(specs: Iterable[EntrySpec]) -> dict[str, dict[str, object]]:
     return {spec.name: spec.beat_spec() for spec in specs if spec.source == "static"}
 
 
-def redbeat_app(redis_url: str) -> Celery:
-    """A Celery app the harness uses to write entries in RedBeat's format."""
+def redbeat_app(redis_url: str, redis_options: dict[str, Any] | None = None) -> Celery:
+    """A Celery app the harness uses to write entries in RedBeat's format.
+
+    ``redis_options``: more ``redbeat_redis_options`` (a Sentinel deployment's).
+    """
     app = Celery("chaos-writer", set_as_current=False)
     app.conf.update(
         broker_url=redis_url,
         redbeat_redis_url=redis_url,
-        redbeat_redis_options={"retry_period": 30},
+        redbeat_redis_options={"retry_period": 30, **(redis_options or {})},
         timezone="UTC",
         result_expires=None,
     )
