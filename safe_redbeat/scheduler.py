@@ -199,8 +199,8 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
                 self._note_standby(holder)
                 return self._poll_delay()
             self._on_elected()
-        elif self._monotonic() >= lease.renew_at():
-            self._renew()
+        else:
+            self._renew_if_due()
         if self._pending_dirty and self._monotonic() >= self._pending_retry_at:
             self._republish_pending()
         if self._reseed_needed:
@@ -367,8 +367,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
                 self._publish_claimed(claimed)
             if batch.size < settings.batch_size or not plan.ops:
                 break
-            if self._monotonic() >= self.lease.renew_at():
-                self._renew()
+            self._renew_if_due()
         waits = [float(self.max_interval), max(self.lease.renew_at() - self._monotonic(), 0.0)]
         if batch.upcoming is not None:
             waits.append(max(float(batch.upcoming) - batch.now.timestamp(), 0.0))
@@ -383,12 +382,8 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         return fence
 
     def _claim(self, ops: Sequence[ClaimOp]) -> list[Occurrence]:
-        token = self.lease.token
-        if token is None:
-            raise LeaseLost("not holding the lease")
-        if self._monotonic() >= self.lease.deadline():
-            self._renew()
-        entry_keys, argv = claim_arguments(token, ops)
+        self._renew_if_due()  # re-verifies the lease after a pause, before claiming
+        entry_keys, argv = claim_arguments(self._token(), ops)
         result = self.scripts.claim(
             keys=[self.keys.lease, self.keys.schedule, self.keys.pending, *entry_keys],
             args=argv,
@@ -419,8 +414,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
 
     def _keep_leading(self) -> None:
         self._exit_if_closed()
-        if self._monotonic() >= self.lease.renew_at():
-            self._renew()
+        self._renew_if_due()
 
     def _ack(self, task_ids: Sequence[str]) -> None:
         # Not fenced on purpose: an ack records a publish that happened. Refusing it
