@@ -8,6 +8,7 @@ RedBeat's ``get_redis`` honours ``redbeat_redis_url`` and ``redbeat_redis_option
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import redis
@@ -15,7 +16,14 @@ from kombu.utils.url import maybe_sanitize_url
 from redbeat.schedulers import get_redis
 from redis.sentinel import SentinelConnectionPool
 
-__all__ = ["sanitize_url", "scheduler_client"]
+__all__ = ["ENCODING_ERRORS", "sanitize_text", "sanitize_url", "scheduler_client"]
+
+#: Bytes that are not UTF-8 (written by another program) decode to lone surrogates and
+#: encode back to the same bytes, instead of failing the whole reply they are part of.
+#: The decoders then reject such text for the one entry or record that holds it.
+ENCODING_ERRORS = "surrogateescape"
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 
 def sanitize_url(url: str | None) -> str:
@@ -23,8 +31,15 @@ def sanitize_url(url: str | None) -> str:
     return str(maybe_sanitize_url(url or ""))
 
 
+def sanitize_text(text: str, limit: int = 500) -> str:
+    """``text`` with every URL's password masked, cut to ``limit`` characters."""
+    masked = _URL.sub(lambda m: sanitize_url(m.group(0)), text)
+    return masked if len(masked) <= limit else masked[: limit - 3] + "..."
+
+
 def scheduler_client(app: Any, socket_timeout: float) -> Any:
-    """A Redis client for the scheduler: RedBeat's settings, bounded socket timeouts.
+    """A Redis client for the scheduler: RedBeat's settings, bounded socket timeouts,
+    undecodable bytes kept as surrogates (:data:`ENCODING_ERRORS`).
 
     RedBeat's ``RetryingConnection`` wrapper is removed: the scheduler decides itself when
     to retry (it must not block the tick for the wrapper's retry period).
@@ -45,7 +60,8 @@ def _bounded(client: redis.Redis, socket_timeout: float, *, retries: bool = True
     kwargs = dict(pool.connection_kwargs)
     retry = kwargs.get("retry")
     bounded = (
-        kwargs.get("socket_timeout") is not None
+        kwargs.get("encoding_errors") == ENCODING_ERRORS
+        and kwargs.get("socket_timeout") is not None
         and bool(kwargs.get("socket_connect_timeout"))
         and (retries or retry is None or retry.get_retries() == 0)
     )
@@ -63,6 +79,7 @@ def _bounded(client: redis.Redis, socket_timeout: float, *, retries: bool = True
             manager.sentinels = sentinels
     if bounded and manager is None:
         return client
+    kwargs["encoding_errors"] = ENCODING_ERRORS
     kwargs["socket_timeout"] = kwargs.get("socket_timeout") or socket_timeout
     kwargs["socket_connect_timeout"] = kwargs.get("socket_connect_timeout") or socket_timeout
     new_pool: redis.ConnectionPool

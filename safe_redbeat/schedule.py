@@ -13,7 +13,6 @@ module writes, and entries saved by stock RedBeat are read here with version 0.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -75,7 +74,7 @@ class Schedule:
         self.keys = Keys.from_app(app)
         self._owns_client = client is None
         if client is None:
-            client = scheduler_client(app, Settings.from_app(app).socket_timeout)
+            client = scheduler_client(app, Settings.from_app(app).socket_timeout_seconds)
             shared = get_redis(app)
             self._owns_client = client is not getattr(shared, "wrapped_connection", shared)
         self.client: Any = client
@@ -202,7 +201,7 @@ class Schedule:
         """
         if page_size < 1:
             raise ValueError(f"page_size must be positive, got {page_size!r}")
-        match = re.sub(r"([*?\[\]\\])", r"\\\1", self.keys.prefix) + pattern
+        match = self.keys.match(pattern)
         seen: set[str] = set()
         cursor = 0
         while True:

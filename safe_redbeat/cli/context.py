@@ -97,7 +97,9 @@ def open_context(app_name: str, timeout: float | None) -> Context:
     settings = Settings.from_app(app)
     url = sanitize_url(app.redbeat_conf.redis_url)
     try:
-        client = scheduler_client(app, settings.socket_timeout if timeout is None else timeout)
+        client = scheduler_client(
+            app, settings.socket_timeout_seconds if timeout is None else timeout
+        )
     except ValueError as exc:  # e.g. an unknown URL scheme
         raise CLIError(EXIT_APP, "configuration", f"redbeat_redis_url {url}: {exc}") from None
     return Context(app=app, settings=settings, keys=Keys.from_app(app), client=client, url=url)
