@@ -37,13 +37,25 @@ from .specs import (
     utc_datetime,
 )
 
-__all__ = ["EntryInfo", "EntrySpec", "Schedule", "ScheduleLike"]
+__all__ = ["EntryInfo", "EntrySpec", "MalformedEntry", "Schedule", "ScheduleLike"]
 
 logger = get_logger("safe_redbeat.schedule")
 
 #: Attempts of one call when Redis keeps changing under it (a claim moving ``meta``, or,
 #: without ``expected_version``, another writer). Each attempt is one atomic script.
 _MAX_ATTEMPTS = 50
+
+
+@dataclass(frozen=True)
+class MalformedEntry:
+    """An entry whose hash cannot be decoded; the leader parks it, nothing deletes it."""
+
+    name: str
+    field: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.problem}"
 
 
 @dataclass(frozen=True)
@@ -163,12 +175,13 @@ class Schedule:
     def delete(self, name: str, *, expected_version: int | None = None) -> int:
         """Remove an entry (definition, run metadata, schedule slot); return its version.
 
-        Runs already claimed by the leader are still sent.
+        The name stops being owned by ``beat_schedule`` or the loader. Runs already claimed
+        by the leader are still sent.
         """
         check_expected_version(name, expected_version)
         key = self._key(name)
         code, version = self.scripts.remove(
-            keys=[key, self.keys.schedule, self.keys.lease, self.keys.statics],
+            keys=[key, self.keys.schedule, self.keys.lease, self.keys.statics, self.keys.loaded],
             args=["", "" if expected_version is None else expected_version, name],
         )
         code = int(code)
@@ -197,8 +210,19 @@ class Schedule:
         """Entries whose name matches the glob ``pattern``, read page by page.
 
         Walks the schedule ZSET with ZSCAN (never KEYS); entries changed meanwhile may be
-        seen in either state. Entries that cannot be decoded are logged and skipped.
+        seen in either state. Entries that cannot be decoded are logged and skipped
+        (:meth:`scan` yields them too).
         """
+        for found in self.scan(pattern, page_size=page_size):
+            if isinstance(found, MalformedEntry):
+                logger.warning("schedule: skipping undecodable entry %r: %s", found.name, found)
+            else:
+                yield found
+
+    def scan(
+        self, pattern: str = "*", *, page_size: int = 500
+    ) -> Iterator[EntryInfo | MalformedEntry]:
+        """Like :meth:`list`, with a :class:`MalformedEntry` for each undecodable entry."""
         if page_size < 1:
             raise ValueError(f"page_size must be positive, got {page_size!r}")
         match = self.keys.match(pattern)
@@ -220,12 +244,11 @@ class Schedule:
                 ):
                     if definition is None:
                         continue  # deleted meanwhile, or a slot the leader drops
+                    name = self.keys.name_of(key)
                     try:
-                        yield self._info(
-                            key, self.keys.name_of(key), definition, meta, version, run_now, score
-                        )
+                        yield self._info(key, name, definition, meta, version, run_now, score)
                     except InvalidEntry as exc:
-                        logger.warning("schedule: skipping undecodable entry: %s", exc)
+                        yield MalformedEntry(name, exc.field, exc.problem)
             if int(cursor) == 0:
                 return
 

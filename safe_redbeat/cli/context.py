@@ -15,6 +15,7 @@ from ..config import Settings
 from ..connection import sanitize_url, scheduler_client
 from ..keys import Keys
 from ..schedule import Schedule
+from ..scripts import Scripts
 
 __all__ = ["CLIError", "Context", "load_app", "open_context", "redis_error"]
 
@@ -57,6 +58,9 @@ class Context:
 
     def schedule(self) -> Schedule:
         return Schedule(self.app, client=self.client)
+
+    def scripts(self) -> Scripts:
+        return Scripts(self.client)
 
     def close(self) -> None:
         self.client.close()

@@ -24,6 +24,7 @@ from .context import (
     open_context,
     redis_error,
 )
+from .dead import cmd_dead
 from .entries import (
     cmd_add,
     cmd_list,
@@ -198,6 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
         _expected_version(sub)
     sync = command("sync", cmd_sync, "reconcile the loader's entries with Redis once")
     sync.add_argument("--dry-run", action="store_true", help="report what would change")
+    sync.add_argument(
+        "--allow-removals",
+        action="store_true",
+        help="apply removals beyond safe_redbeat_loader_max_removals (after you checked them)",
+    )
+    dead = command("dead", cmd_dead, "occurrences whose publish kept failing: list, retry, drop")
+    dead.add_argument("action", choices=("list", "retry", "drop"))
+    dead.add_argument("task_ids", nargs="*", metavar="TASK_ID")
+    dead.add_argument("--all", action="store_true", help="every dead letter")
     return parser
 
 
