@@ -44,14 +44,17 @@ def cluster_app(
     """An app whose schedule lives on ``cluster`` under ``prefix``, its broker elsewhere."""
     app = Celery("cluster", set_as_current=False)
     app.conf.update(
-        broker_url=broker_url,
-        redbeat_redis_url=cluster.url,
-        redbeat_redis_options={"cluster": True},
-        redbeat_key_prefix=prefix,
-        timezone="UTC",
-        result_expires=None,
-        beat_max_loop_interval=5,
-        **{**FAST, **settings},
+        {
+            "broker_url": broker_url,
+            "redbeat_redis_url": cluster.url,
+            "redbeat_redis_options": {"cluster": True},
+            "redbeat_key_prefix": prefix,
+            "timezone": "UTC",
+            "result_expires": None,
+            "beat_max_loop_interval": 5,
+            **FAST,
+            **settings,
+        }
     )
     ensure_conf(app)
     try:
@@ -88,20 +91,32 @@ def slots(keys: list[str]) -> set[int]:
     return {key_slot(k.encode()) for k in keys}
 
 
-def test_the_scheduler_and_schedule_talk_to_the_cluster_with_a_bounded_client(
-    app: Celery,
+@pytest.mark.parametrize("form", ["cluster-option", "redis-cluster-url"])
+def test_the_cluster_client_has_socket_timeouts_and_no_retries(
+    redis_cluster: LocalCluster, cluster_prefix: str, redis_url: str, form: str
 ) -> None:
-    client = scheduler_client(app, 1.0)
-    try:
-        assert isinstance(client, RedisCluster)
-        assert client.retry.get_retries() == 0
-        kwargs = client.nodes_manager.connection_kwargs
-        assert kwargs["socket_timeout"] == 1.0
-        assert kwargs["socket_connect_timeout"] == 1.0
-        assert kwargs["decode_responses"] is True
-        assert client.ping()
-    finally:
-        client.close()
+    """Both ways RedBeat reads a cluster from its settings give the bounded client."""
+    settings: dict[str, Any] = {}
+    if form == "redis-cluster-url":
+        settings = {
+            "redbeat_redis_url": "redis-cluster://",
+            "redbeat_redis_options": {"startup_nodes": redis_cluster.startup_nodes[:2]},
+        }
+    with cluster_app(redis_cluster, cluster_prefix, redis_url, **settings) as app:
+        client = scheduler_client(app, 1.0)
+        try:
+            assert isinstance(client, RedisCluster)
+            assert client.retry.get_retries() == 0
+            kwargs = client.nodes_manager.connection_kwargs
+            assert kwargs["socket_timeout"] == 1.0
+            assert kwargs["socket_connect_timeout"] == 1.0
+            assert kwargs["decode_responses"] is True
+            assert client.ping()
+        finally:
+            client.close()
+        with Schedule(app) as schedule:
+            assert schedule.upsert("x", task="noop", schedule=5).version == 1
+            assert [e.name for e in schedule.list()] == ["x"]
 
 
 def test_every_script_call_hashes_all_its_keys_to_the_prefix_slot(
