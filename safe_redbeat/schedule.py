@@ -19,10 +19,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from celery.utils.log import get_logger
-from redbeat.schedulers import ensure_conf, get_redis
+from redbeat.schedulers import REDBEAT_REDIS_KEY, ensure_conf
 
 from .config import Settings
-from .connection import scheduler_client
+from .connection import check_cluster_keys, scheduler_client
 from .entries import decode_entry, decode_meta, encode_meta, next_score_of
 from .errors import EntryNotFound, InvalidEntry, SafeRedBeatError, VersionConflict
 from .keys import Keys
@@ -87,8 +87,9 @@ class Schedule:
         self._owns_client = client is None
         if client is None:
             client = scheduler_client(app, Settings.from_app(app).socket_timeout_seconds)
-            shared = get_redis(app)
+            shared = getattr(app, REDBEAT_REDIS_KEY, None)  # set by RedBeat's get_redis
             self._owns_client = client is not getattr(shared, "wrapped_connection", shared)
+        check_cluster_keys(app, self.keys, client)
         self.client: Any = client
         self.scripts = Scripts(client)
         self._reserved = {

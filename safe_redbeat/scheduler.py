@@ -11,11 +11,10 @@ from typing import Any
 from celery.beat import Scheduler
 from celery.utils.log import get_logger
 from redbeat.schedulers import RedBeatScheduler
-from redis.exceptions import RedisError
 
 from .backoff import Backoff
 from .config import Settings
-from .connection import sanitize_url, scheduler_client
+from .connection import CLIENT_ERRORS, check_cluster_keys, sanitize_url, scheduler_client
 from .dispatch import (
     CLAIMED,
     GONE,
@@ -40,7 +39,7 @@ logger = get_logger("safe_redbeat")
 
 
 #: Errors that mean "Redis is not answering"; never allowed to escape ``tick()``.
-REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
+REDIS_ERRORS: tuple[type[BaseException], ...] = CLIENT_ERRORS
 
 
 class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
@@ -96,6 +95,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
                 "safe_redbeat always leases %r",
                 self.keys.lease,
             )
+        check_cluster_keys(app, self.keys)
         # RedBeat's beat_init handler blocks until it takes the lock; it skips a
         # scheduler without a lock_key. The lease below replaces it.
         self.lock_key = None

@@ -14,10 +14,9 @@ from typing import Any
 
 from celery.schedules import crontab
 from celery.utils.log import get_logger
-from redis.exceptions import RedisError
 
 from .config import Settings
-from .connection import sanitize_text
+from .connection import CLIENT_ERRORS, sanitize_text
 from .errors import LeaseLost
 from .keys import Keys
 from .loader import LoaderBusy, LoaderError, LoaderSlot, call_loader, parse_specs, resolve
@@ -157,13 +156,17 @@ def default_entries(app: Any, desired: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+#: What a source's reconcile lets through to the scheduler: lease loss and Redis failing.
+_PASS_THROUGH: tuple[type[BaseException], ...] = (LeaseLost, *CLIENT_ERRORS)
+
+
 @contextmanager
 def _contained(source: str) -> Iterator[list[str]]:
     """Log and swallow an unexpected error of one source's reconcile (yields its text)."""
     failure: list[str] = []
     try:
         yield failure
-    except (LeaseLost, RedisError, OSError):
+    except _PASS_THROUGH:
         raise
     except Exception as exc:
         logger.exception("beat: %s: reconcile failed; the schedule is kept as it is", source)

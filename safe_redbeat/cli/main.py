@@ -11,7 +11,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
 
 from ..errors import ConfigurationError, EntryNotFound, InvalidEntry, VersionConflict
 from .context import (
@@ -236,6 +237,8 @@ def _as_cli_error(exc: Exception, url: str) -> CLIError | None:
         return exc
     if isinstance(exc, RedisError):
         return redis_error(exc, url)
+    if isinstance(exc, RedisClusterException):  # no node of the cluster answered
+        return redis_error(RedisConnectionError(str(exc)), url)
     if isinstance(exc, EntryNotFound):
         return CLIError(EXIT_NOT_FOUND, "entry_not_found", str(exc), name=exc.name)
     if isinstance(exc, VersionConflict):
