@@ -28,7 +28,7 @@ from safe_redbeat.writethrough import remove_after_commit, sync_once, upsert_aft
 from . import LOADER_PATH
 from .mapping import Rejected, periodic_tasks, row_to_item
 
-__all__ = ["celery_app", "connect", "enabled", "schedules_for", "sync_rows"]
+__all__ = ["celery_app", "close_schedules", "connect", "enabled", "schedules_for", "sync_rows"]
 
 logger = get_logger("safe_redbeat.contrib.django_celery_beat")
 
@@ -61,6 +61,14 @@ def schedules_for(app: Any) -> Schedule:
         if schedules is None:
             schedules = _SCHEDULES[key] = Schedule(app)
         return schedules
+
+
+def close_schedules() -> None:
+    """Close the cached :class:`Schedule` clients (tests, or after a fork)."""
+    with _SCHEDULES_LOCK:
+        for schedules in _SCHEDULES.values():
+            schedules.close()
+        _SCHEDULES.clear()
 
 
 def enabled() -> bool:

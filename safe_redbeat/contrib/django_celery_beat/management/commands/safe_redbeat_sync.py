@@ -48,8 +48,10 @@ class Command(BaseCommand):  # type: ignore[misc]  # django is untyped
         for error in result.errors:
             self.stderr.write(f"  error: {error}")
         self.stdout.write(result.summary())
-        if result.errors or result.conflicts:
-            raise CommandError(
-                f"{len(result.errors)} rows could not be scheduled and "
-                f"{len(result.conflicts)} writes conflicted (see above)"
-            )
+        problems = []
+        if result.errors:
+            problems.append(f"{len(result.errors)} rows could not be scheduled")
+        if result.conflicts:
+            problems.append(f"{len(result.conflicts)} writes conflicted")
+        if problems:
+            raise CommandError(" and ".join(problems) + " (see above)")
