@@ -58,7 +58,13 @@ def project(redis_url: str) -> Iterator[Path]:
     close_schedules()
     for cached in ("redbeat_conf", "redbeat_redis"):
         vars(celery_app).pop(cached, None)
-    celery_app.conf.update(redbeat_redis_url=redis_url, broker_url=redis_url)
+    # both spellings: older Celery looks the CELERY_ (Django) key up first
+    celery_app.conf.update(
+        redbeat_redis_url=redis_url,
+        broker_url=redis_url,
+        CELERY_REDBEAT_REDIS_URL=redis_url,
+        CELERY_BROKER_URL=redis_url,
+    )
     try:
         yield db_path
     finally:
