@@ -83,9 +83,16 @@ def _crontab(key: str, fields: Mapping[str, Any]) -> crontab:
                 "(write a list as '0,30')",
             )
     try:
-        return crontab(**fields)
+        cron = crontab(**fields)
+        # Celery before 5.7 accepts a date that never comes (30 February) and fails only
+        # when beat asks for the next run: ask once here.
+        cron.remaining_estimate(_PROBE)
     except Exception as exc:
         raise _invalid(key, "schedule.day_of_month", str(exc)) from None
+    return cron
+
+
+_PROBE = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
 
 def _from_json_form(key: str, value: Mapping[str, Any]) -> BaseSchedule:
