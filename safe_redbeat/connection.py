@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 from kombu.utils.url import maybe_sanitize_url
-from redbeat.schedulers import REDBEAT_INTERNAL_OPTIONS, ensure_conf, get_redis
+from redbeat.schedulers import ensure_conf, get_redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.crc import key_slot
@@ -50,6 +50,12 @@ CLIENT_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OSError, RedisCl
 #: encode back to the same bytes, instead of failing the whole reply they are part of.
 #: The decoders then reject such text for the one entry or record that holds it.
 ENCODING_ERRORS = "surrogateescape"
+
+#: Keys of ``redbeat_redis_options`` that RedBeat reads itself and never hands to the client
+#: (``redbeat.schedulers.REDBEAT_INTERNAL_OPTIONS`` since 2.4; older releases lack the name).
+REDBEAT_OWN_OPTIONS = frozenset(
+    {"retry_period", "cluster", "sentinels", "service_name", "sentinel_kwargs", "startup_nodes"}
+)
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
@@ -152,7 +158,7 @@ def _cluster_client(app: Any, socket_timeout: float) -> RedisCluster:
     conf = ensure_conf(app)
     options = dict(conf.redbeat_redis_options or {})
     check_cluster_keys(app, Keys.from_app(app))
-    kwargs = {k: v for k, v in options.items() if k not in REDBEAT_INTERNAL_OPTIONS}
+    kwargs = {k: v for k, v in options.items() if k not in REDBEAT_OWN_OPTIONS}
     kwargs.pop("retry", None)
     kwargs.pop("cluster_error_retry_attempts", None)
     kwargs["decode_responses"] = True
