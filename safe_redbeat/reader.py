@@ -12,6 +12,7 @@ from typing import Any
 
 from celery.utils.log import get_logger
 
+from . import signals
 from .dispatch import ClaimOp
 from .entries import StoredEntry, decode_entry
 from .errors import InvalidEntry
@@ -115,6 +116,7 @@ class DueReader:
         if self._reported.get(key) == raw:
             return
         self._reported[key] = raw
+        signals.entry_parked.send(self, entry=self.keys.name_of(key), reason=str(exc))
         logger.error(
             "beat: skipping entry %r: %s. Fix or delete the hash %r; it is checked again "
             "every %ss and nothing is deleted.",

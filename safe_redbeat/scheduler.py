@@ -13,6 +13,7 @@ from celery.utils.log import get_logger
 from redbeat.schedulers import RedBeatScheduler
 from redis.exceptions import RedisError
 
+from . import integrations, signals
 from .backoff import Backoff
 from .config import Settings
 from .connection import sanitize_url, scheduler_client
@@ -155,6 +156,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """One pass: lease upkeep, then dispatch of what is due. Never raises on Redis."""
         self._exit_if_closed()
+        started = time.perf_counter()
         try:
             delay = self._tick()
         except LeaseLost as exc:
@@ -162,6 +164,10 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             delay = self._poll_delay()
         except REDIS_ERRORS as exc:
             return self._on_redis_error(exc)
+        finally:
+            signals.tick_finished.send(
+                self, duration=time.perf_counter() - started, leader=self.is_leader
+            )
         if self._failures:
             logger.info("beat: Redis answers again after %d failed attempts", self._failures)
             self._failures = 0
@@ -230,6 +236,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
 
     def _on_redis_error(self, exc: BaseException) -> float:
         self._failures += 1
+        signals.redis_error.send(self, error=exc)
         log = logger.warning if self._failures == 1 else logger.debug
         log(
             "beat: Redis error (%s: %s) talking to %s; retrying with backoff",
@@ -264,6 +271,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         else:
             fence = None
         logger.warning("beat: lost the lease (fence %s): %s; now a standby", fence, reason)
+        signals.leadership(self, signals.LOST, fence, reason)
         self._last_holder = None
         self._next_heartbeat = 0.0
 
@@ -275,6 +283,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             self.safe_settings.instance_name,
             lease.fence,
         )
+        signals.leadership(self, signals.ACQUIRED, lease.fence)
         self._last_holder = None
         self._next_heartbeat = 0.0
         self.reader.forget_reported()
@@ -307,6 +316,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             else:
                 if released:
                     logger.info("beat: released the lease (fence %s)", fence)
+                    signals.leadership(self, signals.RELEASED, fence)
         Scheduler.close(self)
 
     @property
@@ -361,6 +371,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             )
             plan.ops.extend(batch.ops)
             claimed = self._claim(plan.ops) if plan.ops else []
+            signals.batch_claimed.send(self, claimed=len(claimed), skipped=len(plan.skipped))
             for name in plan.skipped:
                 logger.info("beat: skipped a missed occurrence of %r (catch_up=skip)", name)
             if claimed:
@@ -406,8 +417,10 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
 
     def _publish_claimed(self, claimed: Sequence[Occurrence]) -> None:
         """Publish claimed occurrences chunk by chunk, renewing between chunks."""
+        claimed = integrations.prepare(self, claimed)
+        ack = signals.acking(self, self._ack, claimed, republished=False)
         report = self.publisher.send(
-            claimed, fence=self._fence(), ack=self._ack, keep_leading=self._keep_leading
+            claimed, fence=self._fence(), ack=ack, keep_leading=self._keep_leading
         )
         if report.kept:
             self._pending_dirty = True
@@ -435,8 +448,10 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
                     self.keys.pending,
                     exc,
                 )
+        occurrences = list(integrations.prepare(self, occurrences))
+        ack = signals.acking(self, self._ack, occurrences, republished=True)
         report = self.publisher.send(
-            occurrences, fence=self._fence(), ack=self._ack, keep_leading=self._keep_leading
+            occurrences, fence=self._fence(), ack=ack, keep_leading=self._keep_leading
         )
         if report.sent:
             logger.info("beat: republished %d pending occurrences", len(report.sent))

@@ -14,6 +14,7 @@ from typing import Any
 from celery.schedules import crontab
 from celery.utils.log import get_logger
 
+from . import signals
 from .config import Settings
 from .keys import Keys
 from .loader import LoaderError, call_loader, parse_specs, resolve
@@ -138,6 +139,7 @@ def default_entries(app: Any, desired: dict[str, Any]) -> dict[str, Any]:
 
 
 def _log(result: ReconcileResult) -> None:
+    signals.reconciled.send(result.source, result=result)
     for error in result.errors:
         logger.error("beat: %s: %s", result.source, error)
     changed = result.created or result.updated or result.removed or result.conflicts

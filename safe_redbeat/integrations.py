@@ -1,0 +1,145 @@
+"""Celery beat's per-entry hooks, kept working under batched dispatch.
+
+Monitoring tools hook Celery beat by patching ``celery.beat.Scheduler.apply_entry`` or
+RedBeat's ``RedBeatScheduler.apply_async`` (Sentry's ``CeleryIntegration(
+monitor_beat_tasks=True)`` patches both): the patched function adds headers to
+``entry.options["headers"]`` and records a check-in before the original sends the task.
+SafeRedBeatScheduler publishes claimed occurrences in broker batches and calls neither,
+so such a tool would go silent.
+
+:func:`prepare` restores the hook. When (and only when) one of those functions is patched,
+each occurrence passes, as a :class:`celery.beat.ScheduleEntry` with its schedule, through
+the patched function, called on a stand-in scheduler whose ``apply_async`` and
+``send_task`` only record the entry's options. The options the hook produced (headers
+included) are then published with the occurrence's deterministic task id. Nothing is sent
+twice, and when nothing is patched the occurrences pass through untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from celery.beat import ScheduleEntry, Scheduler
+from celery.utils.log import get_logger
+from redbeat.schedulers import RedBeatScheduler
+
+from .dispatch import Occurrence
+from .entries import decode_entry
+from .errors import InvalidEntry
+
+__all__ = ["patched_hook", "prepare"]
+
+logger = get_logger("safe_redbeat.integrations")
+
+
+def _patched(func: Any, module: str) -> bool:
+    return getattr(func, "__module__", module) != module or hasattr(func, "__wrapped__")
+
+
+def patched_hook() -> Callable[[Any, Any], Any] | None:
+    """The patched beat function to pass entries through, or None if nothing is patched.
+
+    Celery's ``apply_entry`` is preferred; RedBeat's ``apply_async`` (which RedBeat does
+    not define itself) is used when only it is patched. Never both: a tool patching both
+    would record two check-ins per occurrence.
+    """
+    apply_entry = Scheduler.apply_entry
+    if _patched(apply_entry, "celery.beat"):
+        return lambda scheduler, entry: apply_entry(scheduler, entry)
+    apply_async = RedBeatScheduler.__dict__.get("apply_async")
+    if apply_async is not None and apply_async is not Scheduler.__dict__.get("apply_async"):
+        return lambda scheduler, entry: apply_async(scheduler, entry, advance=False)
+    return None
+
+
+class _Tasks(dict):  # type: ignore[type-arg]
+    """No task is "registered": the original ``apply_async`` falls back to send_task."""
+
+
+class _AppView:
+    """The scheduler's app, with an empty task registry (the hook must not send)."""
+
+    tasks = _Tasks()
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._app, name)
+
+
+class _Recorder:
+    """Stands in for the scheduler in the hook: records options instead of sending."""
+
+    def __init__(self, scheduler: Any) -> None:
+        self._scheduler = scheduler
+        self.app = _AppView(scheduler.app)
+        self.options: dict[str, Any] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._scheduler, name)
+
+    def apply_async(self, entry: Any, *args: Any, **kwargs: Any) -> None:
+        self.options = dict(entry.options)
+
+    def reserve(self, entry: Any) -> Any:
+        return entry  # the occurrence is already claimed
+
+    def send_task(self, *args: Any, **options: Any) -> None:
+        options.pop("producer", None)
+        self.options = options
+
+
+def prepare(scheduler: Any, occurrences: Sequence[Occurrence]) -> Sequence[Occurrence]:
+    """Pass each occurrence through the patched beat hook, if any; else return them as is."""
+    hook = patched_hook()
+    if hook is None or not occurrences:
+        return occurrences
+    schedules = _schedules(scheduler, occurrences)
+    prepared = []
+    for occurrence in occurrences:
+        schedule = schedules.get(occurrence.entry)
+        if schedule is None:
+            prepared.append(occurrence)
+            continue
+        entry = ScheduleEntry(
+            name=occurrence.entry,
+            task=occurrence.task,
+            schedule=schedule,
+            args=tuple(occurrence.args),
+            kwargs=dict(occurrence.kwargs),
+            options=dict(occurrence.options),
+            app=scheduler.app,
+        )
+        recorder = _Recorder(scheduler)
+        try:
+            hook(recorder, entry)
+        except Exception:
+            logger.exception("beat: a beat hook failed for %r; sent without it", occurrence.entry)
+            prepared.append(occurrence)
+            continue
+        options = recorder.options if recorder.options is not None else entry.options
+        prepared.append(replace(occurrence, options=dict(options)))
+    return prepared
+
+
+def _schedules(scheduler: Any, occurrences: Sequence[Occurrence]) -> dict[str, Any]:
+    """Each entry's schedule object, read in one pipeline (hooks need it, e.g. Sentry)."""
+    names = sorted({o.entry for o in occurrences})
+    keys = scheduler.keys
+    with scheduler.client.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.hget(keys.entry(name), "definition")
+        definitions = pipe.execute()
+    schedules: dict[str, Any] = {}
+    for name, definition in zip(names, definitions, strict=True):
+        try:
+            stored = decode_entry(
+                keys.entry(name), name, 0.0, definition, None, None, app=scheduler.app
+            )
+        except InvalidEntry:
+            continue
+        schedules[name] = stored.schedule
+    return schedules
