@@ -95,9 +95,9 @@ _fences: weakref.WeakKeyDictionary[Any, int | None] = weakref.WeakKeyDictionary(
 _CAUSES = (
     ("lease key is gone", "key_gone"),
     ("held by", "taken"),
-    ("renew deadline", "renew_deadline"),
     ("rejected a claim", "fenced"),
     ("Redis unreachable", "redis_unreachable"),
+    ("renew deadline", "renew_deadline"),
 )
 
 
