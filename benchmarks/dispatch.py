@@ -209,15 +209,15 @@ def run(env: Env, sizes: tuple[int, ...], repetitions: int, timeout: float) -> l
 
 # -- where safe_redbeat's time goes ------------------------------------------------------
 
-#: (label, where, name): a method of SafeRedBeatScheduler, or a function looked up by name
-#: in safe_redbeat.scheduler ("module") or safe_redbeat.reader ("reader")
+#: (label, where, name): a method of SafeRedBeatScheduler or of its outbox, or a function
+#: looked up by name in safe_redbeat.scheduler ("module") or safe_redbeat.reader ("reader")
 PHASES = (
     ("read due entries (due.lua, HMGET pipeline)", "method", "_read_due"),
     ("  of which decode_entry (JSON, schedule)", "reader", "decode_entry"),
     ("plan_batch (is_due, next run, meta, task id)", "module", "plan_batch"),
     ("claim (claim.lua, one call per batch)", "method", "_claim"),
     ("publish (send_task, broker batches of 500)", "method", "_publish_claimed"),
-    ("  of which ack (HDEL pending, one per chunk)", "method", "_ack"),
+    ("  of which ack (HDEL pending, one per chunk)", "outbox", "_ack"),
 )
 
 
@@ -259,8 +259,9 @@ def _timed_phases(scheduler: Any) -> Iterator[defaultdict[str, float]]:
     modules = {"module": safe_scheduler_module, "reader": safe_reader_module}
     saved: list[tuple[Any, str, Any]] = []
     for label, where, name in PHASES:
-        if where == "method":
-            setattr(scheduler, name, wrap(label, getattr(scheduler, name)))
+        if where in ("method", "outbox"):
+            owner = scheduler if where == "method" else scheduler.outbox
+            setattr(owner, name, wrap(label, getattr(owner, name)))
         else:
             module = modules[where]
             saved.append((module, name, getattr(module, name)))

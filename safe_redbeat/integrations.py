@@ -18,7 +18,7 @@ twice, and when nothing is patched the occurrences pass through untouched.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from celery.beat import ScheduleEntry, Scheduler
@@ -121,8 +121,31 @@ def prepare(scheduler: Any, occurrences: Sequence[Occurrence]) -> Sequence[Occur
             prepared.append(occurrence)
             continue
         options = recorder.options if recorder.options is not None else entry.options
-        prepared.append(replace(occurrence, options=dict(options)))
+        prepared.append(_Hooked.of(occurrence, dict(options)))
     return prepared
+
+
+@dataclass(frozen=True)
+class _Hooked(Occurrence):
+    """An occurrence published with the options a hook produced.
+
+    Its pending record stays the one Redis holds: a failed attempt is counted on the
+    original (the hook's headers, a check-in id say, are never stored).
+    """
+
+    original: Occurrence | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, occurrence: Occurrence, options: dict[str, Any]) -> _Hooked:
+        values = {f.name: getattr(occurrence, f.name) for f in fields(Occurrence)}
+        return cls(**{**values, "options": options, "original": occurrence})
+
+    @property
+    def record(self) -> str:
+        return self.original.record if self.original is not None else super().record
+
+    def failed(self, error: str) -> Occurrence:
+        return self.original.failed(error) if self.original is not None else super().failed(error)
 
 
 def _schedules(scheduler: Any, occurrences: Sequence[Occurrence]) -> dict[str, Any]:

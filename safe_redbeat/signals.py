@@ -34,6 +34,7 @@ __all__ = [
     "LOST",
     "RELEASED",
     "batch_claimed",
+    "dead",
     "entry_parked",
     "leadership_changed",
     "lost_cause",
@@ -67,7 +68,8 @@ occurrence_sent = Signal(name="safe_redbeat.occurrence_sent")
 occurrences_sent = Signal(name="safe_redbeat.occurrences_sent")
 
 #: An occurrence given up on and moved to the dead letters (``<prefix>:dead``): ``entry``,
-#: ``scheduled`` (UNIX seconds), ``task_id``, ``attempts``, ``error`` (text).
+#: ``scheduled`` (UNIX seconds), ``task_id``, ``attempts``, ``error`` (text). ``entry`` and
+#: ``scheduled`` are None for a pending record that could not be decoded.
 occurrence_dead = Signal(name="safe_redbeat.occurrence_dead")
 
 #: One claim round trip of a batch: ``claimed`` and ``skipped`` (missed occurrences
@@ -133,12 +135,12 @@ def leadership(sender: Any, change: str, fence: int | None, reason: str | None =
 
 def acking(
     sender: Any,
-    ack: Callable[[Sequence[str]], None],
-    occurrences: Sequence[Occurrence],
+    ack: Callable[[Sequence[Occurrence]], None],
     *,
+    fence: int,
     republished: bool,
-) -> Callable[[Sequence[str]], None]:
-    """``ack``, followed by the sent signals for each acknowledged batch.
+) -> Callable[[Sequence[Occurrence]], None]:
+    """``ack``, followed by the sent signals for each acknowledged broker batch.
 
     Returns ``ack`` itself when nobody listens, so an unobserved publish does no
     per-occurrence work.
@@ -146,15 +148,12 @@ def acking(
     each = bool(occurrence_sent.receivers)
     if not each and not occurrences_sent.receivers:
         return ack
-    by_id = {o.task_id: o for o in occurrences}
 
-    def ack_and_announce(task_ids: Sequence[str]) -> None:
-        ack(task_ids)
-        sent = [by_id[t] for t in task_ids if t in by_id]
+    def ack_and_announce(sent: Sequence[Occurrence]) -> None:
+        ack(sent)
         if not sent:
             return
         sent_at = time.time()
-        fence = sender.lease.fence
         occurrences_sent.send(
             sender=sender,
             occurrences=sent,
@@ -175,3 +174,17 @@ def acking(
                 )
 
     return ack_and_announce
+
+
+def dead(sender: Any, task_id: str, occurrence: Occurrence | None, error: str) -> None:
+    """Send :data:`occurrence_dead`; ``occurrence`` is None for a record not decodable."""
+    if not occurrence_dead.receivers:
+        return
+    occurrence_dead.send(
+        sender=sender,
+        entry=None if occurrence is None else occurrence.entry,
+        scheduled=None if occurrence is None else occurrence.scheduled,
+        task_id=task_id,
+        attempts=0 if occurrence is None else occurrence.attempts,
+        error=error,
+    )

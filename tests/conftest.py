@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from tests.support.beat import BeatCluster
+from tests.support.cluster import LocalCluster, unique_prefix
 from tests.support.redis_server import RedisServer
 
 # Logical databases handed out to tests; db 0 stays untouched.
@@ -42,6 +43,24 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A Redis Cluster (3 primaries, 1 replica each) for the session; started on first use."""
+    with LocalCluster(workdir=tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_prefix(redis_cluster: LocalCluster) -> Iterator[str]:
+    """A fresh hash-tagged ``redbeat_key_prefix`` (cluster mode has only db 0); its keys are
+    deleted afterwards."""
+    prefix = unique_prefix()
+    try:
+        yield prefix
+    finally:
+        redis_cluster.delete_prefix(prefix)
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 --
 -- KEYS[i] - entry HASH i
 --
--- return one string: the `version` field of each entry in KEYS order, joined by ',';
---        '0' for an entry without one (stock RedBeat), '-' for an entry that does not exist.
+-- return an array: the `version` field of each entry in KEYS order, as stored; '0' for an
+--        entry without one (stock RedBeat), '-' for an entry that does not exist.
 local out = {}
 for i = 1, #KEYS do
     local version = redis.call('HGET', KEYS[i], 'version')
@@ -15,4 +15,4 @@ for i = 1, #KEYS do
         out[i] = '-'
     end
 end
-return table.concat(out, ',')
+return out

@@ -38,6 +38,7 @@ LEASE_KEY = "redbeat::lock"
 
 # The --json schemas of docs/cli.md.
 STATUS_KEYS = {
+    "dead",
     "redis_url",
     "key_prefix",
     "leader",
@@ -76,6 +77,7 @@ ENTRY_KEYS = {
     "run_now_at",
 }
 SYNC_KEYS = {
+    "held",
     "source",
     "created",
     "updated",

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def app(redis_url: str) -> Iterator[Celery]:
-    with celery_app("monitoring", redis_url) as app:
+    with celery_app("monitoring", redis_url, safe_redbeat_publish_attempts=2) as app:
         yield app
 
 
@@ -119,8 +119,13 @@ def test_a_republished_occurrence_is_signalled_as_republished(
 ) -> None:
     add_due(app, ["a", "b"])
     crashed = SafeRedBeatScheduler(app=app, monotonic=FakeClock())
-    monkeypatch.setattr(crashed, "_publish_claimed", lambda claimed: None)  # dies here
-    crashed.tick()
+
+    def die(claimed: object) -> None:
+        raise SystemExit(1)
+
+    monkeypatch.setattr(crashed, "_publish_claimed", die)  # the process dies here
+    with pytest.raises(SystemExit):
+        crashed.tick()
     pending = set(redis_client.hgetall("redbeat::pending"))
     assert len(pending) == 2 and recorder.events["occurrence_sent"] == []
     redis_client.delete("redbeat::lock")
@@ -230,3 +235,41 @@ def test_a_patched_apply_entry_sees_each_occurrence_and_its_headers_are_sent(
             f"redbeat:{entry}", message.headers["safe_redbeat_scheduled"]
         )
     assert len(auditor.drain()) == 0, "the hook must not send by itself"
+
+
+def test_dead_letters_are_signalled_once_and_counted(
+    app: Celery, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead = Recorder("occurrence_dead")
+    registry = CollectorRegistry(auto_describe=False)
+    metrics = SchedulerMetrics(registry)
+    try:
+        original = app.send_task
+
+        def send_task(name: str, *args: Any, **kwargs: Any) -> Any:
+            if name == "explodes":
+                raise ValueError("the task refuses these arguments")
+            return original(name, *args, **kwargs)
+
+        monkeypatch.setattr(app, "send_task", send_task)
+        clock = FakeClock()
+        scheduler = SafeRedBeatScheduler(app=app, monotonic=clock)
+        metrics.watch(scheduler)
+        scheduler.tick()
+        past = datetime.now(timezone.utc) - timedelta(seconds=120)
+        entry = RedBeatSchedulerEntry("bad", "explodes", timedelta(seconds=60), app=app)
+        entry.last_run_at = past
+        entry.save()
+        redis_client.hset("redbeat::pending", "junk", "not a record")
+        for _ in range(8):  # publish_attempts (2) with backoff: the fake clock jumps it
+            clock.now += 5
+            scheduler.tick()
+        events = dead.events["occurrence_dead"]
+        assert [(e["entry"], e["attempts"]) for e in events] == [(None, 0), ("bad", 2)]
+        assert "refuses these arguments" in events[1]["error"]
+        assert events[1]["task_id"] in redis_client.hgetall("redbeat::dead")
+        assert registry.get_sample_value("safe_redbeat_occurrences_dead_total") == 2
+        assert registry.get_sample_value("safe_redbeat_dead") == 2
+    finally:
+        dead.close()
+        metrics.close()
