@@ -28,6 +28,7 @@ from redbeat.schedulers import RedBeatScheduler
 from .dispatch import Occurrence
 from .entries import decode_entry
 from .errors import InvalidEntry
+from .keys import Keys
 
 __all__ = ["patched_hook", "prepare"]
 
@@ -73,13 +74,9 @@ class _AppView:
 class _Recorder:
     """Stands in for the scheduler in the hook: records options instead of sending."""
 
-    def __init__(self, scheduler: Any) -> None:
-        self._scheduler = scheduler
-        self.app = _AppView(scheduler.app)
+    def __init__(self, app: Any) -> None:
+        self.app = _AppView(app)
         self.options: dict[str, Any] | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._scheduler, name)
 
     def apply_async(self, entry: Any, *args: Any, **kwargs: Any) -> None:
         self.options = dict(entry.options)
@@ -92,12 +89,17 @@ class _Recorder:
         self.options = options
 
 
-def prepare(scheduler: Any, occurrences: Sequence[Occurrence]) -> Sequence[Occurrence]:
-    """Pass each occurrence through the patched beat hook, if any; else return them as is."""
+def prepare(
+    app: Any, client: Any, keys: Keys, occurrences: Sequence[Occurrence]
+) -> Sequence[Occurrence]:
+    """Pass each occurrence through the patched beat hook, if any; else return them as is.
+
+    ``client`` and ``keys`` read the entries' schedules (one pipeline), which hooks need.
+    """
     hook = patched_hook()
     if hook is None or not occurrences:
         return occurrences
-    schedules = _schedules(scheduler, occurrences)
+    schedules = _schedules(app, client, keys, occurrences)
     prepared = []
     for occurrence in occurrences:
         schedule = schedules.get(occurrence.entry)
@@ -111,9 +113,9 @@ def prepare(scheduler: Any, occurrences: Sequence[Occurrence]) -> Sequence[Occur
             args=tuple(occurrence.args),
             kwargs=dict(occurrence.kwargs),
             options=dict(occurrence.options),
-            app=scheduler.app,
+            app=app,
         )
-        recorder = _Recorder(scheduler)
+        recorder = _Recorder(app)
         try:
             hook(recorder, entry)
         except Exception:
@@ -148,20 +150,19 @@ class _Hooked(Occurrence):
         return self.original.failed(error) if self.original is not None else super().failed(error)
 
 
-def _schedules(scheduler: Any, occurrences: Sequence[Occurrence]) -> dict[str, Any]:
+def _schedules(
+    app: Any, client: Any, keys: Keys, occurrences: Sequence[Occurrence]
+) -> dict[str, Any]:
     """Each entry's schedule object, read in one pipeline (hooks need it, e.g. Sentry)."""
     names = sorted({o.entry for o in occurrences})
-    keys = scheduler.keys
-    with scheduler.client.pipeline(transaction=False) as pipe:
+    with client.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.hget(keys.entry(name), "definition")
         definitions = pipe.execute()
     schedules: dict[str, Any] = {}
     for name, definition in zip(names, definitions, strict=True):
         try:
-            stored = decode_entry(
-                keys.entry(name), name, 0.0, definition, None, None, app=scheduler.app
-            )
+            stored = decode_entry(keys.entry(name), name, 0.0, definition, None, None, app=app)
         except InvalidEntry:
             continue
         schedules[name] = stored.schedule

@@ -25,7 +25,7 @@ from typing import Any
 
 from celery.utils.log import get_logger
 
-from . import signals
+from . import integrations, signals
 from .backoff import Backoff
 from .config import Settings
 from .dispatch import Occurrence
@@ -115,6 +115,7 @@ class Outbox:
         republished: bool = False,
     ) -> SendReport:
         """Publish, acknowledge what went out, count failures on the records."""
+        occurrences = integrations.prepare(self.publisher.app, self.client, self.keys, occurrences)
         ack = signals.acking(self, self._ack, fence=fence, republished=republished)
         report = self.publisher.send(occurrences, fence=fence, ack=ack, keep_leading=keep_leading)
         if report.refused:

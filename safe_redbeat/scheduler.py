@@ -12,7 +12,7 @@ from celery.beat import Scheduler
 from celery.utils.log import get_logger
 from redbeat.schedulers import RedBeatScheduler
 
-from . import integrations, signals
+from . import signals
 from .backoff import Backoff
 from .config import Settings
 from .connection import CLIENT_ERRORS, check_cluster_keys, sanitize_url, scheduler_client
@@ -433,7 +433,6 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
 
     def _publish_claimed(self, claimed: Sequence[Occurrence]) -> SendReport:
         """Publish claimed occurrences chunk by chunk, renewing between chunks."""
-        claimed = integrations.prepare(self, claimed)
         return self.outbox.publish(
             claimed, fence=self._fence(), token=self._token(), keep_leading=self._keep_leading
         )

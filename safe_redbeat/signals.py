@@ -8,8 +8,11 @@ Celery's own signals::
     @signals.leadership_changed.connect
     def on_leadership(sender, change, fence, reason, cause, instance, **kwargs): ...
 
-Every receiver gets ``sender`` (the scheduler) and the keyword arguments listed with each
-signal; accept ``**kwargs`` so new arguments do not break it. A receiver that raises is
+Every receiver gets ``sender`` and the keyword arguments listed with each signal; accept
+``**kwargs`` so new arguments do not break it. ``sender`` is the scheduler, except for the
+occurrence signals (the scheduler's :class:`~safe_redbeat.outbox.Outbox`),
+:data:`entry_parked` (its :class:`~safe_redbeat.reader.DueReader`) and :data:`reconciled`
+(the source's name). A receiver that raises is
 logged by Celery and never stops the scheduler. With no receiver connected a signal costs
 one attribute check per event; the per-occurrence signals are not even built.
 

@@ -273,3 +273,49 @@ def test_dead_letters_are_signalled_once_and_counted(
     finally:
         dead.close()
         metrics.close()
+
+
+def test_republished_and_failing_occurrences_pass_the_hook_and_keep_their_record(
+    app: Celery, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = Scheduler.apply_entry
+
+    def patched(scheduler: Any, entry: Any, **kwargs: Any) -> Any:
+        entry.options["headers"] = {"tool-monitor": entry.name}
+        return original(scheduler, entry, **kwargs)
+
+    auditor = QueueAuditor(redis_client)
+    add_due(app, ["a"])
+    crashed = SafeRedBeatScheduler(app=app, monotonic=FakeClock())
+
+    def die(claimed: object) -> None:
+        raise SystemExit(1)
+
+    monkeypatch.setattr(crashed, "_publish_claimed", die)
+    with pytest.raises(SystemExit):
+        crashed.tick()
+    redis_client.delete("redbeat::lock")
+    monkeypatch.setattr(Scheduler, "apply_entry", patched)
+    successor = SafeRedBeatScheduler(app=app, monotonic=FakeClock())
+    successor.tick()
+    [message] = auditor.wait_for(lambda m: len(m) >= 1, timeout=5)
+    assert message.headers["tool-monitor"] == "a"
+
+    # a message failing on its own: the attempt is counted on the stored record, which
+    # never takes the hook's headers
+    original_send = app.send_task
+
+    def send_task(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "explodes":
+            raise ValueError("refused")
+        return original_send(name, *args, **kwargs)
+
+    monkeypatch.setattr(app, "send_task", send_task)
+    past = datetime.now(timezone.utc) - timedelta(seconds=120)
+    entry = RedBeatSchedulerEntry("bad", "explodes", timedelta(seconds=60), app=app)
+    entry.last_run_at = past
+    entry.save()
+    successor.tick()
+    [record] = redis_client.hvals("redbeat::pending")
+    stored = json.loads(record)
+    assert stored["attempts"] == 1 and "tool-monitor" not in json.dumps(stored["options"])
