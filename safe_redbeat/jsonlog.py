@@ -122,12 +122,16 @@ _RECEIVERS = (
 
 
 def install(instance: str, stream: IO[str] | None = None) -> logging.Handler:
-    """Log the ``safe_redbeat`` loggers as JSON lines to ``stream`` (stderr); idempotent."""
+    """Log the ``safe_redbeat`` loggers as JSON lines to ``stream``; idempotent.
+
+    The default is the process' real stderr: Celery replaces ``sys.stderr`` with a proxy
+    that would log each JSON line again, inside its own format.
+    """
     logger = logging.getLogger("safe_redbeat")
     for existing in logger.handlers:
         if existing.get_name() == _HANDLER_NAME:
             return existing
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream or sys.__stderr__ or sys.stderr)
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(JsonFormatter(instance))
     logger.addHandler(handler)

@@ -196,3 +196,18 @@ def test_sentry_crons_reports_check_ins_for_a_safe_redbeat_entry(
         "value": 1,
         "unit": "hour",
     }
+
+
+def test_json_logs_of_a_beat_process_are_one_object_per_line(beat_procs: BeatCluster) -> None:
+    [beat] = beat_procs.start(
+        1, settings={**FAST, "safe_redbeat_log_format": "json"}, schedule=EVERY_SECOND
+    )
+    beat.wait_for_log(r'^\{.*"event":"reconciled"', timeout=20)
+    beat.terminate()
+    assert beat.wait(10) == 0
+    lines = [json.loads(line) for line in beat.log().splitlines() if line.startswith("{")]
+    events = [(line["event"], line.get("change")) for line in lines if "event" in line]
+    assert events[0] == ("leadership_changed", "acquired")
+    assert ("leadership_changed", "released") in events
+    assert all(line["instance"] == beat.instance for line in lines)
+    assert "WARNING/MainProcess] {" not in beat.log(), "a JSON line was logged again by Celery"
