@@ -7,13 +7,17 @@ timed until all N messages are in the broker list. The floor is ``app.send_task`
 loop with one producer on the same broker, one message at a time (as stock RedBeat
 publishes); the batched floor is the same loop inside kombu's ``Producer.batch()`` in
 chunks of 500, the way safe_redbeat publishes (one Redis pipeline per chunk), so it is
-the floor of safe_redbeat's own publish. All four run alternately in every repetition,
-each first in turn.
+the floor of safe_redbeat's own publish. The monitored series is safe_redbeat with its
+Prometheus metrics registered and a receiver on every signal (so the per-occurrence
+``occurrence_sent`` is built and sent too). All run alternately in every repetition, each
+first in turn.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib.util
 import inspect
 import time
 from collections import defaultdict
@@ -26,6 +30,7 @@ from kombu.messaging import Producer
 
 import safe_redbeat.reader as safe_reader_module
 import safe_redbeat.scheduler as safe_scheduler_module
+from safe_redbeat import signals
 from safe_redbeat.publisher import Publisher
 
 from .env import (
@@ -54,10 +59,13 @@ FLOOR = "floor"
 FLOOR_BATCHED = "floor_batched"
 #: messages per ``Producer.batch()`` in the batched floor: safe_redbeat's publish chunk
 PUBLISH_CHUNK = int(inspect.signature(Publisher).parameters["chunk_size"].default)
+#: safe_redbeat with metrics registered and a receiver on every signal
+SAFE_MONITORED = "safe_redbeat_monitored"
 BATCHING = hasattr(Producer, "batch")
+MONITORING = importlib.util.find_spec("prometheus_client") is not None
 SERIES = (
     (FLOOR, FLOOR_BATCHED, REDBEAT.key, SAFE.key) if BATCHING else (FLOOR, REDBEAT.key, SAFE.key)
-)
+) + ((SAFE_MONITORED,) if MONITORING else ())
 
 
 @dataclass
@@ -82,6 +90,9 @@ class DispatchResult:
     def redbeat_over_safe(self) -> Sample:
         return ratio(self.seconds[REDBEAT.key], self.seconds[SAFE.key])
 
+    def monitored_over_safe(self) -> Sample:
+        return ratio(self.seconds[SAFE_MONITORED], self.seconds[SAFE.key])
+
 
 def prepare(env: Env, contender: Contender, app: Any) -> Any:
     """A scheduler that holds the lock and has a connected producer; nothing is due yet."""
@@ -94,22 +105,57 @@ def prepare(env: Env, contender: Contender, app: Any) -> Any:
     return scheduler
 
 
-def run_scheduler(env: Env, contender: Contender, n: int, timeout: float) -> tuple[float, int]:
+@contextmanager
+def _monitored() -> Iterator[None]:
+    """safe_redbeat's metrics on a registry of their own and a no-op receiver per signal."""
+    from prometheus_client import CollectorRegistry
+
+    from safe_redbeat.metrics import SchedulerMetrics
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        return None
+
+    everything = [
+        signal
+        for signal in (getattr(signals, name) for name in signals.__all__)
+        if hasattr(signal, "connect")
+    ]
+    metrics = SchedulerMetrics(CollectorRegistry(auto_describe=False))
+    for signal in everything:
+        signal.connect(receiver, weak=False, dispatch_uid="benchmark")
+    try:
+        yield
+    finally:
+        for signal in everything:
+            signal.disconnect(receiver, dispatch_uid="benchmark")
+        metrics.close()
+
+
+def run_scheduler(
+    env: Env, contender: Contender, n: int, timeout: float, *, monitored: bool = False
+) -> tuple[float, int]:
     """Seconds of ``tick()`` until all ``n`` due entries were published, and the tick count."""
     env.flush()
     app = env.make_app()
     broker = env.client(BROKER_DB)
     try:
-        scheduler = prepare(env, contender, app)
-        try:
-            write_entries(env.schedule_client, range(n), due=True)
-            with stopwatch() as elapsed:
-                ticks = tick_until_sent(scheduler, broker, n, timeout=timeout)
-            check_messages(broker, n, contender)
-        finally:
-            stop_scheduler(scheduler)
+        with _monitored() if monitored else contextlib.nullcontext():
+            return _run_scheduler(env, contender, app, broker, n, timeout)
     finally:
         close_app(app)
+
+
+def _run_scheduler(
+    env: Env, contender: Contender, app: Any, broker: Any, n: int, timeout: float
+) -> tuple[float, int]:
+    scheduler = prepare(env, contender, app)
+    try:
+        write_entries(env.schedule_client, range(n), due=True)
+        with stopwatch() as elapsed:
+            ticks = tick_until_sent(scheduler, broker, n, timeout=timeout)
+        check_messages(broker, n, contender)
+    finally:
+        stop_scheduler(scheduler)
     return elapsed[0], ticks
 
 
@@ -151,6 +197,8 @@ def run(env: Env, sizes: tuple[int, ...], repetitions: int, timeout: float) -> l
                 if series in (FLOOR, FLOOR_BATCHED):
                     seconds = run_floor(env, result.n, batched=series == FLOOR_BATCHED)
                     ticks = 0
+                elif series == SAFE_MONITORED:
+                    seconds, ticks = run_scheduler(env, SAFE, result.n, timeout, monitored=True)
                 else:
                     contender = next(c for c in CONTENDERS if c.key == series)
                     seconds, ticks = run_scheduler(env, contender, result.n, timeout)

@@ -12,7 +12,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from . import commands, dispatch, failover, memory, reconcile, startup
-from .dispatch import FLOOR, FLOOR_BATCHED, Breakdown, DispatchResult
+from .dispatch import FLOOR, FLOOR_BATCHED, SAFE_MONITORED, Breakdown, DispatchResult
 from .env import REDBEAT, SAFE
 from .failover import (
     LEASE_SECONDS,
@@ -140,6 +140,15 @@ def targets(results: Results) -> list[Target]:
                 f"RedBeat/safe = {faster.fmt(2)}",
             )
         )
+        if SAFE_MONITORED in at.seconds:
+            monitored = at.monitored_over_safe()
+            found.append(
+                Target(
+                    f"dispatch with metrics and signals <= 1.1 x without (N={at.n})",
+                    monitored.median <= 1.1,
+                    f"monitored/safe = {monitored.fmt(2)}",
+                )
+            )
     ours = sorted((c for c in results.commands if c.contender == SAFE.key), key=lambda c: c.n)
     if ours:
         # c: the round trips of one full batch (or of the smallest N, if none fills one)
@@ -250,6 +259,7 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 def dispatch_table(results: list[DispatchResult]) -> str:
     rows = []
     batched = all(FLOOR_BATCHED in r.seconds for r in results)
+    monitored = all(SAFE_MONITORED in r.seconds for r in results)
     for r in results:
         ticks = f"{max(r.ticks[REDBEAT.key])} / {max(r.ticks[SAFE.key])}"
         rows.append(
@@ -259,6 +269,7 @@ def dispatch_table(results: list[DispatchResult]) -> str:
                 *([r.ms_per_entry(FLOOR_BATCHED).fmt()] if batched else []),
                 r.ms_per_entry(REDBEAT.key).fmt(),
                 r.ms_per_entry(SAFE.key).fmt(),
+                *([r.ms_per_entry(SAFE_MONITORED).fmt()] if monitored else []),
                 r.safe_over_floor().fmt(2),
                 r.safe_over_redbeat().fmt(2),
                 ticks,
@@ -271,6 +282,7 @@ def dispatch_table(results: list[DispatchResult]) -> str:
             *(["batched floor ms/entry"] if batched else []),
             "RedBeat ms/entry",
             "safe_redbeat ms/entry",
+            *(["with metrics + signals ms/entry"] if monitored else []),
             "safe/floor",
             "safe/RedBeat",
             "ticks RedBeat / safe",

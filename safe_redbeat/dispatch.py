@@ -22,6 +22,7 @@ from .validation import check_options, check_text
 __all__ = [
     "HEADER_ENTRY",
     "HEADER_FENCE",
+    "HEADER_PERIODIC_TASK_NAME",
     "HEADER_SCHEDULED",
     "ClaimOp",
     "Occurrence",
@@ -34,6 +35,8 @@ __all__ = [
 HEADER_FENCE = "safe_redbeat_fence"
 HEADER_SCHEDULED = "safe_redbeat_scheduled"
 HEADER_ENTRY = "safe_redbeat_entry"
+#: django-celery-beat's header naming the periodic task (read by django-celery-results)
+HEADER_PERIODIC_TASK_NAME = "periodic_task_name"
 
 _TASK_ID_NAMESPACE = uuid.UUID("6f1c1d56-3f43-4a52-9d1e-6a0f2f6b7c15")
 
@@ -143,6 +146,7 @@ class Occurrence:
             HEADER_FENCE: sender_fence,
             HEADER_SCHEDULED: self.scheduled,
             HEADER_ENTRY: self.entry,
+            HEADER_PERIODIC_TASK_NAME: self.entry,
         }
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from celery.utils.log import get_logger
 
+from . import integrations, signals
 from .backoff import Backoff
 from .config import Settings
 from .dispatch import Occurrence
@@ -111,11 +112,12 @@ class Outbox:
         fence: int,
         token: str,
         keep_leading: Callable[[], None],
+        republished: bool = False,
     ) -> SendReport:
         """Publish, acknowledge what went out, count failures on the records."""
-        report = self.publisher.send(
-            occurrences, fence=fence, ack=self._ack, keep_leading=keep_leading
-        )
+        occurrences = integrations.prepare(self.publisher.app, self.client, self.keys, occurrences)
+        ack = signals.acking(self, self._ack, fence=fence, republished=republished)
+        report = self.publisher.send(occurrences, fence=fence, ack=ack, keep_leading=keep_leading)
         if report.refused:
             logger.error(
                 "beat: the broker refused %d messages (%s); they stay pending and are sent "
@@ -131,6 +133,7 @@ class Outbox:
         """Publish every pending record (ours, or a previous leader's)."""
         occurrences: list[Occurrence] = []
         malformed: list[tuple[str, str, str]] = []
+        problems: list[str] = []
         for task_id, raw in self.client.hscan_iter(self.keys.pending, count=_PAGE):
             try:
                 occurrences.append(Occurrence.from_json(task_id, raw))
@@ -144,9 +147,15 @@ class Outbox:
                     self.keys.dead,
                 )
                 malformed.append((task_id, raw, raw))
+                problems.append(str(exc))
         if malformed:
-            self._move(self.keys.dead, malformed, token)
-        report = self.publish(occurrences, fence=fence, token=token, keep_leading=keep_leading)
+            codes = self._move(self.keys.dead, malformed, token)
+            for (task_id, _, _), problem, code in zip(malformed, problems, codes, strict=True):
+                if code == 1:
+                    signals.dead(self, task_id, None, problem)
+        report = self.publish(
+            occurrences, fence=fence, token=token, keep_leading=keep_leading, republished=True
+        )
         if report.sent:
             logger.info("beat: republished %d pending occurrences", len(report.sent))
         if report.refused or report.failed:
@@ -164,12 +173,14 @@ class Outbox:
 
     def _settle(self, failed: Iterable[tuple[Occurrence, str]], token: str) -> None:
         settlement = _Settlement()
+        buried: list[tuple[Occurrence, str]] = []
         attempts = self.settings.publish_attempts
         for occurrence, error in failed:
             after = occurrence.failed(error)
             change = (occurrence.task_id, occurrence.record, after.to_json())
             if after.attempts >= attempts:
                 settlement.bury.append(change)
+                buried.append((after, error))
                 logger.error(
                     "beat: could not send %r (task %s) in %d attempts, last: %s; moved to "
                     "the dead letters (safe-redbeat dead list)",
@@ -191,11 +202,15 @@ class Outbox:
         if settlement.retry:
             self._move(self.keys.pending, settlement.retry, token)
         if settlement.bury:
-            self._move(self.keys.dead, settlement.bury, token)
+            codes = self._move(self.keys.dead, settlement.bury, token)
+            for (occurrence, error), code in zip(buried, codes, strict=True):
+                if code == 1:
+                    signals.dead(self, occurrence.task_id, occurrence, error)
 
-    def _move(self, destination: str, records: list[tuple[str, str, str]], token: str) -> None:
-        """``move.lua`` from the pending hash to ``destination``, in pages."""
+    def _move(self, destination: str, records: list[tuple[str, str, str]], token: str) -> list[int]:
+        """``move.lua`` from the pending hash to ``destination``, in pages; its codes."""
         limit = self.settings.dead_letter_max if destination == self.keys.dead else ""
+        codes: list[int] = []
         for start in range(0, len(records), _PAGE):
             page = records[start : start + _PAGE]
             reply = self.scripts.move(
@@ -204,6 +219,7 @@ class Outbox:
             )
             if int(reply[0]) != 1:
                 raise FencedOut("Redis rejected a pending-record update: the lease is not ours")
+            codes.extend(int(code) for code in reply[1:])
             full = sum(1 for code in reply[1:] if int(code) == 2)
             if full and not self._dead_full_reported:
                 self._dead_full_reported = True
@@ -215,3 +231,4 @@ class Outbox:
                     limit,
                     full,
                 )
+        return codes

@@ -12,6 +12,7 @@ from typing import Any
 
 from celery.utils.log import get_logger
 
+from . import signals
 from .dispatch import ClaimOp, park
 from .entries import StoredEntry, decode_entry
 from .errors import InvalidEntry
@@ -130,6 +131,7 @@ class DueReader:
         if len(self._reported) >= _MAX_REPORTED:
             self._reported.clear()
         self._reported[key] = seen
+        signals.entry_parked.send(self, entry=self.keys.name_of(key), reason=problem)
         logger.warning(
             "beat: parked entry %r: %s. Fix or delete the hash %r; it is checked again "
             "every %ss and nothing is deleted.",

@@ -12,6 +12,7 @@ from celery.beat import Scheduler
 from celery.utils.log import get_logger
 from redbeat.schedulers import RedBeatScheduler
 
+from . import signals
 from .backoff import Backoff
 from .config import Settings
 from .connection import CLIENT_ERRORS, check_cluster_keys, sanitize_url, scheduler_client
@@ -154,6 +155,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """One pass: lease upkeep, then dispatch of what is due. Never raises on Redis."""
         self._exit_if_closed()
+        started = time.perf_counter()
         try:
             delay = self._tick()
         except LeaseLost as exc:
@@ -161,6 +163,10 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             delay = self._poll_delay()
         except REDIS_ERRORS as exc:
             return self._on_redis_error(exc)
+        finally:
+            signals.tick_finished.send(
+                self, duration=time.perf_counter() - started, leader=self.is_leader
+            )
         if self._failures:
             logger.info("beat: Redis answers again after %d failed attempts", self._failures)
             self._failures = 0
@@ -227,6 +233,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
 
     def _on_redis_error(self, exc: BaseException) -> float:
         self._failures += 1
+        signals.redis_error.send(self, error=exc)
         log = logger.warning if self._failures == 1 else logger.debug
         log(
             "beat: Redis error (%s: %s) talking to %s; retrying with backoff",
@@ -261,6 +268,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         else:
             fence = None
         logger.warning("beat: lost the lease (fence %s): %s; now a standby", fence, reason)
+        signals.leadership(self, signals.LOST, fence, reason)
         self._last_holder = None
         self._next_heartbeat = 0.0
 
@@ -272,6 +280,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             self.safe_settings.instance_name,
             lease.fence,
         )
+        signals.leadership(self, signals.ACQUIRED, lease.fence)
         self._last_holder = None
         self._next_heartbeat = 0.0
         self.reader.forget_reported()
@@ -302,6 +311,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             else:
                 if released:
                     logger.info("beat: released the lease (fence %s)", fence)
+                    signals.leadership(self, signals.RELEASED, fence)
         Scheduler.close(self)
 
     @property
@@ -362,6 +372,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             for key, problem in plan.parked:
                 self.reader.report(key, problem)
             claimed = self._claim(plan.ops) if plan.ops else []
+            signals.batch_claimed.send(self, claimed=len(claimed), skipped=len(plan.skipped))
             for name in plan.skipped:
                 logger.info("beat: skipped a missed occurrence of %r (catch_up=skip)", name)
             refused = False

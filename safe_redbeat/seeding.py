@@ -15,6 +15,7 @@ from typing import Any
 from celery.schedules import crontab
 from celery.utils.log import get_logger
 
+from . import signals
 from .config import Settings
 from .connection import CLIENT_ERRORS, sanitize_text
 from .errors import LeaseLost
@@ -174,6 +175,8 @@ def _contained(source: str) -> Iterator[list[str]]:
 
 
 def _log(result: ReconcileResult) -> None:
+    held = len(result.held) if result.source == "loader" else None
+    signals.reconciled.send(result.source, result=result, removals_held=held)
     for error in result.errors:
         logger.error("beat: %s: %s", result.source, sanitize_text(error))
     if result.held:
