@@ -312,6 +312,49 @@ def test_pending_records_nothing_can_decode_move_to_the_dead_letters(
     assert len(problems) == 3 and all("dead letters" in p for p in problems), problems
 
 
+def test_a_schedule_member_naming_a_key_of_another_type_is_dropped_and_the_key_kept(
+    app: Celery, raw: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    def write(r: redis.Redis) -> list[bytes]:
+        r.set(b"redbeat:text", b"someone else's string")
+        r.zadd(SCHEDULE_KEY, {b"redbeat:text": due_now(), b"redbeat::lock": due_now()})
+        return []
+
+    poisoned_ticks(app, raw, caplog, write)
+    assert raw.get(b"redbeat:text") == b"someone else's string"
+    assert raw.zscore(SCHEDULE_KEY, b"redbeat:text") is None, "the member pointed at no entry"
+    assert raw.zscore(SCHEDULE_KEY, b"redbeat::lock") is None
+    with Schedule(app) as schedule:
+        assert sorted(e.name for e in schedule.list()) == GOOD
+
+
+def test_owner_set_members_naming_internal_keys_never_delete_them(
+    loader_app: Celery, redis_client: redis.Redis
+) -> None:
+    clock = FakeClock()
+    scheduler = leader(loader_app, clock)
+    redis_client.hset(PENDING_KEY, "some-task-id", "{not json")
+    redis_client.hset(DEAD_KEY, "older", "{}")
+    redis_client.sadd("redbeat::statics", ":pending", ":dead", ":fence")
+    redis_client.sadd("redbeat::loader", ":pending", ":dead")
+    fence = redis_client.get("redbeat::fence")
+    clock.now += 61  # reconcile: statics and loader own names no source returns
+    scheduler.tick()
+    assert redis_client.hgetall(DEAD_KEY) == {"older": "{}", "some-task-id": "{not json"}
+    assert redis_client.get("redbeat::fence") == fence
+    assert scheduler.is_leader
+
+
+def test_an_empty_pending_record_is_kept_as_a_dead_letter(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    scheduler = leader(app)
+    redis_client.hset(PENDING_KEY, "empty", "")
+    scheduler.tick()
+    assert redis_client.hgetall(DEAD_KEY) == {"empty": ""}
+    assert redis_client.hlen(PENDING_KEY) == 0
+
+
 def test_a_loader_row_named_with_a_lone_surrogate_is_reported_and_the_rest_applied(
     loader_app: Celery, redis_client: redis.Redis
 ) -> None:
