@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections import Counter
@@ -12,6 +13,7 @@ import pytest
 import redis
 
 from examples import sqlite_table
+from tests.integration.test_cli import cli, cli_json
 from tests.support.beat import BeatCluster, QueueAuditor
 
 pytestmark = pytest.mark.integration
@@ -96,3 +98,49 @@ def test_a_changed_row_reaches_redis_within_one_reconcile_interval(
     took = time.monotonic() - changed_at
     assert took < RECONCILE_SECONDS + 1.5, f"took {took:.1f}s"
     assert redis_client.hget("redbeat:nightly", "version") == "2"
+
+
+def test_an_emptied_or_shrunken_table_removes_nothing_until_sync_allows_it(
+    beat_procs: BeatCluster, tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    path = str(tmp_path / "table.db")
+    conn = sqlite_table.connect(path)
+    for name in ("r-1", "r-2", "r-3", "r-4"):
+        sqlite_table.put(conn, name, "noop", "0 3 * * *")
+    conn.commit()
+    replicas = start(beat_procs, path, 2)
+    env = replicas[0].env()
+
+    def reconciled(held: int) -> dict[str, object]:
+        deadline = time.monotonic() + 15
+        while True:
+            report = json.loads(redis_client.get("redbeat::reconcile") or "{}")
+            if report.get("removals_held") == held:
+                return dict(report)
+            assert time.monotonic() < deadline, f"no reconcile holding {held}: {report}"
+            time.sleep(0.05)
+
+    reconciled(0)
+    entries = {
+        name: redis_client.hgetall(f"redbeat:{name}") for name in ("r-1", "r-2", "r-3", "r-4")
+    }
+    assert all(entries.values()), entries
+    conn.execute("DELETE FROM periodic_task")  # an empty table: a failed migration, say
+    conn.commit()
+    reconciled(4)
+    status = cli(env, "status")
+    assert status.returncode == 0 and "removals held: 4" in status.stdout, status.stdout
+    for name in ("r-1", "r-2"):
+        sqlite_table.put(conn, name, "noop", "0 3 * * *")  # half of it comes back
+    sqlite_table.delete(conn, "r-2")  # fewer than half: a truncated query, say
+    conn.commit()
+    reconciled(3)
+    assert {n: redis_client.hgetall(f"redbeat:{n}") for n in entries} == entries, "untouched"
+    assert cli_json(env, "status")["last_reconcile"]["held"] == ["r-2", "r-3", "r-4"]
+
+    applied = cli(env, "sync", "--allow-removals")
+    assert applied.returncode == 0, applied.stderr
+    assert "remove 3" in applied.stdout, applied.stdout
+    assert {str(k) for k in redis_client.zrange("redbeat::schedule", 0, -1)} == {"redbeat:r-1"}
+    assert redis_client.hgetall("redbeat:r-1") == entries["r-1"]
+    assert all(p.alive() for p in replicas)
