@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from celery.utils.log import get_logger
+from redis.exceptions import ResponseError
 
 from . import signals
 from .dispatch import ClaimOp, park
@@ -91,7 +92,8 @@ class DueReader:
         with self.client.pipeline(transaction=False) as pipe:
             for key, _score in due:
                 pipe.hmget(key, "definition", "meta", "version", "run_now")
-            rows = pipe.execute()
+            # a member naming a key of another type answers WRONGTYPE: no entry there
+            rows = [_fields(row) for row in pipe.execute(raise_on_error=False)]
 
         def nowfun() -> datetime:
             return batch.now
@@ -140,3 +142,8 @@ class DueReader:
             key,
             self.park_seconds,
         )
+
+
+def _fields(row: Any) -> Any:
+    """An HMGET reply, or four Nones for a key that holds no hash (a ResponseError)."""
+    return (None, None, None, None) if isinstance(row, ResponseError) else row

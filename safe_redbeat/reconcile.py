@@ -29,6 +29,7 @@ from .errors import FencedOut, InvalidEntry
 from .keys import Keys
 from .scripts import Scripts
 from .specs import EntrySpec
+from .validation import check_name
 
 __all__ = ["ReconcileResult", "Reconciler"]
 
@@ -127,7 +128,7 @@ class Reconciler:
         instead of being overwritten with the older row the loader returned; and only names
         owned in the snapshot can be removed, each only at its snapshot version.
         """
-        owned = sorted(self.client.smembers(self.owned_key))
+        owned = sorted(name for name in self.client.smembers(self.owned_key) if self._entry(name))
         versions: dict[str, int] = {}
         for start in range(0, len(owned), CHUNK):
             chunk = owned[start : start + CHUNK]
@@ -144,6 +145,26 @@ class Reconciler:
                     continue
                 versions[name] = number
         return versions
+
+    def _entry(self, name: str) -> bool:
+        """Whether an owned name can be an entry's (another program may have added any
+        member): a name such as ``:pending`` would make its removal delete an internal key."""
+        try:
+            check_name(name)
+        except InvalidEntry as exc:
+            reason = exc.problem
+        else:
+            if self.keys.entry(name) != self.keys.lease:
+                return True
+            reason = "its key is the lease key"
+        logger.warning(
+            "%s: %r in %r is not an entry name (%s); left alone",
+            self.source,
+            name,
+            self.owned_key,
+            reason,
+        )
+        return False
 
     def run(
         self,

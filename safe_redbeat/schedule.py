@@ -20,6 +20,7 @@ from typing import Any
 
 from celery.utils.log import get_logger
 from redbeat.schedulers import REDBEAT_REDIS_KEY, ensure_conf
+from redis.exceptions import ResponseError
 
 from .config import Settings
 from .connection import check_cluster_keys, scheduler_client
@@ -239,7 +240,11 @@ class Schedule:
                 with self.client.pipeline(transaction=False) as pipe:
                     for key, _score in members:
                         pipe.hmget(key, "definition", "meta", "version", "run_now")
-                    rows = pipe.execute()
+                    # a member naming a key of another type answers WRONGTYPE: skipped
+                    rows = [
+                        (None, None, None, None) if isinstance(row, ResponseError) else row
+                        for row in pipe.execute(raise_on_error=False)
+                    ]
                 for (key, score), (definition, meta, version, run_now) in zip(
                     members, rows, strict=True
                 ):

@@ -82,8 +82,9 @@ def cmd_dead(ctx: Context, args: argparse.Namespace) -> int:
     done: list[str] = []
     changed: list[str] = []
     if moves:
+        destination = ctx.keys.pending if args.action == "retry" else ctx.keys.dead
         reply = ctx.scripts().move(
-            keys=[ctx.keys.lease, ctx.keys.dead, ctx.keys.pending], args=["", "", *moves]
+            keys=[ctx.keys.lease, ctx.keys.dead, destination], args=["", "", *moves]
         )
         for task_id, code in zip(moves[::3], reply[1:], strict=True):
             (done if int(code) == 1 else changed).append(task_id)

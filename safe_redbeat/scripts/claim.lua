@@ -22,7 +22,8 @@
 -- return {1, code_1, ..., code_n} when the lease is ours, with per operation:
 --   1 - done;  0 - the score moved meanwhile (claimed by someone, or rescheduled);
 --   3 - the definition changed meanwhile (version differs);
---   2 - the entry HASH is gone: its ZSET member is dropped (it pointed at nothing).
+--   2 - the entry HASH is gone, or the key holds another type: its ZSET member is dropped
+--       (it pointed at no entry); the key itself is left alone.
 -- return {0} when the lease is not ours: nothing was written.
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
     return {0}
@@ -33,7 +34,7 @@ for i = 1, n do
     local key = KEYS[3 + i]
     local base = 2 + 6 * (i - 1)
     local code = 1
-    if redis.call('EXISTS', key) == 0 then
+    if redis.call('TYPE', key)['ok'] ~= 'hash' then
         redis.call('ZREM', KEYS[2], key)
         code = 2
     else
@@ -49,9 +50,12 @@ for i = 1, n do
             end
             local new_score = ARGV[base + 2]
             local run_now = redis.call('HGET', key, 'run_now')
+            if ARGV[base + 5] == '-' then
+                run_now = nil  -- parking: a request (even one that reads '-') is left alone
+            end
             if run_now and run_now == ARGV[base + 5] then
                 redis.call('HDEL', key, 'run_now')
-            elseif run_now and ARGV[base + 5] ~= '-' then
+            elseif run_now then
                 local requested = tonumber(run_now)
                 -- a malformed request (the entry is parked for it) never moves the score
                 if requested and requested >= 0 and requested < 9007199254740992

@@ -11,7 +11,8 @@
 -- then 3 values per record i, starting at ARGV[3 + 3 * (i - 1)]:
 --   field    - the record's field (a task id)
 --   expected - the value the caller read from the source
---   new      - the value to write to the destination, or '' to delete from the source only
+--   new      - the value to write to the destination; with the destination the source,
+--              '' deletes the record (a record moved elsewhere keeps its value, even '')
 --
 -- return {1, code_1, ..., code_n} with per record:
 --   1 - done;  0 - the source value changed or is gone (published, retried or dropped
@@ -29,7 +30,7 @@ for i = 1, n do
     local code = 1
     if redis.call('HGET', KEYS[2], field) ~= expected then
         code = 0
-    elseif new == '' then
+    elseif new == '' and KEYS[3] == KEYS[2] then
         redis.call('HDEL', KEYS[2], field)
     elseif KEYS[3] == KEYS[2] then
         redis.call('HSET', KEYS[2], field, new)
