@@ -94,6 +94,7 @@ def test_a_crash_between_claim_and_publish_is_republished_with_the_same_id(
     auditor = QueueAuditor(redis_client)
     add_due(app, ["a", "b", "c"])
     crashed = make(app)
+
     def die(claimed: object) -> None:
         raise SystemExit(1)
 
