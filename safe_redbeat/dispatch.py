@@ -8,14 +8,14 @@ occurrence sends the same id, and a worker-side guard can drop a second copy.
 from __future__ import annotations
 
 import json
-import math
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .entries import NEVER, StoredEntry, meta_encoder, next_score, to_timestamp
+from .entries import StoredEntry, encode_meta, meta_encoder, next_score, to_timestamp
+from .lifecycle import decide
 
 __all__ = [
     "HEADER_ENTRY",
@@ -111,6 +111,8 @@ class ClaimOp:
     new_score: int
     new_meta: str = ""
     occurrence: Occurrence | None = None
+    #: a terminal state recorded in the same claim (``finished``, ``expired``), or ''
+    new_state: str = ""
 
     def argv(self) -> list[str]:
         record = ""
@@ -122,6 +124,7 @@ class ClaimOp:
             str(self.new_score),
             self.new_meta,
             record,
+            self.new_state,
         ]
 
 
@@ -155,7 +158,6 @@ def plan_batch(
     """Decide, for each due entry read from Redis, what the claim script should do."""
     plan = Plan()
     now_ts = to_timestamp(now)
-    now_epoch = now.timestamp()
     meta_at_now = meta_encoder(now)
     for entry in entries:
         scheduled = int(entry.score)
@@ -169,25 +171,23 @@ def plan_batch(
             parked = now_ts + int(disabled_recheck_seconds)
             plan.ops.append(ClaimOp(entry.key, entry.score, entry.version, parked))
             continue
-        due, next_seconds = entry.is_due()
-        # Celery's is_due also says when the next occurrence is: no second computation
-        following = NEVER if next_seconds is None else math.floor(now_epoch + next_seconds)
-        if not due:
-            if next_seconds is not None:
-                plan.note_next(next_seconds)
-            if following != scheduled:
-                plan.ops.append(ClaimOp(entry.key, entry.score, entry.version, following))
-            continue
-        if following != NEVER and following <= scheduled:
-            following = scheduled + 1
-        if catch_up == "skip" and now_ts - scheduled > catch_up_grace_seconds:
+        step = decide(entry, now, catch_up=catch_up, grace=catch_up_grace_seconds)
+        if step.next_due_in is not None:
+            plan.note_next(step.next_due_in)
+        if step.skipped:
             plan.skipped.append(entry.name)
-            meta = meta_at_now(entry.total_run_count)
-            plan.ops.append(ClaimOp(entry.key, entry.score, entry.version, following, meta))
+        if not (step.send or step.meta or step.state) and step.new_score == scheduled:
             continue
-        occurrence = _occurrence(entry, scheduled, fence)
-        meta = meta_at_now(entry.total_run_count + 1)
-        plan.ops.append(ClaimOp(entry.key, entry.score, entry.version, following, meta, occurrence))
+        meta = ""
+        if step.meta is not None:
+            at, count = step.meta
+            meta = meta_at_now(count) if at is now else encode_meta(at, count)
+        claimed = _occurrence(entry, scheduled, fence) if step.send else None
+        plan.ops.append(
+            ClaimOp(
+                entry.key, entry.score, entry.version, step.new_score, meta, claimed, step.state
+            )
+        )
     return plan
 
 

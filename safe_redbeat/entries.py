@@ -18,6 +18,7 @@ from celery.schedules import BaseSchedule, maybe_schedule
 from redbeat.decoder import RedBeatJSONDecoder, RedBeatJSONEncoder
 
 from .errors import InvalidEntry
+from .lifecycle import Lifecycle, decode_state
 
 __all__ = [
     "StoredEntry",
@@ -69,6 +70,9 @@ class StoredEntry:
     meta_raw: str | None = field(default=None, repr=False)
     #: a pending "run now" request: the Redis time (whole seconds) it was made at
     run_now: int | None = None
+    #: lifetime fields (hash field ``lifecycle``) and recorded state (field ``state``)
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    state: str = ""
 
     def is_due(self) -> tuple[bool, float | None]:
         """Celery's answer for this entry at the schedule's ``now``.
@@ -96,6 +100,8 @@ def decode_entry(
     app: Any,
     nowfun: Any = None,
     run_now_raw: str | None = None,
+    lifecycle_raw: str | None = None,
+    state_raw: str | None = None,
 ) -> StoredEntry:
     """Decode an entry hash; raise InvalidEntry naming the key and the bad field."""
     if not definition_raw:
@@ -141,6 +147,8 @@ def decode_entry(
         except ValueError:
             raise _fail(key, "run_now", f"must be a timestamp, got {run_now_raw!r}") from None
     return StoredEntry(
+        lifecycle=Lifecycle.decode(key, lifecycle_raw),
+        state=decode_state(key, state_raw),
         run_now=run_now,
         key=key,
         name=name,

@@ -80,13 +80,15 @@ class DueReader:
             return batch
         with self.client.pipeline(transaction=False) as pipe:
             for key, _score in due:
-                pipe.hmget(key, "definition", "meta", "version", "run_now")
+                pipe.hmget(key, "definition", "meta", "version", "run_now", "lifecycle", "state")
             rows = pipe.execute()
 
         def nowfun() -> datetime:
             return batch.now
 
-        for (key, score), (definition, meta, version, run_now) in zip(due, rows, strict=True):
+        for (key, score), (definition, meta, version, run_now, *life) in zip(
+            due, rows, strict=True
+        ):
             if definition is None and meta is None and version is None and run_now is None:
                 # a ZSET member without its hash: the claim script drops the member
                 batch.ops.append(ClaimOp(key, score, "0", -1))
@@ -103,6 +105,8 @@ class DueReader:
                         app=self.app,
                         nowfun=nowfun,
                         run_now_raw=run_now,
+                        lifecycle_raw=life[0],
+                        state_raw=life[1],
                     )
                 )
             except InvalidEntry as exc:

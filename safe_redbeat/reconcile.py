@@ -23,9 +23,10 @@ from typing import Any
 
 from celery.utils.log import get_logger
 
-from .entries import decode_meta, encode_meta, next_score_of
+from .entries import decode_meta, encode_meta
 from .errors import FencedOut, InvalidEntry
 from .keys import Keys
+from .lifecycle import new_entry_anchor, writer_score
 from .scripts import Scripts
 from .specs import EntrySpec
 
@@ -150,7 +151,7 @@ class Reconciler:
         """
         started = time.monotonic()
         result = ReconcileResult(self.source, errors=list(errors), dry_run=dry_run)
-        desired = {spec.name: spec for spec in specs}
+        desired = {spec.name: spec.in_zone(self.app.timezone) for spec in specs}
         result.complete = complete and not result.errors
         owned = set(self.client.smembers(self.owned_key))
         changes: list[_Change] = []
@@ -160,7 +161,7 @@ class Reconciler:
             definitions = [spec.definition() for spec in chunk]
             reply = self.scripts.diff(
                 keys=[self.keys.entry(spec.name) for spec in chunk],
-                args=[hashlib.sha1(d.encode()).hexdigest() for d in definitions],
+                args=[_digest(d, spec) for d, spec in zip(definitions, chunk, strict=True)],
             )
             differing = dict(_parse_diff(str(reply)))
             for index, spec in enumerate(chunk):
@@ -222,10 +223,14 @@ class Reconciler:
             for change, (meta,) in zip(chunk, metas, strict=True):
                 name = change.spec.name
                 try:
-                    last_run_at, _count = decode_meta(self.keys.entry(name), meta)
+                    last_run_at, runs = decode_meta(self.keys.entry(name), meta)
                 except InvalidEntry:
-                    last_run_at = None  # unreadable meta: keep it, schedule from now
-                score = next_score_of(change.spec.schedule, last_run_at, now, self.app)
+                    last_run_at, runs = now, 0  # unreadable meta: keep it, schedule from now
+                spec, new_meta = change.spec, encode_meta(None)
+                if meta is None:  # new: counts from now, or from the loader's last run
+                    last_run_at = new_entry_anchor(spec.lifecycle, spec.last_run_at, now)
+                    new_meta = encode_meta(last_run_at)
+                score = writer_score(spec.schedule, spec.lifecycle, last_run_at, runs, now)
                 self._upsert(
                     pipe,
                     name,
@@ -235,6 +240,8 @@ class Reconciler:
                     score,
                     "-" if meta is None else meta,
                     name,
+                    new_meta,
+                    spec.lifecycle.encode(),
                 )
             codes = pipe.execute()
         _check_fenced(codes)
@@ -261,6 +268,8 @@ class Reconciler:
         score: int,
         expected_meta: str,
         owner_name: str,
+        new_meta: str = "",
+        lifecycle: str = "",
     ) -> None:
         self.scripts.upsert(
             keys=[self.keys.entry(name), self.keys.schedule, self.keys.lease, self.owned_key],
@@ -269,9 +278,9 @@ class Reconciler:
                 definition,
                 expected_version,
                 score,
-                encode_meta(None),
+                new_meta or encode_meta(None),
                 expected_meta,
-                "",
+                json.dumps({"lifecycle": lifecycle}),
                 owner_name,
             ],
             client=pipe,
@@ -311,3 +320,10 @@ def _parse_diff(reply: str) -> Iterator[tuple[int, str]]:
     for item in reply.split(",") if reply else ():
         position, _, version = item.partition(" ")
         yield int(position) - 1, version
+
+
+def _digest(definition: str, spec: EntrySpec) -> str:
+    """SHA1 of what ``diff.lua`` compares: the definition, plus the lifecycle field if set."""
+    lifecycle = spec.lifecycle.encode()
+    content = definition + "\n" + lifecycle if lifecycle else definition
+    return hashlib.sha1(content.encode()).hexdigest()

@@ -14,6 +14,7 @@ from redbeat.schedulers import RedBeatScheduler
 from redis.exceptions import RedisError
 
 from .backoff import Backoff
+from .catchup import coalesce_ops, read_entries, regular_keys
 from .config import Settings
 from .connection import sanitize_url, scheduler_client
 from .dispatch import (
@@ -440,12 +441,28 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         )
         if report.sent:
             logger.info("beat: republished %d pending occurrences", len(report.sent))
+            sent = set(report.sent)
+            self._coalesce([o for o in occurrences if o.task_id in sent])
         if report.kept:
             self._pending_failures += 1
             self._pending_retry_at = self._monotonic() + self._backoff(self._pending_failures)
         else:
             self._pending_dirty = False
             self._pending_failures = 0
+
+    def _coalesce(self, republished: Sequence[Occurrence]) -> None:
+        """A late republish is the catch-up run: skip each entry's slot that passed too."""
+        entry_keys = regular_keys(self.keys, republished)
+        if not entry_keys:
+            return
+        now, entries = read_entries(self.client, self.keys, self.app, entry_keys)
+        ops = coalesce_ops(entries, now)
+        if ops:
+            self._claim(ops)
+            logger.info(
+                "beat: %d overdue occurrences skipped: the republished ones are their catch-up",
+                len(ops),
+            )
 
     # -- seeding ------------------------------------------------------------------------
 

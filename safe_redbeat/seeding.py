@@ -8,7 +8,7 @@ and goes through :class:`~safe_redbeat.reconcile.Reconciler` (by diff, never by 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from celery.schedules import crontab
@@ -16,7 +16,7 @@ from celery.utils.log import get_logger
 
 from .config import Settings
 from .keys import Keys
-from .loader import LoaderError, call_loader, parse_specs, resolve
+from .loader import LIFETIME_FIELDS, LoaderError, call_loader, parse_specs, resolve
 from .reconcile import Reconciler, ReconcileResult
 from .scripts import Scripts
 from .specs import EntrySpec
@@ -103,6 +103,11 @@ class Seeder:
         errors: list[str] = []
         for name, spec in desired.items():
             try:
+                # lifetime fields (safe_redbeat's own keys) are not Celery entry arguments
+                lifetime: dict[str, Any] = {}
+                if isinstance(spec, Mapping):
+                    lifetime = {k: spec[k] for k in LIFETIME_FIELDS - {"at"} if k in spec}
+                    spec = {k: v for k, v in spec.items() if k not in lifetime}
                 entry = self.build_entry(name, spec)
                 specs.append(
                     EntrySpec.build(
@@ -113,6 +118,7 @@ class Seeder:
                         entry.kwargs or {},
                         entry.options or {},
                         getattr(entry, "enabled", True),
+                        **lifetime,
                     )
                 )
             except Exception as exc:

@@ -5,13 +5,16 @@
 -- KEYS[3]   - pending HASH (task id -> record of a claimed, unpublished occurrence)
 -- KEYS[3+i] - entry HASH of operation i
 -- ARGV[1]   - our lease token
--- then 5 values per operation i, starting at ARGV[2 + 5 * (i - 1)]:
+-- then 6 values per operation i, starting at ARGV[2 + 6 * (i - 1)]:
 --   expected score   - the ZSET score read when the occurrence was planned
 --   expected version - the entry's `version` field read then ('0' if it had none)
 --   new score        - next due timestamp ('-1' = never again)
 --   new meta         - JSON for the `meta` field, or '' to leave meta alone (a plain move)
 --   pending record   - '<task id> <JSON>' to record before publishing, or '' (no publish);
 --                      a recorded publish also clears the entry's `run_now` request
+--   new state        - 'finished' or 'expired' to record in the entry's `state` field (the
+--                      last run of a one-off or of max_runs is claimed in the same step),
+--                      or '' to leave it alone
 --
 -- return {1, code_1, ..., code_n} when the lease is ours, with per operation:
 --   1 - done;  0 - the score moved meanwhile (claimed by someone, or rescheduled);
@@ -25,7 +28,7 @@ local codes = {1}
 local n = #KEYS - 3
 for i = 1, n do
     local key = KEYS[3 + i]
-    local base = 2 + 5 * (i - 1)
+    local base = 2 + 6 * (i - 1)
     local code = 1
     if redis.call('EXISTS', key) == 0 then
         redis.call('ZREM', KEYS[2], key)
@@ -42,6 +45,9 @@ for i = 1, n do
                 redis.call('HSET', key, 'meta', ARGV[base + 3])
             end
             redis.call('ZADD', KEYS[2], ARGV[base + 2], key)
+            if ARGV[base + 5] ~= '' then
+                redis.call('HSET', key, 'state', ARGV[base + 5])
+            end
             local record = ARGV[base + 4]
             if record ~= '' then
                 local sep = string.find(record, ' ', 1, true)
