@@ -75,7 +75,7 @@ def produced(zone_name: str, cron_name: str) -> tuple[datetime, ...]:
     cron = crontab(*CRONS[cron_name])
     last = datetime(YEAR, 1, 1, tzinfo=zone).astimezone(UTC) - timedelta(seconds=1)
     end = datetime(YEAR + 1, 1, 1, tzinfo=zone).astimezone(UTC)
-    runs = []
+    runs: list[datetime] = []
     while True:
         slot = slot_after(cron, last, last, zone)
         assert slot is not None
