@@ -1,10 +1,11 @@
 """Catch-up coalescing: a late republish is the one catch-up run of its entry.
 
 A leader paused (or killed) between claim and acknowledgement leaves a pending record; the
-next leader republishes it late. If the entry's next slot has passed meanwhile, sending
-that slot too would run the entry twice within moments under two task ids. Celery's rule
-is one run for what was missed, so the overdue slot is skipped: the entry moves to its
-first slot after now, and ``meta.last_run_at`` records the republish. The move is an
+next leader republishes it late. If the entry's next slot has passed meanwhile (or comes
+within half a period of the republish), sending that slot too would run the entry twice
+within moments under two task ids. Celery's rule is one run for what was missed, so that
+slot is skipped: the entry moves to its following slot, and ``meta.last_run_at`` records
+the republish. The move is an
 ordinary fenced ``claim.lua`` operation that compares score and version.
 """
 
@@ -74,24 +75,29 @@ def regular_keys(keys: Keys, republished: Iterable[Occurrence]) -> list[str]:
 
 
 def coalesce_ops(entries: Iterable[StoredEntry], now: datetime) -> list[ClaimOp]:
-    """For each entry whose next slot already passed: move it past ``now``, unsent."""
+    """Skip each entry's next slot if it passed, or comes within half a period of ``now``."""
     ops = []
     now_epoch = now.timestamp()
     for entry in entries:
         score = entry.score
+        lc = entry.lifecycle
         if (
             score < 0
-            or score > now_epoch
             or not entry.enabled
             or entry.run_now is not None
             or entry.state in TERMINAL
+            or lc.at is not None  # a one-off has no next slot
         ):
             continue
-        lc = entry.lifecycle
-        if lc.at is not None:
-            continue  # a one-off has no next slot; its state was set when it was claimed
         zone = zone_of(lc, entry.schedule.tz)
-        slot = first_slot(entry.schedule, lc, now, now, zone)
+        base = now
+        if score > now_epoch:
+            slot_at = datetime.fromtimestamp(score, tz=timezone.utc)
+            following = first_slot(entry.schedule, lc, slot_at, now, zone)
+            if following is None or score - now_epoch > (following - score) / 2:
+                continue  # far enough from the republish: it runs as scheduled
+            base = slot_at
+        slot = first_slot(entry.schedule, lc, base, now, zone)
         state = ""
         new_score = NEVER if slot is None else int(slot // 1)
         if slot is not None and lc.expires is not None and slot > lc.expires.timestamp():
