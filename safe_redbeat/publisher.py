@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import kombu.exceptions
 from celery.utils.log import get_logger
 from kombu.exceptions import OperationalError as BrokerError
 
@@ -26,7 +27,14 @@ __all__ = ["Outcome", "Publisher", "SendReport"]
 logger = get_logger("safe_redbeat.publisher")
 
 #: Errors that mean the broker is not answering: the rest of the send is postponed.
-BROKER_ERRORS: tuple[type[BaseException], ...] = (BrokerError, ConnectionError, OSError)
+#: kombu 5.7 raises BatchPublishError (not an OperationalError) from a failed batch.
+_BATCH_ERROR: Any = getattr(kombu.exceptions, "BatchPublishError", BrokerError)
+BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    BrokerError,
+    _BATCH_ERROR,
+    ConnectionError,
+    OSError,
+)
 
 
 class Outcome(enum.Enum):
