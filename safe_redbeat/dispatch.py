@@ -8,15 +8,15 @@ occurrence sends the same id, and a worker-side guard can drop a second copy.
 from __future__ import annotations
 
 import json
-import math
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from .entries import NEVER, StoredEntry, meta_encoder, next_score, to_timestamp
+from .entries import StoredEntry, encode_meta, meta_encoder, next_score, to_timestamp
 from .errors import InvalidEntry
+from .lifecycle import decide
 from .validation import check_options, check_text
 
 __all__ = [
@@ -163,6 +163,8 @@ class ClaimOp:
     #: the ``run_now`` value this claim sends (cleared only if it is still that value);
     #: ``"-"`` parks the entry without regard to a pending request
     run_now: str = ""
+    #: a terminal state recorded in the same claim (``finished``, ``expired``), or ''
+    new_state: str = ""
 
     def argv(self) -> list[str]:
         record = ""
@@ -175,6 +177,7 @@ class ClaimOp:
             self.new_meta,
             record,
             self.run_now,
+            self.new_state,
         ]
 
 
@@ -226,7 +229,6 @@ def plan_batch(
     """
     plan = Plan()
     now_ts = to_timestamp(now)
-    now_epoch = now.timestamp()
     meta_at_now = meta_encoder(now)
     park_until = now_ts + int(disabled_recheck_seconds)
     for entry in entries:
@@ -235,8 +237,6 @@ def plan_batch(
                 plan,
                 entry,
                 now,
-                now_ts,
-                now_epoch,
                 meta_at_now,
                 fence,
                 park_until,
@@ -255,8 +255,6 @@ def _plan_entry(
     plan: Plan,
     entry: StoredEntry,
     now: datetime,
-    now_ts: int,
-    now_epoch: float,
     meta_at_now: Any,
     fence: int,
     park_until: int,
@@ -271,28 +269,31 @@ def _plan_entry(
             next_score(entry.schedule, entry.last_run_at, now) if entry.enabled else park_until
         )
         return ClaimOp(
-            entry.key, entry.score, entry.version, regular, "", occurrence, entry.run_now_raw or ""
+            entry.key,
+            entry.score,
+            entry.version,
+            regular,
+            "",
+            occurrence,
+            run_now=entry.run_now_raw or "",
         )
     if not entry.enabled:
         return ClaimOp(entry.key, entry.score, entry.version, park_until)
-    due, next_seconds = entry.is_due()
-    # Celery's is_due also says when the next occurrence is: no second computation
-    following = NEVER if next_seconds is None else math.floor(now_epoch + next_seconds)
-    if not due:
-        if next_seconds is not None:
-            plan.note_next(next_seconds)
-        if following != scheduled:
-            return ClaimOp(entry.key, entry.score, entry.version, following)
-        return None
-    if following != NEVER and following <= scheduled:
-        following = scheduled + 1
-    if catch_up == "skip" and now_ts - scheduled > catch_up_grace_seconds:
+    step = decide(entry, now, catch_up=catch_up, grace=catch_up_grace_seconds)
+    if step.next_due_in is not None:
+        plan.note_next(step.next_due_in)
+    if step.skipped:
         plan.skipped.append(entry.name)
-        meta = meta_at_now(entry.total_run_count)
-        return ClaimOp(entry.key, entry.score, entry.version, following, meta)
-    occurrence = _occurrence(entry, scheduled, fence)
-    meta = meta_at_now(entry.total_run_count + 1)
-    return ClaimOp(entry.key, entry.score, entry.version, following, meta, occurrence)
+    if not (step.send or step.meta or step.state) and step.new_score == scheduled:
+        return None
+    meta = ""
+    if step.meta is not None:
+        at, count = step.meta
+        meta = meta_at_now(count) if at is now else encode_meta(at, count)
+    claimed = _occurrence(entry, scheduled, fence) if step.send else None
+    return ClaimOp(
+        entry.key, entry.score, entry.version, step.new_score, meta, claimed, new_state=step.state
+    )
 
 
 def _occurrence(entry: StoredEntry, scheduled: int, fence: int, kind: str = "") -> Occurrence:

@@ -20,6 +20,7 @@ from celery.schedules import BaseSchedule, maybe_schedule
 from redbeat.decoder import RedBeatJSONDecoder, RedBeatJSONEncoder
 
 from .errors import InvalidEntry
+from .lifecycle import Lifecycle, decode_state
 from .validation import check_json, check_options, check_text
 
 __all__ = [
@@ -75,6 +76,9 @@ class StoredEntry:
     run_now: int | None = None
     #: ``run_now`` as stored: the claim clears the request only if it still holds this
     run_now_raw: str | None = field(default=None, repr=False)
+    #: lifetime fields (hash field ``lifecycle``) and recorded state (field ``state``)
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    state: str = ""
 
     def is_due(self) -> tuple[bool, float | None]:
         """Celery's answer for this entry at the schedule's ``now``.
@@ -148,6 +152,8 @@ def decode_entry(
     app: Any,
     nowfun: Any = None,
     run_now_raw: str | None = None,
+    lifecycle_raw: str | None = None,
+    state_raw: str | None = None,
 ) -> StoredEntry:
     """Decode an entry hash; raise InvalidEntry naming the key and the bad field.
 
@@ -189,6 +195,8 @@ def decode_entry(
     if run_now_raw:
         run_now = decode_timestamp(key, "run_now", run_now_raw)
     return StoredEntry(
+        lifecycle=Lifecycle.decode(key, lifecycle_raw),
+        state=decode_state(key, state_raw),
         run_now=run_now,
         run_now_raw=run_now_raw or None,
         key=key,

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Task
+from celery.app.task import Context
 from celery.utils.log import get_logger
 from redbeat.schedulers import ensure_conf, get_redis
 
@@ -67,3 +68,10 @@ class OncePerOccurrence(Task):  # type: ignore[misc]
                 )
                 return None
         return super().__call__(*args, **kwargs)
+
+    def push_request(self, *args: Any, **kwargs: Any) -> None:
+        # Celery's Task.__call__ pushes a request for the call. Before Celery 5.4 that
+        # request did not inherit the worker's one, so a task with a custom __call__ (this
+        # one) ran with request.retries == 0 and called_directly set, and self.retry()
+        # re-raised instead of retrying. Inherit it, as newer Celery does.
+        self.request_stack.push(Context(*args, **{**self.request.__dict__, **kwargs}))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
+from types import SimpleNamespace
 from typing import Any
 
 from celery.beat import ScheduleEntry, Scheduler
@@ -78,15 +79,21 @@ class _Recorder:
         self.app = _AppView(app)
         self.options: dict[str, Any] | None = None
 
-    def apply_async(self, entry: Any, *args: Any, **kwargs: Any) -> None:
+    def apply_async(self, entry: Any, *args: Any, **kwargs: Any) -> Any:
         self.options = dict(entry.options)
+        return _NOT_SENT  # Celery < 5.4's apply_entry logs the result's id
 
     def reserve(self, entry: Any) -> Any:
         return entry  # the occurrence is already claimed
 
-    def send_task(self, *args: Any, **options: Any) -> None:
+    def send_task(self, *args: Any, **options: Any) -> Any:
         options.pop("producer", None)
         self.options = options
+        return _NOT_SENT
+
+
+#: What the recorder answers for "the sent task": it has an id, and sends nothing.
+_NOT_SENT = SimpleNamespace(id="(sent by safe_redbeat)")
 
 
 def prepare(

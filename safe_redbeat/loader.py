@@ -3,8 +3,11 @@
 ``safe_redbeat_loader = "myproj.schedules:load"`` names a callable that takes the Celery
 app and returns an iterable of entries, each an :class:`~safe_redbeat.EntrySpec` or a
 mapping with ``name``, ``task``, ``schedule`` and optionally ``args``, ``kwargs``,
-``options``, ``enabled``. A loader that raises, times out or returns garbage yields an
-*incomplete* load: good entries are still applied, nothing is removed.
+``options``, ``enabled``, the lifetime fields ``start_time``, ``expires``, ``max_runs``,
+``tz``, ``run_immediately``, and ``last_run_at`` (used only when Redis has no run history
+of the entry). A one-off gives ``at`` (a datetime) instead of ``schedule``. Naive
+datetimes are taken in the app's timezone. A loader that raises, times out or returns
+garbage yields an *incomplete* load: good entries are still applied, nothing is removed.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ from .specs import EntrySpec
 __all__ = ["Load", "LoaderBusy", "LoaderError", "LoaderSlot", "call_loader", "parse_specs"]
 
 SPEC_FIELDS = frozenset({"name", "task", "schedule", "args", "kwargs", "options", "enabled"})
+#: Lifetime fields a mapping may carry besides :data:`SPEC_FIELDS` (``at``: a one-off).
+LIFETIME_FIELDS = frozenset(
+    {"start_time", "expires", "max_runs", "tz", "run_immediately", "at", "last_run_at"}
+)
 
 
 class LoaderError(Exception):
@@ -167,18 +174,19 @@ def _to_spec(item: Any, label: str) -> EntrySpec:
         raise InvalidEntry(
             label, "item", f"must be an EntrySpec or a mapping, got {type(item).__name__}"
         )
-    unknown = set(item) - SPEC_FIELDS
+    unknown = set(item) - SPEC_FIELDS - LIFETIME_FIELDS
     if unknown:
         raise InvalidEntry(label, "item", f"unknown fields {sorted(unknown)}")
-    missing = {"name", "task", "schedule"} - set(item)
+    missing = {"name", "task", "at" if "at" in item else "schedule"} - set(item)
     if missing:
         raise InvalidEntry(label, "item", f"missing fields {sorted(missing)}")
     return EntrySpec.build(
         name=item["name"],
         task=item["task"],
-        schedule=item["schedule"],
+        schedule=item.get("schedule"),
         args=item.get("args") or (),
         kwargs=item.get("kwargs"),
         options=item.get("options"),
         enabled=item.get("enabled", True),
+        **{key: item[key] for key in LIFETIME_FIELDS if key in item},
     )

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import kombu.exceptions
 from kombu.exceptions import OperationalError as BrokerError
 
 from .dispatch import Occurrence
@@ -27,7 +28,14 @@ from .errors import LeaseLost
 __all__ = ["BROKER_ERRORS", "Publisher", "SendReport"]
 
 #: Errors that mean the broker is not answering: the rest of the send is postponed.
-BROKER_ERRORS: tuple[type[BaseException], ...] = (BrokerError, ConnectionError, OSError)
+#: kombu 5.7 raises BatchPublishError (not an OperationalError) from a failed batch.
+_BATCH_ERROR: Any = getattr(kombu.exceptions, "BatchPublishError", BrokerError)
+BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    BrokerError,
+    _BATCH_ERROR,
+    ConnectionError,
+    OSError,
+)
 
 _PASS_THROUGH: tuple[type[BaseException], ...] = (LeaseLost, *BROKER_ERRORS)
 

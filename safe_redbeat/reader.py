@@ -91,14 +91,16 @@ class DueReader:
             return batch
         with self.client.pipeline(transaction=False) as pipe:
             for key, _score in due:
-                pipe.hmget(key, "definition", "meta", "version", "run_now")
+                pipe.hmget(key, *_FIELDS)
             # a member naming a key of another type answers WRONGTYPE: no entry there
             rows = [_fields(row) for row in pipe.execute(raise_on_error=False)]
 
         def nowfun() -> datetime:
             return batch.now
 
-        for (key, score), (definition, meta, version, run_now) in zip(due, rows, strict=True):
+        for (key, score), (definition, meta, version, run_now, *life) in zip(
+            due, rows, strict=True
+        ):
             if definition is None and meta is None and version is None and run_now is None:
                 # a ZSET member without its hash: the claim script drops the member
                 batch.ops.append(ClaimOp(key, score, "0", -1))
@@ -115,6 +117,8 @@ class DueReader:
                         app=self.app,
                         nowfun=nowfun,
                         run_now_raw=run_now,
+                        lifecycle_raw=life[0],
+                        state_raw=life[1],
                     )
                 )
             except Exception as exc:  # InvalidEntry; anything else is a decoder bug
@@ -144,6 +148,10 @@ class DueReader:
         )
 
 
+#: The entry hash fields the leader reads.
+_FIELDS = ("definition", "meta", "version", "run_now", "lifecycle", "state")
+
+
 def _fields(row: Any) -> Any:
-    """An HMGET reply, or four Nones for a key that holds no hash (a ResponseError)."""
-    return (None, None, None, None) if isinstance(row, ResponseError) else row
+    """An HMGET reply, or Nones for a key that holds no hash (a ResponseError)."""
+    return (None,) * len(_FIELDS) if isinstance(row, ResponseError) else row

@@ -24,9 +24,10 @@ from typing import Any
 from celery.utils.log import get_logger
 
 from .connection import sanitize_text
-from .entries import decode_meta, encode_meta, next_score_of
+from .entries import decode_meta, encode_meta
 from .errors import FencedOut, InvalidEntry
 from .keys import Keys
+from .lifecycle import new_entry_anchor, writer_score
 from .scripts import Scripts
 from .specs import EntrySpec
 from .validation import check_name
@@ -192,7 +193,7 @@ class Reconciler:
         """
         started = time.monotonic()
         result = ReconcileResult(self.source, errors=list(errors), dry_run=dry_run)
-        desired = {spec.name: spec for spec in specs}
+        desired = {spec.name: spec.in_zone(self.app.timezone) for spec in specs}
         result.complete = complete and not result.errors
         if versions is None:
             versions = self.snapshot() if result.complete else {}
@@ -207,7 +208,7 @@ class Reconciler:
             definitions = [spec.definition() for spec in chunk]
             reply = self.scripts.diff(
                 keys=[self.keys.entry(spec.name) for spec in chunk],
-                args=[hashlib.sha1(d.encode()).hexdigest() for d in definitions],
+                args=[_digest(d, spec) for d, spec in zip(definitions, chunk, strict=True)],
             )
             differing = dict(_parse_diff(reply))
             for index, spec in enumerate(chunk):
@@ -275,10 +276,14 @@ class Reconciler:
             for change, (meta,) in zip(chunk, metas, strict=True):
                 name = change.spec.name
                 try:
-                    last_run_at, _count = decode_meta(self.keys.entry(name), meta)
+                    last_run_at, runs = decode_meta(self.keys.entry(name), meta)
                 except InvalidEntry:
-                    last_run_at = None  # unreadable meta: keep it, schedule from now
-                score = next_score_of(change.spec.schedule, last_run_at, now, self.app)
+                    last_run_at, runs = now, 0  # unreadable meta: keep it, schedule from now
+                spec, new_meta = change.spec, encode_meta(None)
+                if meta is None:  # new: counts from now, or from the loader's last run
+                    last_run_at = new_entry_anchor(spec.lifecycle, spec.last_run_at, now)
+                    new_meta = encode_meta(last_run_at)
+                score = writer_score(spec.schedule, spec.lifecycle, last_run_at, runs, now)
                 self._upsert(
                     pipe,
                     name,
@@ -288,6 +293,8 @@ class Reconciler:
                     score,
                     "-" if meta is None else meta,
                     name,
+                    new_meta,
+                    spec.lifecycle.encode(),
                 )
             codes = pipe.execute()
         _check_fenced(codes)
@@ -314,6 +321,8 @@ class Reconciler:
         score: int,
         expected_meta: str,
         owner_name: str,
+        new_meta: str = "",
+        lifecycle: str = "",
     ) -> None:
         self.scripts.upsert(
             keys=[self.keys.entry(name), self.keys.schedule, self.keys.lease, self.owned_key],
@@ -322,9 +331,9 @@ class Reconciler:
                 definition,
                 expected_version,
                 score,
-                encode_meta(None),
+                new_meta or encode_meta(None),
                 expected_meta,
-                "",
+                json.dumps({"lifecycle": lifecycle}),
                 owner_name,
             ],
             client=pipe,
@@ -373,3 +382,10 @@ def _parse_diff(reply: Sequence[Any]) -> Iterator[tuple[int, str]]:
 def _version(text: str) -> int | None:
     """A stored version as an int; None if it is not one (another program wrote it)."""
     return int(text) if text.isascii() and text.isdigit() and len(text) <= 15 else None
+
+
+def _digest(definition: str, spec: EntrySpec) -> str:
+    """SHA1 of what ``diff.lua`` compares: the definition, plus the lifecycle field if set."""
+    lifecycle = spec.lifecycle.encode()
+    content = definition + "\n" + lifecycle if lifecycle else definition
+    return hashlib.sha1(content.encode()).hexdigest()

@@ -13,7 +13,8 @@ module writes, and entries saved by stock RedBeat are read here with version 0.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -24,9 +25,10 @@ from redis.exceptions import ResponseError
 
 from .config import Settings
 from .connection import check_cluster_keys, scheduler_client
-from .entries import decode_entry, decode_meta, encode_meta, next_score_of
+from .entries import decode_entry, decode_meta, encode_meta
 from .errors import EntryNotFound, InvalidEntry, SafeRedBeatError, VersionConflict
 from .keys import Keys
+from .lifecycle import new_entry_anchor, state_of, writer_score
 from .scripts import Scripts
 from .specs import (
     EntryInfo,
@@ -41,6 +43,9 @@ from .specs import (
 __all__ = ["EntryInfo", "EntrySpec", "MalformedEntry", "Schedule", "ScheduleLike"]
 
 logger = get_logger("safe_redbeat.schedule")
+
+#: Fields of an entry hash read by ``get`` and ``list``.
+_FIELDS = ("definition", "meta", "version", "run_now", "lifecycle", "state")
 
 #: Attempts of one call when Redis keeps changing under it (a claim moving ``meta``, or,
 #: without ``expected_version``, another writer). Each attempt is one atomic script.
@@ -67,6 +72,8 @@ class _State:
     meta: str | None
     run_now: str | None
     score: float | None
+    #: the recorded terminal state ('' if none)
+    state: str = ""
 
 
 # -- the API ---------------------------------------------------------------------------
@@ -127,6 +134,12 @@ class Schedule:
         options: Mapping[str, Any] | None = None,
         enabled: bool = True,
         expected_version: int | None = None,
+        *,
+        start_time: datetime | None = None,
+        expires: datetime | None = None,
+        max_runs: int | None = None,
+        tz: str | None = None,
+        run_immediately: bool = False,
     ) -> EntryInfo:
         """Create or update an entry; return it as written.
 
@@ -135,15 +148,67 @@ class Schedule:
         VersionConflict and writes nothing. An unchanged definition writes nothing and
         keeps the version. ``last_run_at`` is never reset: a new schedule is due relative
         to the last run.
+
+        A new entry runs at its next slot (an interval one interval from now), or at once
+        with ``run_immediately``. Lifetime: ``start_time`` (no run before it), ``expires``
+        (no run after it), ``max_runs``; ``tz`` is a crontab's or rrule's IANA zone. Naive
+        datetimes are taken in the app's timezone.
         """
-        spec = EntrySpec.build(name, task, schedule, args, kwargs, options, enabled)
+        spec = EntrySpec.build(
+            name,
+            task,
+            schedule,
+            args,
+            kwargs,
+            options,
+            enabled,
+            start_time=start_time,
+            expires=expires,
+            max_runs=max_runs,
+            tz=tz,
+            run_immediately=run_immediately,
+        )
+        return self.put(spec, expected_version=expected_version)
+
+    def once(
+        self,
+        name: str,
+        task: str,
+        at: datetime,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        *,
+        enabled: bool = True,
+        expected_version: int | None = None,
+        run_immediately: bool = False,
+        tz: str | None = None,
+    ) -> EntryInfo:
+        """Create or update a one-off entry: sent once at ``at``, then ``finished``.
+
+        Sent exactly once, also when the leader is killed or replaced mid-dispatch. If
+        ``at`` passed more than ``safe_redbeat_catch_up_grace_seconds`` before the entry
+        was written, it is not sent (it becomes ``expired``) unless ``run_immediately``.
+        """
+        spec = EntrySpec.build(
+            name,
+            task,
+            None,
+            args,
+            kwargs,
+            options,
+            enabled,
+            at=at,
+            run_immediately=run_immediately,
+            tz=tz,
+        )
         return self.put(spec, expected_version=expected_version)
 
     def put(self, spec: EntrySpec, *, expected_version: int | None = None) -> EntryInfo:
         """:meth:`upsert` of a ready :class:`EntrySpec`."""
         check_expected_version(spec.name, expected_version)
         key = self._key(spec.name)
-        return self._write(key, spec, expected_version)
+        return self._write(key, spec.in_zone(self.app.timezone), expected_version)
 
     def enable(self, name: str, *, expected_version: int | None = None) -> EntryInfo:
         """Enable an entry (a versioned change); its next run is recomputed from its last."""
@@ -201,12 +266,14 @@ class Schedule:
         hash cannot be decoded."""
         key = self._key(name)
         with self.client.pipeline(transaction=False) as pipe:
-            pipe.hmget(key, "definition", "meta", "version", "run_now")
+            pipe.hmget(key, *_FIELDS)
             pipe.zscore(self.keys.schedule, key)
-            (definition, meta, version, run_now), score = pipe.execute()
-        if definition is None:
+            pipe.time()
+            fields, score, (seconds, micros) = pipe.execute()
+        if fields[0] is None:
             raise EntryNotFound(name)
-        return self._info(key, name, definition, meta, version, run_now, score)
+        now = datetime.fromtimestamp(seconds + micros / 1e6, tz=timezone.utc)
+        return self._info(key, name, fields, score, now)
 
     def list(self, pattern: str = "*", *, page_size: int = 500) -> Iterator[EntryInfo]:
         """Entries whose name matches the glob ``pattern``, read page by page.
@@ -238,21 +305,22 @@ class Schedule:
             seen.update(key for key, _score in members)
             if members:
                 with self.client.pipeline(transaction=False) as pipe:
+                    pipe.time()
                     for key, _score in members:
-                        pipe.hmget(key, "definition", "meta", "version", "run_now")
+                        pipe.hmget(key, *_FIELDS)
                     # a member naming a key of another type answers WRONGTYPE: skipped
-                    rows = [
-                        (None, None, None, None) if isinstance(row, ResponseError) else row
-                        for row in pipe.execute(raise_on_error=False)
-                    ]
-                for (key, score), (definition, meta, version, run_now) in zip(
-                    members, rows, strict=True
-                ):
-                    if definition is None:
+                    (seconds, micros), *replies = pipe.execute(raise_on_error=False)
+                rows = [
+                    (None,) * len(_FIELDS) if isinstance(row, ResponseError) else row
+                    for row in replies
+                ]
+                now = datetime.fromtimestamp(seconds + micros / 1e6, tz=timezone.utc)
+                for (key, score), fields in zip(members, rows, strict=True):
+                    if fields[0] is None:
                         continue  # deleted meanwhile, or a slot the leader drops
                     name = self.keys.name_of(key)
                     try:
-                        yield self._info(key, name, definition, meta, version, run_now, score)
+                        yield self._info(key, name, fields, score, now)
                     except InvalidEntry as exc:
                         yield MalformedEntry(name, exc.field, exc.problem)
             if int(cursor) == 0:
@@ -270,12 +338,11 @@ class Schedule:
         self,
         key: str,
         name: str,
-        definition: str,
-        meta: str | None,
-        version: str | None,
-        run_now: str | None,
+        fields: Sequence[str | None],
         score: float | None,
+        now: datetime,
     ) -> EntryInfo:
+        definition, meta, version, run_now, lifecycle, state = fields
         stored = decode_entry(
             key,
             name,
@@ -285,26 +352,31 @@ class Schedule:
             version,
             app=self.app,
             run_now_raw=run_now,
+            lifecycle_raw=lifecycle,
+            state_raw=state,
         )
-        return info_from_stored(stored, None if score is None else float(score))
+        return info_from_stored(stored, None if score is None else float(score), now)
 
     def _read(self, key: str) -> _State:
         with self.client.pipeline(transaction=False) as pipe:
             pipe.time()
-            pipe.hmget(key, "meta", "run_now")
+            pipe.hmget(key, "meta", "run_now", "state")
             pipe.zscore(self.keys.schedule, key)
-            (seconds, micros), (meta, run_now), score = pipe.execute()
+            (seconds, micros), (meta, run_now, recorded), score = pipe.execute()
         now = datetime.fromtimestamp(seconds + micros / 1e6, tz=timezone.utc)
         return _State(
             now=now.astimezone(self.app.timezone),
             meta=meta,
             run_now=run_now,
             score=None if score is None else float(score),
+            state=recorded or "",
         )
 
-    def _score(self, spec: EntrySpec, state: _State, last_run_at: datetime | None) -> int:
+    def _score(
+        self, spec: EntrySpec, state: _State, last_run_at: datetime | None, runs: int
+    ) -> int:
         """Next due timestamp at Redis' ``now``, never later than a pending manual run."""
-        score = next_score_of(spec.schedule, last_run_at, state.now, self.app)
+        score = writer_score(spec.schedule, spec.lifecycle, last_run_at, runs, state.now)
         if state.run_now:
             requested = int(float(state.run_now))
             if score < 0 or requested < score:
@@ -313,10 +385,16 @@ class Schedule:
 
     def _write(self, key: str, spec: EntrySpec, expected_version: int | None) -> EntryInfo:
         definition = spec.definition()
+        extra = json.dumps({"lifecycle": spec.lifecycle.encode()})
         for _attempt in range(_MAX_ATTEMPTS):
             state = self._read(key)
             last_run_at, total_run_count = decode_meta(key, state.meta)
-            score = self._score(spec, state, last_run_at)
+            new_meta = encode_meta(None)
+            if state.meta is None:
+                # a new entry: its schedule counts from now (or the source's last run)
+                last_run_at = new_entry_anchor(spec.lifecycle, spec.last_run_at, state.now)
+                new_meta = encode_meta(last_run_at)
+            score = self._score(spec, state, last_run_at, total_run_count)
             code, version = self.scripts.upsert(
                 keys=[key, self.keys.schedule, self.keys.lease, self.keys.statics],
                 args=[
@@ -324,9 +402,9 @@ class Schedule:
                     definition,
                     "" if expected_version is None else expected_version,
                     score,
-                    encode_meta(None),
+                    new_meta,
                     "-" if state.meta is None else state.meta,
-                    "",
+                    extra,
                     "",
                 ],
             )
@@ -340,7 +418,16 @@ class Schedule:
                 next_run = utc_datetime(score)
             else:
                 next_run = utc_datetime(state.score)
+            lifecycle = spec.lifecycle
             return EntryInfo(
+                state=state_of(
+                    enabled=spec.enabled,
+                    lifecycle=lifecycle,
+                    stored_state=state.state if code == 2 else "",
+                    total_run_count=total_run_count,
+                    now=state.now,
+                ),
+                lifecycle=lifecycle,
                 name=spec.name,
                 task=spec.task,
                 schedule=spec.schedule,

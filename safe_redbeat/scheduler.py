@@ -14,6 +14,7 @@ from redbeat.schedulers import RedBeatScheduler
 
 from . import signals
 from .backoff import Backoff
+from .catchup import coalesce_ops, read_entries, regular_keys
 from .config import Settings
 from .connection import CLIENT_ERRORS, check_cluster_keys, sanitize_url, scheduler_client
 from .dispatch import (
@@ -359,6 +360,8 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             )
             if report.refused:  # claim nothing new while the broker refuses messages
                 return self._backoff(max(self._failures, 1))
+            if report.sent:
+                self._coalesce(report.sent)
         while True:
             plan = plan_batch(
                 batch.entries,
@@ -440,6 +443,20 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
     def _keep_leading(self) -> None:
         self._exit_if_closed()
         self._renew_if_due()
+
+    def _coalesce(self, republished: Sequence[Occurrence]) -> None:
+        """A late republish is the catch-up run: skip each entry's slot that passed too."""
+        entry_keys = regular_keys(self.keys, republished)
+        if not entry_keys:
+            return
+        now, entries = read_entries(self.client, self.keys, self.app, entry_keys)
+        ops = coalesce_ops(entries, now)
+        if ops:
+            self._claim(ops)
+            logger.info(
+                "beat: %d overdue occurrences skipped: the republished ones are their catch-up",
+                len(ops),
+            )
 
     # -- seeding ------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ and goes through :class:`~safe_redbeat.reconcile.Reconciler` (by diff, never by 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,7 +20,15 @@ from .config import Settings
 from .connection import CLIENT_ERRORS, sanitize_text
 from .errors import LeaseLost
 from .keys import Keys
-from .loader import LoaderBusy, LoaderError, LoaderSlot, call_loader, parse_specs, resolve
+from .loader import (
+    LIFETIME_FIELDS,
+    LoaderBusy,
+    LoaderError,
+    LoaderSlot,
+    call_loader,
+    parse_specs,
+    resolve,
+)
 from .reconcile import Reconciler, ReconcileResult
 from .scripts import Scripts
 from .specs import EntrySpec
@@ -123,6 +131,11 @@ class Seeder:
         errors: list[str] = []
         for name, spec in desired.items():
             try:
+                # lifetime fields (safe_redbeat's own keys) are not Celery entry arguments
+                lifetime: dict[str, Any] = {}
+                if isinstance(spec, Mapping):
+                    lifetime = {k: spec[k] for k in LIFETIME_FIELDS - {"at"} if k in spec}
+                    spec = {k: v for k, v in spec.items() if k not in lifetime}
                 entry = self.build_entry(name, spec)
                 specs.append(
                     EntrySpec.build(
@@ -133,6 +146,7 @@ class Seeder:
                         entry.kwargs or {},
                         entry.options or {},
                         getattr(entry, "enabled", True),
+                        **lifetime,
                     )
                 )
             except Exception as exc:

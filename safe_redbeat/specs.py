@@ -8,11 +8,12 @@ crontabs and RedBeat rrules are accepted (``solar`` has no JSON form).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, TypeAlias
 
 from celery.schedules import BaseSchedule, crontab, solar
@@ -22,6 +23,15 @@ from redbeat.schedules import rrule
 
 from .entries import StoredEntry, encode_definition
 from .errors import InvalidEntry
+from .lifecycle import (
+    ACTIVE,
+    Lifecycle,
+    check_max_runs,
+    check_zone,
+    once_schedule,
+    resolve_local,
+    state_of,
+)
 from .validation import check_json, check_name, check_options
 
 __all__ = [
@@ -237,8 +247,23 @@ class EntrySpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     enabled: bool = True
+    #: no run before this time
+    start_time: datetime | None = None
+    #: no run after this time; the entry then becomes ``expired`` (it is not deleted)
+    expires: datetime | None = None
+    #: after this many runs the entry becomes ``finished``
+    max_runs: int | None = None
+    #: IANA zone of a crontab or rrule (default: the app's timezone)
+    tz: str | None = None
+    #: an entry with no run history runs at once instead of at its next slot
+    run_immediately: bool = False
+    #: a one-off: runs once at this time (the schedule is then derived from it)
+    at: datetime | None = None
+    #: the last run known to the source (a loader), used only when Redis has no run history
+    last_run_at: datetime | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        _prepare_once(self)
         name = check_name(self.name)
         if not isinstance(self.task, str) or not self.task.strip():
             raise _invalid(name, "task", f"must be a non-empty task name, got {self.task!r}")
@@ -259,19 +284,38 @@ class EntrySpec:
         check_options(name, self.options)
         if not isinstance(self.enabled, bool):
             raise _invalid(name, "enabled", f"must be True or False, got {self.enabled!r}")
+        _check_lifecycle(self)
 
     @classmethod
     def build(
         cls,
         name: str,
         task: str,
-        schedule: ScheduleLike,
+        schedule: ScheduleLike | None,
         args: Iterable[Any] = (),
         kwargs: Mapping[str, Any] | None = None,
         options: Mapping[str, Any] | None = None,
         enabled: bool = True,
+        *,
+        start_time: datetime | None = None,
+        expires: datetime | None = None,
+        max_runs: int | None = None,
+        tz: str | None = None,
+        run_immediately: bool = False,
+        at: datetime | None = None,
+        last_run_at: datetime | None = None,
     ) -> EntrySpec:
-        """An EntrySpec from any accepted schedule form (see :data:`ScheduleLike`)."""
+        """An EntrySpec from any accepted schedule form (see :data:`ScheduleLike`).
+
+        A one-off gives ``at`` instead of ``schedule``. Naive datetimes are taken in the
+        app's timezone when the entry is written.
+        """
+        if at is not None and schedule is not None:
+            raise _invalid(str(name), "at", "a one-off gives `at` instead of a schedule, not both")
+        if at is None and schedule is None:
+            raise _invalid(
+                str(name), "schedule", "missing (give a schedule, or `at` for a one-off)"
+            )
         return cls(
             name=name,
             task=task,
@@ -280,7 +324,57 @@ class EntrySpec:
             kwargs=kwargs,  # type: ignore[arg-type]
             options=options,  # type: ignore[arg-type]
             enabled=enabled,
+            start_time=start_time,
+            expires=expires,
+            max_runs=max_runs,
+            tz=tz,
+            run_immediately=run_immediately,
+            at=at,
+            last_run_at=last_run_at,
         )
+
+    @classmethod
+    def once(
+        cls,
+        name: str,
+        task: str,
+        at: datetime,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        **lifetime: Any,
+    ) -> EntrySpec:
+        """A one-off entry: sent once at ``at``, then ``finished``."""
+        return cls.build(name, task, None, args, kwargs, options, at=at, **lifetime)
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        """The lifetime fields as stored in the entry's ``lifecycle`` hash field."""
+        return Lifecycle(
+            start_time=self.start_time,
+            expires=self.expires,
+            max_runs=self.max_runs,
+            tz=self.tz,
+            run_immediately=self.run_immediately,
+            at=self.at,
+        )
+
+    def content(self) -> str:
+        """``definition``, plus ``"\n" + lifecycle`` when set: what ``diff.lua`` hashes."""
+        lifecycle = self.lifecycle.encode()
+        definition = self.definition()
+        return definition + "\n" + lifecycle if lifecycle else definition
+
+    def in_zone(self, default_tz: tzinfo) -> EntrySpec:
+        """This spec with naive datetimes taken in ``default_tz`` (the app's timezone)."""
+        changes: dict[str, datetime] = {}
+        for name in ("start_time", "expires", "at", "last_run_at"):
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is None:
+                changes[name] = resolve_local(value, default_tz)
+        if not changes:
+            return self
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
     def definition(self) -> str:
         """RedBeat's ``definition`` JSON for this entry (sorted keys)."""
@@ -316,10 +410,40 @@ class EntryInfo:
     next_run_at: datetime | None
     total_run_count: int
     run_now_at: datetime | None = None
+    #: active, disabled, not_started, expired, finished (``parked`` entries cannot be
+    #: decoded: see ``Schedule.list(on_invalid=...)``)
+    state: str = ACTIVE
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
+
+    @property
+    def start_time(self) -> datetime | None:
+        return self.lifecycle.start_time
+
+    @property
+    def expires(self) -> datetime | None:
+        return self.lifecycle.expires
+
+    @property
+    def max_runs(self) -> int | None:
+        return self.lifecycle.max_runs
+
+    @property
+    def tz(self) -> str | None:
+        return self.lifecycle.tz
+
+    @property
+    def run_immediately(self) -> bool:
+        return self.lifecycle.run_immediately
+
+    @property
+    def at(self) -> datetime | None:
+        """The time of a one-off entry; None for a periodic one."""
+        return self.lifecycle.at
 
     @property
     def spec(self) -> EntrySpec:
         """The definition part, e.g. to change one field with :func:`dataclasses.replace`."""
+        lc = self.lifecycle
         return EntrySpec(
             name=self.name,
             task=self.task,
@@ -328,6 +452,12 @@ class EntryInfo:
             kwargs=self.kwargs,
             options=self.options,
             enabled=self.enabled,
+            start_time=lc.start_time,
+            expires=lc.expires,
+            max_runs=lc.max_runs,
+            tz=lc.tz,
+            run_immediately=lc.run_immediately,
+            at=lc.at,
         )
 
 
@@ -338,9 +468,23 @@ def utc_datetime(ts: float | int | None) -> datetime | None:
     return datetime.fromtimestamp(ts, tz=timezone.utc)
 
 
-def info_from_stored(stored: StoredEntry, score: float | None) -> EntryInfo:
-    """The EntryInfo of a decoded entry hash and its ZSET score (None: not scheduled)."""
+def info_from_stored(
+    stored: StoredEntry, score: float | None, now: datetime | None = None
+) -> EntryInfo:
+    """The EntryInfo of a decoded entry hash and its ZSET score (None: not scheduled).
+
+    ``state`` is computed at ``now`` (default: this machine's clock).
+    """
+    state = state_of(
+        enabled=stored.enabled,
+        lifecycle=stored.lifecycle,
+        stored_state=stored.state,
+        total_run_count=stored.total_run_count,
+        now=now or datetime.now(timezone.utc),
+    )
     return EntryInfo(
+        state=state,
+        lifecycle=stored.lifecycle,
         name=stored.name,
         task=stored.task,
         schedule=stored.schedule,
@@ -354,3 +498,49 @@ def info_from_stored(stored: StoredEntry, score: float | None) -> EntryInfo:
         total_run_count=stored.total_run_count,
         run_now_at=utc_datetime(stored.run_now),
     )
+
+
+# -- lifetime fields ------------------------------------------------------------------
+
+
+def _prepare_once(spec: EntrySpec) -> None:
+    """A one-off's schedule is derived from ``at`` (an rrule stock RedBeat runs once)."""
+    at = spec.at
+    if at is None:
+        return
+    if not isinstance(at, datetime):
+        raise _invalid(str(spec.name), "at", f"must be a datetime, got {at!r}")
+    moment = at if at.tzinfo is not None else at.replace(tzinfo=timezone.utc)
+    object.__setattr__(spec, "schedule", once_schedule(moment))
+
+
+def _check_lifecycle(spec: EntrySpec) -> None:
+    name = spec.name
+    for part in ("start_time", "expires", "at", "last_run_at"):
+        value = getattr(spec, part)
+        if value is not None and not isinstance(value, datetime):
+            raise _invalid(name, part, f"must be a datetime or None, got {value!r}")
+    if spec.max_runs is not None:
+        check_max_runs(name, spec.max_runs)
+        if spec.at is not None and spec.max_runs != 1:
+            raise _invalid(name, "max_runs", "a one-off (`at`) runs once; leave max_runs unset")
+    if spec.tz is not None:
+        check_zone(name, spec.tz)
+        if isinstance(spec.schedule, interval):
+            raise _invalid(
+                name,
+                "tz",
+                "applies to crontab and rrule schedules; an interval does not depend on a "
+                "time zone",
+            )
+    if not isinstance(spec.run_immediately, bool):
+        raise _invalid(
+            name, "run_immediately", f"must be True or False, got {spec.run_immediately!r}"
+        )
+    start, expires = spec.start_time, spec.expires
+    if start is not None and expires is not None and _comparable(expires) <= _comparable(start):
+        raise _invalid(name, "expires", f"must be after start_time ({start.isoformat()})")
+
+
+def _comparable(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)

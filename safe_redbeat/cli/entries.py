@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import EntryNotFound, VersionConflict
+from ..errors import EntryNotFound, InvalidEntry, VersionConflict
+from ..lifecycle import PARKED
 from ..schedule import MalformedEntry
 from ..specs import EntryInfo, EntrySpec, ScheduleLike
 from .context import (
@@ -22,7 +23,17 @@ from .context import (
     CLIError,
     Context,
 )
-from .output import emit, entry_json, entry_text, iso, schedule_text, table, when
+from .output import (
+    emit,
+    entry_json,
+    entry_text,
+    iso,
+    last_run,
+    parked_json,
+    schedule_text,
+    table,
+    when,
+)
 
 __all__ = [
     "cmd_add",
@@ -42,41 +53,50 @@ UPDATE_ATTEMPTS = 20
 def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
     found = list(ctx.schedule().scan(args.pattern))
     entries = sorted((e for e in found if isinstance(e, EntryInfo)), key=lambda e: e.name)
-    malformed = sorted((e for e in found if isinstance(e, MalformedEntry)), key=lambda e: e.name)
+    parked = {
+        m.name: InvalidEntry(m.name, m.field, m.problem)
+        for m in found
+        if isinstance(m, MalformedEntry)
+    }
     if args.json:
-        data = {
-            "entries": [entry_json(e) for e in entries],
-            "malformed": [
-                {"name": m.name, "field": m.field, "problem": m.problem} for m in malformed
-            ],
-        }
-        emit(True, data, "")
-    elif not entries and not malformed:
+        data = [entry_json(e) for e in entries]
+        data += [parked_json(name, error) for name, error in sorted(parked.items())]
+        emit(True, {"entries": data}, "")
+    elif not entries and not parked:
         print("no entries" + ("" if args.pattern == "*" else f" match {args.pattern!r}"))
     else:
-        rows: list[tuple[str, str, str, str, object, str, str]] = [
+        rows: list[tuple[object, ...]] = [
             (
                 e.name,
+                e.state,
                 e.task,
-                schedule_text(e.schedule),
-                "yes" if e.enabled else "no",
+                "once" if e.at is not None else schedule_text(e.schedule),
                 e.version,
                 when(e.next_run_at),
-                when(e.last_run_at),
+                when(last_run(e)),
+                e.total_run_count,
             )
             for e in entries
         ]
         rows += [
-            (m.name, "MALFORMED", f"{m.field}: {m.problem}", "-", "-", "-", "-") for m in malformed
+            (name, f"{PARKED}: {error.field}: {error.problem}", "-", "-", "-", "-", "-", "-")
+            for name, error in sorted(parked.items())
         ]
-        print(
-            table(("NAME", "TASK", "SCHEDULE", "ENABLED", "VERSION", "NEXT RUN", "LAST RUN"), rows)
-        )
+        headers = ("NAME", "STATE", "TASK", "SCHEDULE", "VERSION", "NEXT RUN", "LAST RUN", "RUNS")
+        print(table(headers, rows))
     return EXIT_OK
 
 
 def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
-    info = ctx.schedule().get(args.name)
+    try:
+        info = ctx.schedule().get(args.name)
+    except InvalidEntry as exc:
+        if exc.field == "name":
+            raise
+        # the leader parks an entry it cannot decode: show that, with the reason
+        text = f"name:      {args.name}\nstate:     {PARKED}: {exc}"
+        emit(args.json, parked_json(args.name, exc), text)
+        return EXIT_OK
     emit(args.json, entry_json(info), entry_text(info))
     return EXIT_OK
 
@@ -90,8 +110,8 @@ def _spec(args: argparse.Namespace, base: EntryInfo | None) -> EntrySpec:
     if args.queue is not None:
         options["queue"] = args.queue
     if base is None:
-        if schedule is None:  # argparse already requires one of them
-            raise CLIError(EXIT_USAGE, "usage", "add needs --every or --cron")
+        if schedule is None and args.at is None:  # argparse already requires one of them
+            raise CLIError(EXIT_USAGE, "usage", "add needs --every, --cron or --at")
         return EntrySpec.build(
             args.name,
             args.task,
@@ -100,15 +120,30 @@ def _spec(args: argparse.Namespace, base: EntryInfo | None) -> EntrySpec:
             args.kwargs,
             options,
             enabled=not args.disabled,
+            start_time=args.start_time,
+            expires=args.expires,
+            max_runs=args.max_runs,
+            tz=args.tz,
+            run_immediately=args.now,
+            at=args.at,
         )
+    at = base.at if schedule is None else None
+    if args.at is not None:
+        at = args.at
     return EntrySpec.build(
         base.name,
         base.task if args.task is None else args.task,
-        base.schedule if schedule is None else schedule,
+        None if at is not None else base.schedule if schedule is None else schedule,
         base.args if args.args is None else args.args,
         base.kwargs if args.kwargs is None else args.kwargs,
         options,
         enabled=base.enabled if args.enabled is None else args.enabled,
+        start_time=base.start_time if args.start_time is None else args.start_time,
+        expires=base.expires if args.expires is None else args.expires,
+        max_runs=base.max_runs if args.max_runs is None else args.max_runs,
+        tz=base.tz if args.tz is None else args.tz,
+        run_immediately=base.run_immediately,
+        at=at,
     )
 
 

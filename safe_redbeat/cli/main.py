@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -47,7 +48,21 @@ EXIT_CODES = (
     "3 Redis unreachable or failing, 4 app or configuration, 5 entry not found, "
     "6 version conflict, 7 invalid entry"
 )
-UPDATE_FIELDS = ("task", "every", "cron", "args", "kwargs", "options", "queue", "enabled")
+UPDATE_FIELDS = (
+    "task",
+    "every",
+    "cron",
+    "at",
+    "args",
+    "kwargs",
+    "options",
+    "queue",
+    "enabled",
+    "start_time",
+    "expires",
+    "max_runs",
+    "tz",
+)
 
 
 def _json_of(kind: type, label: str) -> Callable[[str], Any]:
@@ -70,6 +85,26 @@ def _positive(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _when(text: str) -> datetime:
+    """ISO 8601 (``2026-12-24T18:30``, ``...+01:00``, ``...Z``); naive = the app's timezone."""
+    try:
+        return datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO 8601 date and time (e.g. 2026-12-24T18:30): {text!r}"
+        ) from None
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
     return value
 
 
@@ -121,17 +156,37 @@ def _expected_version(parser: argparse.ArgumentParser) -> None:
 def _entry_fields(parser: argparse.ArgumentParser, *, add: bool) -> None:
     parser.add_argument("name", metavar="NAME")
     parser.add_argument("--task", required=add, help="task name, e.g. proj.tasks.report")
-    schedule = parser.add_mutually_exclusive_group(required=add)
+    schedule = parser.add_mutually_exclusive_group(required=add)  # --every, --cron, --at
     schedule.add_argument("--every", type=_positive, metavar="SECONDS", help="interval")
     schedule.add_argument("--cron", metavar="EXPR", help='cron expression, e.g. "0 3 * * *"')
+    schedule.add_argument(
+        "--at", type=_when, metavar="WHEN", help="a one-off: run once at WHEN (ISO 8601)"
+    )
     parser.add_argument("--args", type=_json_of(list, "array"), metavar="JSON")
     parser.add_argument("--kwargs", type=_json_of(dict, "object"), metavar="JSON")
     parser.add_argument(
         "--options", type=_json_of(dict, "object"), metavar="JSON", help="apply_async options"
     )
     parser.add_argument("--queue", metavar="Q", help="set options.queue")
+    parser.add_argument(
+        "--start", dest="start_time", type=_when, metavar="WHEN", help="no run before WHEN"
+    )
+    parser.add_argument(
+        "--expires", type=_when, metavar="WHEN", help="no run after WHEN; then `expired`"
+    )
+    parser.add_argument(
+        "--max-runs", type=_count, metavar="N", help="after N runs the entry is `finished`"
+    )
+    parser.add_argument(
+        "--tz", metavar="ZONE", help="IANA zone of --cron (default: the app's timezone)"
+    )
     if add:
         parser.add_argument("--disabled", action="store_true", help="create it disabled")
+        parser.add_argument(
+            "--now",
+            action="store_true",
+            help="run it at the leader's next tick instead of at its next slot",
+        )
         return
     state = parser.add_mutually_exclusive_group()
     state.add_argument("--enabled", dest="enabled", action="store_true", default=None)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celery.schedules import BaseSchedule, crontab
 from celery.schedules import schedule as interval
 from redbeat.decoder import RedBeatJSONEncoder
 
+from ..errors import InvalidEntry
+from ..lifecycle import PARKED
 from ..specs import CRONTAB_FIELDS, EntryInfo
 
 __all__ = [
@@ -18,11 +22,15 @@ __all__ = [
     "entry_json",
     "entry_text",
     "iso",
+    "last_run",
+    "local_when",
+    "parked_json",
     "schedule_json",
     "schedule_text",
     "seconds",
     "table",
     "when",
+    "zone_name",
 ]
 
 
@@ -88,8 +96,47 @@ def schedule_text(value: BaseSchedule) -> str:
     return repr(value)
 
 
+def zone_name(info: EntryInfo) -> str:
+    """The zone an entry's times are shown in: its ``tz``, else the app's timezone."""
+    if info.tz:
+        return info.tz
+    zone = getattr(info.schedule, "tz", None)
+    return str(getattr(zone, "key", None) or zone or "UTC")
+
+
+def local_when(value: datetime | None, zone: str) -> str:
+    """``2026-12-24 18:30:00 CET (Europe/Berlin)``; ``-`` for None."""
+    if value is None:
+        return "-"
+    try:
+        local = value.astimezone(ZoneInfo(zone))
+    except (ZoneInfoNotFoundError, ValueError):
+        return when(value)
+    return f"{local.strftime('%Y-%m-%d %H:%M:%S %Z')} ({zone})"
+
+
+def last_run(info: EntryInfo) -> datetime | None:
+    """The last run; None for an entry that never ran (``last_run_at`` is then the time
+    its schedule counts from)."""
+    return info.last_run_at if info.total_run_count else None
+
+
+def parked_json(name: str, error: InvalidEntry) -> dict[str, Any]:
+    return {"name": name, "state": PARKED, "reason": str(error), "field": error.field}
+
+
 def entry_json(info: EntryInfo) -> dict[str, Any]:
+    zone = zone_name(info)
+    local_next = None
+    if info.next_run_at is not None:
+        with contextlib.suppress(ZoneInfoNotFoundError, ValueError):
+            local_next = info.next_run_at.astimezone(ZoneInfo(zone)).isoformat()
     return {
+        "state": info.state,
+        "run_count": info.total_run_count,
+        "next_run_local": local_next,
+        "zone": zone,
+        **info.lifecycle.to_json(),
         "name": info.name,
         "task": info.task,
         "schedule": schedule_json(info.schedule),
@@ -107,19 +154,34 @@ def entry_json(info: EntryInfo) -> dict[str, Any]:
 
 
 def entry_text(info: EntryInfo) -> str:
+    zone = zone_name(info)
+    schedule = "once" if info.at is not None else schedule_text(info.schedule)
     pairs: list[tuple[str, object]] = [
         ("name", info.name),
+        ("state", info.state),
         ("task", info.task),
-        ("schedule", schedule_text(info.schedule)),
+        ("schedule", schedule),
         ("args", json.dumps(list(info.args))),
         ("kwargs", json.dumps(info.kwargs, sort_keys=True)),
         ("options", json.dumps(info.options, sort_keys=True)),
         ("enabled", "yes" if info.enabled else "no"),
         ("version", info.version),
-        ("next run", when(info.next_run_at)),
-        ("last run", when(info.last_run_at)),
+        ("next run", f"{local_when(info.next_run_at, zone)}, {when(info.next_run_at)}"),
+        ("last run", when(last_run(info)) if info.total_run_count else "never"),
         ("run count", info.total_run_count),
     ]
+    lifetime: list[tuple[str, object]] = [
+        ("at", info.at),
+        ("start", info.start_time),
+        ("expires", info.expires),
+    ]
+    pairs += [(label, local_when(v, zone)) for label, v in lifetime if isinstance(v, datetime)]
+    if info.max_runs is not None:
+        pairs.append(("max runs", info.max_runs))
+    if info.tz is not None:
+        pairs.append(("time zone", info.tz))
+    if info.run_immediately:
+        pairs.append(("first run", "at once (run_immediately)"))
     if info.run_now_at is not None:
         pairs.append(("run now", f"requested {when(info.run_now_at)}"))
     return "\n".join(f"{label + ':':<11}{value}" for label, value in pairs)

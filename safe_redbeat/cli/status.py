@@ -16,8 +16,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..config import Settings
+from ..errors import EntryNotFound, InvalidEntry
 from ..heartbeat import ReplicaStatus, read_heartbeat, read_heartbeats
 from ..lease import parse_token
+from ..lifecycle import PARKED
 from .context import EXIT_OK, EXIT_UNHEALTHY, Context, redis_error
 from .output import emit, iso, seconds, table
 
@@ -39,8 +41,11 @@ def collect_status(ctx: Context) -> dict[str, Any]:
         pipe.hlen(keys.pending)
         pipe.hlen(keys.dead)
         pipe.get(keys.reconcile)
-        (secs, micros), lease, lease_pttl, entries, due, pending, dead, reconcile = pipe.execute()
+        pipe.zcount(keys.schedule, "-inf", "(0")
+        replies = pipe.execute()
+    (secs, micros), lease, lease_pttl, entries, due, pending, dead, reconcile, retired = replies
     now = secs + micros / 1e6
+    states = _states(ctx, [keys.name_of(key) for key, _score in due])
     replicas = list(read_heartbeats(client, keys))
     return {
         "redis_url": ctx.url,
@@ -59,6 +64,8 @@ def collect_status(ctx: Context) -> dict[str, Any]:
             for r in replicas
         ],
         "entries": int(entries),
+        #: entries that will not run again (finished, expired, an rrule that ended)
+        "not_scheduled": int(retired),
         "pending": int(pending),
         "dead": int(dead),
         "next_due": [
@@ -66,11 +73,26 @@ def collect_status(ctx: Context) -> dict[str, Any]:
                 "name": keys.name_of(key),
                 "due": iso(datetime.fromtimestamp(score, tz=timezone.utc)),
                 "due_in": round(score - now, 1),
+                "state": states.get(keys.name_of(key), "-"),
             }
             for key, score in due
         ],
         "last_reconcile": _json_or_raw(reconcile),
     }
+
+
+def _states(ctx: Context, names: list[str]) -> dict[str, str]:
+    """The state of each named entry (``parked: <reason>`` if it cannot be decoded)."""
+    states: dict[str, str] = {}
+    schedules = ctx.schedule()
+    for name in names:
+        try:
+            states[name] = schedules.get(name).state
+        except InvalidEntry as exc:
+            states[name] = f"{PARKED}: {exc.field}: {exc.problem}"
+        except EntryNotFound:
+            continue
+    return states
 
 
 def _leader(lease: str | None, pttl: int, replicas: list[ReplicaStatus]) -> dict[str, Any] | None:
@@ -152,7 +174,7 @@ def format_status(status: dict[str, Any]) -> str:
         ]
         lines.append(table(("INSTANCE", "ROLE", "LAST TICK", "FENCE", "HOST", "PID"), rows, "  "))
     lines += [
-        f"Entries:        {status['entries']}",
+        f"Entries:        {status['entries']} ({status['not_scheduled']} will not run again)",
         f"Pending:        {status['pending']} (claimed, not yet published)",
         f"Dead letters:   {status['dead']}"
         + (" (safe-redbeat dead list)" if status["dead"] else ""),
@@ -161,10 +183,15 @@ def format_status(status: dict[str, Any]) -> str:
     lines.append("Next due:" if due else "Next due:       nothing scheduled")
     if due:
         due_rows = [
-            (d["name"], d["due"].replace("T", " ").replace("+00:00", " UTC"), _due_in(d["due_in"]))
+            (
+                d["name"],
+                d["due"].replace("T", " ").replace("+00:00", " UTC"),
+                _due_in(d["due_in"]),
+                d.get("state", "-"),
+            )
             for d in due
         ]
-        lines.append(table(("NAME", "DUE", "IN"), due_rows, "  "))
+        lines.append(table(("NAME", "DUE", "IN", "STATE"), due_rows, "  "))
     lines.append(f"Last reconcile: {_reconcile_text(status['last_reconcile'])}")
     return "\n".join(lines)
 

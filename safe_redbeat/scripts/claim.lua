@@ -5,7 +5,7 @@
 -- KEYS[3]   - pending HASH (task id -> record of a claimed, unpublished occurrence)
 -- KEYS[3+i] - entry HASH of operation i
 -- ARGV[1]   - our lease token
--- then 6 values per operation i, starting at ARGV[2 + 6 * (i - 1)]:
+-- then 7 values per operation i, starting at ARGV[2 + 7 * (i - 1)]:
 --   expected score   - the ZSET score read when the occurrence was planned
 --   expected version - the entry's `version` field read then ('0' if it had none)
 --   new score        - next due timestamp ('-1' = never again)
@@ -14,6 +14,9 @@
 --   run_now          - the `run_now` value this operation sends: the request is cleared
 --                      only if the field still holds exactly that value; or '' when it
 --                      sends none; or '-' to leave any request alone (parking an entry)
+--   new state        - 'finished' or 'expired' to record in the entry's `state` field (the
+--                      last run of a one-off or of max_runs is claimed in the same step),
+--                      or '' to leave it alone
 --
 -- A `run_now` request that an operation does not send (made after the entry was read) is
 -- kept, and unless the operation parks the entry ('-') the new score is never later than
@@ -32,7 +35,7 @@ local codes = {1}
 local n = #KEYS - 3
 for i = 1, n do
     local key = KEYS[3 + i]
-    local base = 2 + 6 * (i - 1)
+    local base = 2 + 7 * (i - 1)
     local code = 1
     if redis.call('TYPE', key)['ok'] ~= 'hash' then
         redis.call('ZREM', KEYS[2], key)
@@ -64,6 +67,9 @@ for i = 1, n do
                 end
             end
             redis.call('ZADD', KEYS[2], new_score, key)
+            if ARGV[base + 6] ~= '' then
+                redis.call('HSET', key, 'state', ARGV[base + 6])
+            end
             local record = ARGV[base + 4]
             if record ~= '' then
                 local sep = string.find(record, ' ', 1, true)

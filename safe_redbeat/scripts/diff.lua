@@ -1,7 +1,8 @@
 -- Compare many entries' definitions with desired ones by content hash, in one call.
 --
 -- KEYS[i] - entry HASH i
--- ARGV[i] - SHA1 (hex) of the desired `definition` JSON of entry i
+-- ARGV[i] - SHA1 (hex) of the desired `definition` JSON of entry i, followed by "\n" and
+--           the desired `lifecycle` field when the entry has lifetime fields
 --
 -- return a flat array listing only the entries that differ, as pairs i, version: i is the
 --        1-based position in KEYS, version the entry's current `version` field as stored
@@ -9,11 +10,15 @@
 --        entry is unchanged.
 local out = {}
 for i = 1, #KEYS do
-    local current = redis.call('HMGET', KEYS[i], 'definition', 'version')
+    local current = redis.call('HMGET', KEYS[i], 'definition', 'version', 'lifecycle')
+    local content = current[1]
+    if content and current[3] and current[3] ~= '' then
+        content = content .. '\n' .. current[3]
+    end
     if not current[1] then
         out[#out + 1] = i
         out[#out + 1] = '-'
-    elseif redis.sha1hex(current[1]) ~= ARGV[i] then
+    elseif redis.sha1hex(content) ~= ARGV[i] then
         out[#out + 1] = i
         out[#out + 1] = current[2] or '0'
     end

@@ -12,11 +12,14 @@
 -- ARGV[5] - meta JSON written only when the entry has no meta yet
 -- ARGV[6] - expected meta as read when the score was computed, or '' for any
 --           ('-' = there was no meta); guards the score against a claim in between
--- ARGV[7] - extra hash fields, '' or a JSON object of string values (e.g. owner)
+-- ARGV[7] - extra hash fields, '' or a JSON object of string values (e.g. `lifecycle`);
+--           a value '' deletes the field (absent and '' compare equal)
 -- ARGV[8] - entry name to record in the statics SET, or '' (not a static entry)
 --
 -- A pending manual run (hash field `run_now`) is kept: the score written is never later
 -- than the request time, so the leader still sends it at its next tick.
+-- A write clears the recorded `state` (finished, expired): the leader decides it again
+-- from the new definition and lifetime fields and the run count in `meta`.
 --
 -- return {1, version} written (version is the new one);
 -- return {2, version} unchanged: same definition and fields, nothing written;
@@ -44,7 +47,7 @@ end
 local same = current[1] == ARGV[2]
 if same then
     for field, value in pairs(extra) do
-        if redis.call('HGET', KEYS[1], field) ~= value then
+        if (redis.call('HGET', KEYS[1], field) or '') ~= value then
             same = false
         end
     end
@@ -55,8 +58,13 @@ end
 version = version + 1
 redis.call('HSET', KEYS[1], 'definition', ARGV[2], 'version', tostring(version))
 for field, value in pairs(extra) do
-    redis.call('HSET', KEYS[1], field, value)
+    if value == '' then
+        redis.call('HDEL', KEYS[1], field)
+    else
+        redis.call('HSET', KEYS[1], field, value)
+    end
 end
+redis.call('HDEL', KEYS[1], 'state')
 if not current[3] then
     redis.call('HSET', KEYS[1], 'meta', ARGV[5])
 end

@@ -6,14 +6,15 @@ SRB_KEY_PREFIX  redbeat_key_prefix (optional)
 SRB_INSTANCE    safe_redbeat_instance_name (optional)
 SRB_SETTINGS    JSON object merged into app.conf last (overrides everything above)
 SRB_SCHEDULE    JSON object {name: {"task": str, "every": seconds | "cron": "m h dom mon dow",
-                "args": [...], "kwargs": {...}, "options": {...}}}
+                "args": [...], "kwargs": {...}, "options": {...}, and safe_redbeat's lifetime
+                fields "run_immediately", "max_runs", "tz", "start_time"/"expires" (ISO)}}
 """
 
 from __future__ import annotations
 
 import json
 import os
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Celery
@@ -54,6 +55,12 @@ def build_entry(name: str, spec: dict[str, Any]) -> dict[str, Any]:
         entry["kwargs"] = dict(spec["kwargs"])
     if "options" in spec:
         entry["options"] = dict(spec["options"])
+    for key in ("run_immediately", "max_runs", "tz"):
+        if key in spec:
+            entry[key] = spec[key]
+    for key in ("start_time", "expires"):
+        if key in spec:
+            entry[key] = datetime.fromisoformat(spec[key])
     return entry
 
 

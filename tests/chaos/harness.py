@@ -302,7 +302,8 @@ class Harness:
         data = RunData(
             specs=self.specs,
             lifetimes={
-                name: self.lifetimes.get(name) or [Lifetime(observe_from)] for name in self.specs
+                name: self.lifetimes.get(name) or [self._static_lifetime(spec, observe_from)]
+                for name, spec in self.specs.items()
             },
             messages=self.auditor.sent,
             faults=self.faults,
@@ -338,6 +339,15 @@ class Harness:
         if report.crashes or report.missing or report.dup_different_id:
             self.failed = True
         return report, data
+
+    @staticmethod
+    def _static_lifetime(spec: Any, observe_from: float) -> Lifetime:
+        """A ``beat_schedule`` entry, seeded by the first leader before ``observe_from``:
+        it first runs at its next slot (one period after seeding; a crontab at the next
+        minute boundary), so by these times at the latest."""
+        if spec.kind == "crontab":
+            return Lifetime(observe_from, None, math.ceil(observe_from / 60) * 60)
+        return Lifetime(observe_from, None, observe_from + spec.period)
 
     def _origins(self) -> dict[str, str]:
         origins: dict[str, str] = {}

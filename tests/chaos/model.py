@@ -120,9 +120,9 @@ class Lifetime:
 
     created: float
     deleted: float | None = None
-    #: when its first occurrence is due; None = at once (no last run time recorded).
-    #: RedBeat's ``entry.save()`` records "last run = now", so the first run is one
-    #: period later.
+    #: when its first occurrence is due (at the latest); None = at once. RedBeat's
+    #: ``entry.save()`` records "last run = now", and a new entry without run history
+    #: runs at its next slot, so the first run is one period later.
     first_due: float | None = None
 
 

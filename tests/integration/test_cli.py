@@ -44,13 +44,14 @@ STATUS_KEYS = {
     "leader",
     "replicas",
     "entries",
+    "not_scheduled",
     "pending",
     "next_due",
     "last_reconcile",
 }
 LEADER_KEYS = {"instance", "host", "pid", "fence", "lease_ttl", "leading_for", "heartbeat_age"}
 REPLICA_KEYS = {"instance", "role", "age", "fence", "leading_for", "host", "pid"}
-DUE_KEYS = {"name", "due", "due_in"}
+DUE_KEYS = {"name", "due", "due_in", "state"}
 HEALTH_KEYS = {
     "healthy",
     "check",
@@ -75,6 +76,16 @@ ENTRY_KEYS = {
     "next_run_at",
     "total_run_count",
     "run_now_at",
+    "state",
+    "run_count",
+    "next_run_local",
+    "zone",
+    "start_time",
+    "expires",
+    "max_runs",
+    "tz",
+    "run_immediately",
+    "at",
 }
 SYNC_KEYS = {
     "held",
@@ -325,7 +336,7 @@ def test_bad_input_gets_a_usage_line_or_one_error_line(redis_url: str, tmp_path:
     no_schedule = cli(env, "add", "x", "--task", "noop")
     assert no_schedule.returncode == 2
     assert no_schedule.stderr.startswith("usage: safe-redbeat add")
-    assert "one of the arguments --every --cron is required" in no_schedule.stderr
+    assert "one of the arguments --every --cron --at is required" in no_schedule.stderr
     bad_json = cli(env, "add", "x", "--task", "noop", "--every", "5", "--args", "{}")
     assert bad_json.returncode == 2 and "must be a JSON array" in bad_json.stderr
 

@@ -198,7 +198,8 @@ def test_lease_and_fenced_claims_on_the_cluster(
         info = schedule.upsert("every-second", task="noop", schedule=1)
         due_at = info.next_run_at
         assert due_at is not None
-        time.sleep(max(0.0, due_at.timestamp() - time.time()) + 0.1)
+        # scores are whole seconds: the first run is due up to 1 s after its score
+        time.sleep(max(0.0, due_at.timestamp() - time.time()) + 1.1)
         leader.tick()
         (message,) = auditor.drain()
         scheduled = int(message.headers[HEADER_SCHEDULED])

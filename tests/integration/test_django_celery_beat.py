@@ -15,23 +15,11 @@ import redis
 
 pytest.importorskip("django_celery_beat")
 
-from safe_redbeat.config import Settings
-from safe_redbeat.contrib.django_celery_beat.mapping import LIFECYCLE_FIELDS, supports
 from tests.support import django_project
 from tests.support.beat import BeatCluster, BeatProcess, QueueAuditor
 
 pytestmark = pytest.mark.integration
 
-requires_lifecycle = pytest.mark.skipif(
-    not all(supports(field) for field in LIFECYCLE_FIELDS),
-    reason="needs the loader's lifecycle fields (start_time, expires, max_runs, tz, at, "
-    "last_run_at), which this safe_redbeat does not have yet",
-)
-requires_removal_guard = pytest.mark.skipif(
-    "loader_max_removals" not in Settings.__dataclass_fields__,
-    reason="needs the loader's removal guard (safe_redbeat_loader_max_removals), which this "
-    "safe_redbeat does not have yet",
-)
 
 SETTINGS = {
     "safe_redbeat_lease_seconds": 3.0,
@@ -201,7 +189,6 @@ def test_a_solar_row_is_reported_and_the_rest_still_load(
     assert not redis_client.exists("redbeat:dawn", "redbeat:broken")
 
 
-@requires_removal_guard
 def test_an_empty_table_does_not_empty_redis(project: Path, redis_client: redis.Redis) -> None:
     from django.core.management import call_command
     from django.test import override_settings
@@ -216,7 +203,6 @@ def test_an_empty_table_does_not_empty_redis(project: Path, redis_client: redis.
     assert redis_client.exists("redbeat:a", "redbeat:b") == 2
 
 
-@requires_lifecycle
 def test_a_new_row_first_runs_at_its_next_slot(
     project: Path, beat_procs: BeatCluster, redis_client: redis.Redis
 ) -> None:
@@ -230,7 +216,6 @@ def test_a_new_row_first_runs_at_its_next_slot(
     assert scheduled >= int(created) + 2, "a new row ran before its next slot"
 
 
-@requires_lifecycle
 def test_a_crontab_row_in_its_own_timezone_is_due_when_django_celery_beat_says(
     project: Path, redis_client: redis.Redis
 ) -> None:
@@ -250,7 +235,6 @@ def test_a_crontab_row_in_its_own_timezone_is_due_when_django_celery_beat_says(
     assert abs((ours - theirs).total_seconds()) < 2, (ours, theirs)
 
 
-@requires_lifecycle
 def test_a_clocked_one_off_runs_once_when_the_leader_is_killed_at_its_time(
     project: Path, beat_procs: BeatCluster, redis_client: redis.Redis
 ) -> None:

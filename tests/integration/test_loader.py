@@ -240,7 +240,7 @@ def test_reconcile_keeps_an_app_update_that_raced_with_it(
 def test_due_loaded_entries_are_dispatched(
     leader: SafeRedBeatScheduler, redis_client: redis.Redis
 ) -> None:
-    loaders.RESULT = [row("a", 1), row("b", 1)]
+    loaders.RESULT = [row("a", 1, run_immediately=True), row("b", 1, run_immediately=True)]
     leader.tick()
     sent = QueueAuditor(redis_client).drain()
     assert sorted(m.headers["safe_redbeat_entry"] for m in sent) == ["a", "b"]

@@ -204,7 +204,8 @@ def test_a_message_that_always_fails_goes_to_the_dead_letters_after_five_attempt
     clock = FakeClock()
     scheduler = leader(app, clock)
     strict = definition("strict", task="t.strict", args=[1, 2, 3], schedule=HOURLY)
-    put_raw(raw, b"redbeat:strict", {"definition": strict})
+    last_run = datetime.now(timezone.utc) - timedelta(hours=2)  # overdue: due at once
+    put_raw(raw, b"redbeat:strict", {"definition": strict, "meta": encode_meta(last_run, 3)})
     add_due(app, GOOD)
     auditor = QueueAuditor(redis_client)
     ticks = 0

@@ -101,11 +101,12 @@ def test_upsert_creates_version_one_due_now(sched: Schedule, redis_client: redis
         schedule=crontab(hour=3, minute=0),
         kwargs={"fmt": "pdf"},
         options={"queue": "reports"},
+        run_immediately=True,
     )
     assert info.version == 1
     assert info.last_run_at is None
     assert info.next_run_at is not None
-    # never ran: due at once, like RedBeat
+    # never ran, and asked to run at once
     assert before <= info.next_run_at.timestamp() <= before + 2
     assert redis_client.zscore(SCHEDULE, "redbeat:report-daily") == info.next_run_at.timestamp()
     got = sched.get("report-daily")
@@ -276,10 +277,10 @@ def test_run_now_is_dispatched_exactly_once_and_keeps_the_schedule(
     app: Celery, sched: Schedule, redis_client: redis.Redis
 ) -> None:
     auditor = QueueAuditor(redis_client)
-    sched.upsert("hourly", "noop", HOUR, args=(1,))
+    sched.upsert("hourly", "noop", HOUR, args=(1,), run_immediately=True)
     beat = SafeRedBeatScheduler(app=app)
     try:
-        beat.tick()  # takes the lease and sends the first run (never ran before)
+        beat.tick()  # takes the lease and sends the first run (asked to run at once)
         assert beat.is_leader
         auditor.wait_for(lambda msgs: len(msgs) == 1, timeout=5)
         before = sched.get("hourly")
@@ -553,7 +554,9 @@ def test_an_entry_written_with_redis_cli_eval_is_dispatched_by_beat(
     argv += ["EVAL", source("upsert"), "4"]
     argv += ["redbeat:from-cli", "redbeat::schedule", "redbeat::lock", "redbeat::statics"]
     meta = '{"last_run_at": null, "total_run_count": 0}'
-    argv += ["", definition, "0", str(int(time.time())), meta, "", "", ""]
+    # lifetime fields in the `lifecycle` field: run at once rather than an hour from now
+    extra = json.dumps({"lifecycle": json.dumps({"run_immediately": True})})
+    argv += ["", definition, "0", str(int(time.time())), meta, "", extra, ""]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=True)
     assert done.stdout.split() == ["1", "1"], done.stdout + done.stderr
 

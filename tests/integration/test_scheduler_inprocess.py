@@ -276,7 +276,9 @@ def test_a_hash_tagged_key_prefix_keeps_every_key_in_one_slot(
     app: Celery, redis_client: redis.Redis
 ) -> None:
     app.conf.redbeat_key_prefix = "{billing}:"
-    app.conf.beat_schedule = {"invoice": {"task": "noop", "schedule": 60.0}}
+    app.conf.beat_schedule = {
+        "invoice": {"task": "noop", "schedule": 60.0, "run_immediately": True}
+    }
     scheduler = make(app)
     scheduler.tick()
     keys = {str(k) for k in redis_client.keys("*")}

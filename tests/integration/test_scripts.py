@@ -86,6 +86,7 @@ def claim(scripts: Scripts, token: str, *ops: list[str], keys: list[str]) -> lis
     argv = [token]
     for op in ops:
         argv.extend(op)
+        argv.extend(["", ""])  # run_now sent: none; new state: none
     result = scripts.claim(keys=[KEYS.lease, KEYS.schedule, KEYS.pending, *keys], args=argv)
     return [int(code) for code in result]
 

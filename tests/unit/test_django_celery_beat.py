@@ -11,16 +11,12 @@ import pytest
 
 pytest.importorskip("django_celery_beat")
 
-from safe_redbeat import loader as core_loader
 from safe_redbeat.entries import next_score_of, to_timestamp
 from safe_redbeat.loader import parse_specs
 from tests.support import django_project
 
 NOW = datetime(2026, 3, 14, 9, 26, 53, tzinfo=timezone.utc)
 LAST_RUNS = [NOW - timedelta(seconds=s) for s in (0, 7, 59, 3600, 86400 * 3)]
-ALL_FIELDS = core_loader.SPEC_FIELDS | {
-    "start_time", "expires", "max_runs", "tz", "at", "last_run_at", "run_immediately"
-}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -41,23 +37,17 @@ def models(django_db: None) -> Iterator[Any]:
     yield dcb
 
 
-@pytest.fixture
-def lifecycle(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The loader as it will be with the lifecycle fields."""
-    monkeypatch.setattr(core_loader, "SPEC_FIELDS", ALL_FIELDS)
-
-
 def celery_app() -> Any:
     from examples.django_celery_beat import celery_app as app
 
     return app
 
 
-def item_of(row: Any, app_timezone: str = "UTC") -> Any:
+def item_of(row: Any) -> Any:
     from safe_redbeat.contrib.django_celery_beat.mapping import periodic_tasks, row_to_item
 
     fresh = periodic_tasks().get(pk=row.pk)  # as the loader reads it
-    return row_to_item(fresh, app_timezone=app_timezone, now=NOW)
+    return row_to_item(fresh)
 
 
 def spec_of(row: Any) -> Any:
@@ -177,7 +167,7 @@ def test_a_solar_row_is_reported_by_name(models: Any) -> None:
     assert load.errors[0].startswith("entry 'dusk': solar: solar schedules cannot be stored")
 
 
-def test_lifecycle_fields_are_mapped_to_the_loader_contract(models: Any, lifecycle: None) -> None:
+def test_lifecycle_fields_are_mapped_to_the_loader_contract(models: Any) -> None:
     cron = models.CrontabSchedule.objects.create(minute="0", hour="9", timezone="Europe/Paris")
     start = datetime(2026, 4, 1, tzinfo=timezone.utc)
     expires = datetime(2026, 5, 1, tzinfo=timezone.utc)
@@ -194,7 +184,7 @@ def test_lifecycle_fields_are_mapped_to_the_loader_contract(models: Any, lifecyc
     assert "expires" not in item["options"]
 
 
-def test_a_clocked_row_is_a_one_off_at_its_time(models: Any, lifecycle: None) -> None:
+def test_a_clocked_row_is_a_one_off_at_its_time(models: Any) -> None:
     at = datetime(2026, 3, 14, 12, 0, tzinfo=timezone.utc)
     clocked = models.ClockedSchedule.objects.create(clocked_time=at)
     row = models.PeriodicTask.objects.create(
@@ -206,28 +196,3 @@ def test_a_clocked_row_is_a_one_off_at_its_time(models: Any, lifecycle: None) ->
     schedule = row.schedule  # django-celery-beat's clocked
     schedule.nowfun = lambda: NOW
     assert NOW + schedule.remaining_estimate(None) == item["at"]
-
-
-def test_without_lifecycle_fields_a_row_that_needs_them_is_reported_not_changed(
-    models: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from safe_redbeat.contrib.django_celery_beat.mapping import fit_to_loader
-
-    monkeypatch.setattr(core_loader, "SPEC_FIELDS", frozenset(
-        {"name", "task", "schedule", "args", "kwargs", "options", "enabled"}
-    ))  # fmt: skip
-    base = {"name": "e", "task": "t", "schedule": 10}
-    past, future = NOW - timedelta(days=1), NOW + timedelta(days=1)
-    # dropped: a hint, the app's own timezone, a start already past
-    kept = fit_to_loader(
-        {**base, "last_run_at": past, "tz": "UTC", "start_time": past},
-        app_timezone="UTC",
-        now=NOW,
-    )
-    assert kept == base
-    for key, value in [
-        ("at", future), ("max_runs", 1), ("expires", future),
-        ("start_time", future), ("tz", "Europe/Paris"),
-    ]:  # fmt: skip
-        with pytest.raises(ValueError, match=f"needs the loader field '{key}'"):
-            fit_to_loader({**base, key: value}, app_timezone="UTC", now=NOW)

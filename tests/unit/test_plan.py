@@ -10,6 +10,7 @@ from celery.schedules import crontab, schedule
 from safe_redbeat.dispatch import Plan, plan_batch, task_id_for
 from safe_redbeat.entries import StoredEntry, to_timestamp
 from safe_redbeat.lease import parse_token
+from safe_redbeat.lifecycle import Lifecycle
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -131,7 +132,9 @@ def test_an_rrule_that_ended_is_parked_forever_instead_of_crashing() -> None:
     ended.schedule = once
     (op,) = plan(ended).ops
     assert op.occurrence is None and op.new_score == -1
-    last = entry(score=to_timestamp(NOW) - 5)  # never ran: its single occurrence is due
+    # never ran, and asked to run at once: its single occurrence is due
+    last = entry(score=to_timestamp(NOW) - 5)
     last.schedule = once
+    last.lifecycle = Lifecycle(run_immediately=True)
     (op,) = plan(last).ops
     assert op.occurrence is not None and op.new_score == -1

@@ -20,16 +20,14 @@ description               stays in the table: a Redis entry has no place for it
 ========================  ============================================================
 
 The lifecycle keys (``start_time``, ``expires``, ``max_runs``, ``tz``, ``at``,
-``last_run_at``) are passed only if the installed ``safe_redbeat.loader`` accepts them
-(:func:`fit_to_loader`); a row that needs one it does not accept is reported, not run
-with different semantics.
+``last_run_at``) are the loader's own (see the README, "When entries run").
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery.utils.log import get_logger
@@ -40,11 +38,9 @@ from safe_redbeat.errors import InvalidEntry
 __all__ = [
     "LIFECYCLE_FIELDS",
     "Rejected",
-    "fit_to_loader",
     "load_rows",
     "row_to_entry",
     "row_to_item",
-    "supports",
 ]
 
 logger = get_logger("safe_redbeat.contrib.django_celery_beat")
@@ -55,11 +51,6 @@ LIFECYCLE_FIELDS = ("start_time", "expires", "max_runs", "tz", "at", "last_run_a
 _MESSAGE_OPTIONS = ("queue", "exchange", "routing_key", "priority")
 _SCHEDULE_FIELDS = ("interval", "crontab", "solar", "clocked")
 _CRONTAB_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
-
-
-def supports(field: str) -> bool:
-    """True if the installed ``safe_redbeat.loader`` accepts ``field`` in a loader entry."""
-    return field in core_loader.SPEC_FIELDS
 
 
 class Rejected(Mapping[str, Any]):
@@ -170,42 +161,10 @@ def row_to_entry(row: Any) -> dict[str, Any]:
     return entry
 
 
-def fit_to_loader(
-    entry: dict[str, Any], *, app_timezone: str, now: datetime | None = None
-) -> dict[str, Any]:
-    """``entry`` with only the keys the installed loader accepts; InvalidEntry if that
-    would change what the row means.
-
-    Dropped silently: ``last_run_at`` (only a hint), a ``tz`` equal to the Celery app's
-    timezone (the default anyway), a ``start_time`` already past. Any other lifecycle key
-    the loader does not accept (``at``, ``max_runs``, ``expires``, a future
-    ``start_time``, another ``tz``) rejects the row.
-    """
-    now = now or datetime.now(timezone.utc)
-    fitted: dict[str, Any] = {}
-    for key, value in entry.items():
-        if supports(key):
-            fitted[key] = value
-        elif (
-            key == "last_run_at"
-            or (key == "tz" and value == app_timezone)
-            or (key == "start_time" and value <= now)
-        ):
-            continue
-        else:
-            raise InvalidEntry(
-                entry["name"],
-                key,
-                f"this row needs the loader field {key!r}, which the installed safe_redbeat "
-                "does not accept yet; upgrade safe_redbeat (or change the row)",
-            )
-    return fitted
-
-
-def row_to_item(row: Any, *, app_timezone: str, now: datetime | None = None) -> Mapping[str, Any]:
+def row_to_item(row: Any) -> Mapping[str, Any]:
     """What the loader returns for ``row``: its entry, or a :class:`Rejected` naming it."""
     try:
-        return fit_to_loader(row_to_entry(row), app_timezone=app_timezone, now=now)
+        return row_to_entry(row)
     except InvalidEntry as exc:
         return Rejected(exc)
 
@@ -240,12 +199,8 @@ def load_rows(app: Any) -> list[Any]:
     from django.db import connections
 
     opened_here = [conn for conn in connections.all() if conn.connection is None]
-    app_timezone = str(app.timezone)
     try:
-        items = [
-            row_to_item(row, app_timezone=app_timezone)
-            for row in periodic_tasks().iterator(chunk_size=2000)
-        ]
+        items = [row_to_item(row) for row in periodic_tasks().iterator(chunk_size=2000)]
     finally:
         for conn in opened_here:
             conn.close()

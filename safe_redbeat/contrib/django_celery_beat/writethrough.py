@@ -86,12 +86,11 @@ def sync_rows(pks: Iterable[int], *, using: str = "default", old_names: Iterable
         return 0
     app = celery_app()
     schedules = schedules_for(app)
-    app_timezone = str(app.timezone)
     failed = 0
     names: set[str] = set()
     for row in periodic_tasks().using(using).filter(pk__in=pks):
         names.add(row.name)
-        item = row_to_item(row, app_timezone=app_timezone)
+        item = row_to_item(row)
         if isinstance(item, Rejected):
             logger.error("write-through: %s; Redis keeps what it had for it", item.error)
             failed += 1
