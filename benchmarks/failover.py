@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.beat import BeatCluster, BeatProcess, Message, QueueAuditor
+from testbed.beat import BeatCluster, BeatProcess, Message, QueueAuditor
 
 from .env import BROKER_DB, LOCK_KEY, SCHEDULE_DB, BenchmarkBroken, Env
 from .stats import Sample

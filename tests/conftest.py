@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.beat import BeatCluster
-from tests.support.redis_server import RedisServer
+from testbed.beat import BeatCluster
+from testbed.redis_server import RedisServer
 
 # Logical databases handed out to tests; db 0 stays untouched.
 _DB_NUMBERS = itertools.cycle(range(1, 16))

@@ -17,8 +17,8 @@ import redis
 
 from safe_redbeat.dispatch import HEADER_ENTRY, HEADER_FENCE, HEADER_SCHEDULED
 from safe_redbeat.lease import Holder, parse_token
+from testbed.beat import REPO_ROOT, BeatProcess, Message, QueueAuditor
 from tests.chaos.model import ReplicaExit, Sent
-from tests.support.beat import REPO_ROOT, BeatProcess, Message, QueueAuditor
 
 SKEW_DIR = Path(__file__).resolve().parent / "skew"
 #: Environment variable read by tests/chaos/skew/sitecustomize.py (fallback skew).

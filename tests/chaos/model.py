@@ -53,7 +53,7 @@ class EntrySpec:
     options: dict[str, Any] = field(default_factory=dict)
 
     def beat_spec(self) -> dict[str, Any]:
-        """The SRB_SCHEDULE form read by tests/apps/beatapp.py."""
+        """The SRB_SCHEDULE form read by testbed/beatapp.py."""
         spec: dict[str, Any] = {"task": "noop"}
         if self.kind == "interval":
             spec["every"] = self.period

@@ -21,7 +21,7 @@ from celery import Celery
 from redbeat.schedulers import RedBeatSchedulerEntry
 
 from safe_redbeat import SafeRedBeatScheduler
-from tests.support.beat import QueueAuditor
+from testbed.beat import QueueAuditor
 from tests.support.inprocess import FakeClock, celery_app
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]

@@ -1,7 +1,7 @@
 """The ``safe-redbeat`` command through its real entry point (``python -m safe_redbeat``),
 against the suite's Redis and real ``celery beat`` replicas.
 
-The CLI loads ``tests.apps.beatapp`` with the same ``SRB_*`` environment as the replicas,
+The CLI loads ``testbed.beatapp`` with the same ``SRB_*`` environment as the replicas,
 as a Kubernetes probe runs inside the replica's container. Fast lease settings: lease 3 s,
 renew deadline 2 s, retry 0.5 s, so the default ``health --max-age`` is 2 s.
 """
@@ -22,7 +22,7 @@ import redis
 
 from examples import sqlite_table
 from safe_redbeat.lease import parse_token
-from tests.support.beat import APP_MODULE, REPO_ROOT, BeatCluster, BeatProcess
+from testbed.beat import APP_MODULE, REPO_ROOT, BeatCluster, BeatProcess
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.beat import BeatCluster, BeatProcess, Message, QueueAuditor
-from tests.support.redis_server import RedisServer
+from testbed.beat import BeatCluster, BeatProcess, Message, QueueAuditor
+from testbed.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 

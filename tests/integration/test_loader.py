@@ -12,8 +12,8 @@ from celery import Celery
 
 from safe_redbeat import SafeRedBeatScheduler, Schedule
 from safe_redbeat.writethrough import remove_after_commit, sync_once, upsert_after_commit
+from testbed.beat import QueueAuditor
 from tests.apps import loaders
-from tests.support.beat import QueueAuditor
 from tests.support.inprocess import FakeClock, celery_app
 
 pytestmark = pytest.mark.integration

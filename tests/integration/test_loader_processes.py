@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from examples import sqlite_table
-from tests.support.beat import BeatCluster, QueueAuditor
+from testbed.beat import BeatCluster, QueueAuditor
 
 pytestmark = pytest.mark.integration
 

@@ -39,8 +39,8 @@ from safe_redbeat import (
 from safe_redbeat.dispatch import task_id_for
 from safe_redbeat.entries import encode_meta
 from safe_redbeat.scripts import source
-from tests.support.beat import BeatCluster, QueueAuditor
-from tests.support.redis_server import RedisServer
+from testbed.beat import BeatCluster, QueueAuditor
+from testbed.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 

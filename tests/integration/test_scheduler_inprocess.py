@@ -16,7 +16,7 @@ from redbeat.schedulers import RedBeatSchedulerEntry
 
 from safe_redbeat import SafeRedBeatScheduler
 from safe_redbeat.dispatch import Occurrence, task_id_for
-from tests.support.beat import QueueAuditor
+from testbed.beat import QueueAuditor
 from tests.support.inprocess import FAST, FakeClock, celery_app
 
 pytestmark = pytest.mark.integration
@@ -203,7 +203,7 @@ def test_an_unset_redbeat_lock_key_still_leases_the_default_key(
 def test_a_broker_outage_keeps_claimed_occurrences_pending_until_it_answers(
     redis_url: str, redis_client: redis.Redis, tmp_path: Any
 ) -> None:
-    from tests.support.redis_server import RedisServer
+    from testbed.redis_server import RedisServer
 
     with RedisServer(workdir=tmp_path / "broker") as broker:
         app = Celery("broker-outage", set_as_current=False)
