@@ -15,11 +15,6 @@ _DB_NUMBERS = itertools.cycle(range(1, 16))
 _REPORT_KEY = pytest.StashKey[dict[str, pytest.TestReport]]()
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "integration: needs a real Redis server / subprocesses")
-    config.addinivalue_line("markers", "chaos: kills, pauses or restarts processes mid-test")
-
-
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]

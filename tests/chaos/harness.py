@@ -37,10 +37,11 @@ from tests.chaos.model import (
 )
 from tests.chaos.oracle import OracleSettings, Report, analyze
 from tests.chaos.workload import build_specs, redbeat_app, static_schedule, write_dynamic
+from tests.support import KEYS
 from tests.support.sentinel import SentinelDeployment
 
-LEASE_KEY = "redbeat::lock"
-PENDING_KEY = "redbeat::pending"
+LEASE_KEY = KEYS.lease
+PENDING_KEY = KEYS.pending
 
 
 def _stderr(line: str) -> None:

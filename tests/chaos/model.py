@@ -41,7 +41,7 @@ DATA_LOSS_FAULTS = frozenset({"wipe-keys", "redis-restart-lossy"})
 
 
 @dataclass(frozen=True)
-class EntrySpec:
+class WorkloadEntry:
     """One schedule entry the harness defined, and how often it is expected to run."""
 
     name: str
@@ -129,7 +129,7 @@ class Lifetime:
 class RunData:
     """Everything a run observed; the oracle's only input."""
 
-    specs: dict[str, EntrySpec]
+    specs: dict[str, WorkloadEntry]
     lifetimes: dict[str, list[Lifetime]]
     messages: list[Sent]
     faults: list[FaultRecord]

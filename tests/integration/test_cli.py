@@ -23,18 +23,13 @@ import redis
 from examples import sqlite_table
 from safe_redbeat.lease import parse_token
 from testbed.beat import APP_MODULE, REPO_ROOT, BeatCluster, BeatProcess
+from tests.support import KEYS
+from tests.support.inprocess import FAST
 
 pytestmark = pytest.mark.integration
 
-FAST = {
-    "safe_redbeat_lease_seconds": 3.0,
-    "safe_redbeat_renew_seconds": 2.0,
-    "safe_redbeat_retry_seconds": 0.5,
-    "safe_redbeat_socket_timeout": 1.0,
-    "safe_redbeat_backoff_max_seconds": 1.0,
-}
 HOURLY = {"hourly": {"task": "noop", "every": 3600}}
-LEASE_KEY = "redbeat::lock"
+LEASE_KEY = KEYS.lease
 
 # The --json schemas of docs/cli.md.
 STATUS_KEYS = {

@@ -41,15 +41,11 @@ from safe_redbeat.entries import encode_meta
 from safe_redbeat.scripts import source
 from testbed.beat import BeatCluster, QueueAuditor
 from testbed.redis_server import RedisServer
+from tests.support import KEYS
+from tests.support.inprocess import FAST
 
 pytestmark = pytest.mark.integration
 
-FAST = {
-    "safe_redbeat_lease_seconds": 3.0,
-    "safe_redbeat_renew_seconds": 2.0,
-    "safe_redbeat_retry_seconds": 0.5,
-    "safe_redbeat_socket_timeout": 1.0,
-}
 SCHEDULE = "redbeat::schedule"
 HOUR = 3600
 
@@ -551,7 +547,7 @@ def test_an_entry_written_with_redis_cli_eval_is_dispatched_by_beat(
     )
     argv = [cli, "-h", "127.0.0.1", "-p", str(redis_server.port), "-n", str(redis_db)]
     argv += ["EVAL", source("upsert"), "4"]
-    argv += ["redbeat:from-cli", "redbeat::schedule", "redbeat::lock", "redbeat::statics"]
+    argv += [KEYS.entry("from-cli"), KEYS.schedule, KEYS.lease, KEYS.statics]
     meta = '{"last_run_at": null, "total_run_count": 0}'
     argv += ["", definition, "0", str(int(time.time())), meta, "", "", ""]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=True)

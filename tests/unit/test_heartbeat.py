@@ -10,9 +10,7 @@ import sys
 import fakeredis
 
 from safe_redbeat.heartbeat import Heartbeat, write_heartbeat
-from safe_redbeat.keys import Keys
-
-KEYS = Keys(prefix="redbeat:", lease="redbeat::lock")
+from tests.support import KEYS
 
 
 def _write_from_child() -> None:
