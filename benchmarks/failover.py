@@ -1,21 +1,4 @@
-"""Failover: two real ``celery beat`` replicas, the leader is killed, the other takes over.
-
-Measured: from the kill to the first message of a 1-second entry that the other replica
-sent, as seen by a QueueAuditor draining the broker every 20 ms. The sender of a message
-is its ``origin`` header (``gen<pid>@<host>``); safe_redbeat's messages also carry the
-lease's fence number (``safe_redbeat_fence``), which must change on takeover.
-
-"lock deleted": both replicas keep running and the lease key (``redbeat::lock``) is
-deleted under them (an operator's ``DEL``, a ``FLUSHDB``, an eviction). Measured: from
-the ``DEL`` to the first message carrying a new fence number, from either replica (the
-old leader's next claim is rejected and it demotes; whichever replica polls first
-acquires a new, higher fence).
-
-After each kill a fresh standby is started, so the next trial again kills a leader
-that has a standby. safe_redbeat runs with its default lease settings (15/10/2). Stock
-RedBeat's default lock timeout is 5 x beat_max_loop_interval = 1500 s; it is measured
-with a short lock timeout instead and reported as "= lock timeout".
-"""
+"""Failover: two real ``celery beat`` replicas; the leader is killed, or the lease key deleted."""
 
 from __future__ import annotations
 
@@ -25,9 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safe_redbeat.config import Settings
 from testbed.beat import BeatCluster, BeatProcess, Message, QueueAuditor
 
-from .env import BROKER_DB, LOCK_KEY, SCHEDULE_DB, BenchmarkBroken, Env
+from .env import BROKER_DB, KEYS, SCHEDULE_DB, BenchmarkBroken, Env
 from .stats import Sample
 
 SCHEDULE = {"every-second": {"task": "benchmark.noop", "every": 1.0}}
@@ -37,9 +21,10 @@ SAFE_SCHEDULER = "safe_redbeat.SafeRedBeatScheduler"
 #: standby polls for it every second (RedBeat polls every beat_max_loop_interval)
 STOCK_LOCK_TIMEOUT = 10
 STOCK_SETTINGS = {"redbeat_lock_timeout": STOCK_LOCK_TIMEOUT, "beat_max_loop_interval": 1}
-#: safe_redbeat's defaults (shown, not set)
-LEASE_SECONDS = 15.0
-RETRY_SECONDS = 2.0
+#: safe_redbeat runs with its defaults
+DEFAULTS = Settings()
+DEFAULTS_LABEL = "defaults: lease {0.lease_seconds:g}/{0.renew_seconds:g}/{0.retry_seconds:g}"
+DEFAULTS_LABEL = DEFAULTS_LABEL.format(DEFAULTS)
 POLL = 0.02
 START_TIMEOUT = 60.0
 #: the faults, as reported
@@ -124,7 +109,9 @@ class Replicas:
             leader.kill()
         else:
             leader.stop_signal(sig)
-        deadline = time.monotonic() + (STOCK_LOCK_TIMEOUT if self.stock else LEASE_SECONDS) + 30
+        deadline = (
+            time.monotonic() + (STOCK_LOCK_TIMEOUT if self.stock else DEFAULTS.lease_seconds) + 30
+        )
         while True:
             for message in self.auditor.drain():
                 if origin_pid(message) in (old_pid, None):
@@ -148,9 +135,9 @@ class Replicas:
             raise BenchmarkBroken("safe_redbeat sent a message without its fence header")
         self.auditor.drain()
         deleted_at = time.time()
-        if not self.schedule_client.delete(LOCK_KEY):
-            raise BenchmarkBroken(f"no lease key {LOCK_KEY!r} to delete")
-        deadline = time.monotonic() + LEASE_SECONDS + 30
+        if not self.schedule_client.delete(KEYS.lease):
+            raise BenchmarkBroken(f"no lease key {KEYS.lease!r} to delete")
+        deadline = time.monotonic() + DEFAULTS.lease_seconds + 30
         while True:
             for message in self.auditor.drain():
                 fence = message.headers.get("safe_redbeat_fence")
@@ -200,9 +187,7 @@ def run(
     plan = [LOCK_DELETED] * lock_deleted + [SIGTERM] * sigterm + [SIGKILL] * sigkill
     results = []
     if plan:
-        results += measure(
-            env, logdir / "safe_redbeat", SAFE_SCHEDULER, {}, plan, "defaults: lease 15/10/2"
-        )
+        results += measure(env, logdir / "safe_redbeat", SAFE_SCHEDULER, {}, plan, DEFAULTS_LABEL)
     if stock:
         results += measure(
             env,
@@ -210,6 +195,6 @@ def run(
             STOCK_SCHEDULER,
             STOCK_SETTINGS,
             [SIGTERM, SIGKILL],
-            f"redbeat_lock_timeout={STOCK_LOCK_TIMEOUT}, beat_max_loop_interval=1",
+            ", ".join(f"{k}={v}" for k, v in STOCK_SETTINGS.items()),
         )
     return results
