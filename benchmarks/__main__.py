@@ -12,6 +12,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import TypeVar
 
@@ -57,7 +58,7 @@ def step(name: str, func: Callable[[], T]) -> T:
 def run(profile: Profile, command: str) -> Results:
     started = time.monotonic()
     p, timeout = profile, profile.run_timeout
-    with Env() as env, tempfile.TemporaryDirectory(prefix="bench-beat-") as logdir:
+    with closing(Env()) as env, tempfile.TemporaryDirectory(prefix="bench-beat-") as logdir:
         r = Results(profile=p, command=command, machine=machine_info(env.server_version()))
         r.dispatch = step(
             "dispatch cost", lambda: dispatch.run(env, p.dispatch_sizes, p.repetitions, timeout)

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 from importlib.metadata import version
 from importlib.resources import files
 from pathlib import Path
-from types import SimpleNamespace, TracebackType
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import redis
@@ -170,24 +170,15 @@ def server_calls(client: redis.Redis, names: frozenset[str] | None = None) -> in
 
 
 class Env:
-    """Redis server(s) for one benchmark session; use as a context manager."""
+    """Redis server(s) for one benchmark session: ``with contextlib.closing(Env()) as env``."""
 
     def __init__(self) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="bench-"))
-        self.server = RedisServer(workdir=self.workdir / "redis")
+        self.server = RedisServer(workdir=self.workdir / "redis").start()
         self._aux: RedisServer | None = None
         self._clients: dict[tuple[int, int], redis.Redis] = {}
 
-    def __enter__(self) -> Env:
-        self.server.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
         for client in self._clients.values():
             client.close()
         for server in (self.server, self._aux):

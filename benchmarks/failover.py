@@ -31,7 +31,6 @@ START_TIMEOUT = 60.0
 SIGTERM = "SIGTERM"
 SIGKILL = "SIGKILL"
 LOCK_DELETED = "lock deleted"
-SIGNALS = {SIGTERM: int(signal.SIGTERM), SIGKILL: int(signal.SIGKILL)}
 
 
 @dataclass
@@ -93,64 +92,45 @@ class Replicas:
             time.sleep(POLL)
 
     def trial(self, fault: str) -> float:
-        """Cause ``fault``; seconds until the first message of the new leader."""
-        if fault == LOCK_DELETED:
-            return self._lock_deleted()
-        return self._killed(SIGNALS[fault])
+        """Cause ``fault``; seconds until the first message of the new leader.
 
-    def _killed(self, sig: int) -> float:
-        """Kill the leader with ``sig``; seconds until the other replica's first message."""
+        After a kill: the first message another replica sent. After the lease key was
+        deleted: the first message with a new, higher fence, from either replica.
+        """
         leader, last = self.leader()
         old_fence = last.headers.get("safe_redbeat_fence")
-        old_pid = leader.pid
+        if fault == LOCK_DELETED and old_fence is None:
+            raise BenchmarkBroken("the lock-deleted trial needs safe_redbeat's fenced messages")
         self.auditor.drain()
-        killed_at = time.time()
-        if sig == signal.SIGKILL:
+        started = time.time()
+        if fault == SIGKILL:
             leader.kill()
-        else:
-            leader.stop_signal(sig)
-        deadline = (
-            time.monotonic() + (STOCK_LOCK_TIMEOUT if self.stock else DEFAULTS.lease_seconds) + 30
-        )
-        while True:
-            for message in self.auditor.drain():
-                if origin_pid(message) in (old_pid, None):
-                    continue
-                if not self.stock and message.headers.get("safe_redbeat_fence") == old_fence:
-                    raise BenchmarkBroken("the new leader sent with the old leader's fence")
-                if sig != signal.SIGKILL and leader.wait(10) is None:
-                    raise BenchmarkBroken(f"{leader.name} did not exit after the signal")
-                return message.received_at - killed_at
-            if time.monotonic() >= deadline:
-                raise BenchmarkBroken(f"no takeover:\n{self.cluster.report(20)}")
-            time.sleep(POLL)
-
-    def _lock_deleted(self) -> float:
-        """Delete the lease key; seconds until the first message with a new fence."""
-        if self.stock:
-            raise BenchmarkBroken("the lock-deleted trial is for safe_redbeat replicas")
-        _leader, last = self.leader()
-        old_fence = last.headers.get("safe_redbeat_fence")
-        if old_fence is None:
-            raise BenchmarkBroken("safe_redbeat sent a message without its fence header")
-        self.auditor.drain()
-        deleted_at = time.time()
-        if not self.schedule_client.delete(KEYS.lease):
+        elif fault == SIGTERM:
+            leader.stop_signal(signal.SIGTERM)
+        elif not self.schedule_client.delete(KEYS.lease):
             raise BenchmarkBroken(f"no lease key {KEYS.lease!r} to delete")
-        deadline = time.monotonic() + DEFAULTS.lease_seconds + 30
-        while True:
+        deadline = (
+            time.monotonic() + 30 + (STOCK_LOCK_TIMEOUT if self.stock else DEFAULTS.lease_seconds)
+        )
+        while time.monotonic() < deadline:
             for message in self.auditor.drain():
                 fence = message.headers.get("safe_redbeat_fence")
-                if fence is None or fence == old_fence:
+                if fault == LOCK_DELETED:
+                    if fence is None or fence == old_fence:
+                        continue
+                    if int(fence) <= int(old_fence or 0) or len(self.cluster.alive()) != 2:
+                        raise BenchmarkBroken(
+                            f"fence {old_fence} -> {fence}:\n{self.cluster.report(20)}"
+                        )
+                elif origin_pid(message) in (leader.pid, None):
                     continue
-                if int(fence) <= int(old_fence):
-                    raise BenchmarkBroken(f"the fence went from {old_fence} to {fence}")
-                if len(self.cluster.alive()) != 2:
-                    raise BenchmarkBroken(f"a replica exited:\n{self.cluster.report(20)}")
-                return message.received_at - deleted_at
-            if time.monotonic() >= deadline:
-                raise BenchmarkBroken(f"no new fence after the DEL:\n{self.cluster.report(20)}")
+                elif not self.stock and fence == old_fence:
+                    raise BenchmarkBroken("the new leader sent with the old leader's fence")
+                elif fault == SIGTERM and leader.wait(10) is None:
+                    raise BenchmarkBroken(f"{leader.name} did not exit after the signal")
+                return message.received_at - started
             time.sleep(POLL)
+        raise BenchmarkBroken(f"no takeover after {fault}:\n{self.cluster.report(20)}")
 
     def cleanup(self) -> None:
         self.cluster.cleanup()

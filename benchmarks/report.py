@@ -133,103 +133,68 @@ def targets(results: Results) -> list[Target]:
     found: list[Target] = []
     at = _at(results.dispatch, DISPATCH_TARGET_N)
     if at is not None:
-        detail = f"safe/floor = {at.over(SAFE.key, FLOOR).fmt(2)}"
+        over_floor, faster = at.over(SAFE.key, FLOOR), at.over(REDBEAT.key, SAFE.key)
+        detail = f"safe/floor = {over_floor.fmt(2)}"
         if FLOOR_BATCHED in at.seconds:
             detail += f"; safe/batched floor = {at.over(SAFE.key, FLOOR_BATCHED).fmt(2)}"
-        found.append(
-            Target(
-                f"dispatch <= 1.2 x publish floor per entry (N={at.n})",
-                at.over(SAFE.key, FLOOR).median <= 1.2,
-                detail,
-            )
-        )
-        faster = at.over(REDBEAT.key, SAFE.key)
-        found.append(
-            Target(
-                f"dispatch >= 2x faster than RedBeat (N={at.n})",
-                faster.median >= 2.0,
-                f"RedBeat/safe = {faster.fmt(2)}",
-            )
-        )
-    base = _batch_base(results.commands)
+        name = f"dispatch <= 1.2 x publish floor per entry (N={at.n})"
+        found.append(Target(name, over_floor.median <= 1.2, detail))
+        name = f"dispatch >= 2x faster than RedBeat (N={at.n})"
+        found.append(Target(name, faster.median >= 2.0, f"RedBeat/safe = {faster.fmt(2)}"))
+    base, batch = _batch_base(results.commands), DEFAULTS.batch_size
     if base is not None:
-        batch = DEFAULTS.batch_size
         per_batch = base.round_trips / math.ceil(base.n / batch)
         ours = _ours(results.commands)
         detail = ", ".join(f"N={c.n}: {c.round_trips}" for c in ours)
         stock = _at([c for c in results.commands if c.contender == REDBEAT.key])
-        if stock is not None:
-            detail += f" (RedBeat N={stock.n}: {stock.round_trips})"
-        found.append(
-            Target(
-                f"round trips per tick O(N/batch_size): <= c x ceil(N/{batch}), "
-                f"c = round trips per batch at N={base.n} ({per_batch:g})",
-                all(c.round_trips <= per_batch * math.ceil(c.n / batch) for c in ours),
-                detail,
-            )
-        )
+        detail += f" (RedBeat N={stock.n}: {stock.round_trips})" if stock else ""
+        name = f"round trips per tick O(N/batch_size): <= c x ceil(N/{batch}), "
+        name += f"c = round trips per batch at N={base.n} ({per_batch:g})"
+        ok = all(c.round_trips <= per_batch * math.ceil(c.n / batch) for c in ours)
+        found.append(Target(name, ok, detail))
     if results.startup:
         small, large = results.startup[0], results.startup[-1]
-        smallest, largest = small.sample(SAFE.key), large.sample(SAFE.key)
-        found.append(
-            Target(
-                f"start -> first dispatch < 1 s with {large.stored} stored, not growing with N",
-                largest.median < 1.0 and largest.median <= 1.5 * smallest.median + 0.005,
-                f"{small.stored}: {smallest.fmt(1, 1000)} ms, "
-                f"{large.stored}: {largest.fmt(1, 1000)} ms",
-            )
-        )
+        few, many = small.sample(SAFE.key), large.sample(SAFE.key)
+        name = f"start -> first dispatch < 1 s with {large.stored} stored, not growing with N"
+        ok = many.median < 1.0 and many.median <= 1.5 * few.median + 0.005
+        detail = f"{small.stored}: {few.fmt(1, 1000)} ms, {large.stored}: {many.fmt(1, 1000)} ms"
+        found.append(Target(name, ok, detail))
     found.append(_reconcile_target(results.reconcile))
     budget = DEFAULTS.lease_seconds + DEFAULTS.retry_seconds
-    for fault, limit, label in (
+    for fault, limit, name in (
         (SIGKILL, budget, f"failover after SIGKILL <= lease + retry ({budget:g} s)"),
         (SIGTERM, 2.0, "failover after SIGTERM <= 2 s"),
         (LOCK_DELETED, None, "failover after the lock key is deleted (no target)"),
     ):
         trials = [f for f in results.failover if f.scheduler == SAFE_SCHEDULER and f.fault == fault]
         if not trials:
-            found.append(Target(label, None, "not measured in this mode", info=limit is None))
+            found.append(Target(name, None, "not measured in this mode", info=limit is None))
             continue
-        sample = trials[0].sample()
-        found.append(
-            Target(
-                label,
-                None if limit is None else sample.high <= limit,
-                f"worst {sample.high:.2f} s, median {sample.median:.2f} s "
-                f"over {len(sample.values)} trials",
-                info=limit is None,
-            )
-        )
-    by_key = {m.contender: m for m in results.memory}
-    if REDBEAT.key in by_key and SAFE.key in by_key:
-        ours_b, stock_b = by_key[SAFE.key].per_entry, by_key[REDBEAT.key].per_entry
-        found.append(
-            Target(
-                "memory per entry <= 1.2 x RedBeat's",
-                ours_b / stock_b <= 1.2,
-                f"{ours_b:.0f} B vs {stock_b:.0f} B = {ours_b / stock_b:.2f} x",
-            )
-        )
+        s = trials[0].sample()
+        detail = f"worst {s.high:.2f} s, median {s.median:.2f} s over {len(s.values)} trials"
+        passed = None if limit is None else s.high <= limit
+        found.append(Target(name, passed, detail, info=limit is None))
+    memory = {m.contender: m.per_entry for m in results.memory}
+    if len(memory) == 2:
+        share = memory[SAFE.key] / memory[REDBEAT.key]
+        detail = f"{memory[SAFE.key]:.0f} B vs {memory[REDBEAT.key]:.0f} B = {share:.2f} x"
+        found.append(Target("memory per entry <= 1.2 x RedBeat's", share <= 1.2, detail))
     return found
 
 
 def _reconcile_target(benches: list[ReconcileBench]) -> Target:
-    label = (
-        f"reconcile {RECONCILE_TARGET_N} entries, nothing changed, < {RECONCILE_TARGET_SECONDS:g} s"
-    )
+    name = f"reconcile {RECONCILE_TARGET_N} entries, nothing changed, "
+    name += f"< {RECONCILE_TARGET_SECONDS:g} s"
     bench = _at(benches, RECONCILE_TARGET_N)
     if bench is None:
-        return Target(label, None, "not measured in this mode")
+        return Target(name, None, "not measured in this mode")
     sample = bench.sample(reconcile.SAFE, reconcile.UNCHANGED)
     if bench.n != RECONCILE_TARGET_N:
-        return Target(label, None, f"not measured in this mode (N={bench.n}: {sample.fmt(3)} s)")
+        return Target(name, None, f"not measured in this mode (N={bench.n}: {sample.fmt(3)} s)")
     writes = bench.count(reconcile.SAFE, reconcile.UNCHANGED, "write_commands")
     stock = bench.sample(reconcile.STOCK, reconcile.UNCHANGED)
-    return Target(
-        label,
-        sample.median < RECONCILE_TARGET_SECONDS,
-        f"{sample.fmt(2)} s, {writes} writes (RedBeat wipe + save: {stock.fmt(1)} s)",
-    )
+    detail = f"{sample.fmt(2)} s, {writes} writes (RedBeat wipe + save: {stock.fmt(1)} s)"
+    return Target(name, sample.median < RECONCILE_TARGET_SECONDS, detail)
 
 
 # -- tables ------------------------------------------------------------------------------
