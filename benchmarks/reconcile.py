@@ -21,6 +21,8 @@ from .stats import Sample
 #: the stock RedBeat loader's database (safe_redbeat's is SCHEDULE_DB)
 STOCK_DB = 3
 CRON = "*/5 * * * *"
+#: the other rows run every INTERVAL seconds
+INTERVAL = 60
 #: every CHANGE_EVERY-th row changes in the "1% changed" runs
 CHANGE_EVERY = 100
 WRITE_COMMANDS = frozenset(
@@ -75,7 +77,7 @@ def rows(n: int, generation: int = 0) -> list[dict[str, Any]]:
         {
             "name": f"e{index}",
             "task": TASK,
-            "schedule": 60 if index % 2 == 0 else CRON,
+            "schedule": INTERVAL if index % 2 == 0 else CRON,
             "kwargs": {"i": index}
             | ({"generation": generation} if generation and index % CHANGE_EVERY == 0 else {}),
         }
