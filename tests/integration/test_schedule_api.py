@@ -42,7 +42,7 @@ from safe_redbeat.scripts import source
 from testbed.beat import BeatCluster, QueueAuditor
 from testbed.redis_server import RedisServer
 from tests.support import KEYS
-from tests.support.inprocess import FAST
+from tests.support.inprocess import FAST, make_app
 
 pytestmark = pytest.mark.integration
 
@@ -50,23 +50,9 @@ SCHEDULE = "redbeat::schedule"
 HOUR = 3600
 
 
-def make_app(redis_url: str, **conf: Any) -> Celery:
-    app = Celery("schedule-api", set_as_current=False)
-    app.conf.update(
-        broker_url=redis_url,
-        redbeat_redis_url=redis_url,
-        timezone="UTC",
-        result_expires=None,
-        beat_max_loop_interval=5,
-        **FAST,
-    )
-    app.conf.update(conf)
-    return app
-
-
 @pytest.fixture
 def app(redis_url: str) -> Iterator[Celery]:
-    app = make_app(redis_url)
+    app = make_app("schedule-api", redis_url)
     yield app
     app.close()
 
@@ -322,7 +308,7 @@ def test_list_pages_through_all_entries_and_filters_by_pattern(sched: Schedule) 
 
 
 def test_list_escapes_glob_characters_in_the_prefix(redis_url: str) -> None:
-    app = make_app(redis_url, redbeat_key_prefix="{jobs}[a]*:")
+    app = make_app("schedule-api", redis_url, redbeat_key_prefix="{jobs}[a]*:")
     try:
         with Schedule(app) as sched:
             sched.upsert("x1", "noop", 60)
@@ -413,7 +399,9 @@ def test_invalid_input_writes_nothing(sched: Schedule, redis_client: redis.Redis
 
 
 def test_a_name_equal_to_the_configured_lock_key_is_refused(redis_url: str) -> None:
-    app = make_app(redis_url, redbeat_lock_key="lock")  # RedBeat makes it "redbeat:lock"
+    app = make_app(
+        "schedule-api", redis_url, redbeat_lock_key="lock"
+    )  # RedBeat makes it "redbeat:lock"
     try:
         with Schedule(app) as sched, pytest.raises(InvalidEntry) as caught:
             sched.upsert("lock", "noop", 60)
