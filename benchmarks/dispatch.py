@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import sys
 import threading
@@ -15,6 +16,7 @@ from typing import Any
 
 from kombu.messaging import Producer
 
+from safe_redbeat import signals
 from safe_redbeat.publisher import Publisher
 
 from .env import (
@@ -38,10 +40,12 @@ FLOOR = "floor"
 FLOOR_BATCHED = "floor_batched"
 #: messages per ``Producer.batch()`` in the batched floor: safe_redbeat's publish chunk
 PUBLISH_CHUNK = int(inspect.signature(Publisher).parameters["chunk_size"].default)
+#: safe_redbeat with its Prometheus metrics registered and a receiver on every signal
+SAFE_MONITORED = "safe_redbeat_monitored"
 BATCHING = hasattr(Producer, "batch")
-SERIES = (
-    (FLOOR, FLOOR_BATCHED, REDBEAT.key, SAFE.key) if BATCHING else (FLOOR, REDBEAT.key, SAFE.key)
-)
+MONITORING = importlib.util.find_spec("prometheus_client") is not None
+SERIES = (FLOOR, *([FLOOR_BATCHED] if BATCHING else []), REDBEAT.key, SAFE.key)
+SERIES += (SAFE_MONITORED,) if MONITORING else ()
 
 
 @dataclass
@@ -86,6 +90,29 @@ def run_floor(env: Env, n: int, *, batched: bool = False) -> float:
     return elapsed[0]
 
 
+@contextmanager
+def monitored() -> Iterator[None]:
+    """safe_redbeat's metrics on a registry of their own and a no-op receiver per signal."""
+    from prometheus_client import CollectorRegistry
+
+    from safe_redbeat.metrics import SchedulerMetrics
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        return None
+
+    everything = [getattr(signals, name) for name in signals.__all__]
+    everything = [signal for signal in everything if hasattr(signal, "connect")]
+    metrics = SchedulerMetrics(CollectorRegistry(auto_describe=False))
+    for signal in everything:
+        signal.connect(receiver, weak=False, dispatch_uid="benchmark")
+    try:
+        yield
+    finally:
+        for signal in everything:
+            signal.disconnect(receiver, dispatch_uid="benchmark")
+        metrics.close()
+
+
 def run(env: Env, sizes: tuple[int, ...], repetitions: int, timeout: float) -> list[DispatchResult]:
     """Every series for every N in each repetition, each series first in turn."""
     results = [DispatchResult(n) for n in sizes]
@@ -95,8 +122,9 @@ def run(env: Env, sizes: tuple[int, ...], repetitions: int, timeout: float) -> l
                 if series in (FLOOR, FLOOR_BATCHED):
                     seconds, ticks = run_floor(env, result.n, batched=series == FLOOR_BATCHED), 0
                 else:
-                    contender = next(c for c in CONTENDERS if c.key == series)
-                    elapsed, ticks = dispatch_run(env, contender, result.n, timeout, stopwatch)
+                    contender = next((c for c in CONTENDERS if c.key == series), SAFE)
+                    with monitored() if series == SAFE_MONITORED else nullcontext():
+                        elapsed, ticks = dispatch_run(env, contender, result.n, timeout, stopwatch)
                     seconds = elapsed[0]
                 result.seconds.setdefault(series, []).append(seconds)
                 result.ticks.setdefault(series, []).append(ticks)
@@ -113,7 +141,7 @@ PHASES = (
     ("plan_batch (is_due, next run, meta, task id)", "safe_redbeat.dispatch:plan_batch"),
     ("claim (claim.lua)", "safe_redbeat.scheduler:SafeRedBeatScheduler._claim"),
     ("publish (send_task in broker batches)", "safe_redbeat.publisher:Publisher.send"),
-    ("  of which ack (HDEL pending)", "safe_redbeat.scheduler:SafeRedBeatScheduler._ack"),
+    ("  of which ack (HDEL pending)", "safe_redbeat.outbox:Outbox._ack"),
 )
 #: seconds between two samples of the stack (and the GIL switch interval meanwhile)
 SAMPLE_EVERY = 0.0005

@@ -27,7 +27,11 @@ import redis
 from celery import Celery
 from celery.schedules import schedule as interval_schedule
 from redbeat.decoder import RedBeatJSONEncoder
-from redbeat.schedulers import RedBeatScheduler, acquire_distributed_beat_lock
+from redbeat.schedulers import (
+    REDBEAT_REDIS_KEY,
+    RedBeatScheduler,
+    acquire_distributed_beat_lock,
+)
 
 from safe_redbeat import SafeRedBeatScheduler
 from safe_redbeat.keys import Keys
@@ -122,12 +126,7 @@ class Traffic:
         return ", ".join(words if k == 1 else f"{words} (x{k})" for words, k in folded)
 
     def connection_class(self) -> type[redis.Connection]:
-        """A redis-py connection class that counts into this object.
-
-        Pass it as ``redbeat_redis_options={"connection_class": ...}``: RedBeat's
-        ``get_redis`` hands it to the client, so stock RedBeat and safe_redbeat are counted
-        the same way, and nothing else is.
-        """
+        """A redis-py connection class that counts into this object (see Env.make_app)."""
         traffic = self
 
         class CountingConnection(redis.Connection):
@@ -228,9 +227,13 @@ class Env:
             broker_connection_retry_on_startup=True,
             safe_redbeat_instance_name="benchmark",
         )
-        if traffic is not None:
-            app.conf.redbeat_redis_options = {"connection_class": traffic.connection_class()}
         app.conf.update(conf)
+        if traffic is not None:
+            # RedBeat's get_redis() hands out the client cached on the app, to stock RedBeat
+            # and to safe_redbeat alike (any celery-redbeat version): make it a counting one
+            url, counting = app.conf.redbeat_redis_url, traffic.connection_class()
+            client = redis.Redis.from_url(url, decode_responses=True, connection_class=counting)
+            setattr(app, REDBEAT_REDIS_KEY, client)
         return app
 
 

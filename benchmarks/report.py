@@ -23,7 +23,15 @@ from redbeat.schedulers import RedBeatScheduler
 
 from . import reconcile
 from .commands import CommandResult
-from .dispatch import FLOOR, FLOOR_BATCHED, PUBLISH_CHUNK, SAMPLE_EVERY, Breakdown, DispatchResult
+from .dispatch import (
+    FLOOR,
+    FLOOR_BATCHED,
+    PUBLISH_CHUNK,
+    SAFE_MONITORED,
+    SAMPLE_EVERY,
+    Breakdown,
+    DispatchResult,
+)
 from .env import KEYS, REDBEAT, SAFE, Traffic
 from .failover import (
     DEFAULTS,
@@ -142,6 +150,10 @@ def targets(results: Results) -> list[Target]:
         found.append(Target(name, over_floor.median <= 1.2, detail))
         name = f"dispatch >= 2x faster than RedBeat (N={at.n})"
         found.append(Target(name, faster.median >= 2.0, f"RedBeat/safe = {faster.fmt(2)}"))
+        if SAFE_MONITORED in at.seconds:
+            watched = at.over(SAFE_MONITORED, SAFE.key)
+            name = f"dispatch with metrics and signals <= 1.1 x without (N={at.n})"
+            found.append(Target(name, watched.median <= 1.1, f"monitored/safe = {watched.fmt(2)}"))
     base, batch = _batch_base(results.commands), DEFAULTS.batch_size
     if base is not None:
         per_batch = base.round_trips / math.ceil(base.n / batch)
@@ -212,21 +224,26 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def dispatch_table(results: list[DispatchResult]) -> str:
-    batched = all(FLOOR_BATCHED in r.seconds for r in results)
-    floors = [FLOOR, FLOOR_BATCHED] if batched else [FLOOR]
+    columns = [
+        (FLOOR, "floor"),
+        (FLOOR_BATCHED, "batched floor"),
+        (REDBEAT.key, "RedBeat"),
+        (SAFE.key, "safe_redbeat"),
+        (SAFE_MONITORED, "with metrics + signals"),
+    ]
+    columns = [(key, name) for key, name in columns if all(key in r.seconds for r in results)]
     rows = [
         [
             str(r.n),
-            *(r.ms_per_entry(series).fmt() for series in [*floors, REDBEAT.key, SAFE.key]),
+            *(r.ms_per_entry(key).fmt() for key, _name in columns),
             r.over(SAFE.key, FLOOR).fmt(2),
             r.over(SAFE.key, REDBEAT.key).fmt(2),
             f"{max(r.ticks[REDBEAT.key])} / {max(r.ticks[SAFE.key])}",
         ]
         for r in results
     ]
-    header = ["N due", "floor ms/entry", *(["batched floor ms/entry"] if batched else [])]
-    header += ["RedBeat ms/entry", "safe_redbeat ms/entry", "safe/floor", "safe/RedBeat"]
-    return table([*header, "ticks RedBeat / safe"], rows)
+    header = ["N due", *(f"{name} ms/entry" for _key, name in columns)]
+    return table([*header, "safe/floor", "safe/RedBeat", "ticks RedBeat / safe"], rows)
 
 
 def breakdown_table(b: Breakdown) -> str:

@@ -6,6 +6,10 @@ Enable with ``beat_scheduler = "safe_redbeat.SafeRedBeatScheduler"`` or
 
 from __future__ import annotations
 
+from . import (
+    monitoring,  # noqa: F401  (starts metrics and JSON logs on beat_init)
+    signals,
+)
 from .config import Settings
 from .errors import (
     ConfigurationError,
@@ -32,6 +36,7 @@ __all__ = [
     "Schedule",
     "Settings",
     "VersionConflict",
+    "signals",
 ]
 
 __version__ = "0.1.0"

@@ -45,8 +45,9 @@ class Settings:
     #: Upper bound of the exponential backoff used while Redis is failing.
     backoff_max_seconds: float = 30.0
     #: Socket timeout of the scheduler's own Redis connection; a stalled Redis fails a call
-    #: after this long instead of hanging the tick. Must be below ``renew_seconds``.
-    socket_timeout: float = 5.0
+    #: after this long instead of hanging the tick. Must be below ``renew_seconds``;
+    #: unset, ``min(5, renew_seconds / 2)``.
+    socket_timeout: float | None = None
     #: Due entries read, claimed and published per batch (one claim script per batch).
     batch_size: int = 1000
     #: What to do with an occurrence missed during an outage; see ``CATCH_UP_POLICIES``.
@@ -61,11 +62,34 @@ class Settings:
     loader_timeout_seconds: float = 30.0
     #: Shown in the lease value and logs; defaults to ``$HOSTNAME`` (the pod name on k8s).
     instance_name: str = ""
+    #: Publish attempts of one message that fail on the message itself (bad options, a task
+    #: refusing its arguments) before its record moves to the dead-letter hash.
+    publish_attempts: int = 5
+    #: Most records the dead-letter hash holds; past it, failing records stay pending.
+    dead_letter_max: int = 10_000
+    #: Most loader-owned entries one reconcile may remove; more are held until
+    #: ``safe-redbeat sync --allow-removals``. Unset: half of the owned entries (an empty
+    #: load always counts as too many).
+    loader_max_removals: int | None = None
 
     def __post_init__(self) -> None:
         if not self.instance_name:
             object.__setattr__(self, "instance_name", _default_instance_name())
+        if self.socket_timeout is None:
+            object.__setattr__(self, "socket_timeout", min(5.0, self.renew_seconds / 2))
         self.validate()
+
+    @property
+    def socket_timeout_seconds(self) -> float:
+        """``socket_timeout`` after defaulting (never None)."""
+        assert self.socket_timeout is not None  # set in __post_init__
+        return self.socket_timeout
+
+    def max_removals(self, owned: int) -> int:
+        """How many of ``owned`` loader entries one reconcile may remove."""
+        if self.loader_max_removals is not None:
+            return self.loader_max_removals
+        return owned // 2
 
     @classmethod
     def from_app(cls, app: Any) -> Settings:
@@ -81,7 +105,7 @@ class Settings:
             value = conf.get(name, _UNSET)
             if value is _UNSET:
                 continue
-            values[f.name] = _coerce(name, value, f.default)
+            values[f.name] = _coerce(name, value, _kind(f.name))
         return cls(**values)
 
     def validate(self) -> None:
@@ -111,7 +135,7 @@ class Settings:
                 PREFIX + "renew_seconds",
                 PREFIX + "retry_seconds",
             )
-        if self.socket_timeout >= self.renew_seconds:
+        if self.socket_timeout_seconds >= self.renew_seconds:
             raise ConfigurationError(
                 f"{PREFIX}socket_timeout ({self.socket_timeout}) must be below "
                 f"{PREFIX}renew_seconds ({self.renew_seconds}), or a stalled Redis call "
@@ -125,10 +149,17 @@ class Settings:
                 f"{PREFIX}retry_seconds ({self.retry_seconds})",
                 PREFIX + "backoff_max_seconds",
             )
-        if self.batch_size < 1:
+        for name in ("batch_size", "publish_attempts", "dead_letter_max"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(
+                    f"{PREFIX}{name} must be a positive integer, got {getattr(self, name)!r}",
+                    PREFIX + name,
+                )
+        if self.loader_max_removals is not None and self.loader_max_removals < 0:
             raise ConfigurationError(
-                f"{PREFIX}batch_size must be a positive integer, got {self.batch_size!r}",
-                PREFIX + "batch_size",
+                f"{PREFIX}loader_max_removals must be unset or an integer >= 0, "
+                f"got {self.loader_max_removals!r}",
+                PREFIX + "loader_max_removals",
             )
         if self.catch_up not in CATCH_UP_POLICIES:
             raise ConfigurationError(
@@ -138,9 +169,21 @@ class Settings:
             )
 
 
-def _coerce(name: str, value: Any, default: Any) -> Any:
-    """Convert a configured value to the type of the default, or name the setting."""
-    kind = type(default)
+#: Settings that may be None (unset, then derived); the type of their values otherwise.
+_OPTIONAL = {"socket_timeout": float, "loader_max_removals": int}
+
+
+def _kind(field_name: str) -> type:
+    if field_name in _OPTIONAL:
+        return _OPTIONAL[field_name]
+    default = next(f.default for f in fields(Settings) if f.name == field_name)
+    return type(default)
+
+
+def _coerce(name: str, value: Any, kind: type) -> Any:
+    """Convert a configured value to ``kind``, or name the setting."""
+    if value is None and name[len(PREFIX) :] in _OPTIONAL:
+        return None
     if kind is str:
         if not isinstance(value, str):
             raise ConfigurationError(f"{name} must be a string, got {value!r}", name)

@@ -11,15 +11,18 @@ import json
 import math
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from .entries import NEVER, StoredEntry, meta_encoder, next_score, to_timestamp
+from .errors import InvalidEntry
+from .validation import check_options, check_text
 
 __all__ = [
     "HEADER_ENTRY",
     "HEADER_FENCE",
+    "HEADER_PERIODIC_TASK_NAME",
     "HEADER_SCHEDULED",
     "ClaimOp",
     "Occurrence",
@@ -32,8 +35,13 @@ __all__ = [
 HEADER_FENCE = "safe_redbeat_fence"
 HEADER_SCHEDULED = "safe_redbeat_scheduled"
 HEADER_ENTRY = "safe_redbeat_entry"
+#: django-celery-beat's header naming the periodic task (read by django-celery-results)
+HEADER_PERIODIC_TASK_NAME = "periodic_task_name"
 
 _TASK_ID_NAMESPACE = uuid.UUID("6f1c1d56-3f43-4a52-9d1e-6a0f2f6b7c15")
+
+#: ``ClaimOp.run_now`` of an operation that parks a malformed entry
+PARKED = "-"
 
 # claim.lua's per operation result codes
 CLAIMED = 1
@@ -63,34 +71,74 @@ class Occurrence:
     scheduled: int
     fence: int
 
+    #: publish attempts that failed on this message itself (not on the broker)
+    attempts: int = 0
+    #: the last such failure, one line
+    last_error: str = ""
+    #: the record exactly as stored in Redis (compare-and-set needs the stored text)
+    raw: str = field(default="", compare=False, repr=False)
+
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "entry": self.entry,
-                "task": self.task,
-                "args": self.args,
-                "kwargs": self.kwargs,
-                "options": self.options,
-                "scheduled": self.scheduled,
-                "fence": self.fence,
-            },
-            separators=(",", ":"),
-            sort_keys=True,
-        )
+        data: dict[str, Any] = {
+            "entry": self.entry,
+            "task": self.task,
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "options": self.options,
+            "scheduled": self.scheduled,
+            "fence": self.fence,
+        }
+        if self.attempts:
+            data["attempts"] = self.attempts
+            data["last_error"] = self.last_error
+        return json.dumps(data, separators=(",", ":"), sort_keys=True)
+
+    @property
+    def record(self) -> str:
+        """The pending record as Redis holds it."""
+        return self.raw or self.to_json()
 
     @classmethod
     def from_json(cls, task_id: str, raw: str) -> Occurrence:
-        data = json.loads(raw)
+        """Decode a pending or dead-letter record; ValueError naming what is wrong."""
+        try:
+            check_text(task_id, "task id", task_id)
+            check_text(task_id, "record", raw)
+            data = json.loads(raw)
+        except (ValueError, InvalidEntry) as exc:
+            raise ValueError(f"not a JSON record ({exc})") from None
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        entry, task = data.get("entry"), data.get("task")
+        if not isinstance(entry, str) or not isinstance(task, str) or not task:
+            raise ValueError("'entry' and 'task' must be strings")
+        args, kwargs = data.get("args") or [], data.get("kwargs") or {}
+        options = data.get("options") or {}
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise ValueError("'args' must be an array and 'kwargs' an object")
+        if not isinstance(options, dict):
+            raise ValueError("'options' must be an object")
+        try:
+            check_options(entry, options)
+        except InvalidEntry as exc:
+            raise ValueError(str(exc)) from None
         return cls(
             task_id=task_id,
-            entry=str(data["entry"]),
-            task=str(data["task"]),
-            args=list(data.get("args") or []),
-            kwargs=dict(data.get("kwargs") or {}),
-            options=dict(data.get("options") or {}),
-            scheduled=int(data["scheduled"]),
-            fence=int(data["fence"]),
+            entry=entry,
+            task=task,
+            args=args,
+            kwargs=kwargs,
+            options=options,
+            scheduled=_whole(data, "scheduled"),
+            fence=_whole(data, "fence"),
+            attempts=_whole(data, "attempts", 0),
+            last_error=str(data.get("last_error") or ""),
+            raw=raw,
         )
+
+    def failed(self, error: str) -> Occurrence:
+        """This occurrence after one more failed publish attempt."""
+        return replace(self, attempts=self.attempts + 1, last_error=error, raw="")
 
     def headers(self, sender_fence: int) -> dict[str, Any]:
         return {
@@ -98,6 +146,7 @@ class Occurrence:
             HEADER_FENCE: sender_fence,
             HEADER_SCHEDULED: self.scheduled,
             HEADER_ENTRY: self.entry,
+            HEADER_PERIODIC_TASK_NAME: self.entry,
         }
 
 
@@ -111,17 +160,21 @@ class ClaimOp:
     new_score: int
     new_meta: str = ""
     occurrence: Occurrence | None = None
+    #: the ``run_now`` value this claim sends (cleared only if it is still that value);
+    #: ``"-"`` parks the entry without regard to a pending request
+    run_now: str = ""
 
     def argv(self) -> list[str]:
         record = ""
         if self.occurrence is not None:
-            record = f"{self.occurrence.task_id} {self.occurrence.to_json()}"
+            record = f"{self.occurrence.task_id} {self.occurrence.record}"
         return [
             _score_text(self.expected_score),
             self.expected_version,
             str(self.new_score),
             self.new_meta,
             record,
+            self.run_now,
         ]
 
 
@@ -131,12 +184,26 @@ class Plan:
 
     ops: list[ClaimOp] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    #: (entry key, problem) of entries whose schedule could not be computed: parked
+    parked: list[tuple[str, str]] = field(default_factory=list)
     #: Seconds until the earliest selected-but-not-yet-due entry is due.
     next_due_in: float | None = None
 
     def note_next(self, seconds: float) -> None:
         if self.next_due_in is None or seconds < self.next_due_in:
             self.next_due_in = seconds
+
+
+def park(key: str, score: float, version: str, until: int) -> ClaimOp:
+    """Move a malformed entry's slot to ``until``, leaving everything else as it is."""
+    return ClaimOp(key, score, version, until, run_now=PARKED)
+
+
+def _whole(data: dict[str, Any], name: str, default: int | None = None) -> int:
+    value = data.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name!r} must be a whole number, got {value!r}")
+    return value
 
 
 def _score_text(score: float) -> str:
@@ -152,43 +219,80 @@ def plan_batch(
     catch_up: str = "run_once",
     catch_up_grace_seconds: float = 60.0,
 ) -> Plan:
-    """Decide, for each due entry read from Redis, what the claim script should do."""
+    """Decide, for each due entry read from Redis, what the claim script should do.
+
+    An entry whose schedule fails to compute (whatever it raises) is parked
+    ``disabled_recheck_seconds`` ahead and listed in ``Plan.parked``; the others go on.
+    """
     plan = Plan()
     now_ts = to_timestamp(now)
     now_epoch = now.timestamp()
     meta_at_now = meta_encoder(now)
+    park_until = now_ts + int(disabled_recheck_seconds)
     for entry in entries:
-        scheduled = int(entry.score)
-        if entry.run_now is not None:
-            # a manual run: sent once, the regular schedule and last run stay as they were
-            occurrence = _occurrence(entry, entry.run_now, fence, kind="\x00run_now")
-            regular = next_score(entry.schedule, entry.last_run_at, now)
-            plan.ops.append(ClaimOp(entry.key, entry.score, entry.version, regular, "", occurrence))
-            continue
-        if not entry.enabled:
-            parked = now_ts + int(disabled_recheck_seconds)
-            plan.ops.append(ClaimOp(entry.key, entry.score, entry.version, parked))
-            continue
-        due, next_seconds = entry.is_due()
-        # Celery's is_due also says when the next occurrence is: no second computation
-        following = NEVER if next_seconds is None else math.floor(now_epoch + next_seconds)
-        if not due:
-            if next_seconds is not None:
-                plan.note_next(next_seconds)
-            if following != scheduled:
-                plan.ops.append(ClaimOp(entry.key, entry.score, entry.version, following))
-            continue
-        if following != NEVER and following <= scheduled:
-            following = scheduled + 1
-        if catch_up == "skip" and now_ts - scheduled > catch_up_grace_seconds:
-            plan.skipped.append(entry.name)
-            meta = meta_at_now(entry.total_run_count)
-            plan.ops.append(ClaimOp(entry.key, entry.score, entry.version, following, meta))
-            continue
-        occurrence = _occurrence(entry, scheduled, fence)
-        meta = meta_at_now(entry.total_run_count + 1)
-        plan.ops.append(ClaimOp(entry.key, entry.score, entry.version, following, meta, occurrence))
+        try:
+            op = _plan_entry(
+                plan,
+                entry,
+                now,
+                now_ts,
+                now_epoch,
+                meta_at_now,
+                fence,
+                park_until,
+                catch_up,
+                catch_up_grace_seconds,
+            )
+        except Exception as exc:  # a schedule Celery cannot compute: park this one entry
+            plan.parked.append((entry.key, f"{type(exc).__name__}: {exc}"))
+            op = park(entry.key, entry.score, entry.version, park_until)
+        if op is not None:
+            plan.ops.append(op)
     return plan
+
+
+def _plan_entry(
+    plan: Plan,
+    entry: StoredEntry,
+    now: datetime,
+    now_ts: int,
+    now_epoch: float,
+    meta_at_now: Any,
+    fence: int,
+    park_until: int,
+    catch_up: str,
+    catch_up_grace_seconds: float,
+) -> ClaimOp | None:
+    scheduled = int(entry.score)
+    if entry.run_now is not None:
+        # a manual run: sent once, the regular schedule and last run stay as they were
+        occurrence = _occurrence(entry, entry.run_now, fence, kind="\x00run_now")
+        regular = (
+            next_score(entry.schedule, entry.last_run_at, now) if entry.enabled else park_until
+        )
+        return ClaimOp(
+            entry.key, entry.score, entry.version, regular, "", occurrence, entry.run_now_raw or ""
+        )
+    if not entry.enabled:
+        return ClaimOp(entry.key, entry.score, entry.version, park_until)
+    due, next_seconds = entry.is_due()
+    # Celery's is_due also says when the next occurrence is: no second computation
+    following = NEVER if next_seconds is None else math.floor(now_epoch + next_seconds)
+    if not due:
+        if next_seconds is not None:
+            plan.note_next(next_seconds)
+        if following != scheduled:
+            return ClaimOp(entry.key, entry.score, entry.version, following)
+        return None
+    if following != NEVER and following <= scheduled:
+        following = scheduled + 1
+    if catch_up == "skip" and now_ts - scheduled > catch_up_grace_seconds:
+        plan.skipped.append(entry.name)
+        meta = meta_at_now(entry.total_run_count)
+        return ClaimOp(entry.key, entry.score, entry.version, following, meta)
+    occurrence = _occurrence(entry, scheduled, fence)
+    meta = meta_at_now(entry.total_run_count + 1)
+    return ClaimOp(entry.key, entry.score, entry.version, following, meta, occurrence)
 
 
 def _occurrence(entry: StoredEntry, scheduled: int, fence: int, kind: str = "") -> Occurrence:

@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import calendar
 import json
+import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import MINYEAR, datetime
+from datetime import MINYEAR, datetime, timedelta
 from typing import Any
 
 from celery.schedules import BaseSchedule, maybe_schedule
 from redbeat.decoder import RedBeatJSONDecoder, RedBeatJSONEncoder
 
 from .errors import InvalidEntry
+from .validation import check_json, check_options, check_text
 
 __all__ = [
     "StoredEntry",
     "decode_entry",
     "decode_meta",
+    "decode_timestamp",
     "encode_definition",
     "encode_meta",
     "meta_encoder",
@@ -69,6 +73,8 @@ class StoredEntry:
     meta_raw: str | None = field(default=None, repr=False)
     #: a pending "run now" request: the Redis time (whole seconds) it was made at
     run_now: int | None = None
+    #: ``run_now`` as stored: the claim clears the request only if it still holds this
+    run_now_raw: str | None = field(default=None, repr=False)
 
     def is_due(self) -> tuple[bool, float | None]:
         """Celery's answer for this entry at the schedule's ``now``.
@@ -85,6 +91,52 @@ def _fail(key: str, field_name: str, problem: str) -> InvalidEntry:
     return InvalidEntry(key, field_name, problem)
 
 
+#: Largest run count or timestamp accepted from Redis (beyond it, arithmetic overflows).
+_MAX_NUMBER = 2**53
+
+
+def _json_field(key: str, field_name: str, raw: str | bytes) -> Any:
+    """Decode one JSON field with RedBeat's decoder; any failure is an InvalidEntry."""
+    if isinstance(raw, str):
+        check_text(key, field_name, raw)
+    try:
+        return _loads(raw)
+    except Exception as exc:  # ValueError, OverflowError, TypeError, KeyError, ...
+        raise _fail(
+            key, field_name, f"not valid RedBeat JSON ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def _count(key: str, field_name: str, value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(key, field_name, f"must be a whole number, got {value!r}")
+    if not math.isfinite(value) or value != int(value) or not 0 <= value <= _MAX_NUMBER:
+        raise _fail(key, field_name, f"must be a whole number from 0 to 2**53, got {value!r}")
+    return int(value)
+
+
+def _schedule(key: str, raw: Any, app: Any) -> BaseSchedule:
+    if isinstance(raw, Mapping) and "__type__" in raw:
+        raise _fail(
+            key,
+            "definition.schedule",
+            f"unknown schedule type {raw['__type__']!r} (known: interval, crontab, rrule)",
+        )
+    if not isinstance(raw, BaseSchedule):
+        raise _fail(key, "definition.schedule", f"not a schedule: {raw!r}")
+    run_every = getattr(raw, "run_every", None)
+    if isinstance(run_every, timedelta):
+        seconds = run_every.total_seconds()
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise _fail(key, "definition.schedule.every", f"must be positive, got {seconds!r}")
+    try:
+        return maybe_schedule(raw, app=app)
+    except Exception as exc:
+        raise _fail(key, "definition.schedule", f"{type(exc).__name__}: {exc}") from None
+
+
 def decode_entry(
     key: str,
     name: str,
@@ -97,28 +149,21 @@ def decode_entry(
     nowfun: Any = None,
     run_now_raw: str | None = None,
 ) -> StoredEntry:
-    """Decode an entry hash; raise InvalidEntry naming the key and the bad field."""
+    """Decode an entry hash; raise InvalidEntry naming the key and the bad field.
+
+    Every value is treated as hostile (another language may have written it): whatever it
+    holds, the only exception raised is InvalidEntry.
+    """
+    check_text(key, "name", name)
     if not definition_raw:
         raise _fail(key, "definition", "missing (the hash has no definition field)")
-    try:
-        definition = _loads(definition_raw)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise _fail(key, "definition", f"not valid RedBeat JSON ({exc})") from None
+    definition = _json_field(key, "definition", definition_raw)
     if not isinstance(definition, Mapping):
         raise _fail(key, "definition", "must be a JSON object")
     task = definition.get("task")
     if not isinstance(task, str) or not task:
         raise _fail(key, "definition.task", "must be a non-empty task name")
-    raw_schedule = definition.get("schedule")
-    if isinstance(raw_schedule, Mapping) and "__type__" in raw_schedule:
-        raise _fail(
-            key,
-            "definition.schedule",
-            f"unknown schedule type {raw_schedule['__type__']!r} (known: interval, crontab, rrule)",
-        )
-    if not isinstance(raw_schedule, BaseSchedule):
-        raise _fail(key, "definition.schedule", f"not a schedule: {raw_schedule!r}")
-    schedule = maybe_schedule(raw_schedule, app=app)
+    schedule = _schedule(key, definition.get("schedule"), app)
     if nowfun is not None:
         schedule.nowfun = nowfun
     args = definition.get("args") or []
@@ -130,18 +175,22 @@ def decode_entry(
         raise _fail(key, "definition.kwargs", "must be a JSON object")
     if not isinstance(options, Mapping):
         raise _fail(key, "definition.options", "must be a JSON object")
+    check_json(key, "definition.args", args)
+    check_json(key, "definition.kwargs", kwargs)
+    check_options(key, options)
+    enabled = definition.get("enabled", True)
+    if not isinstance(enabled, bool | int) or enabled not in (True, False):
+        raise _fail(key, "definition.enabled", f"must be true or false, got {enabled!r}")
     last_run_at, total_run_count = decode_meta(key, meta_raw)
-    version = version_raw if version_raw is not None else "0"
-    if not version.isdigit():
+    version = "0" if version_raw is None else version_raw
+    if not _DIGITS.fullmatch(version):
         raise _fail(key, "version", f"must be a non-negative integer, got {version!r}")
     run_now: int | None = None
     if run_now_raw:
-        try:
-            run_now = int(float(run_now_raw))
-        except ValueError:
-            raise _fail(key, "run_now", f"must be a timestamp, got {run_now_raw!r}") from None
+        run_now = decode_timestamp(key, "run_now", run_now_raw)
     return StoredEntry(
         run_now=run_now,
+        run_now_raw=run_now_raw or None,
         key=key,
         name=name,
         task=task,
@@ -149,7 +198,7 @@ def decode_entry(
         args=list(args),
         kwargs=dict(kwargs),
         options=dict(options),
-        enabled=bool(definition.get("enabled", True)),
+        enabled=bool(enabled),
         last_run_at=last_run_at,
         total_run_count=total_run_count,
         version=version,
@@ -158,18 +207,33 @@ def decode_entry(
     )
 
 
+_DIGITS = re.compile(r"[0-9]{1,15}")
+
+
+def decode_timestamp(key: str, field_name: str, raw: str) -> int:
+    """Whole seconds since the epoch from a stored number (``run_now``, a score)."""
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise _fail(key, field_name, f"must be a timestamp, got {raw!r}") from None
+    if not math.isfinite(value) or not 0 <= value <= _MAX_NUMBER:
+        raise _fail(key, field_name, f"must be a timestamp, got {raw!r}")
+    return int(value)
+
+
 def decode_meta(key: str, meta_raw: str | None) -> tuple[datetime | None, int]:
     """``(last_run_at, total_run_count)`` from a ``meta`` field; None/0 when absent."""
     if not meta_raw:
         return None, 0
-    try:
-        meta = _loads(meta_raw)
-        last_run_at = meta.get("last_run_at")
-        total_run_count = int(meta.get("total_run_count") or 0)
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise _fail(key, "meta", f"not valid RedBeat JSON ({exc})") from None
+    meta = _json_field(key, "meta", meta_raw)
+    if not isinstance(meta, Mapping):
+        raise _fail(key, "meta", "must be a JSON object")
+    last_run_at = meta.get("last_run_at")
+    total_run_count = _count(key, "meta.total_run_count", meta.get("total_run_count"))
     if last_run_at is not None and not isinstance(last_run_at, datetime):
         raise _fail(key, "meta.last_run_at", f"not a datetime: {last_run_at!r}")
+    if last_run_at is not None and last_run_at.tzinfo is None:
+        raise _fail(key, "meta.last_run_at", "has no time zone")
     return last_run_at, total_run_count
 
 

@@ -9,6 +9,11 @@ Trade-off: the id is recorded when execution *starts*, so a worker that dies mid
 not run that occurrence again (at most once). Leave the guard off for tasks that must
 rather run twice than not at all.
 
+Celery retries (``self.retry()``, ``autoretry_for``) resend the message with the same task
+id and ``request.retries`` above 0: those always run. So the guard drops a second copy of
+an occurrence's *first* attempt only; the retries of an attempt that started run as
+Celery schedules them.
+
     from safe_redbeat.guard import OncePerOccurrence
 
     @app.task(base=OncePerOccurrence)
@@ -50,7 +55,8 @@ class OncePerOccurrence(Task):  # type: ignore[misc]
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
         task_id = getattr(request, "id", None)
-        if task_id and getattr(request, HEADER_SCHEDULED, None) is not None:
+        retry = (getattr(request, "retries", 0) or 0) > 0
+        if task_id and not retry and getattr(request, HEADER_SCHEDULED, None) is not None:
             conf = ensure_conf(self.app)
             client = get_redis(self.app)
             if not first_execution(client, conf.key_prefix, task_id, self.guard_ttl_seconds):

@@ -9,6 +9,7 @@ the key's remaining TTL, so it does not depend on any replica's clock. ``status`
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 from collections.abc import Iterator
@@ -49,7 +50,7 @@ def write_heartbeat(client: Any, keys: Keys, heartbeat: Heartbeat) -> None:
 
 def read_heartbeats(client: Any, keys: Keys) -> Iterator[ReplicaStatus]:
     """Every live replica's last heartbeat (SCAN, never KEYS)."""
-    found = sorted(client.scan_iter(match=keys.replica("*"), count=500))
+    found = sorted(client.scan_iter(match=keys.replicas(), count=500))
     if not found:
         return
     with client.pipeline(transaction=False) as pipe:
@@ -74,10 +75,23 @@ def read_heartbeat(client: Any, keys: Keys, instance: str) -> ReplicaStatus | No
 
 
 def _decode(raw: str | None, pttl: int | None) -> ReplicaStatus | None:
+    """A heartbeat as written by :func:`write_heartbeat`; None for anything else."""
     if raw is None or pttl is None or pttl < 0:
         return None
     try:
-        heartbeat = Heartbeat(**json.loads(raw))
-    except (ValueError, TypeError):
+        data = json.loads(raw)
+        fence = data.get("fence")
+        heartbeat = Heartbeat(
+            instance=str(data["instance"]),
+            role=str(data["role"]),
+            fence=None if fence is None else int(fence),
+            leading_for=float(data["leading_for"]),
+            ttl=float(data["ttl"]),
+            host=str(data.get("host", "")),
+            pid=int(data.get("pid") or 0),
+        )
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+        return None
+    if not (math.isfinite(heartbeat.ttl) and math.isfinite(heartbeat.leading_for)):
         return None
     return ReplicaStatus(heartbeat, age=max(heartbeat.ttl - pttl / 1000, 0.0))

@@ -7,10 +7,13 @@ scripts can touch them together.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["Keys"]
+
+_GLOB = re.compile(r"([*?\[\]\\])")
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,11 @@ class Keys:
         return self.prefix + ":pending"
 
     @property
+    def dead(self) -> str:
+        """HASH: task id -> record of an occurrence whose publish kept failing."""
+        return self.prefix + ":dead"
+
+    @property
     def loaded(self) -> str:
         """SET of entry names the loader owns (only these can be removed by it)."""
         return self.prefix + ":loader"
@@ -65,6 +73,14 @@ class Keys:
     def replica(self, instance: str) -> str:
         """STRING with a TTL: the heartbeat of one replica (see heartbeat.py)."""
         return f"{self.prefix}:replica:{instance}"
+
+    def replicas(self) -> str:
+        """SCAN pattern of every replica heartbeat key."""
+        return self.match(":replica:*")
+
+    def match(self, pattern: str) -> str:
+        """A SCAN ``MATCH`` pattern: ``pattern`` below the prefix, taken literally."""
+        return _GLOB.sub(r"\\\1", self.prefix) + pattern
 
     def entry(self, name: str) -> str:
         """HASH of one entry (fields ``definition``, ``meta``, ``version``)."""

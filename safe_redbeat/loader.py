@@ -20,13 +20,28 @@ from celery.utils.imports import symbol_by_name
 from .errors import InvalidEntry
 from .specs import EntrySpec
 
-__all__ = ["Load", "LoaderError", "call_loader", "parse_specs"]
+__all__ = ["Load", "LoaderBusy", "LoaderError", "LoaderSlot", "call_loader", "parse_specs"]
 
 SPEC_FIELDS = frozenset({"name", "task", "schedule", "args", "kwargs", "options", "enabled"})
 
 
 class LoaderError(Exception):
     """The loader could not be imported, raised, timed out, or returned no iterable."""
+
+
+class LoaderBusy(LoaderError):
+    """The previous call of the loader has not returned yet (it hangs)."""
+
+
+class LoaderSlot:
+    """At most one call of the loader in flight: while an abandoned call has not returned,
+    no other is started (a hung database would otherwise collect a thread per round)."""
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+
+    def busy(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
 
 
 @dataclass
@@ -63,13 +78,17 @@ def call_loader(
     wait_step: float,
     on_wait: Callable[[], None] | None = None,
     monotonic: Callable[[], float] = time.monotonic,
+    slot: LoaderSlot | None = None,
 ) -> list[Any]:
     """Call ``loader(app)`` in a daemon thread and materialise its result as a list.
 
     Waits in steps of ``wait_step`` seconds, calling ``on_wait`` between them (the leader
     renews its lease there), up to ``timeout``. Raises LoaderError on error or timeout;
-    a loader that hangs is abandoned, never joined.
+    a loader that hangs is abandoned, never joined. With ``slot``, raises LoaderBusy
+    instead of calling while the slot's previous call is still running.
     """
+    if slot is not None and slot.busy():
+        raise LoaderBusy("the previous loader call has not returned yet; this round is skipped")
     box: dict[str, Any] = {}
     done = threading.Event()
 
@@ -93,6 +112,8 @@ def call_loader(
     thread = threading.Thread(target=target, name="safe-redbeat-loader", daemon=True)
     deadline = monotonic() + timeout
     thread.start()
+    if slot is not None:
+        slot.thread = thread
     while not done.wait(max(min(wait_step, deadline - monotonic()), 0.0)):
         if monotonic() >= deadline:
             raise LoaderError(f"the loader did not return within {timeout}s")

@@ -11,8 +11,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from celery.utils.log import get_logger
+from redis.exceptions import ResponseError
 
-from .dispatch import ClaimOp
+from . import signals
+from .dispatch import ClaimOp, park
 from .entries import StoredEntry, decode_entry
 from .errors import InvalidEntry
 from .keys import Keys
@@ -21,6 +23,9 @@ from .scripts import Scripts
 __all__ = ["DueBatch", "DueReader"]
 
 logger = get_logger("safe_redbeat")
+
+#: Parked entries remembered as reported (a bound; past it, each is reported once more).
+_MAX_REPORTED = 10_000
 
 
 @dataclass
@@ -31,6 +36,8 @@ class DueBatch:
     #: False when the marker written after seeding is gone: Redis lost data
     seeded: bool = True
     size: int = 0
+    #: how many pending records (claimed, not yet published) there are
+    pending: int = 0
     #: score of the first entry due after ``now``, if any
     upcoming: float | None = None
     entries: list[StoredEntry] = field(default_factory=list)
@@ -68,11 +75,15 @@ class DueReader:
 
     def read(self) -> DueBatch:
         """Read one batch of due entries: two round trips whatever the batch size."""
-        seconds, micros, seeded, flat_due, flat_upcoming = self.scripts.due(
-            keys=[self.keys.schedule, self.keys.seeded], args=[self.batch_size]
+        seconds, micros, seeded, flat_due, flat_upcoming, pending = self.scripts.due(
+            keys=[self.keys.schedule, self.keys.seeded, self.keys.pending], args=[self.batch_size]
         )
         now_ts = int(seconds)
-        batch = DueBatch(now=self._as_app_time(now_ts + int(micros) / 1e6), seeded=bool(seeded))
+        batch = DueBatch(
+            now=self._as_app_time(now_ts + int(micros) / 1e6),
+            seeded=bool(seeded),
+            pending=int(pending),
+        )
         due = [(str(k), float(v)) for k, v in zip(flat_due[::2], flat_due[1::2], strict=True)]
         batch.size = len(due)
         batch.upcoming = float(flat_upcoming[1]) if flat_upcoming else None
@@ -81,7 +92,8 @@ class DueReader:
         with self.client.pipeline(transaction=False) as pipe:
             for key, _score in due:
                 pipe.hmget(key, "definition", "meta", "version", "run_now")
-            rows = pipe.execute()
+            # a member naming a key of another type answers WRONGTYPE: no entry there
+            rows = [_fields(row) for row in pipe.execute(raise_on_error=False)]
 
         def nowfun() -> datetime:
             return batch.now
@@ -105,21 +117,33 @@ class DueReader:
                         run_now_raw=run_now,
                     )
                 )
-            except InvalidEntry as exc:
-                self._report(key, str(definition), exc)
+            except Exception as exc:  # InvalidEntry; anything else is a decoder bug
+                problem = exc.problem if isinstance(exc, InvalidEntry) else repr(exc)
+                field_name = exc.field if isinstance(exc, InvalidEntry) else "?"
+                self.report(key, f"{field_name}: {problem}", (definition, meta, version, run_now))
                 parked_until = now_ts + int(self.park_seconds)
-                batch.ops.append(ClaimOp(key, score, version or "0", parked_until))
+                batch.ops.append(park(key, score, version or "0", parked_until))
         return batch
 
-    def _report(self, key: str, raw: str, exc: InvalidEntry) -> None:
-        if self._reported.get(key) == raw:
+    def report(self, key: str, problem: str, content: object = None) -> None:
+        """Log a parked entry once per (problem, content) until the leadership changes."""
+        seen = repr((problem, content))
+        if self._reported.get(key) == seen:
             return
-        self._reported[key] = raw
-        logger.error(
-            "beat: skipping entry %r: %s. Fix or delete the hash %r; it is checked again "
+        if len(self._reported) >= _MAX_REPORTED:
+            self._reported.clear()
+        self._reported[key] = seen
+        signals.entry_parked.send(self, entry=self.keys.name_of(key), reason=problem)
+        logger.warning(
+            "beat: parked entry %r: %s. Fix or delete the hash %r; it is checked again "
             "every %ss and nothing is deleted.",
             self.keys.name_of(key),
-            exc,
+            problem,
             key,
             self.park_seconds,
         )
+
+
+def _fields(row: Any) -> Any:
+    """An HMGET reply, or four Nones for a key that holds no hash (a ResponseError)."""
+    return (None, None, None, None) if isinstance(row, ResponseError) else row

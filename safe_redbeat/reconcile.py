@@ -23,11 +23,13 @@ from typing import Any
 
 from celery.utils.log import get_logger
 
+from .connection import sanitize_text
 from .entries import decode_meta, encode_meta, next_score_of
 from .errors import FencedOut, InvalidEntry
 from .keys import Keys
 from .scripts import Scripts
 from .specs import EntrySpec
+from .validation import check_name
 
 __all__ = ["ReconcileResult", "Reconciler"]
 
@@ -51,6 +53,8 @@ class ReconcileResult:
     conflicts: list[str] = field(default_factory=list)
     #: problems, each naming the entry; any error makes the round incomplete
     errors: list[str] = field(default_factory=list)
+    #: removals the guard held back (more than ``max_removals``): see ``sync --allow-removals``
+    held: list[str] = field(default_factory=list)
     #: removals were allowed (the load completed without error)
     complete: bool = True
     dry_run: bool = False
@@ -66,6 +70,8 @@ class ReconcileResult:
         )
         if not self.complete:
             text += " (incomplete load: nothing removed)"
+        if self.held:
+            text += f"; {len(self.held)} removals held (safe-redbeat sync --allow-removals)"
         return text
 
     def to_json(self) -> str:
@@ -76,8 +82,10 @@ class ReconcileResult:
             "removed": len(self.removed),
             "unchanged": self.unchanged,
             "conflicts": len(self.conflicts),
-            "errors": self.errors[:20],
+            "errors": [sanitize_text(error) for error in self.errors[:20]],
             "complete": self.complete,
+            "removals_held": len(self.held),
+            "held": self.held[:20],
             "seconds": round(self.seconds, 3),
             "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -113,20 +121,50 @@ class Reconciler:
         self.owned_key = owned_key
 
     def snapshot(self) -> dict[str, int]:
-        """Versions of the entries this source owns, read *before* loading.
+        """The names this source owns and their versions, read *before* loading.
 
         Pass it to :meth:`run`: an entry whose version moved while the loader read the
         database (an application write-through that raced with it) is then left alone,
-        instead of being overwritten with the older row the loader returned.
+        instead of being overwritten with the older row the loader returned; and only names
+        owned in the snapshot can be removed, each only at its snapshot version.
         """
-        owned = sorted(self.client.smembers(self.owned_key))
+        owned = sorted(name for name in self.client.smembers(self.owned_key) if self._entry(name))
         versions: dict[str, int] = {}
         for start in range(0, len(owned), CHUNK):
             chunk = owned[start : start + CHUNK]
             reply = self.scripts.versions(keys=[self.keys.entry(name) for name in chunk])
-            for name, version in zip(chunk, str(reply).split(","), strict=True):
-                versions[name] = 0 if version == "-" else int(version)
+            for name, version in zip(chunk, reply, strict=True):
+                number = 0 if version == "-" else _version(version)
+                if number is None:
+                    logger.warning(
+                        "%s: entry %r has an unreadable version %r; left alone",
+                        self.source,
+                        name,
+                        version,
+                    )
+                    continue
+                versions[name] = number
         return versions
+
+    def _entry(self, name: str) -> bool:
+        """Whether an owned name can be an entry's (another program may have added any
+        member): a name such as ``:pending`` would make its removal delete an internal key."""
+        try:
+            check_name(name)
+        except InvalidEntry as exc:
+            reason = exc.problem
+        else:
+            if self.keys.entry(name) != self.keys.lease:
+                return True
+            reason = "its key is the lease key"
+        logger.warning(
+            "%s: %r in %r is not an entry name (%s); left alone",
+            self.source,
+            name,
+            self.owned_key,
+            reason,
+        )
+        return False
 
     def run(
         self,
@@ -138,8 +176,12 @@ class Reconciler:
         errors: Sequence[str] = (),
         dry_run: bool = False,
         renew: Callable[[], None] | None = None,
+        max_removals: int | None = None,
     ) -> ReconcileResult:
         """Apply ``specs``; remove owned names they lack only if ``complete``.
+
+        ``max_removals``: when more owned names would be removed, or ``specs`` is empty,
+        none is (``ReconcileResult.held``); None removes any number.
 
         Entries are compared by the SHA1 of their definition inside Redis (``diff.lua``),
         so an unchanged entry costs no round trip of its own and no write.
@@ -152,7 +194,12 @@ class Reconciler:
         result = ReconcileResult(self.source, errors=list(errors), dry_run=dry_run)
         desired = {spec.name: spec for spec in specs}
         result.complete = complete and not result.errors
-        owned = set(self.client.smembers(self.owned_key))
+        if versions is None:
+            versions = self.snapshot() if result.complete else {}
+            expect_snapshot = False
+        else:
+            expect_snapshot = True
+        owned = set(versions)
         changes: list[_Change] = []
         specs_list = list(desired.values())
         for start in range(0, len(specs_list), CHUNK):
@@ -162,7 +209,7 @@ class Reconciler:
                 keys=[self.keys.entry(spec.name) for spec in chunk],
                 args=[hashlib.sha1(d.encode()).hexdigest() for d in definitions],
             )
-            differing = dict(_parse_diff(str(reply)))
+            differing = dict(_parse_diff(reply))
             for index, spec in enumerate(chunk):
                 if index not in differing and spec.name in owned:
                     result.unchanged += 1
@@ -170,22 +217,28 @@ class Reconciler:
                 # changed, new, or unchanged but not yet owned by this source (the
                 # upsert then only records ownership)
                 current = differing.get(index)
-                expected = 0 if current in (None, "-") else int(current)
+                expected = 0 if current in (None, "-") else (_version(current) or 0)
                 if index not in differing:
                     expected = -1  # unchanged content: take the version upsert.lua finds
-                if versions is not None and spec.name in versions:
+                if expect_snapshot and spec.name in versions:
                     expected = versions[spec.name]
                 changes.append(_Change(spec, definitions[index], expected, current == "-"))
             if renew is not None:
                 renew()
         removals = sorted(owned - set(desired)) if result.complete else []
+        if (
+            removals
+            and max_removals is not None
+            and (len(removals) > max_removals or len(removals) == len(owned))
+        ):
+            result.held, removals = removals, []
         if dry_run:
             result.created = [c.spec.name for c in changes if c.new]
             result.updated = [c.spec.name for c in changes if not c.new and c.version >= 0]
             result.removed = removals
         else:
             self._apply(changes, token, result, renew)
-            self._remove(removals, token, result)
+            self._remove(removals, versions, token, result)
         result.seconds = time.monotonic() - started
         return result
 
@@ -277,7 +330,10 @@ class Reconciler:
             client=pipe,
         )
 
-    def _remove(self, names: list[str], token: str, result: ReconcileResult) -> None:
+    def _remove(
+        self, names: list[str], versions: dict[str, int], token: str, result: ReconcileResult
+    ) -> None:
+        """Remove each name at the version it had in the snapshot (else: a conflict)."""
         for start in range(0, len(names), CHUNK):
             chunk = names[start : start + CHUNK]
             with self.client.pipeline(transaction=False) as pipe:
@@ -289,7 +345,7 @@ class Reconciler:
                             self.keys.lease,
                             self.owned_key,
                         ],
-                        args=[token, "", name],
+                        args=[token, versions[name], name],
                         client=pipe,
                     )
                 codes = pipe.execute()
@@ -298,6 +354,8 @@ class Reconciler:
                 if int(code) in (1, 2):
                     result.removed.append(name)
                     logger.info("%s: removed entry %r (no longer loaded)", self.source, name)
+                elif int(code) == -1:
+                    result.conflicts.append(name)
 
 
 def _check_fenced(replies: Sequence[Sequence[Any]]) -> None:
@@ -306,8 +364,12 @@ def _check_fenced(replies: Sequence[Sequence[Any]]) -> None:
         raise FencedOut("Redis rejected a reconcile write: the lease is not ours")
 
 
-def _parse_diff(reply: str) -> Iterator[tuple[int, str]]:
+def _parse_diff(reply: Sequence[Any]) -> Iterator[tuple[int, str]]:
     """``diff.lua``'s answer as (0-based index, current version or '-')."""
-    for item in reply.split(",") if reply else ():
-        position, _, version = item.partition(" ")
-        yield int(position) - 1, version
+    for position, version in zip(reply[::2], reply[1::2], strict=True):
+        yield int(position) - 1, str(version)
+
+
+def _version(text: str) -> int | None:
+    """A stored version as an int; None if it is not one (another program wrote it)."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 15 else None

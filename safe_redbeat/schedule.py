@@ -13,17 +13,17 @@ module writes, and entries saved by stock RedBeat are read here with version 0.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from celery.utils.log import get_logger
-from redbeat.schedulers import ensure_conf, get_redis
+from redbeat.schedulers import REDBEAT_REDIS_KEY, ensure_conf
+from redis.exceptions import ResponseError
 
 from .config import Settings
-from .connection import scheduler_client
+from .connection import check_cluster_keys, scheduler_client
 from .entries import decode_entry, decode_meta, encode_meta, next_score_of
 from .errors import EntryNotFound, InvalidEntry, SafeRedBeatError, VersionConflict
 from .keys import Keys
@@ -38,13 +38,25 @@ from .specs import (
     utc_datetime,
 )
 
-__all__ = ["EntryInfo", "EntrySpec", "Schedule", "ScheduleLike"]
+__all__ = ["EntryInfo", "EntrySpec", "MalformedEntry", "Schedule", "ScheduleLike"]
 
 logger = get_logger("safe_redbeat.schedule")
 
 #: Attempts of one call when Redis keeps changing under it (a claim moving ``meta``, or,
 #: without ``expected_version``, another writer). Each attempt is one atomic script.
 _MAX_ATTEMPTS = 50
+
+
+@dataclass(frozen=True)
+class MalformedEntry:
+    """An entry whose hash cannot be decoded; the leader parks it, nothing deletes it."""
+
+    name: str
+    field: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.problem}"
 
 
 @dataclass(frozen=True)
@@ -75,9 +87,10 @@ class Schedule:
         self.keys = Keys.from_app(app)
         self._owns_client = client is None
         if client is None:
-            client = scheduler_client(app, Settings.from_app(app).socket_timeout)
-            shared = get_redis(app)
+            client = scheduler_client(app, Settings.from_app(app).socket_timeout_seconds)
+            shared = getattr(app, REDBEAT_REDIS_KEY, None)  # set by RedBeat's get_redis
             self._owns_client = client is not getattr(shared, "wrapped_connection", shared)
+        check_cluster_keys(app, self.keys, client)
         self.client: Any = client
         self.scripts = Scripts(client)
         self._reserved = {
@@ -164,12 +177,13 @@ class Schedule:
     def delete(self, name: str, *, expected_version: int | None = None) -> int:
         """Remove an entry (definition, run metadata, schedule slot); return its version.
 
-        Runs already claimed by the leader are still sent.
+        The name stops being owned by ``beat_schedule`` or the loader. Runs already claimed
+        by the leader are still sent.
         """
         check_expected_version(name, expected_version)
         key = self._key(name)
         code, version = self.scripts.remove(
-            keys=[key, self.keys.schedule, self.keys.lease, self.keys.statics],
+            keys=[key, self.keys.schedule, self.keys.lease, self.keys.statics, self.keys.loaded],
             args=["", "" if expected_version is None else expected_version, name],
         )
         code = int(code)
@@ -198,11 +212,22 @@ class Schedule:
         """Entries whose name matches the glob ``pattern``, read page by page.
 
         Walks the schedule ZSET with ZSCAN (never KEYS); entries changed meanwhile may be
-        seen in either state. Entries that cannot be decoded are logged and skipped.
+        seen in either state. Entries that cannot be decoded are logged and skipped
+        (:meth:`scan` yields them too).
         """
+        for found in self.scan(pattern, page_size=page_size):
+            if isinstance(found, MalformedEntry):
+                logger.warning("schedule: skipping undecodable entry %r: %s", found.name, found)
+            else:
+                yield found
+
+    def scan(
+        self, pattern: str = "*", *, page_size: int = 500
+    ) -> Iterator[EntryInfo | MalformedEntry]:
+        """Like :meth:`list`, with a :class:`MalformedEntry` for each undecodable entry."""
         if page_size < 1:
             raise ValueError(f"page_size must be positive, got {page_size!r}")
-        match = re.sub(r"([*?\[\]\\])", r"\\\1", self.keys.prefix) + pattern
+        match = self.keys.match(pattern)
         seen: set[str] = set()
         cursor = 0
         while True:
@@ -215,18 +240,21 @@ class Schedule:
                 with self.client.pipeline(transaction=False) as pipe:
                     for key, _score in members:
                         pipe.hmget(key, "definition", "meta", "version", "run_now")
-                    rows = pipe.execute()
+                    # a member naming a key of another type answers WRONGTYPE: skipped
+                    rows = [
+                        (None, None, None, None) if isinstance(row, ResponseError) else row
+                        for row in pipe.execute(raise_on_error=False)
+                    ]
                 for (key, score), (definition, meta, version, run_now) in zip(
                     members, rows, strict=True
                 ):
                     if definition is None:
                         continue  # deleted meanwhile, or a slot the leader drops
+                    name = self.keys.name_of(key)
                     try:
-                        yield self._info(
-                            key, self.keys.name_of(key), definition, meta, version, run_now, score
-                        )
+                        yield self._info(key, name, definition, meta, version, run_now, score)
                     except InvalidEntry as exc:
-                        logger.warning("schedule: skipping undecodable entry: %s", exc)
+                        yield MalformedEntry(name, exc.field, exc.problem)
             if int(cursor) == 0:
                 return
 

@@ -11,11 +11,11 @@ from typing import Any
 from celery.beat import Scheduler
 from celery.utils.log import get_logger
 from redbeat.schedulers import RedBeatScheduler
-from redis.exceptions import RedisError
 
+from . import signals
 from .backoff import Backoff
 from .config import Settings
-from .connection import sanitize_url, scheduler_client
+from .connection import CLIENT_ERRORS, check_cluster_keys, sanitize_url, scheduler_client
 from .dispatch import (
     CLAIMED,
     GONE,
@@ -28,7 +28,8 @@ from .errors import FencedOut, LeaseLost
 from .heartbeat import Heartbeat, write_heartbeat
 from .keys import Keys
 from .lease import Holder, Lease
-from .publisher import Publisher
+from .outbox import Outbox
+from .publisher import Publisher, SendReport
 from .reader import DueBatch, DueReader
 from .scripts import Scripts
 from .seeding import Seeder
@@ -39,7 +40,7 @@ logger = get_logger("safe_redbeat")
 
 
 #: Errors that mean "Redis is not answering"; never allowed to escape ``tick()``.
-REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
+REDIS_ERRORS: tuple[type[BaseException], ...] = CLIENT_ERRORS
 
 
 class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
@@ -78,9 +79,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         self._publisher: Publisher | None = None
         self._failures = 0
         self._last_holder: str | None = None
-        self._pending_dirty = False
-        self._pending_retry_at = 0.0
-        self._pending_failures = 0
+        self._outbox: Outbox | None = None
         self._reader: DueReader | None = None
         self._seeder: Seeder | None = None
         self._closed = False
@@ -97,6 +96,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
                 "safe_redbeat always leases %r",
                 self.keys.lease,
             )
+        check_cluster_keys(app, self.keys)
         # RedBeat's beat_init handler blocks until it takes the lock; it skips a
         # scheduler without a lock_key. The lease below replaces it.
         self.lock_key = None
@@ -107,7 +107,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = scheduler_client(self.app, self.safe_settings.socket_timeout)
+            self._client = scheduler_client(self.app, self.safe_settings.socket_timeout_seconds)
         return self._client
 
     @property
@@ -155,6 +155,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """One pass: lease upkeep, then dispatch of what is due. Never raises on Redis."""
         self._exit_if_closed()
+        started = time.perf_counter()
         try:
             delay = self._tick()
         except LeaseLost as exc:
@@ -162,6 +163,10 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             delay = self._poll_delay()
         except REDIS_ERRORS as exc:
             return self._on_redis_error(exc)
+        finally:
+            signals.tick_finished.send(
+                self, duration=time.perf_counter() - started, leader=self.is_leader
+            )
         if self._failures:
             logger.info("beat: Redis answers again after %d failed attempts", self._failures)
             self._failures = 0
@@ -201,8 +206,6 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             self._on_elected()
         else:
             self._renew_if_due()
-        if self._pending_dirty and self._monotonic() >= self._pending_retry_at:
-            self._republish_pending()
         if self._reseed_needed:
             self._reseed("entries vanished from Redis (evicted or deleted)")
         elif self._monotonic() >= self._next_reconcile:
@@ -230,6 +233,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
 
     def _on_redis_error(self, exc: BaseException) -> float:
         self._failures += 1
+        signals.redis_error.send(self, error=exc)
         log = logger.warning if self._failures == 1 else logger.debug
         log(
             "beat: Redis error (%s: %s) talking to %s; retrying with backoff",
@@ -242,7 +246,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         if lease is not None and lease.held:
             # A claim whose reply was lost, or a failed ack, leaves pending records that
             # no new leader will republish while we keep the lease: republish them.
-            self._pending_dirty = True
+            self.outbox.retry_now()
             now = self._monotonic()
             if now >= lease.deadline():
                 self._demote(f"Redis unreachable past the renew deadline ({exc})")
@@ -264,6 +268,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         else:
             fence = None
         logger.warning("beat: lost the lease (fence %s): %s; now a standby", fence, reason)
+        signals.leadership(self, signals.LOST, fence, reason)
         self._last_holder = None
         self._next_heartbeat = 0.0
 
@@ -275,13 +280,12 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             self.safe_settings.instance_name,
             lease.fence,
         )
+        signals.leadership(self, signals.ACQUIRED, lease.fence)
         self._last_holder = None
         self._next_heartbeat = 0.0
         self.reader.forget_reported()
         self._reseed("acquired the lease")
-        self._pending_dirty = True
-        self._pending_retry_at = 0.0
-        self._pending_failures = 0
+        self.outbox.retry_now()
 
     def _exit_if_closed(self) -> None:
         # Celery's SIGTERM handler calls close() and then raises SystemExit in whatever
@@ -307,6 +311,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             else:
                 if released:
                     logger.info("beat: released the lease (fence %s)", fence)
+                    signals.leadership(self, signals.RELEASED, fence)
         Scheduler.close(self)
 
     @property
@@ -344,13 +349,17 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
     def _dispatch_due(self) -> float:
         """Claim and publish everything due, batch by batch; return the sleep time."""
         settings = self.safe_settings
-        reseeded = False
-        while True:
+        batch = self._read_due()
+        if not batch.seeded:
+            self._reseed("the seed marker is gone: Redis lost data or keys were deleted")
             batch = self._read_due()
-            if not batch.seeded and not reseeded:
-                self._reseed("the seed marker is gone: Redis lost data or keys were deleted")
-                reseeded = True
-                continue
+        if self.outbox.should_republish(batch.pending):
+            report = self.outbox.republish(
+                fence=self._fence(), token=self._token(), keep_leading=self._keep_leading
+            )
+            if report.refused:  # claim nothing new while the broker refuses messages
+                return self._backoff(max(self._failures, 1))
+        while True:
             plan = plan_batch(
                 batch.entries,
                 now=batch.now,
@@ -360,14 +369,19 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
                 catch_up_grace_seconds=settings.catch_up_grace_seconds,
             )
             plan.ops.extend(batch.ops)
+            for key, problem in plan.parked:
+                self.reader.report(key, problem)
             claimed = self._claim(plan.ops) if plan.ops else []
+            signals.batch_claimed.send(self, claimed=len(claimed), skipped=len(plan.skipped))
             for name in plan.skipped:
                 logger.info("beat: skipped a missed occurrence of %r (catch_up=skip)", name)
+            refused = False
             if claimed:
-                self._publish_claimed(claimed)
-            if batch.size < settings.batch_size or not plan.ops:
+                refused = bool(self._publish_claimed(claimed).refused)
+            if refused or batch.size < settings.batch_size or not plan.ops:
                 break
             self._renew_if_due()
+            batch = self._read_due()
         waits = [float(self.max_interval), max(self.lease.renew_at() - self._monotonic(), 0.0)]
         if batch.upcoming is not None:
             waits.append(max(float(batch.upcoming) - batch.now.timestamp(), 0.0))
@@ -404,48 +418,28 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
                 )
         return claimed
 
-    def _publish_claimed(self, claimed: Sequence[Occurrence]) -> None:
+    @property
+    def outbox(self) -> Outbox:
+        if self._outbox is None:
+            self._outbox = Outbox(
+                self.client,
+                self.keys,
+                self.scripts,
+                self.publisher,
+                self.safe_settings,
+                monotonic=self._monotonic,
+            )
+        return self._outbox
+
+    def _publish_claimed(self, claimed: Sequence[Occurrence]) -> SendReport:
         """Publish claimed occurrences chunk by chunk, renewing between chunks."""
-        report = self.publisher.send(
-            claimed, fence=self._fence(), ack=self._ack, keep_leading=self._keep_leading
+        return self.outbox.publish(
+            claimed, fence=self._fence(), token=self._token(), keep_leading=self._keep_leading
         )
-        if report.kept:
-            self._pending_dirty = True
 
     def _keep_leading(self) -> None:
         self._exit_if_closed()
         self._renew_if_due()
-
-    def _ack(self, task_ids: Sequence[str]) -> None:
-        # Not fenced on purpose: an ack records a publish that happened. Refusing it
-        # would only make the next leader send the same task id again.
-        if task_ids:
-            self.client.hdel(self.keys.pending, *task_ids)
-
-    def _republish_pending(self) -> None:
-        """Publish pending records (ours or a dead leader's) with their own task ids."""
-        occurrences = []
-        for task_id, raw in self.client.hscan_iter(self.keys.pending, count=1000):
-            try:
-                occurrences.append(Occurrence.from_json(task_id, raw))
-            except (ValueError, KeyError, TypeError) as exc:
-                logger.error(
-                    "beat: pending record %r in %r is malformed (%s); left in place",
-                    task_id,
-                    self.keys.pending,
-                    exc,
-                )
-        report = self.publisher.send(
-            occurrences, fence=self._fence(), ack=self._ack, keep_leading=self._keep_leading
-        )
-        if report.sent:
-            logger.info("beat: republished %d pending occurrences", len(report.sent))
-        if report.kept:
-            self._pending_failures += 1
-            self._pending_retry_at = self._monotonic() + self._backoff(self._pending_failures)
-        else:
-            self._pending_dirty = False
-            self._pending_failures = 0
 
     # -- seeding ------------------------------------------------------------------------
 

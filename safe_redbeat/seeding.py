@@ -8,15 +8,19 @@ and goes through :class:`~safe_redbeat.reconcile.Reconciler` (by diff, never by 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery.schedules import crontab
 from celery.utils.log import get_logger
 
+from . import signals
 from .config import Settings
+from .connection import CLIENT_ERRORS, sanitize_text
+from .errors import LeaseLost
 from .keys import Keys
-from .loader import LoaderError, call_loader, parse_specs, resolve
+from .loader import LoaderBusy, LoaderError, LoaderSlot, call_loader, parse_specs, resolve
 from .reconcile import Reconciler, ReconcileResult
 from .scripts import Scripts
 from .specs import EntrySpec
@@ -48,6 +52,7 @@ class Seeder:
         #: the scheduler's ``_maybe_entry``: a beat_schedule item as a RedBeat entry
         self.build_entry = build_entry
         self.monotonic = monotonic
+        self._loader_slot = LoaderSlot()
 
     def seed(self, token: str, renew: Callable[[], None]) -> None:
         """Reconcile everything now, then mark the schedule as seeded."""
@@ -55,14 +60,23 @@ class Seeder:
         self.client.set(self.keys.seeded, "1")
 
     def reconcile(self, token: str, renew: Callable[[], None]) -> None:
-        """Static ``beat_schedule`` entries, then (if configured) the user's loader."""
+        """Static ``beat_schedule`` entries, then (if configured) the user's loader.
+
+        Nothing but the lease and Redis failing escapes: an unexpected error in one source
+        is logged with its traceback, and the schedule stays as it is.
+        """
         static_specs, static_errors = self.static_specs()
-        statics = self._reconciler("beat_schedule", self.keys.statics).run(
-            static_specs, token=token, errors=static_errors, renew=renew
-        )
-        _log(statics)
+        with _contained("beat_schedule"):
+            statics = self._reconciler("beat_schedule", self.keys.statics).run(
+                static_specs, token=token, errors=static_errors, renew=renew
+            )
+            _log(statics)
         if self.settings.loader:
-            result = self._load(token, renew, reserved={s.name for s in static_specs})
+            result = ReconcileResult("loader", complete=False)
+            with _contained("loader") as failure:
+                result = self._load(token, renew, reserved={s.name for s in static_specs})
+            if failure:
+                result.errors.append(failure[0])
             _log(result)
             self.client.set(self.keys.reconcile, result.to_json())
 
@@ -82,17 +96,23 @@ class Seeder:
                 wait_step=self.settings.retry_seconds,
                 on_wait=renew,
                 monotonic=self.monotonic,
+                slot=self._loader_slot,
             )
         except LoaderError as exc:
-            logger.error(
+            (logger.warning if isinstance(exc, LoaderBusy) else logger.error)(
                 "beat: loader %r failed: %s; the current schedule is kept, nothing removed",
                 self.settings.loader,
-                exc,
+                sanitize_text(str(exc)),
             )
             return ReconcileResult("loader", errors=[str(exc)], complete=False)
         load = parse_specs(items, reserved=reserved)
         return reconciler.run(
-            load.specs, versions=versions, token=token, errors=load.errors, renew=renew
+            load.specs,
+            versions=versions,
+            token=token,
+            errors=load.errors,
+            renew=renew,
+            max_removals=self.settings.max_removals(len(versions)),
         )
 
     def static_specs(self) -> tuple[list[EntrySpec], list[str]]:
@@ -137,8 +157,37 @@ def default_entries(app: Any, desired: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+#: What a source's reconcile lets through to the scheduler: lease loss and Redis failing.
+_PASS_THROUGH: tuple[type[BaseException], ...] = (LeaseLost, *CLIENT_ERRORS)
+
+
+@contextmanager
+def _contained(source: str) -> Iterator[list[str]]:
+    """Log and swallow an unexpected error of one source's reconcile (yields its text)."""
+    failure: list[str] = []
+    try:
+        yield failure
+    except _PASS_THROUGH:
+        raise
+    except Exception as exc:
+        logger.exception("beat: %s: reconcile failed; the schedule is kept as it is", source)
+        failure.append(f"reconcile failed: {type(exc).__name__}: {exc}")
+
+
 def _log(result: ReconcileResult) -> None:
+    held = len(result.held) if result.source == "loader" else None
+    signals.reconciled.send(result.source, result=result, removals_held=held)
     for error in result.errors:
-        logger.error("beat: %s: %s", result.source, error)
+        logger.error("beat: %s: %s", result.source, sanitize_text(error))
+    if result.held:
+        logger.error(
+            "beat: %s: the load would remove %d entries it owns (%s); none was removed. If the "
+            "source really lost them, apply with `safe-redbeat sync --allow-removals`; the "
+            "limit is safe_redbeat_loader_max_removals.",
+            result.source,
+            len(result.held),
+            ", ".join(repr(name) for name in result.held[:5])
+            + (", ..." if len(result.held) > 5 else ""),
+        )
     changed = result.created or result.updated or result.removed or result.conflicts
     (logger.info if changed or result.errors else logger.debug)("beat: %s", result.summary())

@@ -22,6 +22,7 @@ from redbeat.schedules import rrule
 
 from .entries import StoredEntry, encode_definition
 from .errors import InvalidEntry
+from .validation import check_json, check_name, check_options
 
 __all__ = [
     "CRONTAB_FIELDS",
@@ -41,7 +42,6 @@ ScheduleLike: TypeAlias = BaseSchedule | timedelta | float | int | str | Mapping
 #: crontab's fields, in the order of a cron expression.
 CRONTAB_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
 
-_MAX_JSON_DEPTH = 64
 _SUPPORTED = "a celery schedule, timedelta or seconds, crontab, cron string, or RedBeat rrule"
 
 
@@ -50,52 +50,6 @@ def _invalid(key: str, field_name: str, problem: str) -> InvalidEntry:
 
 
 # -- validation ------------------------------------------------------------------------
-
-
-def check_name(name: object) -> str:
-    """Return ``name`` if it can be an entry name; raise InvalidEntry otherwise.
-
-    Names starting with ``:`` are refused: ``<prefix>:schedule``, ``<prefix>:lock`` and the
-    other internal keys are exactly the keys such entries would get.
-    """
-    if not isinstance(name, str) or not name:
-        raise _invalid(str(name), "name", "must be a non-empty string")
-    if name.startswith(":"):
-        raise _invalid(
-            name,
-            "name",
-            "must not start with ':' (it would collide with internal keys such as "
-            "<prefix>:schedule, <prefix>:lock and <prefix>:pending)",
-        )
-    return name
-
-
-def _check_json(key: str, path: str, value: Any, depth: int = 0) -> None:
-    """Plain JSON only: the pending record of a claimed run is encoded with ``json``."""
-    if depth > _MAX_JSON_DEPTH:
-        raise _invalid(key, path, f"nested deeper than {_MAX_JSON_DEPTH} levels")
-    if value is None or isinstance(value, bool | str | int):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise _invalid(key, path, f"{value!r} is not valid JSON")
-        return
-    if isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            _check_json(key, f"{path}[{index}]", item, depth + 1)
-        return
-    if isinstance(value, Mapping):
-        for item_key, item in value.items():
-            if not isinstance(item_key, str):
-                raise _invalid(key, path, f"JSON object keys must be strings, got {item_key!r}")
-            _check_json(key, f"{path}[{item_key!r}]", item, depth + 1)
-        return
-    raise _invalid(
-        key,
-        path,
-        f"{type(value).__name__} is not JSON-serialisable; args, kwargs and options must be "
-        "plain JSON (None, bool, int, float, str, list, dict with str keys)",
-    )
 
 
 def _positive_seconds(key: str, seconds: Any) -> timedelta:
@@ -129,9 +83,16 @@ def _crontab(key: str, fields: Mapping[str, Any]) -> crontab:
                 "(write a list as '0,30')",
             )
     try:
-        return crontab(**fields)
+        cron = crontab(**fields)
+        # Celery before 5.7 accepts a date that never comes (30 February) and fails only
+        # when beat asks for the next run: ask once here.
+        cron.remaining_estimate(_PROBE)
     except Exception as exc:
         raise _invalid(key, "schedule.day_of_month", str(exc)) from None
+    return cron
+
+
+_PROBE = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
 
 def _from_json_form(key: str, value: Mapping[str, Any]) -> BaseSchedule:
@@ -285,7 +246,7 @@ class EntrySpec:
         if isinstance(self.args, str | bytes | Mapping) or not isinstance(self.args, Iterable):
             raise _invalid(name, "args", f"must be a list or tuple, got {self.args!r}")
         args = tuple(self.args)
-        _check_json(name, "args", args)
+        check_json(name, "args", args)
         object.__setattr__(self, "args", args)
         for part in ("kwargs", "options"):
             value = getattr(self, part)
@@ -293,8 +254,9 @@ class EntrySpec:
                 value = {}
             if not isinstance(value, Mapping):
                 raise _invalid(name, part, f"must be a mapping, got {value!r}")
-            _check_json(name, part, value)
+            check_json(name, part, value)
             object.__setattr__(self, part, dict(value))
+        check_options(name, self.options)
         if not isinstance(self.enabled, bool):
             raise _invalid(name, "enabled", f"must be True or False, got {self.enabled!r}")
 

@@ -76,15 +76,21 @@ def remove_after_commit(schedules: Schedule, name: str) -> bool:
     except (RedisError, OSError, InvalidEntry) as exc:
         logger.warning("write-through removal of %r failed (%s)", name, exc)
         return False
-    schedules.client.srem(schedules.keys.loaded, name)
     return True
 
 
-def sync_once(schedules: Schedule, loader_path: str, *, dry_run: bool = False) -> ReconcileResult:
+def sync_once(
+    schedules: Schedule,
+    loader_path: str,
+    *,
+    dry_run: bool = False,
+    allow_removals: bool = False,
+) -> ReconcileResult:
     """One reconcile of the loader's entries from any process (versioned, not fenced).
 
     Safe next to a running leader: a write based on a version that changed meanwhile is
-    rejected and reported as a conflict, never applied over the newer one.
+    rejected and reported as a conflict, never applied over the newer one. Removals beyond
+    ``safe_redbeat_loader_max_removals`` are held unless ``allow_removals``.
     """
     settings = Settings.from_app(schedules.app)
     statics = set(schedules.app.conf.beat_schedule or {})
@@ -100,4 +106,10 @@ def sync_once(schedules: Schedule, loader_path: str, *, dry_run: bool = False) -
     except LoaderError as exc:
         return ReconcileResult("loader", errors=[str(exc)], complete=False, dry_run=dry_run)
     load = parse_specs(items, reserved=statics)
-    return reconciler.run(load.specs, versions=versions, errors=load.errors, dry_run=dry_run)
+    return reconciler.run(
+        load.specs,
+        versions=versions,
+        errors=load.errors,
+        dry_run=dry_run,
+        max_removals=None if allow_removals else settings.max_removals(len(versions)),
+    )

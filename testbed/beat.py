@@ -26,7 +26,8 @@ KILL_TIMEOUT = 10.0
 
 
 class BeatProcess:
-    """One ``celery beat`` process for ``testbed.beatapp``, configured via env vars."""
+    """One ``celery beat`` process for ``testbed.beatapp`` (or ``app``), configured via
+    env vars."""
 
     def __init__(
         self,
@@ -42,8 +43,10 @@ class BeatProcess:
         loglevel: str = "DEBUG",
         scheduler: str = DEFAULT_SCHEDULER,
         extra_env: dict[str, str] | None = None,
+        app: str = APP_MODULE,
     ) -> None:
         self.name = name
+        self.app = app
         self.redis_url = redis_url
         self.broker_url = broker_url or redis_url
         self.settings = dict(settings or {})
@@ -60,7 +63,7 @@ class BeatProcess:
 
     def argv(self) -> list[str]:
         return [
-            sys.executable, "-m", "celery", "-A", APP_MODULE, "beat",
+            sys.executable, "-m", "celery", "-A", self.app, "beat",
             "-S", self.scheduler, "--loglevel", self.loglevel,
             "--pidfile=", "-s", str(self.schedule_path),
         ]  # fmt: skip

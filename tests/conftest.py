@@ -9,6 +9,7 @@ import redis
 
 from testbed.beat import BeatCluster
 from testbed.redis_server import RedisServer
+from tests.support.cluster import LocalCluster, unique_prefix
 
 # Logical databases handed out to tests; db 0 stays untouched.
 _DB_NUMBERS = itertools.cycle(range(1, 16))
@@ -37,6 +38,24 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A Redis Cluster (3 primaries, 1 replica each) for the session; started on first use."""
+    with LocalCluster(workdir=tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_prefix(redis_cluster: LocalCluster) -> Iterator[str]:
+    """A fresh hash-tagged ``redbeat_key_prefix`` (cluster mode has only db 0); its keys are
+    deleted afterwards."""
+    prefix = unique_prefix()
+    try:
+        yield prefix
+    finally:
+        redis_cluster.delete_prefix(prefix)
 
 
 @pytest.fixture

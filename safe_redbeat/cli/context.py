@@ -12,9 +12,10 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..config import Settings
-from ..connection import sanitize_url, scheduler_client
+from ..connection import check_cluster_keys, sanitize_url, scheduler_client
 from ..keys import Keys
 from ..schedule import Schedule
+from ..scripts import Scripts
 
 __all__ = ["CLIError", "Context", "load_app", "open_context", "redis_error"]
 
@@ -58,6 +59,9 @@ class Context:
     def schedule(self) -> Schedule:
         return Schedule(self.app, client=self.client)
 
+    def scripts(self) -> Scripts:
+        return Scripts(self.client)
+
     def close(self) -> None:
         self.client.close()
 
@@ -96,11 +100,15 @@ def open_context(app_name: str, timeout: float | None) -> Context:
     app = load_app(app_name)
     settings = Settings.from_app(app)
     url = sanitize_url(app.redbeat_conf.redis_url)
+    keys = Keys.from_app(app)
+    check_cluster_keys(app, keys)  # ConfigurationError: reported as a configuration error
     try:
-        client = scheduler_client(app, settings.socket_timeout if timeout is None else timeout)
+        client = scheduler_client(
+            app, settings.socket_timeout_seconds if timeout is None else timeout
+        )
     except ValueError as exc:  # e.g. an unknown URL scheme
         raise CLIError(EXIT_APP, "configuration", f"redbeat_redis_url {url}: {exc}") from None
-    return Context(app=app, settings=settings, keys=Keys.from_app(app), client=client, url=url)
+    return Context(app=app, settings=settings, keys=keys, client=client, url=url)
 
 
 def redis_error(exc: RedisError, url: str) -> CLIError:

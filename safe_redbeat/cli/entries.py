@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import EntryNotFound, VersionConflict
+from ..schedule import MalformedEntry
 from ..specs import EntryInfo, EntrySpec, ScheduleLike
 from .context import (
     EXIT_APP,
@@ -39,13 +40,21 @@ UPDATE_ATTEMPTS = 20
 
 
 def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
-    entries = sorted(ctx.schedule().list(args.pattern), key=lambda e: e.name)
+    found = list(ctx.schedule().scan(args.pattern))
+    entries = sorted((e for e in found if isinstance(e, EntryInfo)), key=lambda e: e.name)
+    malformed = sorted((e for e in found if isinstance(e, MalformedEntry)), key=lambda e: e.name)
     if args.json:
-        emit(True, {"entries": [entry_json(e) for e in entries]}, "")
-    elif not entries:
+        data = {
+            "entries": [entry_json(e) for e in entries],
+            "malformed": [
+                {"name": m.name, "field": m.field, "problem": m.problem} for m in malformed
+            ],
+        }
+        emit(True, data, "")
+    elif not entries and not malformed:
         print("no entries" + ("" if args.pattern == "*" else f" match {args.pattern!r}"))
     else:
-        rows = [
+        rows: list[tuple[str, str, str, str, object, str, str]] = [
             (
                 e.name,
                 e.task,
@@ -56,6 +65,9 @@ def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
                 when(e.last_run_at),
             )
             for e in entries
+        ]
+        rows += [
+            (m.name, "MALFORMED", f"{m.field}: {m.problem}", "-", "-", "-", "-") for m in malformed
         ]
         print(
             table(("NAME", "TASK", "SCHEDULE", "ENABLED", "VERSION", "NEXT RUN", "LAST RUN"), rows)
@@ -189,7 +201,9 @@ def cmd_sync(ctx: Context, args: argparse.Namespace) -> int:
         raise CLIError(
             EXIT_APP, "app", f"importing the app's modules: {type(exc).__name__}: {exc}"
         ) from None
-    result = sync_once(ctx.schedule(), loader, dry_run=args.dry_run)
+    result = sync_once(
+        ctx.schedule(), loader, dry_run=args.dry_run, allow_removals=args.allow_removals
+    )
     data = {
         "source": result.source,
         "created": sorted(result.created),
@@ -197,6 +211,7 @@ def cmd_sync(ctx: Context, args: argparse.Namespace) -> int:
         "removed": sorted(result.removed),
         "unchanged": result.unchanged,
         "conflicts": sorted(result.conflicts),
+        "held": sorted(result.held),
         "errors": result.errors,
         "complete": result.complete,
         "dry_run": result.dry_run,
@@ -208,6 +223,7 @@ def cmd_sync(ctx: Context, args: argparse.Namespace) -> int:
         ("updated", "update"),
         ("removed", "remove"),
         ("conflicts", "conflicts"),
+        ("held", "held"),
     ):
         names: list[str] = getattr(result, label)
         if names:
@@ -215,4 +231,5 @@ def cmd_sync(ctx: Context, args: argparse.Namespace) -> int:
             lines.append(f"  {shown}: {', '.join(sorted(names))}")
     lines += [f"  error: {error}" for error in result.errors]
     emit(args.json, data, "\n".join(lines))
-    return EXIT_UNHEALTHY if result.errors or not result.complete else EXIT_OK
+    failed = result.errors or not result.complete or result.held
+    return EXIT_UNHEALTHY if failed else EXIT_OK

@@ -11,7 +11,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
 
 from ..errors import ConfigurationError, EntryNotFound, InvalidEntry, VersionConflict
 from .context import (
@@ -24,6 +25,7 @@ from .context import (
     open_context,
     redis_error,
 )
+from .dead import cmd_dead
 from .entries import (
     cmd_add,
     cmd_list,
@@ -198,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
         _expected_version(sub)
     sync = command("sync", cmd_sync, "reconcile the loader's entries with Redis once")
     sync.add_argument("--dry-run", action="store_true", help="report what would change")
+    sync.add_argument(
+        "--allow-removals",
+        action="store_true",
+        help="apply removals beyond safe_redbeat_loader_max_removals (after you checked them)",
+    )
+    dead = command("dead", cmd_dead, "occurrences whose publish kept failing: list, retry, drop")
+    dead.add_argument("action", choices=("list", "retry", "drop"))
+    dead.add_argument("task_ids", nargs="*", metavar="TASK_ID")
+    dead.add_argument("--all", action="store_true", help="every dead letter")
     return parser
 
 
@@ -226,6 +237,8 @@ def _as_cli_error(exc: Exception, url: str) -> CLIError | None:
         return exc
     if isinstance(exc, RedisError):
         return redis_error(exc, url)
+    if isinstance(exc, RedisClusterException):  # no node of the cluster answered
+        return redis_error(RedisConnectionError(str(exc)), url)
     if isinstance(exc, EntryNotFound):
         return CLIError(EXIT_NOT_FOUND, "entry_not_found", str(exc), name=exc.name)
     if isinstance(exc, VersionConflict):

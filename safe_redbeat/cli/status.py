@@ -37,8 +37,9 @@ def collect_status(ctx: Context) -> dict[str, Any]:
         pipe.zcard(keys.schedule)
         pipe.zrangebyscore(keys.schedule, 0, "+inf", start=0, num=NEXT_DUE, withscores=True)
         pipe.hlen(keys.pending)
+        pipe.hlen(keys.dead)
         pipe.get(keys.reconcile)
-        (secs, micros), lease, lease_pttl, entries, due, pending, reconcile = pipe.execute()
+        (secs, micros), lease, lease_pttl, entries, due, pending, dead, reconcile = pipe.execute()
     now = secs + micros / 1e6
     replicas = list(read_heartbeats(client, keys))
     return {
@@ -59,6 +60,7 @@ def collect_status(ctx: Context) -> dict[str, Any]:
         ],
         "entries": int(entries),
         "pending": int(pending),
+        "dead": int(dead),
         "next_due": [
             {
                 "name": keys.name_of(key),
@@ -118,6 +120,9 @@ def _reconcile_text(data: Any) -> str:
     text = f"{data.get('source', '?')}: {counts}, errors {len(errors)} at {data.get('at', '?')}"
     if data.get("complete") is False:
         text += " (incomplete load: nothing removed)"
+    held = data.get("removals_held")
+    if held:
+        text += f"; removals held: {held} (safe-redbeat sync --allow-removals)"
     return text
 
 
@@ -149,6 +154,8 @@ def format_status(status: dict[str, Any]) -> str:
     lines += [
         f"Entries:        {status['entries']}",
         f"Pending:        {status['pending']} (claimed, not yet published)",
+        f"Dead letters:   {status['dead']}"
+        + (" (safe-redbeat dead list)" if status["dead"] else ""),
     ]
     due = status["next_due"]
     lines.append("Next due:" if due else "Next due:       nothing scheduled")

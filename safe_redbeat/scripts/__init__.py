@@ -33,3 +33,4 @@ class Scripts:
         self.versions = client.register_script(source("versions"))
         self.diff = client.register_script(source("diff"))
         self.due = client.register_script(source("due"))
+        self.move = client.register_script(source("move"))

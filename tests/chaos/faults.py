@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from safe_redbeat.lease import parse_token
+from testbed.redis_server import HOST
 from tests.chaos.model import SENTINEL_FAILOVER, FaultRecord
 from tests.support import KEYS
 
@@ -145,6 +146,57 @@ def redis_pause(h: Harness) -> FaultRecord:
     )
 
 
+#: What ``poison`` writes, in turn: an entry another program wrote that nothing can send.
+POISON_VARIANTS = ("unsendable-options", "non-utf8-definition", "overflowing-numbers")
+_POISON_DEFINITION = (
+    '{"name": "%s", "task": "noop", "args": [], "kwargs": {}, "options": %s, "enabled": true, '
+    '"schedule": {"__type__": "interval", "every": %s, "relative": false}}'
+)
+
+
+def poison(h: Harness) -> FaultRecord:
+    """Another client writes a due entry that cannot be sent (``POISON_VARIANTS`` in turn).
+
+    The leader must park it (its slot moves ahead, its hash stays as written) and go on
+    dispatching the others; the oracle counts a message sent for it as unknown.
+    """
+    count = sum(1 for fault in h.faults if fault.kind == "poison")
+    variant = POISON_VARIANTS[count % len(POISON_VARIANTS)]
+    name = f"poison-{count}-{variant}"
+    fields: dict[bytes, bytes] = {}
+    if variant == "unsendable-options":
+        options = '{"headers": [1, 2], "priority": "high"}'
+        fields[b"definition"] = (_POISON_DEFINITION % (name, options, "1.0")).encode()
+    elif variant == "non-utf8-definition":
+        text = (_POISON_DEFINITION % (name, "{}", "1.0")).encode()
+        fields[b"definition"] = text.replace(b'"noop"', b'"no\xff\xfeop"')
+    else:
+        fields[b"definition"] = (_POISON_DEFINITION % (name, "{}", "1e400")).encode()
+        fields[b"meta"] = b'{"last_run_at": null, "total_run_count": 1e400}'
+        fields[b"run_now"] = b"1e400"
+    key = ("redbeat:" + name).encode()
+    client = redis.Redis(host=HOST, port=h.server.port, socket_timeout=5)
+    try:
+        seconds, _micros = client.time()
+        started = time.time()
+        with client.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+            pipe.zadd(SCHEDULE_KEY, {key: int(seconds)})
+            pipe.execute()
+        deadline = time.monotonic() + h.config.failover_allowance
+        parked = False
+        while not parked and time.monotonic() < deadline:
+            time.sleep(0.05)
+            parked = (client.zscore(SCHEDULE_KEY, key) or 0) > int(seconds)
+        unchanged = client.hgetall(key) == fields
+    finally:
+        client.close()
+    return FaultRecord(
+        "poison", started, started, "data",
+        {"variant": variant, "entry": name, "parked": parked, "hash_unchanged": unchanged},
+    )  # fmt: skip
+
+
 def schedule_state(client: redis.Redis) -> dict[str, Any]:
     """What a failover can lose: the lease, the fence, every entry's score, the pending
     records (read in one MULTI, so consistent)."""
@@ -230,5 +282,6 @@ FAULTS: dict[str, Callable[[Harness], FaultRecord]] = {
     "redis-restart-aof": redis_restart_aof,
     "client-kill": client_kill,
     "redis-pause": redis_pause,
+    "poison": poison,
     SENTINEL_FAILOVER: sentinel_failover,
 }

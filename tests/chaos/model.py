@@ -16,6 +16,7 @@ FAULT_KINDS = (
     "redis-restart-aof",
     "client-kill",
     "redis-pause",
+    "poison",
 )
 
 #: The schedule Redis behind Sentinel: its primary dies, the replica is promoted

@@ -46,6 +46,9 @@ def test_replicas_survive_every_fault_without_losing_or_doubling_an_occurrence(
     assert report.unknown_messages == 0 and report.payload_mismatches == 0, text
     assert {k: report.rows[k].faults for k in FAULT_KINDS} == dict.fromkeys(FAULT_KINDS, 1), text
     assert report.occurrences > 5000, text
+    # an entry nothing can send, written mid-run by another client, is parked, not sent
+    poisoned = [f.details for f in data.faults if f.kind == "poison"]
+    assert poisoned and all(d["parked"] and d["hash_unchanged"] for d in poisoned), poisoned
 
     # Clock skew: replica-0 runs SKEW seconds ahead and leads first. The schedule runs on
     # Redis' clock, so it neither sends early nor late.

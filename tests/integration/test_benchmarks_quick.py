@@ -93,7 +93,6 @@ def test_the_counting_connection_counts_round_trips_and_names_scripts(
     redis_server: RedisServer, redis_db: int
 ) -> None:
     traffic = Traffic()
-    # the way RedBeat's get_redis builds its client from redbeat_redis_options
     url = redis_server.url_for(redis_db)
     client = redis.Redis.from_url(url, connection_class=traffic.connection_class())
     release = (files("safe_redbeat.scripts") / "release.lua").read_text()

@@ -33,6 +33,7 @@ LEASE_KEY = KEYS.lease
 
 # The --json schemas of docs/cli.md.
 STATUS_KEYS = {
+    "dead",
     "redis_url",
     "key_prefix",
     "leader",
@@ -71,6 +72,7 @@ ENTRY_KEYS = {
     "run_now_at",
 }
 SYNC_KEYS = {
+    "held",
     "source",
     "created",
     "updated",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections import Counter
@@ -13,6 +14,7 @@ import redis
 
 from examples import sqlite_table
 from testbed.beat import BeatCluster, QueueAuditor
+from tests.integration.test_cli import cli, cli_json
 from tests.support import KEYS
 from tests.support.inprocess import FAST
 
@@ -95,3 +97,64 @@ def test_a_changed_row_reaches_redis_within_one_reconcile_interval(
     took = time.monotonic() - changed_at
     assert took < RECONCILE_SECONDS + 1.5, f"took {took:.1f}s"
     assert redis_client.hget("redbeat:nightly", "version") == "2"
+
+
+def test_an_emptied_or_shrunken_table_removes_nothing_until_sync_allows_it(
+    beat_procs: BeatCluster, tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    path = str(tmp_path / "table.db")
+    conn = sqlite_table.connect(path)
+    names = ("r-1", "r-2", "r-3", "r-4")
+    for name in names:
+        sqlite_table.put(conn, name, "noop", "0 3 * * *")
+    conn.commit()
+    replicas = start(beat_procs, path, 2)
+    env = replicas[0].env()
+
+    def reconciled(held: int) -> None:
+        """Wait for a reconcile that held ``held`` removals, or removed something."""
+        deadline = time.monotonic() + 15
+        while True:
+            report = json.loads(redis_client.get("redbeat::reconcile") or "{}")
+            if report.get("removals_held", 0) == held and report.get("unchanged") is not None:
+                return
+            if redis_client.exists(*(f"redbeat:{name}" for name in names)) < len(names):
+                return
+            assert time.monotonic() < deadline, f"no reconcile holding {held}: {report}"
+            time.sleep(0.05)
+
+    deadline = time.monotonic() + 15
+    while redis_client.exists(*(f"redbeat:{name}" for name in names)) < len(names):
+        assert time.monotonic() < deadline, "the leader did not load the table"
+        time.sleep(0.05)
+
+    def stored() -> dict[str, list[object]]:
+        """Definition and version of each entry."""
+        return {
+            name: list(redis_client.hmget(f"redbeat:{name}", "definition", "version"))
+            for name in names
+        }
+
+    entries = stored()
+    conn.execute("DELETE FROM periodic_task")  # an empty table: a failed migration, say
+    conn.commit()
+    reconciled(4)
+    assert stored() == entries, "untouched"
+    status = cli(env, "status")
+    assert status.returncode == 0 and "removals held: 4" in status.stdout, status.stdout
+    for name in ("r-1", "r-2"):
+        sqlite_table.put(conn, name, "noop", "0 3 * * *")  # half of it comes back
+    sqlite_table.delete(conn, "r-2")  # fewer than half: a truncated query, say
+    conn.commit()
+    reconciled(3)
+    assert stored() == entries, "untouched"
+    assert cli_json(env, "status")["last_reconcile"]["held"] == ["r-2", "r-3", "r-4"]
+
+    applied = cli(env, "sync", "--allow-removals")
+    assert applied.returncode == 0, applied.stderr
+    assert "remove 3" in applied.stdout, applied.stdout
+    assert {str(k) for k in redis_client.zrange("redbeat::schedule", 0, -1)} == {"redbeat:r-1"}
+    assert stored()["r-1"] == entries["r-1"]
+    meta = str(redis_client.hget("redbeat:r-1", "meta"))
+    assert '"total_run_count": 1' in meta, f"its run history is kept: {meta}"
+    assert all(p.alive() for p in replicas)

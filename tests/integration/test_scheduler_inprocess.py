@@ -95,8 +95,13 @@ def test_a_crash_between_claim_and_publish_is_republished_with_the_same_id(
     auditor = QueueAuditor(redis_client)
     add_due(app, ["a", "b", "c"])
     crashed = make(app)
-    monkeypatch.setattr(crashed, "_publish_claimed", lambda claimed: None)  # dies here
-    crashed.tick()
+
+    def die(claimed: object) -> None:
+        raise SystemExit(1)
+
+    monkeypatch.setattr(crashed, "_publish_claimed", die)  # the process dies here
+    with pytest.raises(SystemExit):
+        crashed.tick()
     pending = redis_client.hgetall("redbeat::pending")
     assert len(pending) == 3 and auditor.drain() == []
     redis_client.delete(KEYS.lease)  # its lease expires

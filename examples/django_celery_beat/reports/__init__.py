@@ -1,0 +1,1 @@
+"""The example's one app: the tasks the periodic tasks name."""

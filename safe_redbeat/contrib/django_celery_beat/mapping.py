@@ -1,0 +1,254 @@
+"""One ``PeriodicTask`` row → one loader entry, field by field.
+
+========================  ============================================================
+PeriodicTask              loader entry
+========================  ============================================================
+interval                  ``schedule``: the interval (every times period)
+crontab                   ``schedule``: the five fields; ``tz``: ``crontab.timezone``
+clocked                   ``at``: ``clocked_time`` (a one-off at that time)
+solar                     not schedulable: reported by name, skipped
+one_off                   ``max_runs=1``
+start_time, expires       ``start_time``, ``expires``
+expire_seconds            ``options["expires"]`` (seconds, per message)
+last_run_at               ``last_run_at`` (used only when Redis has no run history)
+enabled, args, kwargs     ``enabled``, ``args``, ``kwargs`` (JSON text parsed)
+queue, exchange,          ``options`` of the same names (when set)
+routing_key, priority
+headers                   ``options["headers"]`` plus ``periodic_task_name`` (as
+                          django-celery-beat's scheduler sends it)
+description               stays in the table: a Redis entry has no place for it
+========================  ============================================================
+
+The lifecycle keys (``start_time``, ``expires``, ``max_runs``, ``tz``, ``at``,
+``last_run_at``) are passed only if the installed ``safe_redbeat.loader`` accepts them
+(:func:`fit_to_loader`); a row that needs one it does not accept is reported, not run
+with different semantics.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from celery.utils.log import get_logger
+
+from safe_redbeat import loader as core_loader
+from safe_redbeat.errors import InvalidEntry
+
+__all__ = [
+    "LIFECYCLE_FIELDS",
+    "Rejected",
+    "fit_to_loader",
+    "load_rows",
+    "row_to_entry",
+    "row_to_item",
+    "supports",
+]
+
+logger = get_logger("safe_redbeat.contrib.django_celery_beat")
+
+#: Keys of the loader's lifecycle contract this adapter emits.
+LIFECYCLE_FIELDS = ("start_time", "expires", "max_runs", "tz", "at", "last_run_at")
+
+_MESSAGE_OPTIONS = ("queue", "exchange", "routing_key", "priority")
+_SCHEDULE_FIELDS = ("interval", "crontab", "solar", "clocked")
+_CRONTAB_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
+
+
+def supports(field: str) -> bool:
+    """True if the installed ``safe_redbeat.loader`` accepts ``field`` in a loader entry."""
+    return field in core_loader.SPEC_FIELDS
+
+
+class Rejected(Mapping[str, Any]):
+    """A loader item that the loader reports as ``error`` (by the row's name).
+
+    It looks like an entry with ``name``, ``task`` and ``schedule``; reading anything but
+    the name raises ``error``, which ``safe_redbeat.loader.parse_specs`` records as a
+    load error: the row is named in the leader's log and in ``sync``'s output, the
+    others load, and that reconcile removes nothing.
+    """
+
+    _KEYS = ("name", "task", "schedule")
+
+    def __init__(self, error: InvalidEntry) -> None:
+        self.error = error
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "name":
+            return self.error.key
+        if key in self._KEYS:
+            raise self.error
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._KEYS)
+
+    def __len__(self) -> int:
+        return len(self._KEYS)
+
+    def __repr__(self) -> str:
+        return f"Rejected({self.error})"
+
+
+def _json(row: Any, field: str, default: str, kind: type) -> Any:
+    raw = getattr(row, field) or default
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidEntry(
+            row.name, field, f"is not valid JSON ({exc}): {raw[:80]!r}; fix it in the admin"
+        ) from None
+    if not isinstance(value, kind):
+        expected = "an array" if kind is list else "an object"
+        raise InvalidEntry(row.name, field, f"must be a JSON {expected}, got {raw[:80]!r}")
+    return value
+
+
+def _aware(value: datetime) -> datetime:
+    """Django stores naive datetimes when ``USE_TZ = False``: they are in its TIME_ZONE."""
+    if value.tzinfo is not None:
+        return value
+    from django.utils import timezone as django_timezone
+
+    aware: datetime = django_timezone.make_aware(value, django_timezone.get_default_timezone())
+    return aware
+
+
+def _schedule(row: Any, entry: dict[str, Any]) -> None:
+    chosen = [field for field in _SCHEDULE_FIELDS if getattr(row, field) is not None]
+    if not chosen:
+        raise InvalidEntry(
+            row.name, "schedule", "no interval, crontab, solar or clocked schedule is set"
+        )
+    if len(chosen) > 1:
+        raise InvalidEntry(row.name, "schedule", f"more than one schedule is set: {chosen}")
+    if row.solar is not None:
+        raise InvalidEntry(
+            row.name,
+            "solar",
+            "solar schedules cannot be stored in Redis (RedBeat has no JSON form for them); "
+            "use a crontab or clocked schedule for this task",
+        )
+    if row.interval is not None:
+        interval = row.interval
+        entry["schedule"] = timedelta(**{interval.period: interval.every})
+    elif row.crontab is not None:
+        cron = row.crontab
+        fields = {f: str(getattr(cron, f)).replace(" ", "") or "*" for f in _CRONTAB_FIELDS}
+        entry["schedule"] = {"__type__": "crontab", **fields}
+        entry["tz"] = str(cron.timezone)
+    else:
+        entry["at"] = _aware(row.clocked.clocked_time)
+
+
+def row_to_entry(row: Any) -> dict[str, Any]:
+    """The full loader entry of ``row`` (every lifecycle key); InvalidEntry if impossible."""
+    entry: dict[str, Any] = {"name": row.name, "task": row.task, "enabled": bool(row.enabled)}
+    _schedule(row, entry)
+    entry["args"] = _json(row, "args", "[]", list)
+    entry["kwargs"] = _json(row, "kwargs", "{}", dict)
+    options: dict[str, Any] = {
+        option: getattr(row, option)
+        for option in _MESSAGE_OPTIONS
+        if getattr(row, option) not in (None, "")
+    }
+    if row.expire_seconds is not None:
+        options["expires"] = int(row.expire_seconds)
+    options["headers"] = {**_json(row, "headers", "{}", dict), "periodic_task_name": row.name}
+    entry["options"] = options
+    if row.one_off:
+        entry["max_runs"] = 1
+    if row.start_time is not None:
+        entry["start_time"] = _aware(row.start_time)
+    if row.expires is not None:
+        entry["expires"] = _aware(row.expires)
+    if row.last_run_at is not None:
+        entry["last_run_at"] = _aware(row.last_run_at)
+    return entry
+
+
+def fit_to_loader(
+    entry: dict[str, Any], *, app_timezone: str, now: datetime | None = None
+) -> dict[str, Any]:
+    """``entry`` with only the keys the installed loader accepts; InvalidEntry if that
+    would change what the row means.
+
+    Dropped silently: ``last_run_at`` (only a hint), a ``tz`` equal to the Celery app's
+    timezone (the default anyway), a ``start_time`` already past. Any other lifecycle key
+    the loader does not accept (``at``, ``max_runs``, ``expires``, a future
+    ``start_time``, another ``tz``) rejects the row.
+    """
+    now = now or datetime.now(timezone.utc)
+    fitted: dict[str, Any] = {}
+    for key, value in entry.items():
+        if supports(key):
+            fitted[key] = value
+        elif (
+            key == "last_run_at"
+            or (key == "tz" and value == app_timezone)
+            or (key == "start_time" and value <= now)
+        ):
+            continue
+        else:
+            raise InvalidEntry(
+                entry["name"],
+                key,
+                f"this row needs the loader field {key!r}, which the installed safe_redbeat "
+                "does not accept yet; upgrade safe_redbeat (or change the row)",
+            )
+    return fitted
+
+
+def row_to_item(row: Any, *, app_timezone: str, now: datetime | None = None) -> Mapping[str, Any]:
+    """What the loader returns for ``row``: its entry, or a :class:`Rejected` naming it."""
+    try:
+        return fit_to_loader(row_to_entry(row), app_timezone=app_timezone, now=now)
+    except InvalidEntry as exc:
+        return Rejected(exc)
+
+
+def setup_django() -> None:
+    """``django.setup()`` unless the app registry is ready (a plain Celery process)."""
+    import os
+
+    import django
+    from django.apps import apps
+
+    if apps.ready:
+        return
+    if not os.environ.get("DJANGO_SETTINGS_MODULE"):
+        raise core_loader.LoaderError(
+            "the django-celery-beat loader needs Django: set DJANGO_SETTINGS_MODULE "
+            "(Celery's Django integration does it in the project's celery.py)"
+        )
+    django.setup()
+
+
+def periodic_tasks() -> Any:
+    """``PeriodicTask`` rows with their schedules joined, in name order."""
+    from django_celery_beat.models import PeriodicTask
+
+    return PeriodicTask.objects.select_related(*_SCHEDULE_FIELDS).order_by("name")
+
+
+def load_rows(app: Any) -> list[Any]:
+    """Every row as a loader item; this thread's new database connections are closed."""
+    setup_django()
+    from django.db import connections
+
+    opened_here = [conn for conn in connections.all() if conn.connection is None]
+    app_timezone = str(app.timezone)
+    try:
+        items = [
+            row_to_item(row, app_timezone=app_timezone)
+            for row in periodic_tasks().iterator(chunk_size=2000)
+        ]
+    finally:
+        for conn in opened_here:
+            conn.close()
+    rejected = sum(isinstance(item, Rejected) for item in items)
+    logger.debug("django-celery-beat: %d rows, %d not schedulable", len(items), rejected)
+    return items

@@ -1,0 +1,369 @@
+"""Prometheus metrics of one beat replica (``pip install 'safe-redbeat[metrics]'``).
+
+Counters and histograms are fed by :mod:`safe_redbeat.signals`; gauges are read when
+scraped: leadership from the scheduler's lease, counts from Redis (``HLEN`` of the pending
+and dead hashes on every replica; entries by state on the leader only, recomputed at most
+every ``entries_refresh_seconds``). No metric has a per-entry label.
+
+Serve them from each replica with ``safe_redbeat_metrics_port`` (see
+:mod:`safe_redbeat.monitoring`), or register them on a registry your process already
+serves::
+
+    from prometheus_client import REGISTRY
+    from safe_redbeat.metrics import register
+
+    register(REGISTRY)
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from celery.utils.log import get_logger
+
+from . import signals
+from .dispatch import Occurrence
+
+try:
+    from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.registry import Collector
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise ImportError(
+        "safe_redbeat.metrics needs prometheus-client: pip install 'safe-redbeat[metrics]'"
+    ) from exc
+
+__all__ = ["ENTRY_STATES", "MetricsServer", "SchedulerMetrics", "register", "serve"]
+
+logger = get_logger("safe_redbeat.metrics")
+
+#: Values of the ``state`` label of ``safe_redbeat_entries``.
+ENTRY_STATES = ("active", "disabled", "parked")
+
+LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+TICK_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+RECONCILE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class SchedulerMetrics:
+    """The metrics of the scheduler in this process, registered on ``registry``."""
+
+    def __init__(
+        self, registry: CollectorRegistry, *, entries_refresh_seconds: float = 60.0
+    ) -> None:
+        self.registry = registry
+        self._scheduler: Callable[[], Any] = lambda: None
+        self.leadership_changes = Counter(
+            "safe_redbeat_leadership_changes",
+            "Leadership changes of this replica, by change and cause of a loss.",
+            ["change", "cause"],
+            registry=registry,
+        )
+        occurrences = {
+            "claimed": "Occurrences claimed (each is then sent, or stays pending).",
+            "sent": "Occurrences the broker accepted, first send.",
+            "republished": "Occurrences sent again from a pending record (same task id).",
+            "parked": "Malformed entries parked (left in place, checked again later).",
+            "skipped": "Missed occurrences skipped under catch_up=skip.",
+            "dead": "Occurrences given up on and moved to the dead letters.",
+        }
+        self.occurrences = {
+            kind: Counter(f"safe_redbeat_occurrences_{kind}", text, registry=registry)
+            for kind, text in occurrences.items()
+        }
+        self.dispatch_lag = Histogram(
+            "safe_redbeat_dispatch_lag_seconds",
+            "Publish time (broker batch accepted, local clock) minus scheduled time.",
+            buckets=LAG_BUCKETS,
+            registry=registry,
+        )
+        self.tick_duration = Histogram(
+            "safe_redbeat_tick_duration_seconds",
+            "Duration of one beat tick, by the role after the tick.",
+            ["role"],
+            buckets=TICK_BUCKETS,
+            registry=registry,
+        )
+        self.redis_errors = Counter(
+            "safe_redbeat_redis_errors",
+            "Redis errors caught by the beat loop (each starts or continues a backoff).",
+            registry=registry,
+        )
+        self.reconcile_duration = Histogram(
+            "safe_redbeat_reconcile_duration_seconds",
+            "Duration of one reconcile, by source (beat_schedule, loader).",
+            ["source"],
+            buckets=RECONCILE_BUCKETS,
+            registry=registry,
+        )
+        self.reconciles = Counter(
+            "safe_redbeat_reconciles",
+            "Reconciles by source and result (ok, error: some entry or the loader failed).",
+            ["source", "result"],
+            registry=registry,
+        )
+        self.state = _StateCollector(self, entries_refresh_seconds)
+        registry.register(self.state)
+        self._receivers: list[tuple[Any, Callable[..., None]]] = [
+            (signals.leadership_changed, self._on_leadership),
+            (signals.occurrences_sent, self._on_sent),
+            (signals.occurrence_dead, self._on_dead),
+            (signals.batch_claimed, self._on_claimed),
+            (signals.entry_parked, self._on_parked),
+            (signals.redis_error, self._on_redis_error),
+            (signals.tick_finished, self._on_tick),
+            (signals.reconciled, self._on_reconciled),
+        ]
+        for signal, receiver in self._receivers:
+            signal.connect(receiver, weak=False, dispatch_uid=self._uid(signal))
+
+    def _uid(self, signal: Any) -> str:
+        return f"safe_redbeat.metrics.{id(self)}.{signal.name}"
+
+    def close(self) -> None:
+        """Disconnect from the signals and unregister from the registry."""
+        for signal, receiver in self._receivers:
+            signal.disconnect(receiver, dispatch_uid=self._uid(signal))
+        self.registry.unregister(self.state)
+
+    def watch(self, scheduler: Any) -> None:
+        """Read leadership and counts from ``scheduler`` (else: the last one that ticked)."""
+        self._scheduler = weakref.ref(scheduler)
+
+    @property
+    def scheduler(self) -> Any:
+        return self._scheduler()
+
+    # -- receivers ----------------------------------------------------------------------
+
+    def _on_leadership(self, sender: Any, change: str, cause: str | None, **_: Any) -> None:
+        self.watch(sender)
+        self.leadership_changes.labels(change, cause or "").inc()
+
+    def _on_sent(
+        self,
+        sender: Any,
+        occurrences: Sequence[Occurrence],
+        republished: bool,
+        sent_at: float,
+        **_: Any,
+    ) -> None:
+        self.occurrences["republished" if republished else "sent"].inc(len(occurrences))
+        if republished:
+            return  # their lag measures the outage that left them pending, not dispatch
+        observe = self.dispatch_lag.observe
+        for occurrence in occurrences:
+            observe(max(sent_at - occurrence.scheduled, 0.0))
+
+    def _on_dead(self, sender: Any, **_: Any) -> None:
+        self.occurrences["dead"].inc()
+
+    def _on_claimed(self, sender: Any, claimed: int, skipped: int, **_: Any) -> None:
+        self.occurrences["claimed"].inc(claimed)
+        if skipped:
+            self.occurrences["skipped"].inc(skipped)
+
+    def _on_parked(self, sender: Any, **_: Any) -> None:
+        self.occurrences["parked"].inc()
+
+    def _on_redis_error(self, sender: Any, **_: Any) -> None:
+        self.redis_errors.inc()
+
+    def _on_tick(self, sender: Any, duration: float, leader: bool, **_: Any) -> None:
+        if self._scheduler() is not sender:
+            self.watch(sender)
+        self.tick_duration.labels("leader" if leader else "standby").observe(duration)
+
+    def _on_reconciled(
+        self, sender: Any, result: Any, removals_held: int | None = None, **_: Any
+    ) -> None:
+        source = str(result.source)
+        self.reconcile_duration.labels(source).observe(float(result.seconds))
+        self.reconciles.labels(source, "error" if result.errors else "ok").inc()
+        if removals_held is not None:
+            self.state.removals_held = int(removals_held)
+
+
+class _StateCollector(Collector):
+    """Gauges read at scrape time from the scheduler and Redis."""
+
+    def __init__(self, metrics: SchedulerMetrics, entries_refresh_seconds: float) -> None:
+        self.metrics = metrics
+        self.entries_refresh_seconds = entries_refresh_seconds
+        #: set by a ``reconciled`` signal that reports it
+        self.removals_held: int | None = None
+        self._lock = threading.Lock()
+        self._entries: dict[str, int] | None = None
+        self._entries_at = float("-inf")
+
+    def describe(self) -> Iterable[Any]:
+        return []  # collected at scrape time only; never on registration
+
+    def collect(self) -> Iterable[Any]:
+        scheduler = self.metrics.scheduler
+        leading = scheduler is not None and bool(scheduler.is_leader)
+        lease = getattr(scheduler, "_lease_obj", None) if leading else None
+        yield _gauge("safe_redbeat_is_leader", "1 while this replica leads.", int(leading))
+        yield _gauge(
+            "safe_redbeat_fence",
+            "Fence number of the lease this replica holds (0 when standby).",
+            (lease.fence or 0) if lease is not None else 0,
+        )
+        left = 0.0
+        if lease is not None:
+            left = max(lease.deadline() - lease.monotonic(), 0.0)
+        yield _gauge(
+            "safe_redbeat_lease_seconds_left",
+            "Seconds until this leader's renew deadline (0 when standby).",
+            left,
+        )
+        yield _gauge(
+            "safe_redbeat_loader_removals_held",
+            "Loader removals refused by the last reconcile (held for review).",
+            self.removals_held or 0,
+        )
+        if scheduler is None:
+            return
+        with self._lock:
+            try:
+                pending, dead = _hlens(scheduler)
+            except Exception as exc:  # Redis down: the scrape still answers
+                logger.debug("metrics: counts not read from Redis: %s", exc)
+                return
+            yield _gauge(
+                "safe_redbeat_pending",
+                "Occurrences claimed and not yet published (the pending hash).",
+                pending,
+            )
+            yield _gauge(
+                "safe_redbeat_dead", "Occurrences in the dead letters (the dead hash).", dead
+            )
+            entries = self._entries_by_state(scheduler, leading)
+        if entries is not None:
+            family = GaugeMetricFamily(
+                "safe_redbeat_entries",
+                "Entries by state (leader only; refreshed at most every "
+                f"{self.entries_refresh_seconds:g}s).",
+                labels=["state"],
+            )
+            for state in ENTRY_STATES:
+                family.add_metric([state], entries.get(state, 0))
+            yield family
+
+    def _entries_by_state(self, scheduler: Any, leading: bool) -> dict[str, int] | None:
+        if not leading:
+            self._entries = None
+            return None
+        now = time.monotonic()
+        if self._entries is None or now - self._entries_at >= self.entries_refresh_seconds:
+            try:
+                self._entries = count_entries(scheduler.client, scheduler.keys)
+            except Exception as exc:
+                logger.debug("metrics: entries not counted: %s", exc)
+                return self._entries
+            self._entries_at = now
+        return self._entries
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def _hlens(scheduler: Any) -> tuple[int, int]:
+    keys = scheduler.keys
+    dead_key = getattr(keys, "dead", keys.prefix + ":dead")
+    with scheduler.client.pipeline(transaction=False) as pipe:
+        pipe.hlen(keys.pending)
+        pipe.hlen(dead_key)
+        pending, dead = pipe.execute()
+    return int(pending), int(dead)
+
+
+def count_entries(client: Any, keys: Any, *, page: int = 1000) -> dict[str, int]:
+    """Entries of the schedule by state: ``parked`` when the definition is not usable."""
+    counts = dict.fromkeys(ENTRY_STATES, 0)
+    members = client.zscan_iter(keys.schedule, count=page)
+    while True:
+        chunk = [member for member, _score in _take(members, page)]
+        if not chunk:
+            return counts
+        with client.pipeline(transaction=False) as pipe:
+            for member in chunk:
+                pipe.hget(member, "definition")
+            definitions = pipe.execute()
+        for raw in definitions:
+            counts[_state(raw)] += 1
+
+
+def _take(iterator: Iterable[Any], n: int) -> list[Any]:
+    out = []
+    for item in iterator:
+        out.append(item)
+        if len(out) >= n:
+            break
+    return out
+
+
+def _state(raw: str | bytes | None) -> str:
+    if not raw:
+        return "parked"
+    try:
+        definition = json.loads(raw)
+    except ValueError:
+        return "parked"
+    if not isinstance(definition, dict) or not definition.get("task"):
+        return "parked"
+    if "schedule" not in definition:
+        return "parked"
+    return "active" if definition.get("enabled", True) else "disabled"
+
+
+_registered: dict[int, SchedulerMetrics] = {}
+_registered_lock = threading.Lock()
+
+
+def register(registry: CollectorRegistry, **options: Any) -> SchedulerMetrics:
+    """Register safe_redbeat's metrics on ``registry`` (once; later calls return it)."""
+    with _registered_lock:
+        metrics = _registered.get(id(registry))
+        if metrics is None:
+            metrics = SchedulerMetrics(registry, **options)
+            _registered[id(registry)] = metrics
+        return metrics
+
+
+class MetricsServer:
+    """``/metrics`` served from a thread of this process (prometheus_client's server)."""
+
+    def __init__(self, metrics: SchedulerMetrics, server: Any, thread: Any) -> None:
+        self.metrics = metrics
+        self._server = server
+        self._thread = thread
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_port)
+
+    def close(self) -> None:
+        """Stop serving and disconnect the metrics from the signals."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+        with _registered_lock:
+            _registered.pop(id(self.metrics.registry), None)
+        self.metrics.close()
+
+
+def serve(port: int, addr: str = "0.0.0.0", scheduler: Any = None) -> MetricsServer:
+    """Serve this process' safe_redbeat metrics on ``addr:port`` (a registry of their own)."""
+    registry = CollectorRegistry(auto_describe=False)
+    metrics = register(registry)
+    if scheduler is not None:
+        metrics.watch(scheduler)
+    server, thread = start_http_server(port, addr=addr, registry=registry)
+    return MetricsServer(metrics, server, thread)

@@ -1,0 +1,193 @@
+"""Signals sent by SafeRedBeatScheduler: leadership, occurrences, ticks, reconciles.
+
+Celery-style :class:`celery.utils.dispatch.Signal` objects; connect a receiver as with
+Celery's own signals::
+
+    from safe_redbeat import signals
+
+    @signals.leadership_changed.connect
+    def on_leadership(sender, change, fence, reason, cause, instance, **kwargs): ...
+
+Every receiver gets ``sender`` and the keyword arguments listed with each signal; accept
+``**kwargs`` so new arguments do not break it. ``sender`` is the scheduler, except for the
+occurrence signals (the scheduler's :class:`~safe_redbeat.outbox.Outbox`),
+:data:`entry_parked` (its :class:`~safe_redbeat.reader.DueReader`) and :data:`reconciled`
+(the source's name). A receiver that raises is
+logged by Celery and never stops the scheduler. With no receiver connected a signal costs
+one attribute check per event; the per-occurrence signals are not even built.
+
+Times are UNIX seconds: ``scheduled`` is the occurrence's slot (the
+``safe_redbeat_scheduled`` header), ``sent_at`` the local wall clock after the broker
+accepted the message's batch.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from celery.utils.dispatch import Signal
+
+from .dispatch import Occurrence
+
+__all__ = [
+    "ACQUIRED",
+    "LOST",
+    "RELEASED",
+    "batch_claimed",
+    "dead",
+    "entry_parked",
+    "leadership_changed",
+    "lost_cause",
+    "occurrence_dead",
+    "occurrence_sent",
+    "occurrences_sent",
+    "reconciled",
+    "redis_error",
+    "tick_finished",
+]
+
+#: ``change`` values of :data:`leadership_changed`
+ACQUIRED = "acquired"
+LOST = "lost"
+RELEASED = "released"
+
+#: ``change`` ("acquired", "lost", "released"), ``fence`` (int or None), ``reason`` (text
+#: of a loss, else None), ``cause`` (a short code of the loss: ``key_gone``, ``taken``,
+#: ``renew_deadline``, ``fenced``, ``redis_unreachable``, ``other``; else None),
+#: ``instance`` (this replica's name).
+leadership_changed = Signal(name="safe_redbeat.leadership_changed")
+
+#: One occurrence the broker accepted: ``entry`` (name), ``scheduled`` (UNIX seconds),
+#: ``task_id``, ``republished`` (True when sent again from a pending record), ``fence``,
+#: ``sent_at`` (UNIX seconds). Sent once per message, after its batch was acknowledged.
+occurrence_sent = Signal(name="safe_redbeat.occurrence_sent")
+
+#: The same, once per acknowledged broker batch: ``occurrences`` (a sequence of
+#: :class:`~safe_redbeat.dispatch.Occurrence`), ``republished``, ``fence``, ``sent_at``.
+#: Cheaper than :data:`occurrence_sent` for counting (the metrics use it).
+occurrences_sent = Signal(name="safe_redbeat.occurrences_sent")
+
+#: An occurrence given up on and moved to the dead letters (``<prefix>:dead``): ``entry``,
+#: ``scheduled`` (UNIX seconds), ``task_id``, ``attempts``, ``error`` (text). ``entry`` and
+#: ``scheduled`` are None for a pending record that could not be decoded.
+occurrence_dead = Signal(name="safe_redbeat.occurrence_dead")
+
+#: One claim round trip of a batch: ``claimed`` and ``skipped`` (missed occurrences
+#: skipped under ``catch_up="skip"``) counts.
+batch_claimed = Signal(name="safe_redbeat.batch_claimed")
+
+#: A malformed entry parked (left in place, checked again later): ``entry`` (name),
+#: ``reason`` (text naming the field).
+entry_parked = Signal(name="safe_redbeat.entry_parked")
+
+#: A Redis error caught by the beat loop: ``error`` (the exception).
+redis_error = Signal(name="safe_redbeat.redis_error")
+
+#: One ``tick()`` done: ``duration`` (seconds), ``leader`` (bool after the tick).
+tick_finished = Signal(name="safe_redbeat.tick_finished")
+
+#: One reconcile of a source (``beat_schedule`` or ``loader``): ``result``
+#: (:class:`~safe_redbeat.reconcile.ReconcileResult`), ``removals_held`` (removals a
+#: guard refused to apply this round, or None when unknown).
+reconciled = Signal(name="safe_redbeat.reconciled")
+
+#: the fence each sender acquired last
+_fences: weakref.WeakKeyDictionary[Any, int | None] = weakref.WeakKeyDictionary()
+
+_CAUSES = (
+    ("lease key is gone", "key_gone"),
+    ("held by", "taken"),
+    ("rejected a claim", "fenced"),
+    ("Redis unreachable", "redis_unreachable"),
+    ("renew deadline", "renew_deadline"),
+)
+
+
+def lost_cause(reason: str) -> str:
+    """A short, bounded code for the text of a lease loss (a metric label)."""
+    for needle, cause in _CAUSES:
+        if needle in reason:
+            return cause
+    return "other"
+
+
+def leadership(sender: Any, change: str, fence: int | None, reason: str | None = None) -> None:
+    """Send :data:`leadership_changed` (``cause`` derived from ``reason``).
+
+    A lease found lost is already forgotten locally; the fence it had is the one this
+    sender acquired last.
+    """
+    if change == ACQUIRED:
+        _fences[sender] = fence
+    elif fence is None:
+        fence = _fences.get(sender)
+    if not leadership_changed.receivers:
+        return
+    leadership_changed.send(
+        sender=sender,
+        change=change,
+        fence=fence,
+        reason=reason,
+        cause=None if reason is None else lost_cause(reason),
+        instance=sender.safe_settings.instance_name,
+    )
+
+
+def acking(
+    sender: Any,
+    ack: Callable[[Sequence[Occurrence]], None],
+    *,
+    fence: int,
+    republished: bool,
+) -> Callable[[Sequence[Occurrence]], None]:
+    """``ack``, followed by the sent signals for each acknowledged broker batch.
+
+    Returns ``ack`` itself when nobody listens, so an unobserved publish does no
+    per-occurrence work.
+    """
+    each = bool(occurrence_sent.receivers)
+    if not each and not occurrences_sent.receivers:
+        return ack
+
+    def ack_and_announce(sent: Sequence[Occurrence]) -> None:
+        ack(sent)
+        if not sent:
+            return
+        sent_at = time.time()
+        occurrences_sent.send(
+            sender=sender,
+            occurrences=sent,
+            republished=republished,
+            fence=fence,
+            sent_at=sent_at,
+        )
+        if each:
+            for occurrence in sent:
+                occurrence_sent.send(
+                    sender=sender,
+                    entry=occurrence.entry,
+                    scheduled=occurrence.scheduled,
+                    task_id=occurrence.task_id,
+                    republished=republished,
+                    fence=fence,
+                    sent_at=sent_at,
+                )
+
+    return ack_and_announce
+
+
+def dead(sender: Any, task_id: str, occurrence: Occurrence | None, error: str) -> None:
+    """Send :data:`occurrence_dead`; ``occurrence`` is None for a record not decodable."""
+    if not occurrence_dead.receivers:
+        return
+    occurrence_dead.send(
+        sender=sender,
+        entry=None if occurrence is None else occurrence.entry,
+        scheduled=None if occurrence is None else occurrence.scheduled,
+        task_id=task_id,
+        attempts=0 if occurrence is None else occurrence.attempts,
+        error=error,
+    )

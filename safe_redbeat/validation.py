@@ -1,0 +1,151 @@
+"""The one set of rules for values that reach a message: names, JSON values, options.
+
+Shared by everything that writes an entry (``EntrySpec``: the API, the CLI, the loader,
+``beat_schedule``) and by the decoder of what Redis holds (``entries.decode_entry``), so an
+entry another language wrote is held to the same rules as one written through Python. Each
+rule raises :class:`~safe_redbeat.errors.InvalidEntry` naming the entry and the field.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import InvalidEntry
+
+__all__ = [
+    "MAX_NAME_BYTES",
+    "RESERVED_OPTIONS",
+    "check_json",
+    "check_name",
+    "check_options",
+    "check_text",
+]
+
+#: Longest entry name, in UTF-8 bytes (it is part of a Redis key and of every log line).
+MAX_NAME_BYTES = 512
+
+_MAX_JSON_DEPTH = 64
+
+#: ``apply_async`` arguments beat sets itself or that cannot come from stored JSON: a
+#: stored value would break every publish of the entry.
+RESERVED_OPTIONS = frozenset(
+    {
+        "task_id",
+        "producer",
+        "connection",
+        "router",
+        "publisher",
+        "link",
+        "link_error",
+        "add_to_parent",
+        "chain",
+        "chord",
+        "group_id",
+        "root_id",
+        "parent_id",
+    }
+)
+
+
+def check_text(key: str, field_name: str, value: str) -> str:
+    """``value`` if it is valid UTF-8 text (no lone surrogates from undecodable bytes)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidEntry(key, field_name, "is not valid UTF-8") from None
+    return value
+
+
+def check_name(name: object) -> str:
+    """Return ``name`` if it can be an entry name; raise InvalidEntry otherwise.
+
+    Names starting with ``:`` are refused: ``<prefix>:schedule``, ``<prefix>:lock`` and the
+    other internal keys are exactly the keys such entries would get.
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidEntry(ascii(name), "name", "must be a non-empty string")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidEntry(ascii(name), "name", "is not valid UTF-8") from None
+    if size > MAX_NAME_BYTES:
+        raise InvalidEntry(
+            name[:40] + "...", "name", f"is {size} bytes long; at most {MAX_NAME_BYTES}"
+        )
+    if name.startswith(":"):
+        raise InvalidEntry(
+            name,
+            "name",
+            "must not start with ':' (it would collide with internal keys such as "
+            "<prefix>:schedule, <prefix>:lock and <prefix>:pending)",
+        )
+    return name
+
+
+def check_json(key: str, path: str, value: Any, depth: int = 0) -> None:
+    """Plain JSON only: the pending record of a claimed run is encoded with ``json``."""
+    if depth > _MAX_JSON_DEPTH:
+        raise InvalidEntry(key, path, f"nested deeper than {_MAX_JSON_DEPTH} levels")
+    if value is None or isinstance(value, bool | int):
+        return
+    if isinstance(value, str):
+        check_text(key, path, value)
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidEntry(key, path, f"{value!r} is not valid JSON")
+        return
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            check_json(key, f"{path}[{index}]", item, depth + 1)
+        return
+    if isinstance(value, Mapping):
+        for item_key, item in value.items():
+            if not isinstance(item_key, str):
+                raise InvalidEntry(key, path, f"JSON object keys must be strings, got {item_key!r}")
+            check_text(key, path, item_key)
+            check_json(key, f"{path}[{item_key!r}]", item, depth + 1)
+        return
+    raise InvalidEntry(
+        key,
+        path,
+        f"{type(value).__name__} is not JSON-serialisable; args, kwargs and options must be "
+        "plain JSON (None, bool, int, float, str, list, dict with str keys)",
+    )
+
+
+def check_options(key: str, options: Mapping[str, Any]) -> None:
+    """``apply_async`` options Celery can send: plain JSON, ``headers`` a mapping, none of
+    :data:`RESERVED_OPTIONS`."""
+    check_json(key, "options", options)
+    reserved = sorted(set(options) & RESERVED_OPTIONS)
+    if reserved:
+        raise InvalidEntry(
+            key,
+            f"options[{reserved[0]!r}]",
+            f"is set by beat itself and cannot be stored (reserved: {', '.join(reserved)})",
+        )
+    headers = options.get("headers")
+    if headers is not None and not isinstance(headers, Mapping):
+        raise InvalidEntry(
+            key,
+            "options['headers']",
+            f"must be a JSON object of message headers, got {type(headers).__name__}",
+        )
+    for name in ("queue", "exchange", "routing_key", "serializer", "compression"):
+        value = options.get(name)
+        if value is not None and not isinstance(value, str):
+            raise InvalidEntry(key, f"options[{name!r}]", f"must be a string, got {value!r}")
+    for name in ("priority", "countdown", "time_limit", "soft_time_limit"):
+        value = options.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise InvalidEntry(key, f"options[{name!r}]", f"must be a number, got {value!r}")
+    expires = options.get("expires")
+    if expires is not None and (
+        isinstance(expires, bool) or not isinstance(expires, int | float | str)
+    ):
+        raise InvalidEntry(
+            key, "options['expires']", f"must be seconds or an ISO 8601 time, got {expires!r}"
+        )

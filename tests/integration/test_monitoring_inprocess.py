@@ -1,0 +1,321 @@
+"""Signals, metrics, JSON logs and beat hooks, with the scheduler ticked in this process.
+
+The real Redis of the suite; the monotonic clock is the fake one, so "the lease expired"
+is a jump of it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from celery.beat import Scheduler
+from prometheus_client import CollectorRegistry
+from redbeat.schedulers import RedBeatSchedulerEntry
+
+from safe_redbeat import SafeRedBeatScheduler, jsonlog, signals
+from safe_redbeat.dispatch import task_id_for
+from safe_redbeat.integrations import patched_hook
+from safe_redbeat.metrics import SchedulerMetrics
+from testbed.beat import QueueAuditor
+from tests.support.inprocess import FakeClock, celery_app
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def app(redis_url: str) -> Iterator[Celery]:
+    with celery_app("monitoring", redis_url, safe_redbeat_publish_attempts=2) as app:
+        yield app
+
+
+def add_due(app: Celery, names: list[str], every: int = 60) -> None:
+    past = datetime.now(timezone.utc) - timedelta(seconds=every * 2)
+    for name in names:
+        entry = RedBeatSchedulerEntry(name, "noop", timedelta(seconds=every), app=app)
+        entry.last_run_at = past
+        entry.save()
+
+
+class Recorder:
+    """Connects to signals; ``events[name]`` lists the keyword arguments of each send."""
+
+    def __init__(self, *names: str) -> None:
+        self.events: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        self._connected: list[tuple[Any, Callable[..., None]]] = []
+        for name in names:
+            signal = getattr(signals, name)
+
+            def receiver(sender: Any, _name: str = name, **kwargs: Any) -> None:
+                kwargs.pop("signal", None)
+                self.events[_name].append({"sender": sender, **kwargs})
+
+            signal.connect(receiver, weak=False)
+            self._connected.append((signal, receiver))
+
+    def close(self) -> None:
+        for signal, receiver in self._connected:
+            signal.disconnect(receiver)
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    rec = Recorder("leadership_changed", "occurrence_sent", "occurrences_sent", "tick_finished")
+    try:
+        yield rec
+    finally:
+        rec.close()
+
+
+def test_signals_fire_once_per_event(
+    app: Celery, redis_client: redis.Redis, recorder: Recorder
+) -> None:
+    clock = FakeClock()
+    scheduler = SafeRedBeatScheduler(app=app, monotonic=clock)
+    scheduler.tick()
+    acquired = recorder.events["leadership_changed"]
+    assert [(e["change"], e["fence"], e["cause"]) for e in acquired] == [
+        ("acquired", scheduler.lease.fence, None)
+    ]
+    assert acquired[0]["sender"] is scheduler and acquired[0]["instance"]
+
+    add_due(app, ["a", "b", "c"])
+    scheduler.tick()
+    scheduler.tick()  # nothing due any more: no further sends
+    sent = recorder.events["occurrence_sent"]
+    assert sorted(e["entry"] for e in sent) == ["a", "b", "c"]
+    for event in sent:
+        assert event["republished"] is False
+        assert event["task_id"] == task_id_for(f"redbeat:{event['entry']}", event["scheduled"])
+        assert event["fence"] == scheduler.lease.fence
+        assert 0 <= event["sent_at"] - event["scheduled"] < 300
+    batches = recorder.events["occurrences_sent"]
+    assert [len(b["occurrences"]) for b in batches] == [3]
+
+    redis_client.delete("redbeat::lock")
+    clock.now += 1  # renewal due: finds the key gone
+    scheduler.tick()
+    lost = recorder.events["leadership_changed"][1:]
+    assert [(e["change"], e["cause"]) for e in lost] == [("lost", "key_gone")]
+    assert "lease key is gone" in lost[0]["reason"]
+
+    scheduler.tick()  # reacquires
+    scheduler.close()
+    changes = [e["change"] for e in recorder.events["leadership_changed"]]
+    assert changes == ["acquired", "lost", "acquired", "released"]
+    ticks = recorder.events["tick_finished"]
+    assert len(ticks) == 5 and all(t["duration"] >= 0 for t in ticks)
+    assert [t["leader"] for t in ticks] == [True, True, True, False, True]
+
+
+def test_a_republished_occurrence_is_signalled_as_republished(
+    app: Celery, redis_client: redis.Redis, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_due(app, ["a", "b"])
+    crashed = SafeRedBeatScheduler(app=app, monotonic=FakeClock())
+
+    def die(claimed: object) -> None:
+        raise SystemExit(1)
+
+    monkeypatch.setattr(crashed, "_publish_claimed", die)  # the process dies here
+    with pytest.raises(SystemExit):
+        crashed.tick()
+    pending = set(redis_client.hgetall("redbeat::pending"))
+    assert len(pending) == 2 and recorder.events["occurrence_sent"] == []
+    redis_client.delete("redbeat::lock")
+    successor = SafeRedBeatScheduler(app=app, monotonic=FakeClock())
+    successor.tick()
+    sent = recorder.events["occurrence_sent"]
+    assert {e["task_id"] for e in sent} == pending
+    assert all(e["republished"] for e in sent) and len(sent) == 2
+
+
+def test_metrics_follow_the_scheduler(app: Celery, redis_client: redis.Redis) -> None:
+    registry = CollectorRegistry(auto_describe=False)
+    metrics = SchedulerMetrics(registry)
+    try:
+        clock = FakeClock()
+        scheduler = SafeRedBeatScheduler(app=app, monotonic=clock)
+
+        def value(name: str, **labels: str) -> float | None:
+            return registry.get_sample_value(name, labels)
+
+        assert value("safe_redbeat_is_leader") == 0
+        scheduler.tick()
+        assert value("safe_redbeat_is_leader") == 1
+        assert value("safe_redbeat_fence") == scheduler.lease.fence
+        assert value("safe_redbeat_lease_seconds_left") == pytest.approx(2.0)  # renew deadline
+        add_due(app, ["a", "b", "c"])
+        redis_client.hset("redbeat:broken", mapping={"definition": "{not json", "meta": "{}"})
+        redis_client.zadd("redbeat::schedule", {"redbeat:broken": 0})
+        scheduler.tick()
+        assert value("safe_redbeat_occurrences_claimed_total") == 3
+        assert value("safe_redbeat_occurrences_sent_total") == 3
+        assert value("safe_redbeat_occurrences_republished_total") == 0
+        assert value("safe_redbeat_occurrences_parked_total") == 1
+        assert value("safe_redbeat_dispatch_lag_seconds_count") == 3
+        assert value("safe_redbeat_pending") == 0
+        assert value("safe_redbeat_dead") == 0
+        assert value("safe_redbeat_entries", state="active") == 3
+        assert value("safe_redbeat_entries", state="parked") == 1
+        assert value("safe_redbeat_tick_duration_seconds_count", role="leader") == 2
+        assert value("safe_redbeat_reconciles_total", source="beat_schedule", result="ok") == 1
+        assert len(QueueAuditor(redis_client).drain()) == 3
+
+        redis_client.delete("redbeat::lock")
+        clock.now += 1
+        scheduler.tick()
+        assert value("safe_redbeat_is_leader") == 0
+        assert value("safe_redbeat_fence") == 0
+        assert value("safe_redbeat_entries", state="active") is None  # leader only
+        assert value("safe_redbeat_leadership_changes_total", change="lost", cause="key_gone") == 1
+        assert value("safe_redbeat_leadership_changes_total", change="acquired", cause="") == 1
+    finally:
+        metrics.close()
+
+
+def test_json_logs_carry_the_signal_fields(app: Celery, redis_client: redis.Redis) -> None:
+    stream = io.StringIO()
+    jsonlog.install("replica-a", stream)
+    try:
+        clock = FakeClock()
+        scheduler = SafeRedBeatScheduler(app=app, monotonic=clock)
+        scheduler.tick()
+        redis_client.set("redbeat::lock", '9 {"host":"h","pid":1,"name":"other"}')
+        clock.now += 1
+        scheduler.tick()
+    finally:
+        jsonlog.uninstall()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert all(line["instance"] == "replica-a" for line in lines)
+    events = [line for line in lines if line.get("event") == "leadership_changed"]
+    assert [(e["change"], e["cause"], e["level"]) for e in events] == [
+        ("acquired", None, "INFO"),
+        ("lost", "taken", "WARNING"),
+    ]
+    assert events[1]["fence"] == events[0]["fence"] > 0 and "other" in events[1]["reason"]
+    texts = [line["message"] for line in lines if "event" not in line]
+    assert any("acquired the lease" in text for text in texts)
+
+
+def test_a_patched_apply_entry_sees_each_occurrence_and_its_headers_are_sent(
+    app: Celery, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = Scheduler.apply_entry
+    seen: list[tuple[str, Any]] = []
+
+    def patched(scheduler: Any, entry: Any, **kwargs: Any) -> Any:  # as a monitoring tool does
+        seen.append((entry.name, entry.schedule))
+        headers = entry.options.pop("headers", {})
+        headers["tool-monitor"] = entry.name
+        entry.options["headers"] = headers
+        return original(scheduler, entry, **kwargs)
+
+    auditor = QueueAuditor(redis_client)
+    add_due(app, ["a", "b"])
+    scheduler = SafeRedBeatScheduler(app=app, monotonic=FakeClock())
+    assert patched_hook() is None
+    monkeypatch.setattr(Scheduler, "apply_entry", patched)
+    assert patched_hook() is not None
+    scheduler.tick()
+    messages = auditor.wait_for(lambda m: len(m) >= 2, timeout=5)
+    assert sorted(name for name, _ in seen) == ["a", "b"]
+    assert all(schedule.run_every == timedelta(seconds=60) for _, schedule in seen)
+    for message in messages:
+        entry = message.headers["safe_redbeat_entry"]
+        assert message.headers["tool-monitor"] == entry
+        assert message.headers["periodic_task_name"] == entry
+        assert message.task_id == task_id_for(
+            f"redbeat:{entry}", message.headers["safe_redbeat_scheduled"]
+        )
+    assert len(auditor.drain()) == 0, "the hook must not send by itself"
+
+
+def test_dead_letters_are_signalled_once_and_counted(
+    app: Celery, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead = Recorder("occurrence_dead")
+    registry = CollectorRegistry(auto_describe=False)
+    metrics = SchedulerMetrics(registry)
+    try:
+        original = app.send_task
+
+        def send_task(name: str, *args: Any, **kwargs: Any) -> Any:
+            if name == "explodes":
+                raise ValueError("the task refuses these arguments")
+            return original(name, *args, **kwargs)
+
+        monkeypatch.setattr(app, "send_task", send_task)
+        clock = FakeClock()
+        scheduler = SafeRedBeatScheduler(app=app, monotonic=clock)
+        metrics.watch(scheduler)
+        scheduler.tick()
+        past = datetime.now(timezone.utc) - timedelta(seconds=120)
+        entry = RedBeatSchedulerEntry("bad", "explodes", timedelta(seconds=60), app=app)
+        entry.last_run_at = past
+        entry.save()
+        redis_client.hset("redbeat::pending", "junk", "not a record")
+        for _ in range(8):  # publish_attempts (2) with backoff: the fake clock jumps it
+            clock.now += 5
+            scheduler.tick()
+        events = dead.events["occurrence_dead"]
+        assert [(e["entry"], e["attempts"]) for e in events] == [(None, 0), ("bad", 2)]
+        assert "refuses these arguments" in events[1]["error"]
+        assert events[1]["task_id"] in redis_client.hgetall("redbeat::dead")
+        assert registry.get_sample_value("safe_redbeat_occurrences_dead_total") == 2
+        assert registry.get_sample_value("safe_redbeat_dead") == 2
+    finally:
+        dead.close()
+        metrics.close()
+
+
+def test_republished_and_failing_occurrences_pass_the_hook_and_keep_their_record(
+    app: Celery, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = Scheduler.apply_entry
+
+    def patched(scheduler: Any, entry: Any, **kwargs: Any) -> Any:
+        entry.options["headers"] = {"tool-monitor": entry.name}
+        return original(scheduler, entry, **kwargs)
+
+    auditor = QueueAuditor(redis_client)
+    add_due(app, ["a"])
+    crashed = SafeRedBeatScheduler(app=app, monotonic=FakeClock())
+
+    def die(claimed: object) -> None:
+        raise SystemExit(1)
+
+    monkeypatch.setattr(crashed, "_publish_claimed", die)
+    with pytest.raises(SystemExit):
+        crashed.tick()
+    redis_client.delete("redbeat::lock")
+    monkeypatch.setattr(Scheduler, "apply_entry", patched)
+    successor = SafeRedBeatScheduler(app=app, monotonic=FakeClock())
+    successor.tick()
+    [message] = auditor.wait_for(lambda m: len(m) >= 1, timeout=5)
+    assert message.headers["tool-monitor"] == "a"
+
+    # a message failing on its own: the attempt is counted on the stored record, which
+    # never takes the hook's headers
+    original_send = app.send_task
+
+    def send_task(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "explodes":
+            raise ValueError("refused")
+        return original_send(name, *args, **kwargs)
+
+    monkeypatch.setattr(app, "send_task", send_task)
+    past = datetime.now(timezone.utc) - timedelta(seconds=120)
+    entry = RedBeatSchedulerEntry("bad", "explodes", timedelta(seconds=60), app=app)
+    entry.last_run_at = past
+    entry.save()
+    successor.tick()
+    [record] = redis_client.hvals("redbeat::pending")
+    stored = json.loads(record)
+    assert stored["attempts"] == 1 and "tool-monitor" not in json.dumps(stored["options"])

@@ -1,0 +1,57 @@
+"""Django in the test process: the example project, on a migrated sqlite file.
+
+Django is configured once per process, so every test module that needs it calls
+:func:`setup` and shares the same database file; tests empty the tables they use.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+SETTINGS_MODULE = "tests.apps.django_settings"
+#: ``-A`` of beat processes that run the example project
+CELERY_APP = "examples.django_celery_beat"
+
+_DB_PATH: Path | None = None
+
+
+def setup() -> Path:
+    """Configure Django with the example project, migrate, return the sqlite path."""
+    global _DB_PATH
+    if _DB_PATH is not None:
+        return _DB_PATH
+    import django
+    from django.core.management import call_command
+
+    workdir = Path(tempfile.mkdtemp(prefix="srb-django-"))
+    path = workdir / "db.sqlite3"
+    os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS_MODULE
+    os.environ["EXAMPLE_DB_PATH"] = str(path)
+    django.setup()
+    call_command("migrate", verbosity=0, interactive=False)
+    _DB_PATH = path
+    return path
+
+
+def clear_tables() -> None:
+    """Delete every periodic task and schedule row (with signals: write-through runs)."""
+    from django_celery_beat.models import (
+        ClockedSchedule,
+        CrontabSchedule,
+        IntervalSchedule,
+        PeriodicTask,
+        SolarSchedule,
+    )
+
+    for model in (PeriodicTask, IntervalSchedule, CrontabSchedule, SolarSchedule, ClockedSchedule):
+        model.objects.all().delete()
+
+
+def beat_env(db_path: Path, *, write_back: float | None = None) -> dict[str, str]:
+    """Extra environment of a beat process running the example project."""
+    env = {"DJANGO_SETTINGS_MODULE": SETTINGS_MODULE, "EXAMPLE_DB_PATH": str(db_path)}
+    if write_back is not None:
+        env["SRB_WRITE_BACK"] = str(write_back)
+    return env

@@ -1,0 +1,233 @@
+"""The django-celery-beat mapping, row type by row type, against django-celery-beat's own
+schedule objects and ``ModelEntry`` (real Django, real models, a migrated sqlite file)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+pytest.importorskip("django_celery_beat")
+
+from safe_redbeat import loader as core_loader
+from safe_redbeat.entries import next_score_of, to_timestamp
+from safe_redbeat.loader import parse_specs
+from tests.support import django_project
+
+NOW = datetime(2026, 3, 14, 9, 26, 53, tzinfo=timezone.utc)
+LAST_RUNS = [NOW - timedelta(seconds=s) for s in (0, 7, 59, 3600, 86400 * 3)]
+ALL_FIELDS = core_loader.SPEC_FIELDS | {
+    "start_time", "expires", "max_runs", "tz", "at", "last_run_at", "run_immediately"
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def django_db() -> Iterator[None]:
+    django_project.setup()
+    from django.test import override_settings
+
+    with override_settings(SAFE_REDBEAT_WRITE_THROUGH=False):
+        yield
+        django_project.clear_tables()
+
+
+@pytest.fixture
+def models(django_db: None) -> Iterator[Any]:
+    from django_celery_beat import models as dcb
+
+    django_project.clear_tables()
+    yield dcb
+
+
+@pytest.fixture
+def lifecycle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loader as it will be with the lifecycle fields."""
+    monkeypatch.setattr(core_loader, "SPEC_FIELDS", ALL_FIELDS)
+
+
+def celery_app() -> Any:
+    from examples.django_celery_beat import celery_app as app
+
+    return app
+
+
+def item_of(row: Any, app_timezone: str = "UTC") -> Any:
+    from safe_redbeat.contrib.django_celery_beat.mapping import periodic_tasks, row_to_item
+
+    fresh = periodic_tasks().get(pk=row.pk)  # as the loader reads it
+    return row_to_item(fresh, app_timezone=app_timezone, now=NOW)
+
+
+def spec_of(row: Any) -> Any:
+    load = parse_specs([item_of(row)])
+    assert not load.errors, load.errors
+    return load.specs[0]
+
+
+def django_next(row: Any, last_run_at: datetime) -> int:
+    """The next run django-celery-beat's own schedule object computes, as a timestamp."""
+    schedule = row.schedule
+    schedule.nowfun = lambda: NOW
+    return to_timestamp(NOW + schedule.remaining_estimate(last_run_at))
+
+
+@pytest.mark.parametrize(
+    ("every", "period"),
+    [(1, "seconds"), (45, "seconds"), (5, "minutes"), (2, "hours"), (1, "days")],
+)
+def test_an_interval_row_runs_when_django_celery_beat_would_run_it(
+    models: Any, every: int, period: str
+) -> None:
+    interval = models.IntervalSchedule.objects.create(every=every, period=period)
+    row = models.PeriodicTask.objects.create(name="i", task="reports.ping", interval=interval)
+    spec = spec_of(row)
+    for last in LAST_RUNS:
+        ours = next_score_of(spec.schedule, last, NOW, celery_app())
+        assert ours == max(django_next(row, last), to_timestamp(NOW)), (every, period, last)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"minute": "*/5"},
+        {"minute": "0", "hour": "3"},
+        {"minute": "30", "hour": "4,16", "day_of_week": "mon-fri"},
+        {"minute": "0", "hour": "0", "day_of_month": "1", "month_of_year": "*/3"},
+        {"minute": "15 ,45", "hour": "*"},  # admins type spaces; django strips them too
+    ],
+)
+def test_a_crontab_row_runs_when_django_celery_beat_would_run_it(
+    models: Any, fields: dict[str, str]
+) -> None:
+    cron = models.CrontabSchedule.objects.create(timezone="UTC", **fields)
+    row = models.PeriodicTask.objects.create(name="c", task="reports.ping", crontab=cron)
+    spec = spec_of(row)
+    for last in LAST_RUNS:
+        ours = next_score_of(spec.schedule, last, NOW, celery_app())
+        assert ours == max(django_next(row, last), to_timestamp(NOW)), (fields, last)
+
+
+def test_message_options_args_and_kwargs_are_what_model_entry_sends(models: Any) -> None:
+    from django_celery_beat.schedulers import ModelEntry
+
+    interval = models.IntervalSchedule.objects.create(every=10, period="seconds")
+    row = models.PeriodicTask.objects.create(
+        name="opts",
+        task="reports.ping",
+        interval=interval,
+        args='[1, "two"]',
+        kwargs='{"fmt": "pdf"}',
+        queue="reports",
+        exchange="ex",
+        routing_key="rk",
+        priority=0,
+        headers='{"tenant": "acme"}',
+        expire_seconds=120,
+        description="shown in the admin only",
+    )
+    spec = spec_of(row)
+    entry = ModelEntry(row, app=celery_app())
+    assert list(spec.args) == entry.args
+    assert spec.kwargs == entry.kwargs
+    ours, theirs = dict(spec.options), dict(entry.options)
+    # django-celery-beat 2.9 sends periodic_task_name as a header, older versions as an
+    # option; we always send the header
+    theirs.pop("periodic_task_name", None)
+    theirs["headers"] = {**theirs["headers"], "periodic_task_name": "opts"}
+    assert ours == theirs
+    assert ours["priority"] == 0
+    assert ours["headers"] == {"tenant": "acme", "periodic_task_name": "opts"}
+
+
+def test_a_disabled_row_is_loaded_disabled(models: Any) -> None:
+    interval = models.IntervalSchedule.objects.create(every=10, period="seconds")
+    row = models.PeriodicTask.objects.create(
+        name="off", task="reports.ping", interval=interval, enabled=False
+    )
+    assert spec_of(row).enabled is False
+
+
+@pytest.mark.parametrize(
+    ("field", "text"),
+    [("args", "[1, 2"), ("kwargs", "{'single': 'quotes'}"), ("headers", "not json")],
+)
+def test_a_row_whose_json_does_not_parse_is_reported_by_name_and_the_rest_load(
+    models: Any, field: str, text: str
+) -> None:
+    interval = models.IntervalSchedule.objects.create(every=10, period="seconds")
+    models.PeriodicTask.objects.create(name="good", task="reports.ping", interval=interval)
+    bad = models.PeriodicTask.objects.create(
+        name="bad", task="reports.ping", interval=interval, **{field: text}
+    )
+    good = models.PeriodicTask.objects.get(name="good")
+    load = parse_specs([item_of(bad), item_of(good)])
+    assert [spec.name for spec in load.specs] == ["good"]
+    assert len(load.errors) == 1
+    assert load.errors[0].startswith(f"entry 'bad': {field}: is not valid JSON")
+    assert not load.complete  # so that reconcile removes nothing
+
+
+def test_a_solar_row_is_reported_by_name(models: Any) -> None:
+    solar = models.SolarSchedule.objects.create(event="sunset", latitude=48.85, longitude=2.35)
+    row = models.PeriodicTask.objects.create(name="dusk", task="reports.ping", solar=solar)
+    load = parse_specs([item_of(row)])
+    assert load.specs == []
+    assert load.errors[0].startswith("entry 'dusk': solar: solar schedules cannot be stored")
+
+
+def test_lifecycle_fields_are_mapped_to_the_loader_contract(models: Any, lifecycle: None) -> None:
+    cron = models.CrontabSchedule.objects.create(minute="0", hour="9", timezone="Europe/Paris")
+    start = datetime(2026, 4, 1, tzinfo=timezone.utc)
+    expires = datetime(2026, 5, 1, tzinfo=timezone.utc)
+    last = datetime(2026, 3, 13, 8, 0, tzinfo=timezone.utc)
+    row = models.PeriodicTask.objects.create(
+        name="paris", task="reports.ping", crontab=cron, one_off=True,
+        start_time=start, expires=expires,
+    )  # fmt: skip
+    models.PeriodicTask.objects.filter(pk=row.pk).update(last_run_at=last)
+    item = item_of(row)
+    assert item["tz"] == "Europe/Paris"
+    assert item["max_runs"] == 1
+    assert (item["start_time"], item["expires"], item["last_run_at"]) == (start, expires, last)
+    assert "expires" not in item["options"]
+
+
+def test_a_clocked_row_is_a_one_off_at_its_time(models: Any, lifecycle: None) -> None:
+    at = datetime(2026, 3, 14, 12, 0, tzinfo=timezone.utc)
+    clocked = models.ClockedSchedule.objects.create(clocked_time=at)
+    row = models.PeriodicTask.objects.create(
+        name="once", task="reports.ping", clocked=clocked, one_off=True
+    )
+    item = item_of(row)
+    assert "schedule" not in item
+    assert (item["at"], item["max_runs"]) == (at, 1)
+    schedule = row.schedule  # django-celery-beat's clocked
+    schedule.nowfun = lambda: NOW
+    assert NOW + schedule.remaining_estimate(None) == item["at"]
+
+
+def test_without_lifecycle_fields_a_row_that_needs_them_is_reported_not_changed(
+    models: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safe_redbeat.contrib.django_celery_beat.mapping import fit_to_loader
+
+    monkeypatch.setattr(core_loader, "SPEC_FIELDS", frozenset(
+        {"name", "task", "schedule", "args", "kwargs", "options", "enabled"}
+    ))  # fmt: skip
+    base = {"name": "e", "task": "t", "schedule": 10}
+    past, future = NOW - timedelta(days=1), NOW + timedelta(days=1)
+    # dropped: a hint, the app's own timezone, a start already past
+    kept = fit_to_loader(
+        {**base, "last_run_at": past, "tz": "UTC", "start_time": past},
+        app_timezone="UTC",
+        now=NOW,
+    )
+    assert kept == base
+    for key, value in [
+        ("at", future), ("max_runs", 1), ("expires", future),
+        ("start_time", future), ("tz", "Europe/Paris"),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError, match=f"needs the loader field '{key}'"):
+            fit_to_loader({**base, key: value}, app_timezone="UTC", now=NOW)
