@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--write-docs]``: run, print the tables, exit 0.
+"""``python -m benchmarks [--quick | --tiny] [--no-failover] [--write-docs]``.
 
 Exit status 1 means a benchmark is broken (it did not dispatch what it should, timed
 out, or crashed); a MISSed target is reported, never a failure.
@@ -12,6 +12,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import TypeVar
 
@@ -21,7 +22,6 @@ from .profiles import FULL, QUICK, TINY, Profile
 from .report import Results, command_line, machine_info, text, write_docs
 
 DOCS_DIR = Path(__file__).resolve().parents[1] / "docs"
-
 T = TypeVar("T")
 
 
@@ -35,10 +35,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Benchmark stock RedBeat against safe_redbeat in one run.",
     )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="CI mode: small sizes, < 3 minutes")
-    mode.add_argument(
-        "--tiny", action="store_true", help="smallest run that exercises every benchmark"
-    )
+    mode.add_argument("--quick", action="store_true", help="CI mode: small sizes")
+    mode.add_argument("--tiny", action="store_true", help="smallest run of every benchmark")
     parser.add_argument("--no-failover", action="store_true", help="skip the beat processes")
     parser.add_argument(
         "--write-docs", action="store_true", help="regenerate benchmarks.md and benchmarks.png"
@@ -49,77 +47,58 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def choose(args: argparse.Namespace) -> Profile:
-    profile = QUICK if args.quick else TINY if args.tiny else FULL
-    return profile.without_failover() if args.no_failover else profile
+def step(name: str, func: Callable[[], T]) -> T:
+    progress(f"{name} ...")
+    begun = time.monotonic()
+    value = func()
+    progress(f"{name}: {time.monotonic() - begun:.1f} s")
+    return value
 
 
 def run(profile: Profile, command: str) -> Results:
     started = time.monotonic()
-    timeout = profile.run_timeout
-    with Env() as env:
-        results = Results(
-            profile=profile, command=command, machine=machine_info(env.server_version())
+    p, timeout = profile, profile.run_timeout
+    with closing(Env()) as env, tempfile.TemporaryDirectory(prefix="bench-beat-") as logdir:
+        r = Results(profile=p, command=command, machine=machine_info(env.server_version()))
+        r.dispatch = step(
+            "dispatch cost", lambda: dispatch.run(env, p.dispatch_sizes, p.repetitions, timeout)
         )
-
-        def step(name: str, func: Callable[[], T]) -> T:
-            progress(f"{name} ...")
-            begun = time.monotonic()
-            value = func()
-            progress(f"{name}: {time.monotonic() - begun:.1f} s")
-            return value
-
-        results.dispatch = step(
-            "dispatch cost",
-            lambda: dispatch.run(env, profile.dispatch_sizes, profile.repetitions, timeout),
+        r.breakdown = step(
+            "dispatch phases", lambda: dispatch.breakdown(env, p.breakdown_n, timeout)
         )
-        results.breakdown = step(
-            "dispatch phases",
-            lambda: dispatch.breakdown(
-                env, min(max(profile.dispatch_sizes), dispatch_breakdown_n()), timeout
-            ),
-        )
-        results.commands = step(
-            "commands per tick", lambda: commands.run(env, profile.dispatch_sizes, timeout)
-        )
-        results.startup = step(
+        r.commands = step("commands per tick", lambda: commands.run(env, p.dispatch_sizes, timeout))
+        r.startup = step(
             "start to first dispatch",
-            lambda: startup.run(env, profile.startup_sizes, profile.startup_repetitions, timeout),
+            lambda: startup.run(env, p.startup_sizes, p.startup_repetitions, timeout),
         )
-        results.memory = step(
+        r.memory = step(
             "memory per entry",
-            lambda: memory.run(env, profile.memory_entries, profile.memory_interval, timeout),
+            lambda: memory.run(env, p.memory_entries, p.memory_interval, timeout),
         )
-        results.reconcile = step(
-            "reconcile",
-            lambda: reconcile.run(env, profile.reconcile_sizes, profile.reconcile_repetitions),
+        r.reconcile = step(
+            "reconcile", lambda: reconcile.run(env, p.reconcile_sizes, p.reconcile_repetitions)
         )
-        if profile.failover:
-            with tempfile.TemporaryDirectory(prefix="bench-beat-") as logdir:
-                results.failover = step(
-                    "failover",
-                    lambda: failover.run(
-                        env,
-                        Path(logdir),
-                        profile.failover_sigkill,
-                        profile.failover_sigterm,
-                        profile.failover_lock_deleted,
-                        profile.failover_stock,
-                    ),
-                )
-    results.seconds = time.monotonic() - started
-    return results
-
-
-def dispatch_breakdown_n() -> int:
-    return 3000
+        if p.failover:
+            trials = (p.failover_sigkill, p.failover_sigterm, p.failover_lock_deleted)
+            r.failover = step(
+                "failover",
+                lambda: failover.run(env, Path(logdir), *trials, p.failover_stock),
+            )
+    r.seconds = time.monotonic() - started
+    return r
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    profile = choose(args)
-    shown = [a for a in argv if not a.startswith("--docs-dir")]
+    profile = QUICK if args.quick else TINY if args.tiny else FULL
+    if args.no_failover:
+        profile = profile.without_failover()
+    # the command as docs/benchmarks.md shows it: without --docs-dir and its value
+    shown = [
+        a for a, before in zip(argv, ["", *argv], strict=False) if "--docs-dir" not in (a, before)
+    ]
+    shown = [a for a in shown if not a.startswith("--docs-dir=")]
     try:
         results = run(profile, command_line(shown))
     except Exception:

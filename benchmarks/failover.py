@@ -1,21 +1,4 @@
-"""Failover: two real ``celery beat`` replicas, the leader is killed, the other takes over.
-
-Measured: from the kill to the first message of a 1-second entry that the other replica
-sent, as seen by a QueueAuditor draining the broker every 20 ms. The sender of a message
-is its ``origin`` header (``gen<pid>@<host>``); safe_redbeat's messages also carry the
-lease's fence number (``safe_redbeat_fence``), which must change on takeover.
-
-"lock deleted": both replicas keep running and the lease key (``redbeat::lock``) is
-deleted under them (an operator's ``DEL``, a ``FLUSHDB``, an eviction). Measured: from
-the ``DEL`` to the first message carrying a new fence number, from either replica (the
-old leader's next claim is rejected and it demotes; whichever replica polls first
-acquires a new, higher fence).
-
-After each kill a fresh standby is started, so the next trial again kills a leader
-that has a standby. safe_redbeat runs with its default lease settings (15/10/2). Stock
-RedBeat's default lock timeout is 5 x beat_max_loop_interval = 1500 s; it is measured
-with a short lock timeout instead and reported as "= lock timeout".
-"""
+"""Failover: two real ``celery beat`` replicas; the leader is killed, or the lease key deleted."""
 
 from __future__ import annotations
 
@@ -25,9 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.beat import BeatCluster, BeatProcess, Message, QueueAuditor
+from safe_redbeat.config import Settings
+from testbed.beat import BeatCluster, BeatProcess, Message, QueueAuditor
 
-from .env import BROKER_DB, LOCK_KEY, SCHEDULE_DB, BenchmarkBroken, Env
+from .env import BROKER_DB, KEYS, SCHEDULE_DB, BenchmarkBroken, Env
 from .stats import Sample
 
 SCHEDULE = {"every-second": {"task": "benchmark.noop", "every": 1.0}}
@@ -37,16 +21,16 @@ SAFE_SCHEDULER = "safe_redbeat.SafeRedBeatScheduler"
 #: standby polls for it every second (RedBeat polls every beat_max_loop_interval)
 STOCK_LOCK_TIMEOUT = 10
 STOCK_SETTINGS = {"redbeat_lock_timeout": STOCK_LOCK_TIMEOUT, "beat_max_loop_interval": 1}
-#: safe_redbeat's defaults (shown, not set)
-LEASE_SECONDS = 15.0
-RETRY_SECONDS = 2.0
+#: safe_redbeat runs with its defaults
+DEFAULTS = Settings()
+DEFAULTS_LABEL = "defaults: lease {0.lease_seconds:g}/{0.renew_seconds:g}/{0.retry_seconds:g}"
+DEFAULTS_LABEL = DEFAULTS_LABEL.format(DEFAULTS)
 POLL = 0.02
 START_TIMEOUT = 60.0
 #: the faults, as reported
 SIGTERM = "SIGTERM"
 SIGKILL = "SIGKILL"
 LOCK_DELETED = "lock deleted"
-SIGNALS = {SIGTERM: int(signal.SIGTERM), SIGKILL: int(signal.SIGKILL)}
 
 
 @dataclass
@@ -108,62 +92,45 @@ class Replicas:
             time.sleep(POLL)
 
     def trial(self, fault: str) -> float:
-        """Cause ``fault``; seconds until the first message of the new leader."""
-        if fault == LOCK_DELETED:
-            return self._lock_deleted()
-        return self._killed(SIGNALS[fault])
+        """Cause ``fault``; seconds until the first message of the new leader.
 
-    def _killed(self, sig: int) -> float:
-        """Kill the leader with ``sig``; seconds until the other replica's first message."""
+        After a kill: the first message another replica sent. After the lease key was
+        deleted: the first message with a new, higher fence, from either replica.
+        """
         leader, last = self.leader()
         old_fence = last.headers.get("safe_redbeat_fence")
-        old_pid = leader.pid
+        if fault == LOCK_DELETED and old_fence is None:
+            raise BenchmarkBroken("the lock-deleted trial needs safe_redbeat's fenced messages")
         self.auditor.drain()
-        killed_at = time.time()
-        if sig == signal.SIGKILL:
+        started = time.time()
+        if fault == SIGKILL:
             leader.kill()
-        else:
-            leader.stop_signal(sig)
-        deadline = time.monotonic() + (STOCK_LOCK_TIMEOUT if self.stock else LEASE_SECONDS) + 30
-        while True:
-            for message in self.auditor.drain():
-                if origin_pid(message) in (old_pid, None):
-                    continue
-                if not self.stock and message.headers.get("safe_redbeat_fence") == old_fence:
-                    raise BenchmarkBroken("the new leader sent with the old leader's fence")
-                if sig != signal.SIGKILL and leader.wait(10) is None:
-                    raise BenchmarkBroken(f"{leader.name} did not exit after the signal")
-                return message.received_at - killed_at
-            if time.monotonic() >= deadline:
-                raise BenchmarkBroken(f"no takeover:\n{self.cluster.report(20)}")
-            time.sleep(POLL)
-
-    def _lock_deleted(self) -> float:
-        """Delete the lease key; seconds until the first message with a new fence."""
-        if self.stock:
-            raise BenchmarkBroken("the lock-deleted trial is for safe_redbeat replicas")
-        _leader, last = self.leader()
-        old_fence = last.headers.get("safe_redbeat_fence")
-        if old_fence is None:
-            raise BenchmarkBroken("safe_redbeat sent a message without its fence header")
-        self.auditor.drain()
-        deleted_at = time.time()
-        if not self.schedule_client.delete(LOCK_KEY):
-            raise BenchmarkBroken(f"no lease key {LOCK_KEY!r} to delete")
-        deadline = time.monotonic() + LEASE_SECONDS + 30
-        while True:
+        elif fault == SIGTERM:
+            leader.stop_signal(signal.SIGTERM)
+        elif not self.schedule_client.delete(KEYS.lease):
+            raise BenchmarkBroken(f"no lease key {KEYS.lease!r} to delete")
+        deadline = (
+            time.monotonic() + 30 + (STOCK_LOCK_TIMEOUT if self.stock else DEFAULTS.lease_seconds)
+        )
+        while time.monotonic() < deadline:
             for message in self.auditor.drain():
                 fence = message.headers.get("safe_redbeat_fence")
-                if fence is None or fence == old_fence:
+                if fault == LOCK_DELETED:
+                    if fence is None or fence == old_fence:
+                        continue
+                    if int(fence) <= int(old_fence or 0) or len(self.cluster.alive()) != 2:
+                        raise BenchmarkBroken(
+                            f"fence {old_fence} -> {fence}:\n{self.cluster.report(20)}"
+                        )
+                elif origin_pid(message) in (leader.pid, None):
                     continue
-                if int(fence) <= int(old_fence):
-                    raise BenchmarkBroken(f"the fence went from {old_fence} to {fence}")
-                if len(self.cluster.alive()) != 2:
-                    raise BenchmarkBroken(f"a replica exited:\n{self.cluster.report(20)}")
-                return message.received_at - deleted_at
-            if time.monotonic() >= deadline:
-                raise BenchmarkBroken(f"no new fence after the DEL:\n{self.cluster.report(20)}")
+                elif not self.stock and fence == old_fence:
+                    raise BenchmarkBroken("the new leader sent with the old leader's fence")
+                elif fault == SIGTERM and leader.wait(10) is None:
+                    raise BenchmarkBroken(f"{leader.name} did not exit after the signal")
+                return message.received_at - started
             time.sleep(POLL)
+        raise BenchmarkBroken(f"no takeover after {fault}:\n{self.cluster.report(20)}")
 
     def cleanup(self) -> None:
         self.cluster.cleanup()
@@ -200,9 +167,7 @@ def run(
     plan = [LOCK_DELETED] * lock_deleted + [SIGTERM] * sigterm + [SIGKILL] * sigkill
     results = []
     if plan:
-        results += measure(
-            env, logdir / "safe_redbeat", SAFE_SCHEDULER, {}, plan, "defaults: lease 15/10/2"
-        )
+        results += measure(env, logdir / "safe_redbeat", SAFE_SCHEDULER, {}, plan, DEFAULTS_LABEL)
     if stock:
         results += measure(
             env,
@@ -210,6 +175,6 @@ def run(
             STOCK_SCHEDULER,
             STOCK_SETTINGS,
             [SIGTERM, SIGKILL],
-            f"redbeat_lock_timeout={STOCK_LOCK_TIMEOUT}, beat_max_loop_interval=1",
+            ", ".join(f"{k}={v}" for k, v in STOCK_SETTINGS.items()),
         )
     return results

@@ -1,14 +1,4 @@
-"""Redis memory per entry after the same N entries were installed and ran once.
-
-Each scheduler installs N ``beat_schedule`` entries its own way (stock RedBeat in
-``setup_schedule``; safe_redbeat through ``upsert.lua`` once it leads, which adds the
-``version`` field), then ticks until all N were sent once. The entries run every
-``interval`` seconds (stock RedBeat installs a new static entry as "last ran now", so it
-first sends it one interval later; safe_redbeat sends a never-run entry at once).
-Measured with ``MEMORY USAGE <key> SAMPLES 0``: every entry hash, plus the schedule ZSET,
-the statics SET and the pending HASH shared out per entry. Lease, fence and lock keys
-are a constant, left out.
-"""
+"""Redis memory per entry after the same N entries were installed and ran once."""
 
 from __future__ import annotations
 
@@ -19,8 +9,8 @@ from typing import Any
 from .env import (
     BROKER_DB,
     CONTENDERS,
-    PREFIX,
-    SCHEDULE_KEY,
+    KEYS,
+    TASK,
     BenchmarkBroken,
     Contender,
     Env,
@@ -28,12 +18,12 @@ from .env import (
     close_app,
     entry_name,
     start_scheduler,
-    static_schedule,
     stop_scheduler,
     tick_until_sent,
 )
 
-SHARED_KEYS = (SCHEDULE_KEY, PREFIX + ":statics", PREFIX + ":pending")
+#: shared out per entry; lease, fence and lock keys are a constant, left out
+SHARED_KEYS = (KEYS.schedule, KEYS.statics, KEYS.pending)
 
 
 @dataclass
@@ -47,16 +37,9 @@ class MemoryResult:
     def per_entry(self) -> float:
         return (self.entry_bytes + self.shared_bytes) / self.n
 
-    @property
-    def hash_per_entry(self) -> float:
-        return self.entry_bytes / self.n
-
-    @property
-    def shared_per_entry(self) -> float:
-        return self.shared_bytes / self.n
-
 
 def _usage(client: Any, keys: list[str]) -> int:
+    """``MEMORY USAGE <key> SAMPLES 0`` summed over ``keys``."""
     with client.pipeline(transaction=False) as pipe:
         for key in keys:
             pipe.memory_usage(key, samples=0)
@@ -66,8 +49,11 @@ def _usage(client: Any, keys: list[str]) -> int:
 def measure(
     env: Env, contender: Contender, n: int, interval: float, timeout: float
 ) -> MemoryResult:
+    """Install N ``beat_schedule`` entries the scheduler's own way; tick until each ran once."""
     env.flush()
-    app = env.make_app(beat_schedule=static_schedule(n, timedelta(seconds=interval)))
+    every = timedelta(seconds=interval)
+    schedule = {entry_name(i): {"task": TASK, "schedule": every, "args": (i,)} for i in range(n)}
+    app = env.make_app(beat_schedule=schedule)
     broker = env.client(BROKER_DB)
     try:
         scheduler = start_scheduler(contender, app)
@@ -78,15 +64,14 @@ def measure(
             stop_scheduler(scheduler)
     finally:
         close_app(app)
-    client = env.schedule_client
-    entry_keys = [PREFIX + entry_name(index) for index in range(n)]
-    if client.exists(*entry_keys) != n:
+    entry_keys = [KEYS.entry(name) for name in schedule]
+    if env.schedule_client.exists(*entry_keys) != n:
         raise BenchmarkBroken(f"{contender.key}: not all {n} entry hashes exist")
     return MemoryResult(
         contender=contender.key,
         n=n,
-        entry_bytes=_usage(client, entry_keys),
-        shared_bytes=_usage(client, list(SHARED_KEYS)),
+        entry_bytes=_usage(env.schedule_client, entry_keys),
+        shared_bytes=_usage(env.schedule_client, list(SHARED_KEYS)),
     )
 
 

@@ -14,32 +14,28 @@ class Profile:
     #: entries stored (one of them due) for start -> first dispatch
     startup_sizes: tuple[int, ...]
     startup_repetitions: int
-    #: entries installed and run once before measuring memory
+    #: entries installed and run once before measuring memory, and their interval
     memory_entries: int
-    #: seconds between two runs of an entry in the memory benchmark
     memory_interval: float
     #: loader rows reconciled (and saved by the stock "init loader")
     reconcile_sizes: tuple[int, ...]
     #: timed runs per situation (nothing changed, 1% changed) and size
     reconcile_repetitions: int
-    #: failover trials per fault for safe_redbeat
+    #: failover trials per fault for safe_redbeat: SIGKILL, SIGTERM, lease key deleted
     failover_sigkill: int
     failover_sigterm: int
-    #: the lease key deleted while two replicas run
     failover_lock_deleted: int
     #: also run stock RedBeat replicas (short lock timeout) for failover
     failover_stock: bool
     #: give up on one dispatch run after this long (a broken benchmark, not a slow one)
     run_timeout: float = 300.0
+    #: entries due at once in the run whose tick is sampled phase by phase
+    breakdown_n: int = 3000
 
     @property
     def failover(self) -> bool:
-        return bool(
-            self.failover_sigkill
-            or self.failover_sigterm
-            or self.failover_lock_deleted
-            or self.failover_stock
-        )
+        trials = self.failover_sigkill + self.failover_sigterm + self.failover_lock_deleted
+        return bool(trials or self.failover_stock)
 
     def without_failover(self) -> Profile:
         return replace(
@@ -50,23 +46,6 @@ class Profile:
             failover_stock=False,
         )
 
-
-#: ``--quick``: CI; every benchmark runs, small sizes, well under 3 minutes.
-QUICK = Profile(
-    name="quick",
-    dispatch_sizes=(100, 1000, 3000),
-    repetitions=3,
-    startup_sizes=(1000, 10000),
-    startup_repetitions=3,
-    memory_entries=1000,
-    memory_interval=10.0,
-    reconcile_sizes=(10000,),
-    reconcile_repetitions=2,
-    failover_sigkill=0,
-    failover_sigterm=1,
-    failover_lock_deleted=0,
-    failover_stock=False,
-)
 
 #: default: the numbers in docs/benchmarks.md (several minutes).
 FULL = Profile(
@@ -85,8 +64,26 @@ FULL = Profile(
     failover_stock=True,
 )
 
+#: ``--quick``: CI; every benchmark runs, on small sizes.
+QUICK = replace(
+    FULL,
+    name="quick",
+    dispatch_sizes=(100, 1000, 3000),
+    repetitions=3,
+    startup_sizes=(1000, 10000),
+    startup_repetitions=3,
+    memory_entries=1000,
+    reconcile_sizes=(10000,),
+    reconcile_repetitions=2,
+    failover_sigkill=0,
+    failover_sigterm=1,
+    failover_lock_deleted=0,
+    failover_stock=False,
+)
+
 #: ``--tiny``: proves the benchmark code works (the test suite runs it), no failover.
-TINY = Profile(
+TINY = replace(
+    QUICK.without_failover(),
     name="tiny",
     dispatch_sizes=(50,),
     repetitions=1,
@@ -96,9 +93,6 @@ TINY = Profile(
     memory_interval=2.0,
     reconcile_sizes=(200,),
     reconcile_repetitions=1,
-    failover_sigkill=0,
-    failover_sigterm=0,
-    failover_lock_deleted=0,
-    failover_stock=False,
     run_timeout=30.0,
+    breakdown_n=50,
 )

@@ -1,11 +1,4 @@
-"""Start to first dispatch: construct the scheduler and tick until one message is sent.
-
-M entries are stored, exactly one of them due. Timed: the scheduler's construction, the
-lock (stock RedBeat: its beat_init handler; safe_redbeat: inside the first tick), and the
-ticks until the due entry's message is in the broker. The Celery app is built beforehand
-(it is the same for both). The stored entries are written once per M; between runs only
-the due entry, the lock and the broker queue are reset.
-"""
+"""Start to first dispatch: construct the scheduler and tick until one message is sent."""
 
 from __future__ import annotations
 
@@ -14,8 +7,7 @@ from dataclasses import dataclass, field
 from .env import (
     BROKER_DB,
     CONTENDERS,
-    LOCK_KEY,
-    PREFIX,
+    KEYS,
     QUEUE,
     Contender,
     Env,
@@ -40,17 +32,13 @@ class StartupResult:
         return Sample.of(self.seconds[contender])
 
 
-def _reset(env: Env, due_index: int) -> None:
-    client = env.schedule_client
-    client.delete(LOCK_KEY, PREFIX + ":pending")
-    write_entries(client, range(due_index, due_index + 1), due=True)
-    env.client(BROKER_DB).delete(QUEUE)
-
-
 def time_to_first_dispatch(env: Env, contender: Contender, due_index: int, timeout: float) -> float:
-    _reset(env, due_index)
-    app = env.make_app()
+    """Reset the due entry, the lock and the queue; time construct + ticks until it is sent."""
+    env.schedule_client.delete(KEYS.lease, KEYS.pending)
+    write_entries(env.schedule_client, range(due_index, due_index + 1), due=True)
     broker = env.client(BROKER_DB)
+    broker.delete(QUEUE)
+    app = env.make_app()
     scheduler = None
     try:
         with stopwatch() as elapsed:
@@ -65,15 +53,15 @@ def time_to_first_dispatch(env: Env, contender: Contender, due_index: int, timeo
 
 
 def run(env: Env, sizes: tuple[int, ...], repetitions: int, timeout: float) -> list[StartupResult]:
+    """M entries stored once per M, exactly one of them due; contenders alternate."""
     results = []
     for stored in sizes:
         env.flush()
-        due_index = stored - 1
-        write_entries(env.schedule_client, range(due_index), due=False)
+        write_entries(env.schedule_client, range(stored - 1), due=False)
         result = StartupResult(stored)
         for rep in range(repetitions):
             for contender in rotated(CONTENDERS, rep):
-                seconds = time_to_first_dispatch(env, contender, due_index, timeout)
+                seconds = time_to_first_dispatch(env, contender, stored - 1, timeout)
                 result.seconds.setdefault(contender.key, []).append(seconds)
         results.append(result)
     return results

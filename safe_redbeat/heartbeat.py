@@ -13,7 +13,7 @@ import math
 import os
 import socket
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .keys import Keys
@@ -31,8 +31,9 @@ class Heartbeat:
     #: seconds this replica has led (0 for a standby)
     leading_for: float
     ttl: float
-    host: str = socket.gethostname()
-    pid: int = os.getpid()
+    #: the process that makes the heartbeat, looked up then (not at import: forks)
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
 
 
 @dataclass(frozen=True)

@@ -25,16 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from celery.utils.log import get_logger
-
 from .config import Settings
 from .errors import LeaseLost
 from .keys import Keys
 from .scripts import Scripts
 
 __all__ = ["Holder", "Lease", "parse_token"]
-
-logger = get_logger("safe_redbeat.lease")
 
 
 @dataclass(frozen=True)
@@ -165,7 +161,3 @@ class Lease:
         """Forget the lease locally (it was lost); Redis is not touched."""
         self.token = None
         self.fence = None
-
-    def current_holder(self) -> Holder | None:
-        value = self.client.get(self.keys.lease)
-        return None if value is None else parse_token(str(value))

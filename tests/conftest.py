@@ -7,18 +7,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.beat import BeatCluster
+from testbed.beat import BeatCluster
+from testbed.redis_server import RedisServer
 from tests.support.cluster import LocalCluster, unique_prefix
-from tests.support.redis_server import RedisServer
 
 # Logical databases handed out to tests; db 0 stays untouched.
 _DB_NUMBERS = itertools.cycle(range(1, 16))
 _REPORT_KEY = pytest.StashKey[dict[str, pytest.TestReport]]()
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "integration: needs a real Redis server / subprocesses")
-    config.addinivalue_line("markers", "chaos: kills, pauses or restarts processes mid-test")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.support.redis_server import RedisServer
+from testbed.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,21 +10,7 @@ from functools import cache
 from importlib.resources import files
 from typing import Any
 
-__all__ = ["NAMES", "Scripts", "source"]
-
-NAMES = (
-    "acquire",
-    "renew",
-    "release",
-    "claim",
-    "upsert",
-    "remove",
-    "run_now",
-    "versions",
-    "diff",
-    "due",
-    "move",
-)
+__all__ = ["Scripts", "source"]
 
 
 @cache

@@ -1,5 +1,5 @@
 """The example Django project's settings, pointed at the test's Redis by ``SRB_*`` env vars
-(the same variables tests/apps/beatapp.py reads; set by BeatProcess).
+(the same variables testbed/beatapp.py reads; set by BeatProcess).
 
 EXAMPLE_DB_PATH  the sqlite file (read by the example's settings)
 SRB_REDIS_URL    redbeat_redis_url and broker_url (SRB_BROKER_URL overrides the broker)

@@ -1,4 +1,4 @@
-"""``tests.apps.beatapp`` with sentry-sdk's Celery integration watching beat tasks.
+"""``testbed.beatapp`` with sentry-sdk's Celery integration watching beat tasks.
 
 Envelopes never leave the process over the network: a transport appends each item's
 payload (check-ins included) as one JSON line to ``$SRB_SENTRY_FILE``.
@@ -15,7 +15,7 @@ from sentry_sdk.envelope import Envelope
 from sentry_sdk.integrations.celery import CeleryIntegration
 from sentry_sdk.transport import Transport
 
-from tests.apps.beatapp import app, noop
+from testbed.beatapp import app, noop
 
 __all__ = ["app", "noop"]
 

@@ -17,8 +17,9 @@ import redis
 
 from safe_redbeat.dispatch import HEADER_ENTRY, HEADER_FENCE, HEADER_SCHEDULED
 from safe_redbeat.lease import Holder, parse_token
+from testbed.beat import REPO_ROOT, BeatProcess, Message, QueueAuditor
 from tests.chaos.model import ReplicaExit, Sent
-from tests.support.beat import REPO_ROOT, BeatProcess, Message, QueueAuditor
+from tests.support import KEYS
 
 SKEW_DIR = Path(__file__).resolve().parent / "skew"
 #: Environment variable read by tests/chaos/skew/sitecustomize.py (fallback skew).
@@ -271,7 +272,7 @@ def _expected(cause: str, code: int) -> bool:
 # -- leader -------------------------------------------------------------------------------
 
 
-def current_holder(client: redis.Redis, lease_key: str = "redbeat::lock") -> Holder | None:
+def current_holder(client: redis.Redis, lease_key: str = KEYS.lease) -> Holder | None:
     try:
         value = client.get(lease_key)
     except redis.RedisError:
@@ -284,7 +285,7 @@ def wait_for_leader(
     timeout: float,
     *,
     among: set[str] | None = None,
-    lease_key: str = "redbeat::lock",
+    lease_key: str = KEYS.lease,
 ) -> Holder:
     deadline = time.monotonic() + timeout
     while True:

@@ -11,16 +11,17 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from safe_redbeat.lease import parse_token
+from testbed.redis_server import HOST
 from tests.chaos.model import SENTINEL_FAILOVER, FaultRecord
-from tests.support.redis_server import HOST
+from tests.support import KEYS
 
 if TYPE_CHECKING:
     from tests.chaos.harness import Harness
 
-LEASE_KEY = "redbeat::lock"
-FENCE_KEY = "redbeat::fence"
-SCHEDULE_KEY = "redbeat::schedule"
-PENDING_KEY = "redbeat::pending"
+LEASE_KEY = KEYS.lease
+FENCE_KEY = KEYS.fence
+SCHEDULE_KEY = KEYS.schedule
+PENDING_KEY = KEYS.pending
 
 #: Deletes every key matching ARGV[1] in one step (a careless loader's FLUSH-by-prefix).
 #: KEYS: none; ARGV[1] - pattern; return the number of keys deleted.

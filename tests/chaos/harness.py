@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from safe_redbeat.lease import Holder
+from testbed.redis_server import HOST, RedisServer
 from tests.chaos.cluster import (
     AuditorThread,
     Supervisor,
@@ -36,11 +37,11 @@ from tests.chaos.model import (
 )
 from tests.chaos.oracle import OracleSettings, Report, analyze
 from tests.chaos.workload import build_specs, redbeat_app, static_schedule, write_dynamic
-from tests.support.redis_server import HOST, RedisServer
+from tests.support import KEYS
 from tests.support.sentinel import SentinelDeployment
 
-LEASE_KEY = "redbeat::lock"
-PENDING_KEY = "redbeat::pending"
+LEASE_KEY = KEYS.lease
+PENDING_KEY = KEYS.pending
 
 
 def _stderr(line: str) -> None:

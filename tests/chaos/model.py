@@ -42,7 +42,7 @@ DATA_LOSS_FAULTS = frozenset({"wipe-keys", "redis-restart-lossy"})
 
 
 @dataclass(frozen=True)
-class EntrySpec:
+class WorkloadEntry:
     """One schedule entry the harness defined, and how often it is expected to run."""
 
     name: str
@@ -54,7 +54,7 @@ class EntrySpec:
     options: dict[str, Any] = field(default_factory=dict)
 
     def beat_spec(self) -> dict[str, Any]:
-        """The SRB_SCHEDULE form read by tests/apps/beatapp.py."""
+        """The SRB_SCHEDULE form read by testbed/beatapp.py."""
         spec: dict[str, Any] = {"task": "noop"}
         if self.kind == "interval":
             spec["every"] = self.period
@@ -130,7 +130,7 @@ class Lifetime:
 class RunData:
     """Everything a run observed; the oracle's only input."""
 
-    specs: dict[str, EntrySpec]
+    specs: dict[str, WorkloadEntry]
     lifetimes: dict[str, list[Lifetime]]
     messages: list[Sent]
     faults: list[FaultRecord]

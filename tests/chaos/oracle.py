@@ -40,11 +40,11 @@ from typing import Any
 from tests.chaos.model import (
     DATA_LOSS_FAULTS,
     FAULT_KINDS,
-    EntrySpec,
     FaultRecord,
     Lifetime,
     RunData,
     Sent,
+    WorkloadEntry,
 )
 
 STEADY = "steady state (outside failover windows)"
@@ -369,7 +369,7 @@ def _lateness(messages: Sequence[Sent]) -> dict[str, float | None]:
     }
 
 
-def _payload_ok(spec: EntrySpec, message: Sent) -> bool:
+def _payload_ok(spec: WorkloadEntry, message: Sent) -> bool:
     if tuple(message.args) != tuple(spec.args) or dict(message.kwargs) != dict(spec.kwargs):
         return False
     wanted = (spec.options.get("headers") or {}).get("x-chaos")
@@ -388,7 +388,7 @@ def _check_early(
     report: Report,
     rows: dict[str, KindRow],
     attribution: _Attribution,
-    spec: EntrySpec,
+    spec: WorkloadEntry,
     occurrences: Sequence[tuple[int, float]],
     lifetimes: Sequence[Lifetime],
     loss_windows: Sequence[tuple[float, float]],
@@ -429,7 +429,7 @@ def _check_missing(
     report: Report,
     rows: dict[str, KindRow],
     attribution: _Attribution,
-    spec: EntrySpec,
+    spec: WorkloadEntry,
     occurrences: Sequence[tuple[int, float]],
     lifetimes: Sequence[Lifetime],
     windows: Sequence[tuple[float, float]],

@@ -18,11 +18,11 @@ import pytest
 import redis
 from redbeat.schedulers import RedBeatSchedulerEntry
 
+from testbed.beat import BeatCluster, QueueAuditor
 from tests.chaos.cluster import to_sent
 from tests.chaos.model import Sent
 from tests.chaos.test_fenced_dispatch import LEASE, start_pair
 from tests.chaos.workload import redbeat_app
-from tests.support.beat import BeatCluster, QueueAuditor
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 

@@ -24,7 +24,7 @@ import pytest
 import redis
 
 from safe_redbeat.dispatch import HEADER_ENTRY, HEADER_FENCE, HEADER_SCHEDULED
-from tests.support.beat import BeatCluster, Message, QueueAuditor
+from testbed.beat import BeatCluster, Message, QueueAuditor
 from tests.support.cluster import LocalCluster
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.timeout(150)]

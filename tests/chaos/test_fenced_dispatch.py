@@ -22,10 +22,10 @@ import pytest
 import redis
 from redbeat.schedulers import RedBeatSchedulerEntry
 
+from testbed.beat import BeatCluster, BeatProcess, QueueAuditor
 from tests.chaos.cluster import to_sent, wait_for_leader
 from tests.chaos.model import Sent
 from tests.chaos.workload import redbeat_app
-from tests.support.beat import BeatCluster, BeatProcess, QueueAuditor
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 

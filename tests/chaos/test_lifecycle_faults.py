@@ -26,9 +26,9 @@ import redis
 from redbeat.schedulers import RedBeatSchedulerEntry
 
 from safe_redbeat import Schedule
+from testbed.redis_server import HOST, RedisServer
 from tests.chaos.cluster import AuditorThread, Supervisor, wait_for_leader
 from tests.chaos.workload import redbeat_app
-from tests.support.redis_server import HOST, RedisServer
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.timeout(240)]
 

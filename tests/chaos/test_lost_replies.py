@@ -18,7 +18,7 @@ from redbeat.schedulers import RedBeatSchedulerEntry
 
 from safe_redbeat import SafeRedBeatScheduler
 from safe_redbeat.dispatch import task_id_for
-from tests.support.beat import QueueAuditor
+from testbed.beat import QueueAuditor
 from tests.support.inprocess import FakeClock, celery_app
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]

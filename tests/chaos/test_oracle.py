@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.chaos.model import EntrySpec, FaultRecord, Lifetime, ReplicaExit, RunData, Sent
+from tests.chaos.model import FaultRecord, Lifetime, ReplicaExit, RunData, Sent, WorkloadEntry
 from tests.chaos.oracle import STEADY, analyze, merge, uncovered
 
 T0 = 1_000_000.0
@@ -27,14 +27,14 @@ def sends(
 def run(
     messages: list[Sent],
     *,
-    specs: dict[str, EntrySpec] | None = None,
+    specs: dict[str, WorkloadEntry] | None = None,
     faults: list[FaultRecord] | None = None,
     exits: list[ReplicaExit] | None = None,
     lifetimes: dict[str, list[Lifetime]] | None = None,
     until: float = T0 + 60,
 ) -> RunData:
     return RunData(
-        specs=specs or {"e": EntrySpec("e", "interval", 5.0, "static")},
+        specs=specs or {"e": WorkloadEntry("e", "interval", 5.0, "static")},
         lifetimes=lifetimes or {},
         messages=messages,
         faults=faults or [],
@@ -112,7 +112,7 @@ def test_an_early_rerun_is_explained_only_by_data_loss() -> None:
 
 
 def test_crontab_runs_off_the_minute_boundary_are_early() -> None:
-    spec = EntrySpec("c", "crontab", 60.0, "static")
+    spec = WorkloadEntry("c", "crontab", 60.0, "static")
     start = 60 * 20_000.0
     messages = sends("c", [start + 17, start + 60, start + 120, start + 150, start + 180])
     data = run(messages, specs={"c": spec}, until=start + 200)
@@ -123,7 +123,7 @@ def test_crontab_runs_off_the_minute_boundary_are_early() -> None:
 
 
 def test_a_deleted_entry_is_not_expected_until_it_is_created_again() -> None:
-    spec = EntrySpec("d", "interval", 2.0, "dynamic")
+    spec = WorkloadEntry("d", "interval", 2.0, "dynamic")
     lives = [Lifetime(T0, T0 + 20), Lifetime(T0 + 40, None, T0 + 42)]
     times = every(2, T0 + 2, T0 + 20) + every(2, T0 + 42, T0 + 60)
     report = analyze(run(sends("d", times), specs={"d": spec}, lifetimes={"d": lives}))

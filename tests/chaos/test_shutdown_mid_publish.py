@@ -21,7 +21,8 @@ from celery import Celery
 from redbeat.schedulers import RedBeatSchedulerEntry
 
 from safe_redbeat import SafeRedBeatScheduler
-from tests.support.beat import QueueAuditor
+from testbed.beat import QueueAuditor
+from tests.support import KEYS
 from tests.support.inprocess import FakeClock, celery_app
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
@@ -62,7 +63,7 @@ def test_close_during_a_publish_stops_the_scheduler_even_when_the_exit_is_swallo
             scheduler.tick()
             clock.now += 0.6
     assert len(published) == 2, f"published after close(): {published[2:]}"
-    assert not redis_client.exists("redbeat::lock"), "the lease was taken again after close()"
+    assert not redis_client.exists(KEYS.lease), "the lease was taken again after close()"
     # what did not reach the broker (a discarded broker batch included) stays pending for
     # the next leader; what did was acknowledged
     delivered = {m.headers["safe_redbeat_entry"] for m in QueueAuditor(redis_client).drain()}

@@ -12,7 +12,7 @@ from celery.schedules import crontab
 from celery.schedules import schedule as interval
 from redbeat.schedulers import RedBeatSchedulerEntry
 
-from tests.chaos.model import EntrySpec
+from tests.chaos.model import WorkloadEntry
 
 #: The entry that carries args, kwargs and options through every fault.
 PAYLOAD_ENTRY = "s-payload"
@@ -28,23 +28,23 @@ def build_specs(
     dynamics: int,
     crons: int,
     periods: tuple[int, int] = (1, 5),
-) -> dict[str, EntrySpec]:
+) -> dict[str, WorkloadEntry]:
     """``statics`` + ``dynamics`` interval entries of ``periods`` (1-5 s), ``crons``
     every-minute ones."""
-    specs: dict[str, EntrySpec] = {}
+    specs: dict[str, WorkloadEntry] = {}
     for i in range(statics):
         period = float(rng.randint(*periods))
-        specs[f"s-int{int(period)}-{i:04d}"] = EntrySpec(
+        specs[f"s-int{int(period)}-{i:04d}"] = WorkloadEntry(
             f"s-int{int(period)}-{i:04d}", "interval", period, "static"
         )
     for i in range(dynamics):
         period = float(rng.randint(*periods))
         name = f"d-int{int(period)}-{i:04d}"
-        specs[name] = EntrySpec(name, "interval", period, "dynamic")
+        specs[name] = WorkloadEntry(name, "interval", period, "dynamic")
     for i in range(crons):
         name = f"{'s' if i % 2 == 0 else 'd'}-cron-{i:03d}"
-        specs[name] = EntrySpec(name, "crontab", 60.0, "static" if i % 2 == 0 else "dynamic")
-    specs[PAYLOAD_ENTRY] = EntrySpec(
+        specs[name] = WorkloadEntry(name, "crontab", 60.0, "static" if i % 2 == 0 else "dynamic")
+    specs[PAYLOAD_ENTRY] = WorkloadEntry(
         PAYLOAD_ENTRY,
         "interval",
         2.0,
@@ -56,7 +56,7 @@ def build_specs(
     return specs
 
 
-def static_schedule(specs: Iterable[EntrySpec]) -> dict[str, dict[str, object]]:
+def static_schedule(specs: Iterable[WorkloadEntry]) -> dict[str, dict[str, object]]:
     """SRB_SCHEDULE for the replicas."""
     return {spec.name: spec.beat_spec() for spec in specs if spec.source == "static"}
 
@@ -77,7 +77,7 @@ def redbeat_app(redis_url: str, redis_options: dict[str, Any] | None = None) -> 
     return app
 
 
-def write_dynamic(app: Celery, specs: Iterable[EntrySpec]) -> int:
+def write_dynamic(app: Celery, specs: Iterable[WorkloadEntry]) -> int:
     """Write entries directly to Redis, as RedBeat's own API does (``entry.save()``)."""
     count = 0
     for spec in specs:

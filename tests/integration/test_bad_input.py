@@ -18,9 +18,9 @@ from celery import Celery
 from redbeat.schedulers import RedBeatSchedulerEntry
 
 from safe_redbeat import ConfigurationError, SafeRedBeatScheduler
-from tests.support.beat import QueueAuditor
+from testbed.beat import QueueAuditor
+from testbed.redis_server import free_port
 from tests.support.inprocess import FAST, FakeClock, celery_app
-from tests.support.redis_server import free_port
 
 pytestmark = pytest.mark.integration
 

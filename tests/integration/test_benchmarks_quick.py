@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import importlib.util
+import re
+import subprocess
+import sys
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
 import redis
 
 from benchmarks.__main__ import main
-from benchmarks.env import QUEUE, BenchmarkBroken, check_messages, tick_until_sent
+from benchmarks.env import QUEUE, BenchmarkBroken, Traffic, check_messages, tick_until_sent
+from benchmarks.report import TEMPLATE
+from testbed.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -81,3 +87,46 @@ def test_duplicate_or_foreign_messages_are_reported_broken(redis_client: redis.R
         check_messages(redis_client, 1, None)
     with pytest.raises(BenchmarkBroken, match="1 messages queued, expected 2"):
         check_messages(redis_client, 2, None)
+
+
+def test_the_counting_connection_counts_round_trips_and_names_scripts(
+    redis_server: RedisServer, redis_db: int
+) -> None:
+    traffic = Traffic()
+    url = redis_server.url_for(redis_db)
+    client = redis.Redis.from_url(url, connection_class=traffic.connection_class())
+    release = (files("safe_redbeat.scripts") / "release.lua").read_text()
+    try:
+        client.script_load(release)
+        traffic.reset()
+        client.set("k", "v")
+        with client.pipeline(transaction=False) as pipe:
+            pipe.get("k")
+            pipe.get("k")
+            pipe.delete("k")
+            pipe.execute()
+        assert client.register_script(release)(keys=["k"], args=["token"]) == 0
+    finally:
+        client.close()
+    assert traffic.trips == [("SET",), ("GET", "GET", "DEL"), ("EVALSHA release.lua",)]
+    assert (traffic.round_trips, traffic.commands, traffic.calls("release.lua")) == (3, 5, 1)
+    assert traffic.describe() == "SET, a pipeline of 2 GET, 1 DEL, EVALSHA release.lua"
+
+
+def test_benchmarks_import_nothing_from_tests() -> None:
+    probe = "import sys, benchmarks.__main__; "
+    probe += "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tests'))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=TEMPLATE.parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_report_template_has_no_number_typed_into_its_prose() -> None:
+    prose = re.sub(r"`[^`]*`|\$\w+", "", TEMPLATE.read_text(encoding="utf-8"))
+    assert [line for line in prose.splitlines() if re.search(r"\d", line)] == []

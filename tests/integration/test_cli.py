@@ -1,7 +1,7 @@
 """The ``safe-redbeat`` command through its real entry point (``python -m safe_redbeat``),
 against the suite's Redis and real ``celery beat`` replicas.
 
-The CLI loads ``tests.apps.beatapp`` with the same ``SRB_*`` environment as the replicas,
+The CLI loads ``testbed.beatapp`` with the same ``SRB_*`` environment as the replicas,
 as a Kubernetes probe runs inside the replica's container. Fast lease settings: lease 3 s,
 renew deadline 2 s, retry 0.5 s, so the default ``health --max-age`` is 2 s.
 """
@@ -22,19 +22,14 @@ import redis
 
 from examples import sqlite_table
 from safe_redbeat.lease import parse_token
-from tests.support.beat import APP_MODULE, REPO_ROOT, BeatCluster, BeatProcess
+from testbed.beat import APP_MODULE, REPO_ROOT, BeatCluster, BeatProcess
+from tests.support import KEYS
+from tests.support.inprocess import FAST
 
 pytestmark = pytest.mark.integration
 
-FAST = {
-    "safe_redbeat_lease_seconds": 3.0,
-    "safe_redbeat_renew_seconds": 2.0,
-    "safe_redbeat_retry_seconds": 0.5,
-    "safe_redbeat_socket_timeout": 1.0,
-    "safe_redbeat_backoff_max_seconds": 1.0,
-}
 HOURLY = {"hourly": {"task": "noop", "every": 3600}}
-LEASE_KEY = "redbeat::lock"
+LEASE_KEY = KEYS.lease
 
 # The --json schemas of docs/cli.md.
 STATUS_KEYS = {

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from importlib.resources import files
 from typing import Any
 
 import pytest
@@ -28,11 +29,18 @@ from safe_redbeat.connection import scheduler_client
 from safe_redbeat.dispatch import HEADER_ENTRY, HEADER_SCHEDULED, task_id_for
 from safe_redbeat.keys import Keys
 from safe_redbeat.lease import Lease
-from safe_redbeat.scripts import NAMES, Scripts
+from safe_redbeat.scripts import Scripts
+from testbed.beat import QueueAuditor
 from tests.apps import loaders
-from tests.support.beat import QueueAuditor
 from tests.support.cluster import LocalCluster
 from tests.support.inprocess import FAST, FakeClock
+
+#: every Lua script the package ships
+NAMES = sorted(
+    f.name.removesuffix(".lua")
+    for f in files("safe_redbeat.scripts").iterdir()
+    if f.name.endswith(".lua")
+)
 
 pytestmark = pytest.mark.integration
 

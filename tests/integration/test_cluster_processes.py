@@ -20,7 +20,7 @@ import redis
 
 from safe_redbeat.dispatch import HEADER_ENTRY, HEADER_FENCE, HEADER_SCHEDULED
 from safe_redbeat.lease import parse_token
-from tests.support.beat import (
+from testbed.beat import (
     APP_MODULE,
     REPO_ROOT,
     BeatCluster,

@@ -15,8 +15,8 @@ import redis
 
 pytest.importorskip("django_celery_beat")
 
-from tests.support import django_project
-from tests.support.beat import BeatCluster, BeatProcess, QueueAuditor
+from testbed.beat import BeatCluster, BeatProcess, QueueAuditor
+from tests.support import KEYS, django_project
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +71,7 @@ def start_beats(beat_procs: BeatCluster, db_path: Path, n: int, **env: Any) -> l
 def leader_of(procs: list[BeatProcess], redis_client: redis.Redis, timeout: float = 20) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = redis_client.get("redbeat::lock") or ""
+        value = redis_client.get(KEYS.lease) or ""
         for proc in procs:
             if proc.instance and proc.instance in value:
                 return proc

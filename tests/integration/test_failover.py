@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.beat import BeatCluster, BeatProcess, Message, QueueAuditor
-from tests.support.redis_server import RedisServer
+from testbed.beat import BeatCluster, BeatProcess, Message, QueueAuditor
+from testbed.redis_server import RedisServer
+from tests.support import KEYS
 
 pytestmark = pytest.mark.integration
 
@@ -38,13 +39,13 @@ def leader_of(procs: list[BeatProcess], client: redis.Redis) -> BeatProcess:
     """The replica whose pid is in the lease value."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        value = client.get("redbeat::lock")
+        value = client.get(KEYS.lease)
         if value:
             for proc in procs:
                 if f'"pid":{proc.pid},' in value:
                     return proc
         time.sleep(0.05)
-    raise AssertionError(f"no replica holds the lease: {client.get('redbeat::lock')!r}")
+    raise AssertionError(f"no replica holds the lease: {client.get(KEYS.lease)!r}")
 
 
 def first_with_new_fence(
@@ -106,7 +107,7 @@ def test_deleting_the_lock_key_does_not_crash_and_dispatch_resumes(
     procs = start_two(beat_procs, auditor)
     old_fence = fence_of(auditor.messages[-1])
     for _ in range(3):
-        redis_client.delete("redbeat::lock")
+        redis_client.delete(KEYS.lease)
         deleted_at = time.monotonic()
         message, seen_at = first_with_new_fence(auditor, old_fence, timeout=10)
         assert seen_at - deleted_at < RETRY + INTERVAL_SLACK + 1.0

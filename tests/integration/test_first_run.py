@@ -18,7 +18,7 @@ import redis
 from celery import Celery
 
 from safe_redbeat import Schedule
-from tests.support.beat import BeatCluster, BeatProcess, QueueAuditor
+from testbed.beat import BeatCluster, BeatProcess, QueueAuditor
 from tests.support.inprocess import FAST, celery_app
 
 pytestmark = pytest.mark.integration

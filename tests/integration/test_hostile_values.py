@@ -25,18 +25,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from safe_redbeat import SafeRedBeatScheduler
+from testbed.beat import QueueAuditor
+from testbed.redis_server import RedisServer
 from tests.apps import loaders
 from tests.integration.test_bad_input import GOOD, VALID_DEFINITION, add_due
 from tests.integration.test_cli import cli, env_for
-from tests.support.beat import QueueAuditor
+from tests.support import KEYS
 from tests.support.inprocess import FakeClock, celery_app
-from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
 PREFIX = b"redbeat:"
 SCHEDULE, PENDING, DEAD = b"redbeat::schedule", b"redbeat::pending", b"redbeat::dead"
-LEASE, RECONCILE = b"redbeat::lock", b"redbeat::reconcile"
+LEASE, RECONCILE = KEYS.lease.encode(), b"redbeat::reconcile"
 INTERNAL = (b":schedule", b":pending", b":dead", b":lock", b":statics", b":loader", b":fence")
 
 #: JSON number literals ``json.dumps`` cannot write: they decode to inf or a huge int

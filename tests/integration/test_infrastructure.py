@@ -10,8 +10,8 @@ import pytest
 import redis
 from celery import Celery
 
-from tests.support.beat import BeatCluster, QueueAuditor
-from tests.support.redis_server import RedisServer, find_redis_server, free_port
+from testbed.beat import BeatCluster, QueueAuditor
+from testbed.redis_server import RedisServer, find_redis_server, free_port
 
 pytestmark = pytest.mark.integration
 

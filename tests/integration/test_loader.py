@@ -12,17 +12,15 @@ from celery import Celery
 
 from safe_redbeat import SafeRedBeatScheduler, Schedule
 from safe_redbeat.writethrough import remove_after_commit, sync_once, upsert_after_commit
+from testbed.beat import QueueAuditor
 from tests.apps import loaders
-from tests.support.beat import QueueAuditor
+from tests.support import KEYS
 from tests.support.inprocess import FakeClock, celery_app
 
 pytestmark = pytest.mark.integration
 
+#: on top of FAST, which celery_app() applies
 SETTINGS = {
-    "safe_redbeat_lease_seconds": 3.0,
-    "safe_redbeat_renew_seconds": 2.0,
-    "safe_redbeat_retry_seconds": 0.5,
-    "safe_redbeat_socket_timeout": 1.0,
     "safe_redbeat_loader": "tests.apps.loaders:load",
     "safe_redbeat_loader_timeout_seconds": 2.0,
 }
@@ -182,7 +180,7 @@ def test_an_evicted_entry_comes_back_at_the_next_tick(
 
 
 def test_a_standby_never_reconciles(app: Celery, redis_client: redis.Redis) -> None:
-    redis_client.set("redbeat::lock", "someone else")
+    redis_client.set(KEYS.lease, "someone else")
     loaders.CALLS.clear()
     loaders.RESULT = [row("a")]
     SafeRedBeatScheduler(app=app).tick()

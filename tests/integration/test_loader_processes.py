@@ -13,17 +13,16 @@ import pytest
 import redis
 
 from examples import sqlite_table
+from testbed.beat import BeatCluster, QueueAuditor
 from tests.integration.test_cli import cli, cli_json
-from tests.support.beat import BeatCluster, QueueAuditor
+from tests.support import KEYS
+from tests.support.inprocess import FAST
 
 pytestmark = pytest.mark.integration
 
 RECONCILE_SECONDS = 2.0
 SETTINGS = {
-    "safe_redbeat_lease_seconds": 3.0,
-    "safe_redbeat_renew_seconds": 2.0,
-    "safe_redbeat_retry_seconds": 0.5,
-    "safe_redbeat_socket_timeout": 1.0,
+    **FAST,
     "safe_redbeat_loader": "examples.sqlite_table:load",
     "safe_redbeat_reconcile_seconds": RECONCILE_SECONDS,
 }
@@ -52,7 +51,7 @@ def test_restarting_a_standby_five_times_touches_nothing(
     auditor = QueueAuditor(redis_client)
     leader, standby = start(beat_procs, db_path(db), 1)[0], None
     auditor.wait_for(lambda msgs: len(msgs) >= 2, timeout=15)
-    lock = redis_client.get("redbeat::lock")
+    lock = redis_client.get(KEYS.lease)
     nightly = redis_client.hgetall("redbeat:nightly")
     for _ in range(5):
         standby = start(beat_procs, db_path(db), 1)[0]
@@ -60,7 +59,7 @@ def test_restarting_a_standby_five_times_touches_nothing(
         standby.terminate()
         assert standby.wait(10) == 0
     auditor.wait_for(lambda msgs: len(msgs) >= 6, timeout=15)
-    assert redis_client.get("redbeat::lock") == lock, "a restarting replica took the lock"
+    assert redis_client.get(KEYS.lease) == lock, "a restarting replica took the lock"
     assert redis_client.hgetall("redbeat:nightly") == nightly
     scheduled = Counter(m.headers["safe_redbeat_scheduled"] for m in auditor.messages)
     assert max(scheduled.values()) == 1, "an occurrence was sent twice"

@@ -23,7 +23,8 @@ from safe_redbeat import SafeRedBeatScheduler, jsonlog, signals
 from safe_redbeat.dispatch import task_id_for
 from safe_redbeat.integrations import patched_hook
 from safe_redbeat.metrics import SchedulerMetrics
-from tests.support.beat import QueueAuditor
+from testbed.beat import QueueAuditor
+from tests.support import KEYS
 from tests.support.inprocess import FakeClock, celery_app
 
 pytestmark = pytest.mark.integration
@@ -98,7 +99,7 @@ def test_signals_fire_once_per_event(
     batches = recorder.events["occurrences_sent"]
     assert [len(b["occurrences"]) for b in batches] == [3]
 
-    redis_client.delete("redbeat::lock")
+    redis_client.delete(KEYS.lease)
     clock.now += 1  # renewal due: finds the key gone
     scheduler.tick()
     lost = recorder.events["leadership_changed"][1:]
@@ -128,7 +129,7 @@ def test_a_republished_occurrence_is_signalled_as_republished(
         crashed.tick()
     pending = set(redis_client.hgetall("redbeat::pending"))
     assert len(pending) == 2 and recorder.events["occurrence_sent"] == []
-    redis_client.delete("redbeat::lock")
+    redis_client.delete(KEYS.lease)
     successor = SafeRedBeatScheduler(app=app, monotonic=FakeClock())
     successor.tick()
     sent = recorder.events["occurrence_sent"]
@@ -168,7 +169,7 @@ def test_metrics_follow_the_scheduler(app: Celery, redis_client: redis.Redis) ->
         assert value("safe_redbeat_reconciles_total", source="beat_schedule", result="ok") == 1
         assert len(QueueAuditor(redis_client).drain()) == 3
 
-        redis_client.delete("redbeat::lock")
+        redis_client.delete(KEYS.lease)
         clock.now += 1
         scheduler.tick()
         assert value("safe_redbeat_is_leader") == 0
@@ -187,7 +188,7 @@ def test_json_logs_carry_the_signal_fields(app: Celery, redis_client: redis.Redi
         clock = FakeClock()
         scheduler = SafeRedBeatScheduler(app=app, monotonic=clock)
         scheduler.tick()
-        redis_client.set("redbeat::lock", '9 {"host":"h","pid":1,"name":"other"}')
+        redis_client.set(KEYS.lease, '9 {"host":"h","pid":1,"name":"other"}')
         clock.now += 1
         scheduler.tick()
     finally:
@@ -294,7 +295,7 @@ def test_republished_and_failing_occurrences_pass_the_hook_and_keep_their_record
     monkeypatch.setattr(crashed, "_publish_claimed", die)
     with pytest.raises(SystemExit):
         crashed.tick()
-    redis_client.delete("redbeat::lock")
+    redis_client.delete(KEYS.lease)
     monkeypatch.setattr(Scheduler, "apply_entry", patched)
     successor = SafeRedBeatScheduler(app=app, monotonic=FakeClock())
     successor.tick()

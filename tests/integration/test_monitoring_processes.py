@@ -15,7 +15,7 @@ from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
 from safe_redbeat import Schedule
-from tests.support.beat import BeatCluster, BeatProcess, QueueAuditor
+from testbed.beat import BeatCluster, BeatProcess, QueueAuditor
 from tests.support.inprocess import FAST, celery_app
 
 pytestmark = pytest.mark.integration
@@ -137,7 +137,7 @@ def test_metrics_flip_on_failover_and_count_what_the_broker_got(
 class SentryBeat(BeatProcess):
     def argv(self) -> list[str]:
         argv = super().argv()
-        argv[argv.index("tests.apps.beatapp")] = "tests.apps.sentryapp"
+        argv[argv.index("testbed.beatapp")] = "tests.apps.sentryapp"
         return argv
 
 

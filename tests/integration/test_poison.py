@@ -29,12 +29,13 @@ from safe_redbeat.config import Settings
 from safe_redbeat.entries import encode_meta
 from safe_redbeat.guard import OncePerOccurrence
 from safe_redbeat.writethrough import sync_once, upsert_after_commit
+from testbed.beat import QueueAuditor
+from testbed.redis_server import RedisServer
 from tests.apps import loaders
 from tests.integration.test_bad_input import GOOD, VALID_DEFINITION, add_due
 from tests.integration.test_cli import cli, cli_json, env_for, one_line_error
-from tests.support.beat import QueueAuditor
+from tests.support import KEYS
 from tests.support.inprocess import FakeClock, celery_app
-from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -318,13 +319,13 @@ def test_a_schedule_member_naming_a_key_of_another_type_is_dropped_and_the_key_k
 ) -> None:
     def write(r: redis.Redis) -> list[bytes]:
         r.set(b"redbeat:text", b"someone else's string")
-        r.zadd(SCHEDULE_KEY, {b"redbeat:text": due_now(), b"redbeat::lock": due_now()})
+        r.zadd(SCHEDULE_KEY, {b"redbeat:text": due_now(), KEYS.lease.encode(): due_now()})
         return []
 
     poisoned_ticks(app, raw, caplog, write)
     assert raw.get(b"redbeat:text") == b"someone else's string"
     assert raw.zscore(SCHEDULE_KEY, b"redbeat:text") is None, "the member pointed at no entry"
-    assert raw.zscore(SCHEDULE_KEY, b"redbeat::lock") is None
+    assert raw.zscore(SCHEDULE_KEY, KEYS.lease.encode()) is None
     with Schedule(app) as schedule:
         assert sorted(e.name for e in schedule.list()) == GOOD
 

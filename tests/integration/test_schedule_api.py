@@ -39,38 +39,20 @@ from safe_redbeat import (
 from safe_redbeat.dispatch import task_id_for
 from safe_redbeat.entries import encode_meta
 from safe_redbeat.scripts import source
-from tests.support.beat import BeatCluster, QueueAuditor
-from tests.support.redis_server import RedisServer
+from testbed.beat import BeatCluster, QueueAuditor
+from testbed.redis_server import RedisServer
+from tests.support import KEYS
+from tests.support.inprocess import FAST, make_app
 
 pytestmark = pytest.mark.integration
 
-FAST = {
-    "safe_redbeat_lease_seconds": 3.0,
-    "safe_redbeat_renew_seconds": 2.0,
-    "safe_redbeat_retry_seconds": 0.5,
-    "safe_redbeat_socket_timeout": 1.0,
-}
 SCHEDULE = "redbeat::schedule"
 HOUR = 3600
 
 
-def make_app(redis_url: str, **conf: Any) -> Celery:
-    app = Celery("schedule-api", set_as_current=False)
-    app.conf.update(
-        broker_url=redis_url,
-        redbeat_redis_url=redis_url,
-        timezone="UTC",
-        result_expires=None,
-        beat_max_loop_interval=5,
-        **FAST,
-    )
-    app.conf.update(conf)
-    return app
-
-
 @pytest.fixture
 def app(redis_url: str) -> Iterator[Celery]:
-    app = make_app(redis_url)
+    app = make_app("schedule-api", redis_url)
     yield app
     app.close()
 
@@ -327,7 +309,7 @@ def test_list_pages_through_all_entries_and_filters_by_pattern(sched: Schedule) 
 
 
 def test_list_escapes_glob_characters_in_the_prefix(redis_url: str) -> None:
-    app = make_app(redis_url, redbeat_key_prefix="{jobs}[a]*:")
+    app = make_app("schedule-api", redis_url, redbeat_key_prefix="{jobs}[a]*:")
     try:
         with Schedule(app) as sched:
             sched.upsert("x1", "noop", 60)
@@ -418,7 +400,9 @@ def test_invalid_input_writes_nothing(sched: Schedule, redis_client: redis.Redis
 
 
 def test_a_name_equal_to_the_configured_lock_key_is_refused(redis_url: str) -> None:
-    app = make_app(redis_url, redbeat_lock_key="lock")  # RedBeat makes it "redbeat:lock"
+    app = make_app(
+        "schedule-api", redis_url, redbeat_lock_key="lock"
+    )  # RedBeat makes it "redbeat:lock"
     try:
         with Schedule(app) as sched, pytest.raises(InvalidEntry) as caught:
             sched.upsert("lock", "noop", 60)
@@ -552,7 +536,7 @@ def test_an_entry_written_with_redis_cli_eval_is_dispatched_by_beat(
     )
     argv = [cli, "-h", "127.0.0.1", "-p", str(redis_server.port), "-n", str(redis_db)]
     argv += ["EVAL", source("upsert"), "4"]
-    argv += ["redbeat:from-cli", "redbeat::schedule", "redbeat::lock", "redbeat::statics"]
+    argv += [KEYS.entry("from-cli"), KEYS.schedule, KEYS.lease, KEYS.statics]
     meta = '{"last_run_at": null, "total_run_count": 0}'
     # lifetime fields in the `lifecycle` field: run at once rather than an hour from now
     extra = json.dumps({"lifecycle": json.dumps({"run_immediately": True})})

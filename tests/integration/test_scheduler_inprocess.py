@@ -16,7 +16,8 @@ from redbeat.schedulers import RedBeatSchedulerEntry
 
 from safe_redbeat import SafeRedBeatScheduler
 from safe_redbeat.dispatch import Occurrence, task_id_for
-from tests.support.beat import QueueAuditor
+from testbed.beat import QueueAuditor
+from tests.support import KEYS
 from tests.support.inprocess import FAST, FakeClock, celery_app
 
 pytestmark = pytest.mark.integration
@@ -50,7 +51,7 @@ def test_a_stale_leader_is_rejected_by_redis_not_by_its_own_check(
     assert leader.is_leader
     # Another replica took over while this one was paused; the pause was short enough
     # that the old leader's own deadline check still passes.
-    redis_client.set("redbeat::lock", '99999999999999 {"host":"x","pid":1,"name":"other"}')
+    redis_client.set(KEYS.lease, '99999999999999 {"host":"x","pid":1,"name":"other"}')
     add_due(app, ["a", "b"])
     schedule_before = redis_client.zrange("redbeat::schedule", 0, -1, withscores=True)
     leader.tick()
@@ -67,7 +68,7 @@ def test_lock_loss_never_raises_and_the_replica_reacquires(
     scheduler = make(app, clock)
     scheduler.tick()
     first = scheduler.lease.fence
-    redis_client.delete("redbeat::lock")
+    redis_client.delete(KEYS.lease)
     clock.now += 1  # renewal due
     delay = scheduler.tick()  # finds out, demotes
     assert not scheduler.is_leader and 0 < delay <= 0.5
@@ -79,7 +80,7 @@ def test_a_paused_leader_reverifies_before_claiming(app: Celery, redis_client: r
     clock = FakeClock()
     scheduler = make(app, clock)
     scheduler.tick()
-    redis_client.set("redbeat::lock", "taken by someone else")
+    redis_client.set(KEYS.lease, "taken by someone else")
     add_due(app, ["a"])
     clock.now += 60  # a long pause: far past the renew deadline
     scheduler.tick()
@@ -103,7 +104,7 @@ def test_a_crash_between_claim_and_publish_is_republished_with_the_same_id(
         crashed.tick()
     pending = redis_client.hgetall("redbeat::pending")
     assert len(pending) == 3 and auditor.drain() == []
-    redis_client.delete("redbeat::lock")  # its lease expires
+    redis_client.delete(KEYS.lease)  # its lease expires
     monkeypatch.undo()
     successor = make(app)
     successor.tick()
@@ -147,7 +148,7 @@ def test_a_long_tick_renews_between_batches(
 def test_nothing_is_written_before_the_lease_is_held(
     app: Celery, redis_client: redis.Redis
 ) -> None:
-    redis_client.set("redbeat::lock", "held by a stock RedBeat replica")
+    redis_client.set(KEYS.lease, "held by a stock RedBeat replica")
     app.conf.beat_schedule = {"s": {"task": "noop", "schedule": 1.0}}
     redis_client.sadd("redbeat::statics", "removed-static")
     standby = make(app)
@@ -156,9 +157,9 @@ def test_nothing_is_written_before_the_lease_is_held(
     written = {str(k) for k in redis_client.keys("*")} - {
         str(k) for k in redis_client.keys("redbeat::replica:*")
     }
-    assert written == {"redbeat::lock", "redbeat::statics"}
+    assert written == {KEYS.lease, "redbeat::statics"}
     assert redis_client.smembers("redbeat::statics") == {"removed-static"}
-    redis_client.delete("redbeat::lock")
+    redis_client.delete(KEYS.lease)
     standby.tick()
     assert standby.is_leader
     assert redis_client.smembers("redbeat::statics") == {"s"}
@@ -168,9 +169,9 @@ def test_nothing_is_written_before_the_lease_is_held(
 def test_close_releases_the_lease(app: Celery, redis_client: redis.Redis) -> None:
     scheduler = make(app)
     scheduler.tick()
-    assert redis_client.exists("redbeat::lock")
+    assert redis_client.exists(KEYS.lease)
     scheduler.close()
-    assert not redis_client.exists("redbeat::lock")
+    assert not redis_client.exists(KEYS.lease)
 
 
 def test_replicas_publish_heartbeats_with_their_role(
@@ -201,14 +202,14 @@ def test_an_unset_redbeat_lock_key_still_leases_the_default_key(
     first.tick()
     second.tick()
     assert first.is_leader and not second.is_leader
-    assert redis_client.exists("redbeat::lock")
+    assert redis_client.exists(KEYS.lease)
     assert "redbeat_lock_key is unset" in caplog.text
 
 
 def test_a_broker_outage_keeps_claimed_occurrences_pending_until_it_answers(
     redis_url: str, redis_client: redis.Redis, tmp_path: Any
 ) -> None:
-    from tests.support.redis_server import RedisServer
+    from testbed.redis_server import RedisServer
 
     with RedisServer(workdir=tmp_path / "broker") as broker:
         app = Celery("broker-outage", set_as_current=False)

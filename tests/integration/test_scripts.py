@@ -8,13 +8,12 @@ import pytest
 import redis
 
 from safe_redbeat.dispatch import CLAIMED, GONE, SCORE_MOVED, VERSION_CHANGED
-from safe_redbeat.keys import Keys
 from safe_redbeat.lease import parse_token
 from safe_redbeat.scripts import Scripts
+from tests.support import KEYS
 
 pytestmark = pytest.mark.integration
 
-KEYS = Keys(prefix="redbeat:", lease="redbeat::lock")
 HOLDER = json.dumps({"host": "h", "pid": 1, "name": "n"})
 
 

@@ -35,7 +35,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.retry import Retry
 
-from tests.support.redis_server import (
+from testbed.redis_server import (
     HOST,
     START_TIMEOUT,
     STOP_TIMEOUT,

@@ -28,9 +28,8 @@ class FakeClock:
         return self.now
 
 
-@contextmanager
-def celery_app(name: str, redis_url: str, **settings: Any) -> Iterator[Celery]:
-    """An app whose broker and RedBeat schedule both live in ``redis_url``."""
+def make_app(name: str, redis_url: str, **settings: Any) -> Celery:
+    """An app whose broker and RedBeat schedule both live in ``redis_url``, FAST settings."""
     app = Celery(name, set_as_current=False)
     app.conf.update(
         broker_url=redis_url,
@@ -40,6 +39,13 @@ def celery_app(name: str, redis_url: str, **settings: Any) -> Iterator[Celery]:
         beat_max_loop_interval=5,
         **{**FAST, **settings},
     )
+    return app
+
+
+@contextmanager
+def celery_app(name: str, redis_url: str, **settings: Any) -> Iterator[Celery]:
+    """:func:`make_app`, closed on exit."""
+    app = make_app(name, redis_url, **settings)
     try:
         yield app
     finally:

@@ -29,7 +29,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from tests.support.redis_server import (
+from testbed.redis_server import (
     HOST,
     START_TIMEOUT,
     STOP_TIMEOUT,

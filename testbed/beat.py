@@ -17,16 +17,16 @@ from typing import Any
 
 import redis
 
-from tests.support.redis_server import die_with_parent
+from testbed.redis_server import die_with_parent
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-APP_MODULE = "tests.apps.beatapp"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+APP_MODULE = "testbed.beatapp"
 DEFAULT_SCHEDULER = "safe_redbeat.SafeRedBeatScheduler"
 KILL_TIMEOUT = 10.0
 
 
 class BeatProcess:
-    """One ``celery beat`` process for ``tests.apps.beatapp`` (or ``app``), configured via
+    """One ``celery beat`` process for ``testbed.beatapp`` (or ``app``), configured via
     env vars."""
 
     def __init__(

@@ -71,7 +71,7 @@ def build_schedule(specs: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def create_app() -> Celery:
     redis_url = os.environ.get("SRB_REDIS_URL")
     if not redis_url:
-        raise RuntimeError("tests.apps.beatapp needs $SRB_REDIS_URL (set by BeatProcess)")
+        raise RuntimeError("testbed.beatapp needs $SRB_REDIS_URL (set by BeatProcess)")
     app = Celery("beatapp")
     app.conf.update(
         broker_url=os.environ.get("SRB_BROKER_URL") or redis_url,
