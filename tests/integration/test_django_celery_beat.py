@@ -199,8 +199,15 @@ def test_an_empty_table_does_not_empty_redis(project: Path, redis_client: redis.
     call_command("safe_redbeat_sync", stdout=StringIO())
     with override_settings(SAFE_REDBEAT_WRITE_THROUGH=False):
         PeriodicTask.objects.all().delete()  # e.g. a restore gone wrong
-    call_command("safe_redbeat_sync", stdout=StringIO(), stderr=StringIO())
+    from django.core.management.base import CommandError
+
+    out = StringIO()
+    with pytest.raises(CommandError, match="2 removals were held back"):
+        call_command("safe_redbeat_sync", stdout=out, stderr=StringIO())
+    assert "held removal a" in out.getvalue()
     assert redis_client.exists("redbeat:a", "redbeat:b") == 2
+    call_command("safe_redbeat_sync", "--allow-removals", stdout=StringIO())
+    assert redis_client.exists("redbeat:a", "redbeat:b") == 0
 
 
 def test_a_new_row_first_runs_at_its_next_slot(

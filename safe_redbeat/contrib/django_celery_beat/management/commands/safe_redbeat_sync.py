@@ -1,8 +1,11 @@
-"""``python manage.py safe_redbeat_sync [--dry-run]``: reconcile Redis with the table once.
+"""``python manage.py safe_redbeat_sync [--dry-run] [--allow-removals]``: reconcile Redis
+with the table once.
 
 Versioned and safe next to running beat replicas (see ``safe_redbeat.writethrough``).
 Prints what was (or would be) created, updated and removed, and each row that could not
-be scheduled; exits 1 if there was any, or a write conflicted.
+be scheduled; exits 1 if there was any, a write conflicted, or removals were held back
+(more than ``safe_redbeat_loader_max_removals``, or an empty table: ``--allow-removals``
+applies them).
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ class Command(BaseCommand):  # type: ignore[misc]  # django is untyped
         parser.add_argument(
             "--dry-run", action="store_true", help="show what would change, write nothing"
         )
+        parser.add_argument(
+            "--allow-removals",
+            action="store_true",
+            help="apply removals beyond safe_redbeat_loader_max_removals (after you checked)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         app = celery_app()
@@ -34,7 +42,12 @@ class Command(BaseCommand):  # type: ignore[misc]  # django is untyped
             f"Redis: {sanitize_url(app.redbeat_conf.redis_url)} "
             f"(prefix {app.redbeat_conf.key_prefix!r}); loader: {loader}"
         )
-        result = sync_once(schedules, loader, dry_run=options["dry_run"])
+        result = sync_once(
+            schedules,
+            loader,
+            dry_run=options["dry_run"],
+            allow_removals=options["allow_removals"],
+        )
         verb = "would " if result.dry_run else ""
         for label, names in (
             ("create", result.created),
@@ -43,6 +56,8 @@ class Command(BaseCommand):  # type: ignore[misc]  # django is untyped
         ):
             for name in names:
                 self.stdout.write(f"  {verb}{label} {name}")
+        for name in result.held:
+            self.stdout.write(f"  held removal {name} (--allow-removals applies it)")
         for conflict in result.conflicts:
             self.stdout.write(f"  conflict {conflict} (changed meanwhile; left alone)")
         for error in result.errors:
@@ -53,5 +68,7 @@ class Command(BaseCommand):  # type: ignore[misc]  # django is untyped
             problems.append(f"{len(result.errors)} rows could not be scheduled")
         if result.conflicts:
             problems.append(f"{len(result.conflicts)} writes conflicted")
+        if result.held:
+            problems.append(f"{len(result.held)} removals were held back")
         if problems:
             raise CommandError(" and ".join(problems) + " (see above)")
