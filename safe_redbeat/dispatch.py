@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 from .entries import StoredEntry, encode_meta, meta_encoder, next_score, to_timestamp
 from .errors import InvalidEntry
 from .lifecycle import decide
+from .scripts import ClaimCode
 from .validation import check_options, check_text
 
 __all__ = [
@@ -44,10 +45,10 @@ _TASK_ID_NAMESPACE = uuid.UUID("6f1c1d56-3f43-4a52-9d1e-6a0f2f6b7c15")
 PARKED = "-"
 
 # claim.lua's per operation result codes
-CLAIMED = 1
-SCORE_MOVED = 0
-GONE = 2
-VERSION_CHANGED = 3
+CLAIMED = ClaimCode.CLAIMED
+SCORE_MOVED = ClaimCode.SCORE_MOVED
+GONE = ClaimCode.GONE
+VERSION_CHANGED = ClaimCode.VERSION_CHANGED
 
 
 def task_id_for(entry_key: str, scheduled: int, kind: str = "") -> str:
@@ -166,20 +167,6 @@ class ClaimOp:
     #: a terminal state recorded in the same claim (``finished``, ``expired``), or ''
     new_state: str = ""
 
-    def argv(self) -> list[str]:
-        record = ""
-        if self.occurrence is not None:
-            record = f"{self.occurrence.task_id} {self.occurrence.record}"
-        return [
-            _score_text(self.expected_score),
-            self.expected_version,
-            str(self.new_score),
-            self.new_meta,
-            record,
-            self.run_now,
-            self.new_state,
-        ]
-
 
 @dataclass
 class Plan:
@@ -207,10 +194,6 @@ def _whole(data: dict[str, Any], name: str, default: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name!r} must be a whole number, got {value!r}")
     return value
-
-
-def _score_text(score: float) -> str:
-    return str(int(score)) if float(score).is_integer() else repr(score)
 
 
 def plan_batch(
@@ -307,11 +290,3 @@ def _occurrence(entry: StoredEntry, scheduled: int, fence: int, kind: str = "") 
         scheduled=scheduled,
         fence=fence,
     )
-
-
-def claim_arguments(token: str, ops: Sequence[ClaimOp]) -> tuple[list[str], list[str]]:
-    """KEYS tail and ARGV of ``claim.lua`` for ``ops`` (after the three fixed keys)."""
-    argv = [token]
-    for op in ops:
-        argv.extend(op.argv())
-    return [op.key for op in ops], argv

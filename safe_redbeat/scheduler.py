@@ -17,14 +17,7 @@ from .backoff import Backoff
 from .catchup import coalesce_ops, read_entries, regular_keys
 from .config import Settings
 from .connection import CLIENT_ERRORS, check_cluster_keys, sanitize_url, scheduler_client
-from .dispatch import (
-    CLAIMED,
-    GONE,
-    ClaimOp,
-    Occurrence,
-    claim_arguments,
-    plan_batch,
-)
+from .dispatch import ClaimOp, Occurrence, plan_batch
 from .errors import FencedOut, LeaseLost
 from .heartbeat import Heartbeat, write_heartbeat
 from .keys import Keys
@@ -32,7 +25,7 @@ from .lease import Holder, Lease
 from .outbox import Outbox
 from .publisher import Publisher, SendReport
 from .reader import DueBatch, DueReader
-from .scripts import Scripts
+from .scripts import ClaimCode, Scripts
 from .seeding import Seeder
 
 __all__ = ["SafeRedBeatScheduler"]
@@ -114,7 +107,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
     @property
     def scripts(self) -> Scripts:
         if self._scripts is None:
-            self._scripts = Scripts(self.client)
+            self._scripts = Scripts(self.client, self.keys)
         return self._scripts
 
     @property
@@ -400,20 +393,15 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
 
     def _claim(self, ops: Sequence[ClaimOp]) -> list[Occurrence]:
         self._renew_if_due()  # re-verifies the lease after a pause, before claiming
-        entry_keys, argv = claim_arguments(self._token(), ops)
-        result = self.scripts.claim(
-            keys=[self.keys.lease, self.keys.schedule, self.keys.pending, *entry_keys],
-            args=argv,
-        )
-        if int(result[0]) != 1:
+        result = self.scripts.claim(self._token(), ops)
+        if result.fenced_out:
             self.lease.drop()
             raise FencedOut("Redis rejected a claim: the lease key no longer holds our token")
         claimed = []
-        for op, code in zip(ops, result[1:], strict=True):
-            code = int(code)
-            if code == CLAIMED and op.occurrence is not None:
+        for op, code in zip(ops, result.codes, strict=True):
+            if code is ClaimCode.CLAIMED and op.occurrence is not None:
                 claimed.append(op.occurrence)
-            elif code == GONE:
+            elif code is ClaimCode.GONE:
                 self._reseed_needed = True
                 logger.warning(
                     "beat: entry %r had a schedule slot but no hash; dropped the slot",

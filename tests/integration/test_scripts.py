@@ -10,7 +10,7 @@ import redis
 from safe_redbeat.dispatch import CLAIMED, GONE, SCORE_MOVED, VERSION_CHANGED
 from safe_redbeat.keys import Keys
 from safe_redbeat.lease import parse_token
-from safe_redbeat.scripts import Scripts
+from safe_redbeat.scripts import Registered as Scripts
 
 pytestmark = pytest.mark.integration
 
