@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from .entries import StoredEntry, encode_meta, meta_encoder, next_score, to_timestamp
-from .errors import InvalidEntry
+from .errors import FencedOut, InvalidEntry
 from .lifecycle import decide
-from .scripts import ClaimCode
+from .scripts import ClaimCode, ClaimResult
 from .validation import check_options, check_text
 
 __all__ = [
@@ -28,7 +28,9 @@ __all__ = [
     "ClaimOp",
     "Occurrence",
     "Plan",
+    "Settled",
     "plan_batch",
+    "settle_claim",
     "task_id_for",
 ]
 
@@ -290,3 +292,25 @@ def _occurrence(entry: StoredEntry, scheduled: int, fence: int, kind: str = "") 
         scheduled=scheduled,
         fence=fence,
     )
+
+
+@dataclass
+class Settled:
+    """What a claim did: the occurrences to publish, and slots that pointed at no entry."""
+
+    claimed: list[Occurrence] = field(default_factory=list)
+    #: entry keys whose hash was gone: ``claim.lua`` dropped their schedule slot
+    gone: list[str] = field(default_factory=list)
+
+
+def settle_claim(ops: Sequence[ClaimOp], result: ClaimResult) -> Settled:
+    """Read ``claim.lua``'s answer to ``ops``; FencedOut if Redis refused the claim."""
+    if result.fenced_out:
+        raise FencedOut("Redis rejected a claim: the lease key no longer holds our token")
+    settled = Settled()
+    for op, code in zip(ops, result.codes, strict=True):
+        if code is ClaimCode.CLAIMED and op.occurrence is not None:
+            settled.claimed.append(op.occurrence)
+        elif code is ClaimCode.GONE:
+            settled.gone.append(op.key)
+    return settled
