@@ -13,7 +13,7 @@ module writes, and entries saved by stock RedBeat are read here with version 0.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -209,13 +209,49 @@ class Schedule:
         key = self._key(spec.name)
         return self._write(key, spec.in_zone(self.app.timezone), expected_version)
 
+    def update(
+        self,
+        name: str,
+        change: Callable[[EntryInfo], EntrySpec] | None = None,
+        *,
+        expected_version: int | None = None,
+        **changes: Any,
+    ) -> EntryInfo:
+        """Change some fields of an entry: ``changes`` are :class:`EntrySpec` fields
+        (``enabled=False``, ``options={...}``), or ``change`` builds the new spec from the
+        entry as it is now.
+
+        Without ``expected_version`` a concurrent write is not an error: the entry is read
+        again and the change applied to its new version. With it, VersionConflict.
+        """
+        check_expected_version(name, expected_version)
+        key = self._key(name)
+        for _attempt in range(_MAX_ATTEMPTS):
+            current = self.get(name)
+            if expected_version is not None and expected_version != current.version:
+                raise VersionConflict(name, expected_version, current.version)
+            spec = current.spec if change is None else change(current)
+            if changes:
+                if change is None and all(
+                    getattr(spec, field) == value for field, value in changes.items()
+                ):
+                    return current  # nothing to change
+                spec = dataclasses.replace(spec, **changes)
+            try:
+                return self._write(key, spec.in_zone(self.app.timezone), current.version)
+            except VersionConflict:
+                if expected_version is not None:
+                    raise
+                # changed by someone else since we read it: read again
+        raise SafeRedBeatError(f"entry {name!r} changed on each of {_MAX_ATTEMPTS} attempts")
+
     def enable(self, name: str, *, expected_version: int | None = None) -> EntryInfo:
         """Enable an entry (a versioned change); its next run is recomputed from its last."""
-        return self._set_enabled(name, True, expected_version)
+        return self.update(name, expected_version=expected_version, enabled=True)
 
     def disable(self, name: str, *, expected_version: int | None = None) -> EntryInfo:
         """Disable an entry (a versioned change); beat skips it until it is enabled."""
-        return self._set_enabled(name, False, expected_version)
+        return self.update(name, expected_version=expected_version, enabled=False)
 
     def run_now(self, name: str, *, expected_version: int | None = None) -> datetime:
         """Have the leader send the entry once at its next tick; return the request time.
@@ -436,24 +472,6 @@ class Schedule:
         raise SafeRedBeatError(
             f"entry {spec.name!r}: its run metadata changed on each of {_MAX_ATTEMPTS} attempts"
         )
-
-    def _set_enabled(self, name: str, enabled: bool, expected_version: int | None) -> EntryInfo:
-        check_expected_version(name, expected_version)
-        self._key(name)
-        for _attempt in range(_MAX_ATTEMPTS):
-            current = self.get(name)
-            if expected_version is not None and expected_version != current.version:
-                raise VersionConflict(name, expected_version, current.version)
-            if current.enabled is enabled:
-                return current
-            spec = dataclasses.replace(current.spec, enabled=enabled)
-            try:
-                return self._write(self._key(name), spec, current.version)
-            except VersionConflict:
-                if expected_version is not None:
-                    raise
-                # changed by someone else since we read it: read again
-        raise SafeRedBeatError(f"entry {name!r} changed on each of {_MAX_ATTEMPTS} attempts")
 
 
 def _known(value: int | None) -> int:
