@@ -11,9 +11,11 @@ ordinary fenced ``claim.lua`` operation that compares score and version.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any
+
+from celery.utils.log import get_logger
 
 from .dispatch import ClaimOp, Occurrence, task_id_for
 from .entries import StoredEntry, decode_entry, encode_meta
@@ -21,7 +23,9 @@ from .errors import InvalidEntry
 from .keys import Keys
 from .lifecycle import EXPIRED, NEVER, TERMINAL, first_slot, zone_of
 
-__all__ = ["coalesce_ops", "read_entries"]
+__all__ = ["coalesce", "coalesce_ops", "read_entries"]
+
+logger = get_logger("safe_redbeat")
 
 _FIELDS = ("definition", "meta", "version", "run_now", "lifecycle", "state")
 
@@ -107,3 +111,24 @@ def coalesce_ops(entries: Iterable[StoredEntry], now: datetime) -> list[ClaimOp]
         meta = encode_meta(now, entry.total_run_count)
         ops.append(ClaimOp(entry.key, score, entry.version, new_score, meta, None, new_state=state))
     return ops
+
+
+def coalesce(
+    client: Any,
+    keys: Keys,
+    app: Any,
+    republished: Sequence[Occurrence],
+    claim: Callable[[Sequence[ClaimOp]], object],
+) -> None:
+    """A late republish is the catch-up run: skip each entry's slot that passed too."""
+    entry_keys = regular_keys(keys, republished)
+    if not entry_keys:
+        return
+    now, entries = read_entries(client, keys, app, entry_keys)
+    ops = coalesce_ops(entries, now)
+    if ops:
+        claim(ops)
+        logger.info(
+            "beat: %d overdue occurrences skipped: the republished ones are their catch-up",
+            len(ops),
+        )

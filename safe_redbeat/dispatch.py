@@ -15,8 +15,9 @@ from datetime import datetime
 from typing import Any
 
 from .entries import StoredEntry, encode_meta, meta_encoder, next_score, to_timestamp
-from .errors import InvalidEntry
+from .errors import FencedOut, InvalidEntry
 from .lifecycle import decide
+from .scripts import ClaimCode, ClaimResult
 from .validation import check_options, check_text
 
 __all__ = [
@@ -27,7 +28,9 @@ __all__ = [
     "ClaimOp",
     "Occurrence",
     "Plan",
+    "Settled",
     "plan_batch",
+    "settle_claim",
     "task_id_for",
 ]
 
@@ -44,10 +47,10 @@ _TASK_ID_NAMESPACE = uuid.UUID("6f1c1d56-3f43-4a52-9d1e-6a0f2f6b7c15")
 PARKED = "-"
 
 # claim.lua's per operation result codes
-CLAIMED = 1
-SCORE_MOVED = 0
-GONE = 2
-VERSION_CHANGED = 3
+CLAIMED = ClaimCode.CLAIMED
+SCORE_MOVED = ClaimCode.SCORE_MOVED
+GONE = ClaimCode.GONE
+VERSION_CHANGED = ClaimCode.VERSION_CHANGED
 
 
 def task_id_for(entry_key: str, scheduled: int, kind: str = "") -> str:
@@ -166,20 +169,6 @@ class ClaimOp:
     #: a terminal state recorded in the same claim (``finished``, ``expired``), or ''
     new_state: str = ""
 
-    def argv(self) -> list[str]:
-        record = ""
-        if self.occurrence is not None:
-            record = f"{self.occurrence.task_id} {self.occurrence.record}"
-        return [
-            _score_text(self.expected_score),
-            self.expected_version,
-            str(self.new_score),
-            self.new_meta,
-            record,
-            self.run_now,
-            self.new_state,
-        ]
-
 
 @dataclass
 class Plan:
@@ -207,10 +196,6 @@ def _whole(data: dict[str, Any], name: str, default: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name!r} must be a whole number, got {value!r}")
     return value
-
-
-def _score_text(score: float) -> str:
-    return str(int(score)) if float(score).is_integer() else repr(score)
 
 
 def plan_batch(
@@ -309,9 +294,23 @@ def _occurrence(entry: StoredEntry, scheduled: int, fence: int, kind: str = "") 
     )
 
 
-def claim_arguments(token: str, ops: Sequence[ClaimOp]) -> tuple[list[str], list[str]]:
-    """KEYS tail and ARGV of ``claim.lua`` for ``ops`` (after the three fixed keys)."""
-    argv = [token]
-    for op in ops:
-        argv.extend(op.argv())
-    return [op.key for op in ops], argv
+@dataclass
+class Settled:
+    """What a claim did: the occurrences to publish, and slots that pointed at no entry."""
+
+    claimed: list[Occurrence] = field(default_factory=list)
+    #: entry keys whose hash was gone: ``claim.lua`` dropped their schedule slot
+    gone: list[str] = field(default_factory=list)
+
+
+def settle_claim(ops: Sequence[ClaimOp], result: ClaimResult) -> Settled:
+    """Read ``claim.lua``'s answer to ``ops``; FencedOut if Redis refused the claim."""
+    if result.fenced_out:
+        raise FencedOut("Redis rejected a claim: the lease key no longer holds our token")
+    settled = Settled()
+    for op, code in zip(ops, result.codes, strict=True):
+        if code is ClaimCode.CLAIMED and op.occurrence is not None:
+            settled.claimed.append(op.occurrence)
+        elif code is ClaimCode.GONE:
+            settled.gone.append(op.key)
+    return settled

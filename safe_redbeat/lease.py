@@ -28,7 +28,7 @@ from typing import Any
 from .config import Settings
 from .errors import LeaseLost
 from .keys import Keys
-from .scripts import Scripts
+from .scripts import RenewCode, Scripts
 
 __all__ = ["Holder", "Lease", "parse_token"]
 
@@ -78,7 +78,7 @@ class Lease:
         self.client = client
         self.keys = keys
         self.settings = settings
-        self.scripts = scripts or Scripts(client)
+        self.scripts = scripts or Scripts(client, keys)
         self.monotonic = monotonic
         self.token: str | None = None
         self.fence: int | None = None
@@ -118,14 +118,11 @@ class Lease:
         holder = json.loads(self._holder_json)
         holder["nonce"] = uuid.uuid4().hex[:12]
         started = self.monotonic()
-        ok, value, extra = self.scripts.acquire(
-            keys=[self.keys.lease, self.keys.fence],
-            args=[json.dumps(holder, separators=(",", ":")), self._lease_ms],
-        )
-        if int(ok) != 1:
-            return parse_token(str(value))
-        self.token = str(value)
-        self.fence = int(extra)
+        result = self.scripts.acquire(json.dumps(holder, separators=(",", ":")), self._lease_ms)
+        if not result.acquired:
+            return parse_token(result.value)
+        self.token = result.value
+        self.fence = result.fence
         self.renewed_at = self.acquired_at = started
         return None
 
@@ -137,25 +134,22 @@ class Lease:
         if self.token is None:
             raise LeaseLost("not holding the lease")
         started = self.monotonic()
-        code, current = self.scripts.renew(
-            keys=[self.keys.lease], args=[self.token, self._lease_ms]
-        )
-        code = int(code)
-        if code == 1:
+        result = self.scripts.renew(self.token, self._lease_ms)
+        if result.code is RenewCode.RENEWED:
             self.renewed_at = started
             return
-        if code == 0:
+        if result.code is RenewCode.GONE:
             self.drop()
             raise LeaseLost("the lease key is gone (deleted, expired or Redis lost its data)")
         self.drop()
-        raise LeaseLost(f"the lease is held by {parse_token(str(current)).describe()}")
+        raise LeaseLost(f"the lease is held by {parse_token(str(result.current)).describe()}")
 
     def release(self) -> bool:
         """Give the lease up if it is still ours; True if Redis deleted it."""
         token, self.token = self.token, None
         if token is None:
             return False
-        return bool(self.scripts.release(keys=[self.keys.lease], args=[token]))
+        return self.scripts.release(token)
 
     def drop(self) -> None:
         """Forget the lease locally (it was lost); Redis is not touched."""

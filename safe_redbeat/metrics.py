@@ -207,7 +207,7 @@ class _StateCollector(Collector):
     def collect(self) -> Iterable[Any]:
         scheduler = self.metrics.scheduler
         leading = scheduler is not None and bool(scheduler.is_leader)
-        lease = getattr(scheduler, "_lease_obj", None) if leading else None
+        lease = scheduler.lease if leading else None
         yield _gauge("safe_redbeat_is_leader", "1 while this replica leads.", int(leading))
         yield _gauge(
             "safe_redbeat_fence",

@@ -32,7 +32,7 @@ from .dispatch import Occurrence
 from .errors import FencedOut
 from .keys import Keys
 from .publisher import Publisher, SendReport
-from .scripts import Scripts
+from .scripts import Move, MoveCode, Scripts
 
 __all__ = ["DeadLetter", "Outbox", "read_dead_letters"]
 
@@ -69,8 +69,8 @@ def read_dead_letters(client: Any, keys: Keys, *, limit: int | None = None) -> l
 class _Settlement:
     """What one publish left to write back: records to update in place or bury."""
 
-    retry: list[tuple[str, str, str]] = field(default_factory=list)
-    bury: list[tuple[str, str, str]] = field(default_factory=list)
+    retry: list[Move] = field(default_factory=list)
+    bury: list[Move] = field(default_factory=list)
 
 
 class Outbox:
@@ -132,7 +132,7 @@ class Outbox:
     def republish(self, *, fence: int, token: str, keep_leading: Callable[[], None]) -> SendReport:
         """Publish every pending record (ours, or a previous leader's)."""
         occurrences: list[Occurrence] = []
-        malformed: list[tuple[str, str, str]] = []
+        malformed: list[Move] = []
         problems: list[str] = []
         for task_id, raw in self.client.hscan_iter(self.keys.pending, count=_PAGE):
             try:
@@ -146,13 +146,13 @@ class Outbox:
                     exc,
                     self.keys.dead,
                 )
-                malformed.append((task_id, raw, raw))
+                malformed.append(Move(task_id, raw, raw))
                 problems.append(str(exc))
         if malformed:
             codes = self._move(self.keys.dead, malformed, token)
-            for (task_id, _, _), problem, code in zip(malformed, problems, codes, strict=True):
-                if code == 1:
-                    signals.dead(self, task_id, None, problem)
+            for move, problem, code in zip(malformed, problems, codes, strict=True):
+                if code is MoveCode.DONE:
+                    signals.dead(self, move.task_id, None, problem)
         report = self.publish(
             occurrences, fence=fence, token=token, keep_leading=keep_leading, republished=True
         )
@@ -177,7 +177,7 @@ class Outbox:
         attempts = self.settings.publish_attempts
         for occurrence, error in failed:
             after = occurrence.failed(error)
-            change = (occurrence.task_id, occurrence.record, after.to_json())
+            change = Move(occurrence.task_id, occurrence.record, after.to_json())
             if after.attempts >= attempts:
                 settlement.bury.append(change)
                 buried.append((after, error))
@@ -204,23 +204,26 @@ class Outbox:
         if settlement.bury:
             codes = self._move(self.keys.dead, settlement.bury, token)
             for (occurrence, error), code in zip(buried, codes, strict=True):
-                if code == 1:
+                if code is MoveCode.DONE:
                     signals.dead(self, occurrence.task_id, occurrence, error)
 
-    def _move(self, destination: str, records: list[tuple[str, str, str]], token: str) -> list[int]:
+    def _move(self, destination: str, records: list[Move], token: str) -> list[MoveCode]:
         """``move.lua`` from the pending hash to ``destination``, in pages; its codes."""
-        limit = self.settings.dead_letter_max if destination == self.keys.dead else ""
-        codes: list[int] = []
+        limit = self.settings.dead_letter_max if destination == self.keys.dead else None
+        codes: list[MoveCode] = []
         for start in range(0, len(records), _PAGE):
             page = records[start : start + _PAGE]
             reply = self.scripts.move(
-                keys=[self.keys.lease, self.keys.pending, destination],
-                args=[token, limit, *(value for record in page for value in record)],
+                self.keys.pending,
+                destination,
+                page,
+                token=token,
+                limit=limit,
             )
-            if int(reply[0]) != 1:
+            if reply.fenced_out:
                 raise FencedOut("Redis rejected a pending-record update: the lease is not ours")
-            codes.extend(int(code) for code in reply[1:])
-            full = sum(1 for code in reply[1:] if int(code) == 2)
+            codes.extend(reply.codes)
+            full = reply.codes.count(MoveCode.FULL)
             if full and not self._dead_full_reported:
                 self._dead_full_reported = True
                 logger.error(

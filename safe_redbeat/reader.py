@@ -75,18 +75,16 @@ class DueReader:
 
     def read(self) -> DueBatch:
         """Read one batch of due entries: two round trips whatever the batch size."""
-        seconds, micros, seeded, flat_due, flat_upcoming, pending = self.scripts.due(
-            keys=[self.keys.schedule, self.keys.seeded, self.keys.pending], args=[self.batch_size]
-        )
-        now_ts = int(seconds)
+        read = self.scripts.due(self.batch_size)
+        now_ts = read.seconds
         batch = DueBatch(
-            now=self._as_app_time(now_ts + int(micros) / 1e6),
-            seeded=bool(seeded),
-            pending=int(pending),
+            now=self._as_app_time(now_ts + read.micros / 1e6),
+            seeded=read.seeded,
+            pending=read.pending,
         )
-        due = [(str(k), float(v)) for k, v in zip(flat_due[::2], flat_due[1::2], strict=True)]
+        due = read.due
         batch.size = len(due)
-        batch.upcoming = float(flat_upcoming[1]) if flat_upcoming else None
+        batch.upcoming = read.upcoming[1] if read.upcoming else None
         if not due:
             return batch
         with self.client.pipeline(transaction=False) as pipe:

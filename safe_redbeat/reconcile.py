@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -28,7 +28,7 @@ from .entries import decode_meta, encode_meta
 from .errors import FencedOut, InvalidEntry
 from .keys import Keys
 from .lifecycle import new_entry_anchor, writer_score
-from .scripts import Scripts
+from .scripts import RemoveCode, Scripts, Upsert, UpsertCode
 from .specs import EntrySpec
 from .validation import check_name
 
@@ -97,7 +97,8 @@ class ReconcileResult:
 class _Change:
     spec: EntrySpec
     definition: str
-    version: int
+    #: the version the write expects; None: any (content unchanged, only ownership)
+    version: int | None
     new: bool
 
 
@@ -133,15 +134,15 @@ class Reconciler:
         versions: dict[str, int] = {}
         for start in range(0, len(owned), CHUNK):
             chunk = owned[start : start + CHUNK]
-            reply = self.scripts.versions(keys=[self.keys.entry(name) for name in chunk])
-            for name, version in zip(chunk, reply, strict=True):
-                number = 0 if version == "-" else _version(version)
+            stored = self.scripts.versions([self.keys.entry(name) for name in chunk])
+            for name, version in zip(chunk, stored, strict=True):
+                number = version.number if version.exists else 0
                 if number is None:
                     logger.warning(
                         "%s: entry %r has an unreadable version %r; left alone",
                         self.source,
                         name,
-                        version,
+                        version.raw,
                     )
                     continue
                 versions[name] = number
@@ -206,11 +207,10 @@ class Reconciler:
         for start in range(0, len(specs_list), CHUNK):
             chunk = specs_list[start : start + CHUNK]
             definitions = [spec.definition() for spec in chunk]
-            reply = self.scripts.diff(
-                keys=[self.keys.entry(spec.name) for spec in chunk],
-                args=[_digest(d, spec) for d, spec in zip(definitions, chunk, strict=True)],
+            differing = self.scripts.diff(
+                [self.keys.entry(spec.name) for spec in chunk],
+                [_digest(d, spec) for d, spec in zip(definitions, chunk, strict=True)],
             )
-            differing = dict(_parse_diff(reply))
             for index, spec in enumerate(chunk):
                 if index not in differing and spec.name in owned:
                     result.unchanged += 1
@@ -218,12 +218,15 @@ class Reconciler:
                 # changed, new, or unchanged but not yet owned by this source (the
                 # upsert then only records ownership)
                 current = differing.get(index)
-                expected = 0 if current in (None, "-") else (_version(current) or 0)
-                if index not in differing:
-                    expected = -1  # unchanged content: take the version upsert.lua finds
+                expected: int | None = 0
+                if current is None:
+                    expected = None  # unchanged content: take the version upsert.lua finds
+                elif current.exists:
+                    expected = current.number or 0
                 if expect_snapshot and spec.name in versions:
                     expected = versions[spec.name]
-                changes.append(_Change(spec, definitions[index], expected, current == "-"))
+                new = current is not None and not current.exists
+                changes.append(_Change(spec, definitions[index], expected, new))
             if renew is not None:
                 renew()
         removals = sorted(owned - set(desired)) if result.complete else []
@@ -235,7 +238,7 @@ class Reconciler:
             result.held, removals = removals, []
         if dry_run:
             result.created = [c.spec.name for c in changes if c.new]
-            result.updated = [c.spec.name for c in changes if not c.new and c.version >= 0]
+            result.updated = [c.spec.name for c in changes if not c.new and c.version is not None]
             result.removed = removals
         else:
             self._apply(changes, token, result, renew)
@@ -272,72 +275,47 @@ class Reconciler:
                 pipe.hmget(self.keys.entry(change.spec.name), "meta")
             (seconds, micros), *metas = pipe.execute()
         now = datetime.fromtimestamp(seconds + micros / 1e6, tz=timezone.utc)
-        with self.client.pipeline(transaction=False) as pipe:
-            for change, (meta,) in zip(chunk, metas, strict=True):
-                name = change.spec.name
-                try:
-                    last_run_at, runs = decode_meta(self.keys.entry(name), meta)
-                except InvalidEntry:
-                    last_run_at, runs = now, 0  # unreadable meta: keep it, schedule from now
-                spec, new_meta = change.spec, encode_meta(None)
-                if meta is None:  # new: counts from now, or from the loader's last run
-                    last_run_at = new_entry_anchor(spec.lifecycle, spec.last_run_at, now)
-                    new_meta = encode_meta(last_run_at)
-                score = writer_score(spec.schedule, spec.lifecycle, last_run_at, runs, now)
-                self._upsert(
-                    pipe,
-                    name,
-                    change.definition,
-                    token,
-                    "" if change.version < 0 else str(change.version),
-                    score,
-                    "-" if meta is None else meta,
-                    name,
-                    new_meta,
-                    spec.lifecycle.encode(),
-                )
-            codes = pipe.execute()
-        _check_fenced(codes)
+        batch = self.scripts.upserts()
+        for change, (meta,) in zip(chunk, metas, strict=True):
+            name = change.spec.name
+            try:
+                last_run_at, runs = decode_meta(self.keys.entry(name), meta)
+            except InvalidEntry:
+                last_run_at, runs = now, 0  # unreadable meta: keep it, schedule from now
+            spec, new_meta = change.spec, encode_meta(None)
+            if meta is None:  # new: counts from now, or from the loader's last run
+                last_run_at = new_entry_anchor(spec.lifecycle, spec.last_run_at, now)
+                new_meta = encode_meta(last_run_at)
+            score = writer_score(spec.schedule, spec.lifecycle, last_run_at, runs, now)
+            self.scripts.upsert(
+                Upsert(
+                    entry_key=self.keys.entry(name),
+                    owner_set=self.owned_key,
+                    definition=change.definition,
+                    score=score,
+                    new_meta=new_meta,
+                    expected_meta=meta,
+                    expected_version=change.version,
+                    fields={"lifecycle": spec.lifecycle.encode()},
+                    owner_name=name,
+                    token=token,
+                ),
+                batch=batch,
+            )
+        replies = batch.execute()
+        if any(reply.code is UpsertCode.FENCED_OUT for reply in replies):
+            raise FencedOut("Redis rejected a reconcile write: the lease is not ours")
         retry = []
-        for change, (code, _version) in zip(chunk, codes, strict=True):
-            code = int(code)
-            if code == 1:
+        for change, reply in zip(chunk, replies, strict=True):
+            if reply.code is UpsertCode.WRITTEN:
                 (result.created if change.new else result.updated).append(change.spec.name)
-            elif code == 2:
+            elif reply.code is UpsertCode.UNCHANGED:
                 result.unchanged += 1
-            elif code == -1:
+            elif reply.code is UpsertCode.VERSION_CONFLICT:
                 result.conflicts.append(change.spec.name)
-            elif code == -2:
+            elif reply.code is UpsertCode.META_CHANGED:
                 retry.append(change)
         return retry
-
-    def _upsert(
-        self,
-        pipe: Any,
-        name: str,
-        definition: str,
-        token: str,
-        expected_version: str,
-        score: int,
-        expected_meta: str,
-        owner_name: str,
-        new_meta: str = "",
-        lifecycle: str = "",
-    ) -> None:
-        self.scripts.upsert(
-            keys=[self.keys.entry(name), self.keys.schedule, self.keys.lease, self.owned_key],
-            args=[
-                token,
-                definition,
-                expected_version,
-                score,
-                new_meta or encode_meta(None),
-                expected_meta,
-                json.dumps({"lifecycle": lifecycle}),
-                owner_name,
-            ],
-            client=pipe,
-        )
 
     def _remove(
         self, names: list[str], versions: dict[str, int], token: str, result: ReconcileResult
@@ -345,43 +323,25 @@ class Reconciler:
         """Remove each name at the version it had in the snapshot (else: a conflict)."""
         for start in range(0, len(names), CHUNK):
             chunk = names[start : start + CHUNK]
-            with self.client.pipeline(transaction=False) as pipe:
-                for name in chunk:
-                    self.scripts.remove(
-                        keys=[
-                            self.keys.entry(name),
-                            self.keys.schedule,
-                            self.keys.lease,
-                            self.owned_key,
-                        ],
-                        args=[token, versions[name], name],
-                        client=pipe,
-                    )
-                codes = pipe.execute()
-            _check_fenced(codes)
-            for name, (code, _version) in zip(chunk, codes, strict=True):
-                if int(code) in (1, 2):
+            batch = self.scripts.removals()
+            for name in chunk:
+                self.scripts.remove(
+                    self.keys.entry(name),
+                    name,
+                    [self.owned_key],
+                    expected_version=versions[name],
+                    token=token,
+                    batch=batch,
+                )
+            replies = batch.execute()
+            if any(reply.code is RemoveCode.FENCED_OUT for reply in replies):
+                raise FencedOut("Redis rejected a reconcile write: the lease is not ours")
+            for name, reply in zip(chunk, replies, strict=True):
+                if reply.code in (RemoveCode.REMOVED, RemoveCode.NOT_FOUND):
                     result.removed.append(name)
                     logger.info("%s: removed entry %r (no longer loaded)", self.source, name)
-                elif int(code) == -1:
+                elif reply.code is RemoveCode.VERSION_CONFLICT:
                     result.conflicts.append(name)
-
-
-def _check_fenced(replies: Sequence[Sequence[Any]]) -> None:
-    """upsert.lua and remove.lua answer ``{0, false}`` when the lease is not ours."""
-    if any(int(reply[0]) == 0 for reply in replies):
-        raise FencedOut("Redis rejected a reconcile write: the lease is not ours")
-
-
-def _parse_diff(reply: Sequence[Any]) -> Iterator[tuple[int, str]]:
-    """``diff.lua``'s answer as (0-based index, current version or '-')."""
-    for position, version in zip(reply[::2], reply[1::2], strict=True):
-        yield int(position) - 1, str(version)
-
-
-def _version(text: str) -> int | None:
-    """A stored version as an int; None if it is not one (another program wrote it)."""
-    return int(text) if text.isascii() and text.isdigit() and len(text) <= 15 else None
 
 
 def _digest(definition: str, spec: EntrySpec) -> str:

@@ -13,8 +13,7 @@ module writes, and entries saved by stock RedBeat are read here with version 0.
 from __future__ import annotations
 
 import dataclasses
-import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -29,7 +28,7 @@ from .entries import decode_entry, decode_meta, encode_meta
 from .errors import EntryNotFound, InvalidEntry, SafeRedBeatError, VersionConflict
 from .keys import Keys
 from .lifecycle import new_entry_anchor, state_of, writer_score
-from .scripts import Scripts
+from .scripts import RemoveCode, RunNowCode, Scripts, Upsert, UpsertCode
 from .specs import (
     EntryInfo,
     EntrySpec,
@@ -99,7 +98,7 @@ class Schedule:
             self._owns_client = client is not getattr(shared, "wrapped_connection", shared)
         check_cluster_keys(app, self.keys, client)
         self.client: Any = client
-        self.scripts = Scripts(client)
+        self.scripts = Scripts(client, self.keys)
         self._reserved = {
             self.keys.lease,
             self.keys.schedule,
@@ -210,13 +209,49 @@ class Schedule:
         key = self._key(spec.name)
         return self._write(key, spec.in_zone(self.app.timezone), expected_version)
 
+    def update(
+        self,
+        name: str,
+        change: Callable[[EntryInfo], EntrySpec] | None = None,
+        *,
+        expected_version: int | None = None,
+        **changes: Any,
+    ) -> EntryInfo:
+        """Change some fields of an entry: ``changes`` are :class:`EntrySpec` fields
+        (``enabled=False``, ``options={...}``), or ``change`` builds the new spec from the
+        entry as it is now.
+
+        Without ``expected_version`` a concurrent write is not an error: the entry is read
+        again and the change applied to its new version. With it, VersionConflict.
+        """
+        check_expected_version(name, expected_version)
+        key = self._key(name)
+        for _attempt in range(_MAX_ATTEMPTS):
+            current = self.get(name)
+            if expected_version is not None and expected_version != current.version:
+                raise VersionConflict(name, expected_version, current.version)
+            spec = current.spec if change is None else change(current)
+            if changes:
+                if change is None and all(
+                    getattr(spec, field) == value for field, value in changes.items()
+                ):
+                    return current  # nothing to change
+                spec = dataclasses.replace(spec, **changes)
+            try:
+                return self._write(key, spec.in_zone(self.app.timezone), current.version)
+            except VersionConflict:
+                if expected_version is not None:
+                    raise
+                # changed by someone else since we read it: read again
+        raise SafeRedBeatError(f"entry {name!r} changed on each of {_MAX_ATTEMPTS} attempts")
+
     def enable(self, name: str, *, expected_version: int | None = None) -> EntryInfo:
         """Enable an entry (a versioned change); its next run is recomputed from its last."""
-        return self._set_enabled(name, True, expected_version)
+        return self.update(name, expected_version=expected_version, enabled=True)
 
     def disable(self, name: str, *, expected_version: int | None = None) -> EntryInfo:
         """Disable an entry (a versioned change); beat skips it until it is enabled."""
-        return self._set_enabled(name, False, expected_version)
+        return self.update(name, expected_version=expected_version, enabled=False)
 
     def run_now(self, name: str, *, expected_version: int | None = None) -> datetime:
         """Have the leader send the entry once at its next tick; return the request time.
@@ -226,16 +261,12 @@ class Schedule:
         """
         check_expected_version(name, expected_version)
         key = self._key(name)
-        code, value = self.scripts.run_now(
-            keys=[key, self.keys.schedule, self.keys.lease],
-            args=["", "" if expected_version is None else expected_version],
-        )
-        code = int(code)
-        if code == 2:
+        result = self.scripts.run_now(key, expected_version=expected_version)
+        if result.code is RunNowCode.NOT_FOUND:
             raise EntryNotFound(name)
-        if code == -1:
-            raise VersionConflict(name, expected_version, int(value))
-        requested = datetime.fromtimestamp(int(value), tz=timezone.utc)
+        if result.code is RunNowCode.VERSION_CONFLICT:
+            raise VersionConflict(name, expected_version, result.version)
+        requested = datetime.fromtimestamp(_known(result.requested_at), tz=timezone.utc)
         logger.info("schedule: requested a manual run of %r", name)
         return requested
 
@@ -247,17 +278,15 @@ class Schedule:
         """
         check_expected_version(name, expected_version)
         key = self._key(name)
-        code, version = self.scripts.remove(
-            keys=[key, self.keys.schedule, self.keys.lease, self.keys.statics, self.keys.loaded],
-            args=["", "" if expected_version is None else expected_version, name],
+        result = self.scripts.remove(
+            key, name, [self.keys.statics, self.keys.loaded], expected_version=expected_version
         )
-        code = int(code)
-        if code == 2:
+        if result.code is RemoveCode.NOT_FOUND:
             raise EntryNotFound(name)
-        if code == -1:
-            raise VersionConflict(name, expected_version, int(version))
-        logger.info("schedule: deleted entry %r (version %s)", name, version)
-        return int(version)
+        if result.code is RemoveCode.VERSION_CONFLICT:
+            raise VersionConflict(name, expected_version, result.version)
+        logger.info("schedule: deleted entry %r (version %s)", name, result.version)
+        return _known(result.version)
 
     # -- reads -------------------------------------------------------------------------
 
@@ -385,7 +414,7 @@ class Schedule:
 
     def _write(self, key: str, spec: EntrySpec, expected_version: int | None) -> EntryInfo:
         definition = spec.definition()
-        extra = json.dumps({"lifecycle": spec.lifecycle.encode()})
+        fields = {"lifecycle": spec.lifecycle.encode()}
         for _attempt in range(_MAX_ATTEMPTS):
             state = self._read(key)
             last_run_at, total_run_count = decode_meta(key, state.meta)
@@ -395,25 +424,24 @@ class Schedule:
                 last_run_at = new_entry_anchor(spec.lifecycle, spec.last_run_at, state.now)
                 new_meta = encode_meta(last_run_at)
             score = self._score(spec, state, last_run_at, total_run_count)
-            code, version = self.scripts.upsert(
-                keys=[key, self.keys.schedule, self.keys.lease, self.keys.statics],
-                args=[
-                    "",
-                    definition,
-                    "" if expected_version is None else expected_version,
-                    score,
-                    new_meta,
-                    "-" if state.meta is None else state.meta,
-                    extra,
-                    "",
-                ],
+            result = self.scripts.upsert(
+                Upsert(
+                    entry_key=key,
+                    owner_set=self.keys.statics,
+                    definition=definition,
+                    score=score,
+                    new_meta=new_meta,
+                    expected_meta=state.meta,
+                    expected_version=expected_version,
+                    fields=fields,
+                )
             )
-            code = int(code)
-            if code == -2:
+            code, version = result.code, _known(result.version)
+            if code is UpsertCode.META_CHANGED:
                 continue  # a claim moved the last run meanwhile: recompute the score
-            if code == -1:
-                raise VersionConflict(spec.name, expected_version, int(version))
-            if code == 1:
+            if code is UpsertCode.VERSION_CONFLICT:
+                raise VersionConflict(spec.name, expected_version, version)
+            if code is UpsertCode.WRITTEN:
                 logger.info("schedule: wrote entry %r (version %s)", spec.name, version)
                 next_run = utc_datetime(score)
             else:
@@ -423,7 +451,7 @@ class Schedule:
                 state=state_of(
                     enabled=spec.enabled,
                     lifecycle=lifecycle,
-                    stored_state=state.state if code == 2 else "",
+                    stored_state=state.state if code is UpsertCode.UNCHANGED else "",
                     total_run_count=total_run_count,
                     now=state.now,
                 ),
@@ -435,7 +463,7 @@ class Schedule:
                 kwargs=dict(spec.kwargs),
                 options=dict(spec.options),
                 enabled=spec.enabled,
-                version=int(version),
+                version=version,
                 last_run_at=last_run_at,
                 next_run_at=next_run,
                 total_run_count=total_run_count,
@@ -445,20 +473,9 @@ class Schedule:
             f"entry {spec.name!r}: its run metadata changed on each of {_MAX_ATTEMPTS} attempts"
         )
 
-    def _set_enabled(self, name: str, enabled: bool, expected_version: int | None) -> EntryInfo:
-        check_expected_version(name, expected_version)
-        self._key(name)
-        for _attempt in range(_MAX_ATTEMPTS):
-            current = self.get(name)
-            if expected_version is not None and expected_version != current.version:
-                raise VersionConflict(name, expected_version, current.version)
-            if current.enabled is enabled:
-                return current
-            spec = dataclasses.replace(current.spec, enabled=enabled)
-            try:
-                return self._write(self._key(name), spec, current.version)
-            except VersionConflict:
-                if expected_version is not None:
-                    raise
-                # changed by someone else since we read it: read again
-        raise SafeRedBeatError(f"entry {name!r} changed on each of {_MAX_ATTEMPTS} attempts")
+
+def _known(value: int | None) -> int:
+    """A number the script's contract promises for this reply code."""
+    if value is None:
+        raise SafeRedBeatError("Redis answered a script call without the expected number")
+    return value

@@ -61,11 +61,24 @@ class Seeder:
         self.build_entry = build_entry
         self.monotonic = monotonic
         self._loader_slot = LoaderSlot()
+        #: set when a claim found entries gone from Redis: seed again at the next tick
+        self.reseed_needed = False
+        self._next_reconcile = 0.0
 
-    def seed(self, token: str, renew: Callable[[], None]) -> None:
+    def seed(self, token: str, renew: Callable[[], None], reason: str = "") -> None:
         """Reconcile everything now, then mark the schedule as seeded."""
+        if reason:
+            logger.info("beat: reconciling the schedule: %s", reason)
         self.reconcile(token, renew)
         self.client.set(self.keys.seeded, "1")
+        self.reseed_needed = False
+
+    def upkeep(self, token: str, renew: Callable[[], None]) -> None:
+        """Seed again if entries vanished, else reconcile every ``reconcile_seconds``."""
+        if self.reseed_needed:
+            self.seed(token, renew, "entries vanished from Redis (evicted or deleted)")
+        elif self.monotonic() >= self._next_reconcile:
+            self.reconcile(token, renew)
 
     def reconcile(self, token: str, renew: Callable[[], None]) -> None:
         """Static ``beat_schedule`` entries, then (if configured) the user's loader.
@@ -87,6 +100,7 @@ class Seeder:
                 result.errors.append(failure[0])
             _log(result)
             self.client.set(self.keys.reconcile, result.to_json())
+        self._next_reconcile = self.monotonic() + self.settings.reconcile_seconds
 
     def _reconciler(self, source: str, owned_key: str) -> Reconciler:
         return Reconciler(

@@ -60,7 +60,7 @@ class Context:
         return Schedule(self.app, client=self.client)
 
     def scripts(self) -> Scripts:
-        return Scripts(self.client)
+        return Scripts(self.client, self.keys)
 
     def close(self) -> None:
         self.client.close()

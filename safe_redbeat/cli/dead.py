@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..outbox import DeadLetter, read_dead_letters
+from ..scripts import Move, MoveCode
 from .context import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, CLIError, Context
 from .output import emit, table
 
@@ -65,7 +66,7 @@ def cmd_dead(ctx: Context, args: argparse.Namespace) -> int:
         raise CLIError(
             EXIT_NOT_FOUND, "not_found", f"no dead letter with task id {sorted(missing)[0]!r}"
         )
-    moves: list[str] = []
+    moves: list[Move] = []
     for letter in chosen:
         new = ""
         if args.action == "retry":
@@ -78,16 +79,14 @@ def cmd_dead(ctx: Context, args: argparse.Namespace) -> int:
                 )
             fresh = dataclasses.replace(letter.occurrence, attempts=0, last_error="", raw="")
             new = fresh.to_json()
-        moves += [letter.task_id, letter.raw, new]
+        moves.append(Move(letter.task_id, letter.raw, new))
     done: list[str] = []
     changed: list[str] = []
     if moves:
         destination = ctx.keys.pending if args.action == "retry" else ctx.keys.dead
-        reply = ctx.scripts().move(
-            keys=[ctx.keys.lease, ctx.keys.dead, destination], args=["", "", *moves]
-        )
-        for task_id, code in zip(moves[::3], reply[1:], strict=True):
-            (done if int(code) == 1 else changed).append(task_id)
+        reply = ctx.scripts().move(ctx.keys.dead, destination, moves)
+        for move, code in zip(moves, reply.codes, strict=True):
+            (done if code is MoveCode.DONE else changed).append(move.task_id)
     verb = "retried" if args.action == "retry" else "dropped"
     text = f"{verb} {len(done)} dead letters"
     if changed:

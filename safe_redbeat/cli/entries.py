@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import EntryNotFound, InvalidEntry, VersionConflict
+from ..errors import EntryNotFound, InvalidEntry, SafeRedBeatError, VersionConflict
 from ..lifecycle import PARKED
 from ..schedule import MalformedEntry
 from ..specs import EntryInfo, EntrySpec, ScheduleLike
@@ -45,9 +45,6 @@ __all__ = [
     "cmd_sync",
     "cmd_update",
 ]
-
-#: ``update`` re-reads and re-applies its change this often when another writer wins.
-UPDATE_ATTEMPTS = 20
 
 
 def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
@@ -173,27 +170,20 @@ def cmd_add(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_update(ctx: Context, args: argparse.Namespace) -> int:
-    schedules = ctx.schedule()
-    for _attempt in range(UPDATE_ATTEMPTS):
-        current = schedules.get(args.name)
-        expected = current.version if args.expected_version is None else args.expected_version
-        if expected != current.version:
-            raise VersionConflict(args.name, expected, current.version)
-        spec = _spec(args, current)
-        try:
-            info = schedules.put(spec, expected_version=expected)
-        except VersionConflict:
-            if args.expected_version is not None:
-                raise
-            continue  # another writer came first: apply the change to its version
-        _report(args, "updated" if info.version != current.version else "unchanged", info)
-        return EXIT_OK
-    raise CLIError(
-        EXIT_CONFLICT,
-        "version_conflict",
-        f"entry {args.name!r} changed on each of {UPDATE_ATTEMPTS} attempts",
-        name=args.name,
-    )
+    read: list[EntryInfo] = []
+
+    def change(current: EntryInfo) -> EntrySpec:
+        read.append(current)
+        return _spec(args, current)
+
+    try:
+        info = ctx.schedule().update(args.name, change, expected_version=args.expected_version)
+    except (EntryNotFound, InvalidEntry, VersionConflict):
+        raise
+    except SafeRedBeatError as exc:  # the entry changed on each attempt
+        raise CLIError(EXIT_CONFLICT, "version_conflict", str(exc), name=args.name) from None
+    _report(args, "updated" if info.version != read[-1].version else "unchanged", info)
+    return EXIT_OK
 
 
 def cmd_rm(ctx: Context, args: argparse.Namespace) -> int:

@@ -1,16 +1,58 @@
-"""The Lua scripts, one file each with its KEYS/ARGV/return contract at the top.
+"""The Lua scripts, one file each with its KEYS/ARGV/return contract at the top, and
+:class:`Scripts`, the one typed boundary to them.
 
 They ship as plain ``.lua`` files so a service in another language can ``EVAL`` them and get
-the same fencing and versioning guarantees.
+the same fencing and versioning guarantees. Python code calls them only through
+:class:`Scripts`: one method per script, named parameters, a typed result. The positional
+KEYS/ARGV lists, the sentinel strings (``''`` for "none" or "any", ``'-'`` for "missing") and
+the numeric reply codes are known here and nowhere else.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
 from functools import cache
 from importlib.resources import files
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-__all__ = ["Scripts", "source"]
+import redis
+from redis.cluster import RedisCluster
+
+from ..keys import Keys
+
+if TYPE_CHECKING:
+    from ..dispatch import ClaimOp
+
+__all__ = [
+    "AcquireResult",
+    "Batch",
+    "ClaimCode",
+    "ClaimResult",
+    "Client",
+    "Due",
+    "Move",
+    "MoveCode",
+    "MoveResult",
+    "Registered",
+    "RemoveCode",
+    "RemoveResult",
+    "RenewCode",
+    "RenewResult",
+    "RunNowCode",
+    "RunNowResult",
+    "Scripts",
+    "StoredVersion",
+    "Upsert",
+    "UpsertCode",
+    "UpsertResult",
+    "source",
+]
+
+#: A redis-py client (or pipeline) the scripts run on.
+Client = redis.Redis | RedisCluster
 
 
 @cache
@@ -19,10 +61,13 @@ def source(name: str) -> str:
     return (files(__package__) / f"{name}.lua").read_text(encoding="utf-8")
 
 
-class Scripts:
-    """The scripts registered on one client: EVALSHA, reloaded after NOSCRIPT."""
+class Registered:
+    """The scripts registered on one client, untyped: EVALSHA, reloaded after NOSCRIPT.
 
-    def __init__(self, client: Any) -> None:
+    Called with the ``.lua`` files' own KEYS and ARGV; :class:`Scripts` is the typed way in.
+    """
+
+    def __init__(self, client: Client) -> None:
         self.acquire = client.register_script(source("acquire"))
         self.renew = client.register_script(source("renew"))
         self.release = client.register_script(source("release"))
@@ -34,3 +79,426 @@ class Scripts:
         self.diff = client.register_script(source("diff"))
         self.due = client.register_script(source("due"))
         self.move = client.register_script(source("move"))
+
+
+# -- reply codes -------------------------------------------------------------------------
+
+
+class RenewCode(IntEnum):
+    """``renew.lua``'s answer."""
+
+    RENEWED = 1
+    GONE = 0  # the lease key is gone (deleted, expired, Redis lost its data)
+    HELD_BY_OTHER = -1
+
+
+class ClaimCode(IntEnum):
+    """``claim.lua``'s answer for one operation."""
+
+    CLAIMED = 1
+    SCORE_MOVED = 0  # claimed by someone, or rescheduled, meanwhile
+    GONE = 2  # the entry hash is gone (or another type): its slot was dropped
+    VERSION_CHANGED = 3
+
+
+class UpsertCode(IntEnum):
+    """``upsert.lua``'s answer."""
+
+    WRITTEN = 1
+    UNCHANGED = 2
+    FENCED_OUT = 0
+    VERSION_CONFLICT = -1
+    META_CHANGED = -2  # a claim moved the run metadata since it was read: recompute
+
+
+class RemoveCode(IntEnum):
+    """``remove.lua``'s answer."""
+
+    REMOVED = 1
+    NOT_FOUND = 2
+    FENCED_OUT = 0
+    VERSION_CONFLICT = -1
+
+
+class RunNowCode(IntEnum):
+    """``run_now.lua``'s answer."""
+
+    REQUESTED = 1
+    NOT_FOUND = 2
+    FENCED_OUT = 0
+    VERSION_CONFLICT = -1
+
+
+class MoveCode(IntEnum):
+    """``move.lua``'s answer for one record."""
+
+    DONE = 1
+    CHANGED = 0  # the source value changed or is gone: nothing written
+    FULL = 2  # the destination holds its most fields: left in the source
+
+
+# -- results -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AcquireResult:
+    """``acquire.lua``: our token and fence, or the current holder's value."""
+
+    acquired: bool
+    #: our token if acquired, else the value the lease key holds
+    value: str
+    fence: int | None = None
+    #: milliseconds the current holder's lease has left (not acquired)
+    pttl: int | None = None
+
+
+@dataclass(frozen=True)
+class RenewResult:
+    code: RenewCode
+    #: the value the lease key holds (ours if renewed), None if it is gone
+    current: str | None
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """``claim.lua``: ``fenced_out`` (nothing written) or one code per operation."""
+
+    fenced_out: bool
+    codes: list[ClaimCode] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    code: UpsertCode
+    #: the entry's version after the call (the new one if written); None if fenced out
+    version: int | None
+
+
+@dataclass(frozen=True)
+class RemoveResult:
+    code: RemoveCode
+    #: the version the entry had (removed or conflicting), else None
+    version: int | None
+
+
+@dataclass(frozen=True)
+class RunNowResult:
+    code: RunNowCode
+    #: the request time (Redis TIME, whole seconds) if requested
+    requested_at: int | None = None
+    #: Redis' current version on a version conflict
+    version: int | None = None
+
+
+@dataclass(frozen=True)
+class MoveResult:
+    """``move.lua``: ``fenced_out`` (nothing written) or one code per record."""
+
+    fenced_out: bool
+    codes: list[MoveCode] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    """An entry's ``version`` field as ``versions.lua`` or ``diff.lua`` read it."""
+
+    #: False if there is no such entry
+    exists: bool
+    #: the version (0 for an entry without one), None if another program stored something
+    #: that is not a version (or the key holds another type)
+    number: int | None
+    #: the stored text, for messages
+    raw: str
+
+
+@dataclass(frozen=True)
+class Due:
+    """``due.lua``: what is due by Redis' clock, in one round trip."""
+
+    seconds: int
+    micros: int
+    #: False when the seed marker is gone: Redis lost data
+    seeded: bool
+    #: (entry key, score) due now, lowest score first
+    due: list[tuple[str, float]]
+    #: (entry key, score) of the first entry due after now, if any
+    upcoming: tuple[str, float] | None
+    #: how many pending records there are
+    pending: int
+
+
+# -- arguments ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Upsert:
+    """One ``upsert.lua`` call: create or update an entry's definition."""
+
+    entry_key: str
+    #: the SET of names the entry is recorded in when ``owner_name`` is given
+    owner_set: str
+    definition: str
+    #: next due timestamp
+    score: int
+    #: ``meta`` written only when the entry has none yet
+    new_meta: str
+    #: ``meta`` as read when ``score`` was computed; None: there was none
+    expected_meta: str | None
+    #: None accepts any version; 0 means the entry must not exist yet (or be unversioned)
+    expected_version: int | None = None
+    #: extra hash fields (string values; '' deletes the field)
+    fields: Mapping[str, str] = field(default_factory=dict)
+    #: name recorded in ``owner_set``, or None
+    owner_name: str | None = None
+    #: lease token fencing the write, or None for a write that is not fenced
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class Move:
+    """One record of a ``move.lua`` call."""
+
+    task_id: str
+    #: the value read from the source (compare-and-set)
+    expected: str
+    #: the value to write to the destination; '' with destination = source deletes it
+    new: str
+
+
+R = TypeVar("R")
+
+
+class Batch(Generic[R]):
+    """Script calls of one kind queued on one pipeline; :meth:`execute` decodes the replies."""
+
+    def __init__(self, client: Client, decode: Callable[[Any], R]) -> None:
+        self.pipe: Any = client.pipeline(transaction=False)
+        self._decode = decode
+
+    def execute(self) -> list[R]:
+        try:
+            return [self._decode(reply) for reply in self.pipe.execute()]
+        finally:
+            self.pipe.reset()
+
+
+# -- the gateway -------------------------------------------------------------------------
+
+
+class Scripts:
+    """The one typed way to run the Lua scripts of one schedule (``keys``) on ``client``."""
+
+    def __init__(self, client: Client, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+        #: the registered scripts, called with raw KEYS and ARGV (only from here)
+        self.raw = Registered(client)
+
+    # -- the lease ---------------------------------------------------------------------
+
+    def acquire(self, holder: str, lease_ms: int) -> AcquireResult:
+        """Take the lease if it is free; ``holder`` is the JSON recorded in the token."""
+        ok, value, extra = self.raw.acquire(
+            keys=[self.keys.lease, self.keys.fence], args=[holder, lease_ms]
+        )
+        if int(ok) == 1:
+            return AcquireResult(True, str(value), fence=int(extra))
+        return AcquireResult(False, str(value), pttl=int(extra))
+
+    def renew(self, token: str, lease_ms: int) -> RenewResult:
+        code, current = self.raw.renew(keys=[self.keys.lease], args=[token, lease_ms])
+        return RenewResult(RenewCode(int(code)), None if current is None else str(current))
+
+    def release(self, token: str) -> bool:
+        """Delete the lease if it still holds ``token``; True if it did."""
+        return bool(self.raw.release(keys=[self.keys.lease], args=[token]))
+
+    # -- dispatch ----------------------------------------------------------------------
+
+    def due(self, limit: int) -> Due:
+        """Redis TIME, the seed marker, at most ``limit`` due entries, the next one due."""
+        seconds, micros, seeded, flat_due, flat_upcoming, pending = self.raw.due(
+            keys=[self.keys.schedule, self.keys.seeded, self.keys.pending], args=[limit]
+        )
+        return Due(
+            seconds=int(seconds),
+            micros=int(micros),
+            seeded=bool(seeded),
+            due=[(str(k), float(v)) for k, v in zip(flat_due[::2], flat_due[1::2], strict=True)],
+            upcoming=(str(flat_upcoming[0]), float(flat_upcoming[1])) if flat_upcoming else None,
+            pending=int(pending),
+        )
+
+    def claim(self, token: str, ops: Sequence[ClaimOp]) -> ClaimResult:
+        """Claim occurrences (record them pending) and move scores, fenced by ``token``."""
+        argv: list[str] = [token]
+        for op in ops:
+            record = ""
+            if op.occurrence is not None:
+                record = f"{op.occurrence.task_id} {op.occurrence.record}"
+            argv += [
+                _score_text(op.expected_score),
+                op.expected_version,
+                str(op.new_score),
+                op.new_meta,
+                record,
+                op.run_now,
+                op.new_state,
+            ]
+        reply = self.raw.claim(
+            keys=[self.keys.lease, self.keys.schedule, self.keys.pending, *(o.key for o in ops)],
+            args=argv,
+        )
+        if int(reply[0]) != 1:
+            return ClaimResult(fenced_out=True)
+        return ClaimResult(False, [ClaimCode(int(code)) for code in reply[1:]])
+
+    def move(
+        self,
+        source: str,
+        destination: str,
+        records: Sequence[Move],
+        *,
+        token: str | None = None,
+        limit: int | None = None,
+    ) -> MoveResult:
+        """Compare-and-set ``records`` from ``source`` to ``destination`` (may be the same
+        HASH: an update in place); ``limit`` bounds the destination's size."""
+        args: list[Any] = [token or "", "" if limit is None else limit]
+        for record in records:
+            args += [record.task_id, record.expected, record.new]
+        reply = self.raw.move(keys=[self.keys.lease, source, destination], args=args)
+        if int(reply[0]) != 1:
+            return MoveResult(fenced_out=True)
+        return MoveResult(False, [MoveCode(int(code)) for code in reply[1:]])
+
+    # -- entries -----------------------------------------------------------------------
+
+    @overload
+    def upsert(self, call: Upsert) -> UpsertResult: ...
+
+    @overload
+    def upsert(self, call: Upsert, *, batch: Batch[UpsertResult]) -> None: ...
+
+    def upsert(
+        self, call: Upsert, *, batch: Batch[UpsertResult] | None = None
+    ) -> UpsertResult | None:
+        """Create or update one entry, versioned; queued on ``batch`` if given."""
+        reply = self.raw.upsert(
+            keys=[call.entry_key, self.keys.schedule, self.keys.lease, call.owner_set],
+            args=[
+                call.token or "",
+                call.definition,
+                _optional(call.expected_version),
+                call.score,
+                call.new_meta,
+                "-" if call.expected_meta is None else call.expected_meta,
+                json.dumps(dict(call.fields)) if call.fields else "",
+                call.owner_name or "",
+            ],
+            client=None if batch is None else batch.pipe,
+        )
+        return None if batch is not None else _upsert_result(reply)
+
+    def upserts(self) -> Batch[UpsertResult]:
+        """A pipeline for :meth:`upsert` calls."""
+        return Batch(self.client, _upsert_result)
+
+    @overload
+    def remove(
+        self,
+        entry_key: str,
+        name: str,
+        owner_sets: Sequence[str],
+        *,
+        expected_version: int | None = None,
+        token: str | None = None,
+    ) -> RemoveResult: ...
+
+    @overload
+    def remove(
+        self,
+        entry_key: str,
+        name: str,
+        owner_sets: Sequence[str],
+        *,
+        expected_version: int | None = None,
+        token: str | None = None,
+        batch: Batch[RemoveResult],
+    ) -> None: ...
+
+    def remove(
+        self,
+        entry_key: str,
+        name: str,
+        owner_sets: Sequence[str],
+        *,
+        expected_version: int | None = None,
+        token: str | None = None,
+        batch: Batch[RemoveResult] | None = None,
+    ) -> RemoveResult | None:
+        """Remove one entry and drop ``name`` from ``owner_sets``; queued on ``batch`` if given."""
+        reply = self.raw.remove(
+            keys=[entry_key, self.keys.schedule, self.keys.lease, *owner_sets],
+            args=[token or "", _optional(expected_version), name],
+            client=None if batch is None else batch.pipe,
+        )
+        return None if batch is not None else _remove_result(reply)
+
+    def removals(self) -> Batch[RemoveResult]:
+        """A pipeline for :meth:`remove` calls."""
+        return Batch(self.client, _remove_result)
+
+    def run_now(
+        self, entry_key: str, *, expected_version: int | None = None, token: str | None = None
+    ) -> RunNowResult:
+        """Ask the leader to send the entry once at its next tick."""
+        code, value = self.raw.run_now(
+            keys=[entry_key, self.keys.schedule, self.keys.lease],
+            args=[token or "", _optional(expected_version)],
+        )
+        result = RunNowCode(int(code))
+        if result is RunNowCode.REQUESTED:
+            return RunNowResult(result, requested_at=int(value))
+        if result is RunNowCode.VERSION_CONFLICT:
+            return RunNowResult(result, version=int(value))
+        return RunNowResult(result)
+
+    def versions(self, entry_keys: Sequence[str]) -> list[StoredVersion]:
+        """The stored version of each entry, in order."""
+        reply = self.raw.versions(keys=list(entry_keys))
+        return [_stored_version(str(version)) for version in reply]
+
+    def diff(self, entry_keys: Sequence[str], digests: Sequence[str]) -> dict[int, StoredVersion]:
+        """Entries whose content differs from ``digests`` (see ``diff.lua``): 0-based
+        position in ``entry_keys`` -> the version stored now."""
+        reply = self.raw.diff(keys=list(entry_keys), args=list(digests))
+        return {
+            int(position) - 1: _stored_version(str(version))
+            for position, version in zip(reply[::2], reply[1::2], strict=True)
+        }
+
+
+def _optional(number: int | None) -> str | int:
+    return "" if number is None else number
+
+
+def _score_text(score: float) -> str:
+    return str(int(score)) if float(score).is_integer() else repr(score)
+
+
+def _upsert_result(reply: Any) -> UpsertResult:
+    code, version = reply
+    return UpsertResult(UpsertCode(int(code)), None if version is None else int(version))
+
+
+def _remove_result(reply: Any) -> RemoveResult:
+    code, version = reply
+    return RemoveResult(RemoveCode(int(code)), None if version is None else int(version))
+
+
+def _stored_version(text: str) -> StoredVersion:
+    if text == "-":
+        return StoredVersion(False, None, text)
+    digits = text.isascii() and text.isdigit() and len(text) <= 15
+    return StoredVersion(True, int(text) if digits else None, text)

@@ -29,7 +29,7 @@ from safe_redbeat.connection import scheduler_client
 from safe_redbeat.dispatch import HEADER_ENTRY, HEADER_SCHEDULED, task_id_for
 from safe_redbeat.keys import Keys
 from safe_redbeat.lease import Lease
-from safe_redbeat.scripts import Scripts
+from safe_redbeat.scripts import Registered, Scripts
 from testbed.beat import QueueAuditor
 from tests.apps import loaders
 from tests.support.cluster import LocalCluster
@@ -78,14 +78,15 @@ def app(redis_cluster: LocalCluster, cluster_prefix: str, redis_url: str) -> Ite
 
 
 class Recorder:
-    """Wraps every script of a :class:`Scripts` and records the KEYS of each call."""
+    """Wraps every registered script of a :class:`Scripts` and records the KEYS of each call."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, list[str]]] = []
 
     def wrap(self, scripts: Scripts) -> None:
+        raw: Registered = scripts.raw
         for name in NAMES:
-            setattr(scripts, name, self._recording(name, getattr(scripts, name)))
+            setattr(raw, name, self._recording(name, getattr(raw, name)))
 
     def _recording(self, name: str, script: Any) -> Any:
         def call(keys: Any = (), args: Any = (), client: Any = None) -> Any:
@@ -288,7 +289,7 @@ def test_a_stalled_primary_costs_one_socket_timeout_not_a_blocked_renewal(
         keys = Keys.from_app(app)
         client = scheduler_client(app, timeout)
         try:
-            lease = Lease(client, keys, Settings.from_app(app), scripts=Scripts(client))
+            lease = Lease(client, keys, Settings.from_app(app), scripts=Scripts(client, keys))
             assert lease.try_acquire() is None
             primary = redis_cluster.primary_of(keys.lease)
             os.kill(primary.pid, signal.SIGSTOP)
