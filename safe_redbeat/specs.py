@@ -279,9 +279,9 @@ class EntrySpec:
                 value = {}
             if not isinstance(value, Mapping):
                 raise _invalid(name, part, f"must be a mapping, got {value!r}")
-            check_json(name, part, value)
             object.__setattr__(self, part, dict(value))
-        check_options(name, self.options)
+        check_json(name, "kwargs", self.kwargs)
+        check_options(name, self.options)  # plain JSON, and what Celery can send
         if not isinstance(self.enabled, bool):
             raise _invalid(name, "enabled", f"must be True or False, got {self.enabled!r}")
         _check_lifecycle(self)

@@ -49,12 +49,20 @@ RESERVED_OPTIONS = frozenset(
 )
 
 
-def check_text(key: str, field_name: str, value: str) -> str:
-    """``value`` if it is valid UTF-8 text (no lone surrogates from undecodable bytes)."""
+def _is_text(value: str) -> bool:
+    if value.isascii():
+        return True
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidEntry(key, field_name, "is not valid UTF-8") from None
+        return False
+    return True
+
+
+def check_text(key: str, field_name: str, value: str) -> str:
+    """``value`` if it is valid UTF-8 text (no lone surrogates from undecodable bytes)."""
+    if not _is_text(value):
+        raise InvalidEntry(key, field_name, "is not valid UTF-8")
     return value
 
 
@@ -84,33 +92,53 @@ def check_name(name: object) -> str:
     return name
 
 
-def check_json(key: str, path: str, value: Any, depth: int = 0) -> None:
+def check_json(key: str, path: str, value: Any) -> None:
     """Plain JSON only: the pending record of a claimed run is encoded with ``json``."""
-    if depth > _MAX_JSON_DEPTH:
-        raise InvalidEntry(key, path, f"nested deeper than {_MAX_JSON_DEPTH} levels")
-    if value is None or isinstance(value, bool | int):
-        return
-    if isinstance(value, str):
-        check_text(key, path, value)
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidEntry(key, path, f"{value!r} is not valid JSON")
-        return
-    if isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            check_json(key, f"{path}[{index}]", item, depth + 1)
-        return
-    if isinstance(value, Mapping):
+    problem = _json_problem(value, 0)
+    if problem is not None:
+        where, text = problem
+        raise InvalidEntry(key, path + where, text)
+
+
+def _json_problem(value: Any, depth: int) -> tuple[str, str] | None:
+    """``(where below the value, what is wrong)``, or None for plain JSON.
+
+    Called for every value of every entry a loader returns: exact type checks first, and
+    the path of a problem is only built once there is one.
+    """
+    kind = type(value)
+    if kind is str:
+        return None if _is_text(value) else ("", "is not valid UTF-8")
+    if value is None or kind is bool or kind is int:
+        return None
+    if kind is float:
+        return None if math.isfinite(value) else ("", f"{value!r} is not valid JSON")
+    if depth >= _MAX_JSON_DEPTH:
+        return ("", f"nested deeper than {_MAX_JSON_DEPTH} levels")
+    if kind is dict or (kind is not list and kind is not tuple and isinstance(value, Mapping)):
         for item_key, item in value.items():
             if not isinstance(item_key, str):
-                raise InvalidEntry(key, path, f"JSON object keys must be strings, got {item_key!r}")
-            check_text(key, path, item_key)
-            check_json(key, f"{path}[{item_key!r}]", item, depth + 1)
-        return
-    raise InvalidEntry(
-        key,
-        path,
+                return ("", f"JSON object keys must be strings, got {item_key!r}")
+            if not _is_text(item_key):
+                return ("", "is not valid UTF-8")
+            problem = _json_problem(item, depth + 1)
+            if problem is not None:
+                return (f"[{item_key!r}]{problem[0]}", problem[1])
+        return None
+    if kind is list or kind is tuple or isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            problem = _json_problem(item, depth + 1)
+            if problem is not None:
+                return (f"[{index}]{problem[0]}", problem[1])
+        return None
+    if isinstance(value, str):
+        return None if _is_text(value) else ("", "is not valid UTF-8")
+    if isinstance(value, bool | int):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else ("", f"{value!r} is not valid JSON")
+    return (
+        "",
         f"{type(value).__name__} is not JSON-serialisable; args, kwargs and options must be "
         "plain JSON (None, bool, int, float, str, list, dict with str keys)",
     )
