@@ -58,6 +58,8 @@ DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": os.environ.get("EXAMPLE_DB_PATH", str(BASE_DIR / "db.sqlite3")),
+        # beat replicas and the admin share the file: wait for a lock instead of failing
+        "OPTIONS": {"timeout": 20},
     }
 }
 

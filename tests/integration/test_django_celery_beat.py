@@ -10,6 +10,7 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
+import celery
 import pytest
 import redis
 
@@ -223,6 +224,11 @@ def test_a_new_row_first_runs_at_its_next_slot(
     assert scheduled >= int(created) + 2, "a new row ran before its next slot"
 
 
+@pytest.mark.skipif(
+    celery.VERSION < (5, 4),
+    reason="the oracle is wrong there: Celery 5.3 computes the remaining time of a crontab "
+    "in another zone than the app's off by that zone's offset (09:00 Tokyo as 09:00 UTC)",
+)
 def test_a_crontab_row_in_its_own_timezone_is_due_when_django_celery_beat_says(
     project: Path, redis_client: redis.Redis
 ) -> None:
