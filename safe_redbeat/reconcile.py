@@ -28,7 +28,7 @@ from .entries import decode_meta, encode_meta
 from .errors import FencedOut, InvalidEntry
 from .keys import Keys
 from .lifecycle import new_entry_anchor, writer_score
-from .scripts import RemoveCode, Scripts, Upsert, UpsertCode
+from .scripts import Remove, RemoveCode, Scripts, Upsert, UpsertCode
 from .specs import EntrySpec
 from .validation import check_name
 
@@ -325,14 +325,8 @@ class Reconciler:
             chunk = names[start : start + CHUNK]
             batch = self.scripts.removals()
             for name in chunk:
-                self.scripts.remove(
-                    self.keys.entry(name),
-                    name,
-                    [self.owned_key],
-                    expected_version=versions[name],
-                    token=token,
-                    batch=batch,
-                )
+                call = Remove(self.keys.entry(name), name, [self.owned_key], versions[name], token)
+                self.scripts.remove(call, batch=batch)
             replies = batch.execute()
             if any(reply.code is RemoveCode.FENCED_OUT for reply in replies):
                 raise FencedOut("Redis rejected a reconcile write: the lease is not ours")

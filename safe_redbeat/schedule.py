@@ -28,7 +28,7 @@ from .entries import decode_entry, decode_meta, encode_meta
 from .errors import EntryNotFound, InvalidEntry, SafeRedBeatError, VersionConflict
 from .keys import Keys
 from .lifecycle import new_entry_anchor, state_of, writer_score
-from .scripts import RemoveCode, RunNowCode, Scripts, Upsert, UpsertCode
+from .scripts import Remove, RemoveCode, RunNowCode, Scripts, Upsert, UpsertCode
 from .specs import (
     EntryInfo,
     EntrySpec,
@@ -278,9 +278,8 @@ class Schedule:
         """
         check_expected_version(name, expected_version)
         key = self._key(name)
-        result = self.scripts.remove(
-            key, name, [self.keys.statics, self.keys.loaded], expected_version=expected_version
-        )
+        owners = [self.keys.statics, self.keys.loaded]
+        result = self.scripts.remove(Remove(key, name, owners, expected_version))
         if result.code is RemoveCode.NOT_FOUND:
             raise EntryNotFound(name)
         if result.code is RemoveCode.VERSION_CONFLICT:
