@@ -17,7 +17,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -102,25 +102,17 @@ class _Change:
     new: bool
 
 
+@dataclass(eq=False)
 class Reconciler:
     """Diff one source's desired entries against Redis and apply the difference."""
 
-    def __init__(
-        self,
-        client: Any,
-        keys: Keys,
-        scripts: Scripts,
-        app: Any,
-        *,
-        source: str,
-        owned_key: str,
-    ) -> None:
-        self.client = client
-        self.keys = keys
-        self.scripts = scripts
-        self.app = app
-        self.source = source
-        self.owned_key = owned_key
+    client: Any
+    keys: Keys
+    scripts: Scripts
+    app: Any
+    _: KW_ONLY
+    source: str
+    owned_key: str
 
     def snapshot(self) -> dict[str, int]:
         """The names this source owns and their versions, read *before* loading.
