@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from functools import cached_property
 from typing import Any
 
@@ -22,10 +21,9 @@ from redbeat.schedulers import RedBeatScheduler
 from . import signals, wiring
 from .catchup import coalesce
 from .config import Settings
-from .connection import CLIENT_ERRORS, check_cluster_keys
+from .connection import CLIENT_ERRORS
 from .dispatch import ClaimOp, Occurrence, Plan, plan_batch, settle_claim
 from .errors import FencedOut, LeaseLost
-from .keys import Keys
 from .lease import Lease
 from .publisher import SendReport
 from .reader import DueBatch
@@ -67,16 +65,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         self._client: Any = None
         self._closed = False
         super().__init__(app, lock_key=lock_key, lock_timeout=lock_timeout, **kwargs)
-        self.keys = Keys.from_app(app)
-        if lock_key:
-            self.keys = replace(self.keys, lease=lock_key)
-        elif not app.redbeat_conf.lock_key:
-            logger.warning(
-                "beat: redbeat_lock_key is unset; RedBeat would run unlocked, "
-                "safe_redbeat always leases %r",
-                self.keys.lease,
-            )
-        check_cluster_keys(app, self.keys)
+        self.keys = wiring.keys(app, lock_key)
         # RedBeat's beat_init handler blocks until it takes the lock; it skips a
         # scheduler without a lock_key. The lease below replaces it.
         self.lock_key = None

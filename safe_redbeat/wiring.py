@@ -8,9 +8,13 @@ under the same name (``scheduler.reader``, ``scheduler.outbox`` ...).
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .connection import sanitize_url, scheduler_client
+from celery.utils.log import get_logger
+
+from .connection import check_cluster_keys, sanitize_url, scheduler_client
+from .keys import Keys
 from .leadership import Leadership
 from .lease import Lease
 from .outbox import Outbox
@@ -25,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "client",
     "info",
+    "keys",
     "leadership",
     "outbox",
     "publisher",
@@ -33,6 +38,23 @@ __all__ = [
     "scripts",
     "seeder",
 ]
+
+logger = get_logger("safe_redbeat")
+
+
+def keys(app: Any, lock_key: str | None) -> Keys:
+    """The schedule's keys; ``lock_key`` (given to the scheduler) names the lease."""
+    found = Keys.from_app(app)
+    if lock_key:
+        found = replace(found, lease=lock_key)
+    elif not app.redbeat_conf.lock_key:
+        logger.warning(
+            "beat: redbeat_lock_key is unset; RedBeat would run unlocked, "
+            "safe_redbeat always leases %r",
+            found.lease,
+        )
+    check_cluster_keys(app, found)
+    return found
 
 
 def leadership(scheduler: SafeRedBeatScheduler, rng: random.Random | None) -> Leadership:
