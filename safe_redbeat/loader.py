@@ -169,7 +169,7 @@ def _label(item: Any, index: int) -> str:
 
 def _to_spec(item: Any, label: str) -> EntrySpec:
     if isinstance(item, EntrySpec):
-        return item
+        return item.replace()  # validated: it may have been constructed field by field
     if not isinstance(item, Mapping):
         raise InvalidEntry(
             label, "item", f"must be an EntrySpec or a mapping, got {type(item).__name__}"

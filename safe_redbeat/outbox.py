@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from celery.utils.log import get_logger
@@ -73,29 +73,23 @@ class _Settlement:
     bury: list[Move] = field(default_factory=list)
 
 
+@dataclass(eq=False)
 class Outbox:
     """Publishes claimed occurrences and keeps their pending records honest."""
 
-    def __init__(
-        self,
-        client: Any,
-        keys: Keys,
-        scripts: Scripts,
-        publisher: Publisher,
-        settings: Settings,
-        *,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.client = client
-        self.keys = keys
-        self.scripts = scripts
-        self.publisher = publisher
-        self.settings = settings
-        self.monotonic = monotonic
-        self._backoff = Backoff(settings.retry_seconds, settings.backoff_max_seconds)
-        self._failures = 0
-        self._retry_at = 0.0
-        self._dead_full_reported = False
+    client: Any
+    keys: Keys
+    scripts: Scripts
+    publisher: Publisher
+    settings: Settings
+    _: KW_ONLY
+    monotonic: Callable[[], float] = time.monotonic
+    _failures: int = field(default=0, init=False)
+    _retry_at: float = field(default=0.0, init=False)
+    _dead_full_reported: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self._backoff = Backoff(self.settings.retry_seconds, self.settings.backoff_max_seconds)
 
     def retry_now(self) -> None:
         """Republish at the next chance (after an election, or a Redis error)."""

@@ -6,7 +6,7 @@ claim script, never deleted; a schedule slot whose hash is gone is dropped by it
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -45,26 +45,18 @@ class DueBatch:
     ops: list[ClaimOp] = field(default_factory=list)
 
 
+@dataclass(eq=False)
 class DueReader:
     """Reads due entries of one schedule, with Redis' clock as "now"."""
 
-    def __init__(
-        self,
-        client: Any,
-        keys: Keys,
-        scripts: Scripts,
-        app: Any,
-        *,
-        batch_size: int,
-        park_seconds: float,
-    ) -> None:
-        self.client = client
-        self.scripts = scripts
-        self.keys = keys
-        self.app = app
-        self.batch_size = batch_size
-        self.park_seconds = park_seconds
-        self._reported: dict[str, str] = {}
+    client: Any
+    keys: Keys
+    scripts: Scripts
+    app: Any
+    _: KW_ONLY
+    batch_size: int
+    park_seconds: float
+    _reported: dict[str, str] = field(default_factory=dict, init=False)
 
     def forget_reported(self) -> None:
         """Report malformed entries again (after a leadership change)."""

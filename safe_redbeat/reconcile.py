@@ -17,7 +17,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -28,7 +28,7 @@ from .entries import decode_meta, encode_meta
 from .errors import FencedOut, InvalidEntry
 from .keys import Keys
 from .lifecycle import new_entry_anchor, writer_score
-from .scripts import RemoveCode, Scripts, Upsert, UpsertCode
+from .scripts import Remove, RemoveCode, Scripts, Upsert, UpsertCode
 from .specs import EntrySpec
 from .validation import check_name
 
@@ -102,25 +102,17 @@ class _Change:
     new: bool
 
 
+@dataclass(eq=False)
 class Reconciler:
     """Diff one source's desired entries against Redis and apply the difference."""
 
-    def __init__(
-        self,
-        client: Any,
-        keys: Keys,
-        scripts: Scripts,
-        app: Any,
-        *,
-        source: str,
-        owned_key: str,
-    ) -> None:
-        self.client = client
-        self.keys = keys
-        self.scripts = scripts
-        self.app = app
-        self.source = source
-        self.owned_key = owned_key
+    client: Any
+    keys: Keys
+    scripts: Scripts
+    app: Any
+    _: KW_ONLY
+    source: str
+    owned_key: str
 
     def snapshot(self) -> dict[str, int]:
         """The names this source owns and their versions, read *before* loading.
@@ -325,14 +317,8 @@ class Reconciler:
             chunk = names[start : start + CHUNK]
             batch = self.scripts.removals()
             for name in chunk:
-                self.scripts.remove(
-                    self.keys.entry(name),
-                    name,
-                    [self.owned_key],
-                    expected_version=versions[name],
-                    token=token,
-                    batch=batch,
-                )
+                call = Remove(self.keys.entry(name), name, [self.owned_key], versions[name], token)
+                self.scripts.remove(call, batch=batch)
             replies = batch.execute()
             if any(reply.code is RemoveCode.FENCED_OUT for reply in replies):
                 raise FencedOut("Redis rejected a reconcile write: the lease is not ours")

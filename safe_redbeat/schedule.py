@@ -12,7 +12,6 @@ module writes, and entries saved by stock RedBeat are read here with version 0.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,7 +27,7 @@ from .entries import decode_entry, decode_meta, encode_meta
 from .errors import EntryNotFound, InvalidEntry, SafeRedBeatError, VersionConflict
 from .keys import Keys
 from .lifecycle import new_entry_anchor, state_of, writer_score
-from .scripts import RemoveCode, RunNowCode, Scripts, Upsert, UpsertCode
+from .scripts import Remove, RemoveCode, RunNowCode, Scripts, Upsert, UpsertCode
 from .specs import (
     EntryInfo,
     EntrySpec,
@@ -167,7 +166,7 @@ class Schedule:
             tz=tz,
             run_immediately=run_immediately,
         )
-        return self.put(spec, expected_version=expected_version)
+        return self._put(spec, expected_version)
 
     def once(
         self,
@@ -201,10 +200,14 @@ class Schedule:
             run_immediately=run_immediately,
             tz=tz,
         )
-        return self.put(spec, expected_version=expected_version)
+        return self._put(spec, expected_version)
 
     def put(self, spec: EntrySpec, *, expected_version: int | None = None) -> EntryInfo:
         """:meth:`upsert` of a ready :class:`EntrySpec`."""
+        # validated again: a spec may be constructed or replaced field by field
+        return self._put(spec.replace(), expected_version)
+
+    def _put(self, spec: EntrySpec, expected_version: int | None) -> EntryInfo:
         check_expected_version(spec.name, expected_version)
         key = self._key(spec.name)
         return self._write(key, spec.in_zone(self.app.timezone), expected_version)
@@ -231,12 +234,13 @@ class Schedule:
             if expected_version is not None and expected_version != current.version:
                 raise VersionConflict(name, expected_version, current.version)
             spec = current.spec if change is None else change(current)
-            if changes:
-                if change is None and all(
-                    getattr(spec, field) == value for field, value in changes.items()
-                ):
-                    return current  # nothing to change
-                spec = dataclasses.replace(spec, **changes)
+            if (
+                changes
+                and change is None
+                and all(getattr(spec, field) == value for field, value in changes.items())
+            ):
+                return current  # nothing to change
+            spec = spec.replace(**changes)  # validated again
             try:
                 return self._write(key, spec.in_zone(self.app.timezone), current.version)
             except VersionConflict:
@@ -278,9 +282,8 @@ class Schedule:
         """
         check_expected_version(name, expected_version)
         key = self._key(name)
-        result = self.scripts.remove(
-            key, name, [self.keys.statics, self.keys.loaded], expected_version=expected_version
-        )
+        owners = [self.keys.statics, self.keys.loaded]
+        result = self.scripts.remove(Remove(key, name, owners, expected_version))
         if result.code is RemoveCode.NOT_FOUND:
             raise EntryNotFound(name)
         if result.code is RemoveCode.VERSION_CONFLICT:
@@ -446,28 +449,20 @@ class Schedule:
                 next_run = utc_datetime(score)
             else:
                 next_run = utc_datetime(state.score)
-            lifecycle = spec.lifecycle
             return EntryInfo(
-                state=state_of(
-                    enabled=spec.enabled,
-                    lifecycle=lifecycle,
-                    stored_state=state.state if code is UpsertCode.UNCHANGED else "",
-                    total_run_count=total_run_count,
-                    now=state.now,
-                ),
-                lifecycle=lifecycle,
-                name=spec.name,
-                task=spec.task,
-                schedule=spec.schedule,
-                args=spec.args,
-                kwargs=dict(spec.kwargs),
-                options=dict(spec.options),
-                enabled=spec.enabled,
+                spec,
                 version=version,
                 last_run_at=last_run_at,
                 next_run_at=next_run,
                 total_run_count=total_run_count,
                 run_now_at=utc_datetime(int(float(state.run_now))) if state.run_now else None,
+                state=state_of(
+                    enabled=spec.enabled,
+                    lifecycle=spec.lifecycle,
+                    stored_state=state.state if code is UpsertCode.UNCHANGED else "",
+                    total_run_count=total_run_count,
+                    now=state.now,
+                ),
             )
         raise SafeRedBeatError(
             f"entry {spec.name!r}: its run metadata changed on each of {_MAX_ATTEMPTS} attempts"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from functools import cached_property
 from typing import Any
 
@@ -19,20 +18,15 @@ from celery.beat import Scheduler
 from celery.utils.log import get_logger
 from redbeat.schedulers import RedBeatScheduler
 
-from . import signals
+from . import signals, wiring
 from .catchup import coalesce
 from .config import Settings
-from .connection import CLIENT_ERRORS, check_cluster_keys, sanitize_url, scheduler_client
+from .connection import CLIENT_ERRORS
 from .dispatch import ClaimOp, Occurrence, Plan, plan_batch, settle_claim
 from .errors import FencedOut, LeaseLost
-from .keys import Keys
-from .leadership import Leadership
 from .lease import Lease
-from .outbox import Outbox
-from .publisher import Publisher, SendReport
-from .reader import DueBatch, DueReader
-from .scripts import Scripts
-from .seeding import Seeder
+from .publisher import SendReport
+from .reader import DueBatch
 
 __all__ = ["SafeRedBeatScheduler"]
 
@@ -71,32 +65,12 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         self._client: Any = None
         self._closed = False
         super().__init__(app, lock_key=lock_key, lock_timeout=lock_timeout, **kwargs)
-        self.keys = Keys.from_app(app)
-        if lock_key:
-            self.keys = replace(self.keys, lease=lock_key)
-        elif not app.redbeat_conf.lock_key:
-            logger.warning(
-                "beat: redbeat_lock_key is unset; RedBeat would run unlocked, "
-                "safe_redbeat always leases %r",
-                self.keys.lease,
-            )
-        check_cluster_keys(app, self.keys)
+        self.keys = wiring.keys(app, lock_key)
         # RedBeat's beat_init handler blocks until it takes the lock; it skips a
         # scheduler without a lock_key. The lease below replaces it.
         self.lock_key = None
         self.lock_timeout = s.lease_seconds
-        self.leadership = Leadership(
-            self,
-            s,
-            self.keys,
-            lease=lambda: Lease(
-                self.client, self.keys, s, scripts=self.scripts, monotonic=monotonic
-            ),
-            client=lambda: self.client,
-            on_elected=self._on_elected,
-            monotonic=monotonic,
-            rng=rng,
-        )
+        self.leadership = wiring.leadership(self, rng)
 
     # -- one tick -----------------------------------------------------------------------
 
@@ -248,29 +222,17 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         """Entries due now, read-only (RedBeat's version deletes while reading)."""
         return {entry.name: entry for entry in self._read_due().entries}
 
-    @property
-    def info(self) -> str:
-        s = self.safe_settings
-        return "\n".join(
-            [
-                f"       . redis -> {self._redis_url}",
-                f"       . lease -> `{self.keys.lease}` lease {s.lease_seconds}s, "
-                f"renew deadline {s.renew_seconds}s, retry {s.retry_seconds}s",
-                f"       . instance -> {s.instance_name}",
-            ]
-        )
+    info = property(wiring.info)
 
-    # -- wiring (built on first use: Redis may not answer yet) ---------------------------
+    # -- wiring (built on first use: Redis may not answer yet; see :mod:`.wiring`) ------
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = scheduler_client(self.app, self.safe_settings.socket_timeout_seconds)
-        return self._client
-
-    @property
-    def _redis_url(self) -> str:
-        return sanitize_url(self.app.redbeat_conf.redis_url)
+    client = property(wiring.client)
+    _redis_url = property(wiring.redis_url)
+    scripts = cached_property(wiring.scripts)
+    publisher = cached_property(wiring.publisher)
+    reader = cached_property(wiring.reader)
+    outbox = cached_property(wiring.outbox)
+    seeder = cached_property(wiring.seeder)
 
     @property
     def lease(self) -> Lease:
@@ -280,46 +242,3 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
     def is_leader(self) -> bool:
         """True while this replica holds the lease and is inside its renew deadline."""
         return self.leadership.elected
-
-    @cached_property
-    def scripts(self) -> Scripts:
-        return Scripts(self.client, self.keys)
-
-    @cached_property
-    def publisher(self) -> Publisher:
-        return Publisher(self.app, lambda: self.producer)
-
-    @cached_property
-    def reader(self) -> DueReader:
-        s = self.safe_settings
-        return DueReader(
-            self.client,
-            self.keys,
-            self.scripts,
-            self.app,
-            batch_size=s.batch_size,
-            park_seconds=self.max_interval,
-        )
-
-    @cached_property
-    def outbox(self) -> Outbox:
-        return Outbox(
-            self.client,
-            self.keys,
-            self.scripts,
-            self.publisher,
-            self.safe_settings,
-            monotonic=self._monotonic,
-        )
-
-    @cached_property
-    def seeder(self) -> Seeder:
-        return Seeder(
-            self.app,
-            self.client,
-            self.keys,
-            self.scripts,
-            self.safe_settings,
-            build_entry=self._maybe_entry,
-            monotonic=self._monotonic,
-        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from celery.schedules import crontab
@@ -38,32 +39,23 @@ __all__ = ["Seeder", "default_entries"]
 logger = get_logger("safe_redbeat")
 
 
+@dataclass(eq=False)
 class Seeder:
     """Reconciles statics and the loader's entries into Redis for the leader."""
 
-    def __init__(
-        self,
-        app: Any,
-        client: Any,
-        keys: Keys,
-        scripts: Scripts,
-        settings: Settings,
-        *,
-        build_entry: Callable[[str, Any], Any],
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.app = app
-        self.client = client
-        self.keys = keys
-        self.scripts = scripts
-        self.settings = settings
-        #: the scheduler's ``_maybe_entry``: a beat_schedule item as a RedBeat entry
-        self.build_entry = build_entry
-        self.monotonic = monotonic
-        self._loader_slot = LoaderSlot()
-        #: set when a claim found entries gone from Redis: seed again at the next tick
-        self.reseed_needed = False
-        self._next_reconcile = 0.0
+    app: Any
+    client: Any
+    keys: Keys
+    scripts: Scripts
+    settings: Settings
+    _: KW_ONLY
+    #: the scheduler's ``_maybe_entry``: a beat_schedule item as a RedBeat entry
+    build_entry: Callable[[str, Any], Any]
+    monotonic: Callable[[], float] = time.monotonic
+    _loader_slot: LoaderSlot = field(default_factory=LoaderSlot, init=False)
+    #: set when a claim found entries gone from Redis: seed again at the next tick
+    reseed_needed: bool = field(default=False, init=False)
+    _next_reconcile: float = field(default=0.0, init=False)
 
     def seed(self, token: str, renew: Callable[[], None], reason: str = "") -> None:
         """Reconcile everything now, then mark the schedule as seeded."""

@@ -1,8 +1,9 @@
 """Entry definitions as the management API takes and returns them, validated up front.
 
-:class:`EntrySpec` is what to write (validated on construction: InvalidEntry names the
-entry and the field before anything reaches Redis); :class:`EntryInfo` is what Redis holds,
-with version and run metadata. Schedules must survive RedBeat's JSON, so only intervals,
+:class:`EntrySpec` is what to write (cleaned up and validated by ``EntrySpec.build`` and
+again by ``Schedule.put``: InvalidEntry names the entry and the field before anything
+reaches Redis); :class:`EntryInfo` is what Redis holds: an EntrySpec plus version and run
+metadata. Schedules must survive RedBeat's JSON, so only intervals,
 crontabs and RedBeat rrules are accepted (``solar`` has no JSON form).
 """
 
@@ -11,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
-from typing import Any, TypeAlias
+from typing import Any, Generic, TypeAlias, TypeVar, overload
 
 from celery.schedules import BaseSchedule, crontab, solar
 from celery.schedules import schedule as interval
@@ -235,9 +236,11 @@ def check_expected_version(name: str, expected_version: int | None) -> None:
 
 @dataclass(frozen=True)
 class EntrySpec:
-    """The definition of one entry, validated on construction (raises InvalidEntry).
+    """The definition of one entry.
 
-    Build it from loose input with :meth:`build`; write it with :meth:`Schedule.put`.
+    Build it from loose input with :meth:`build`, which cleans it up and validates it
+    (raises InvalidEntry); change fields with :meth:`replace`; write it with
+    :meth:`Schedule.put` (which validates it again).
     """
 
     name: str
@@ -262,30 +265,6 @@ class EntrySpec:
     #: the last run known to the source (a loader), used only when Redis has no run history
     last_run_at: datetime | None = field(default=None, compare=False)
 
-    def __post_init__(self) -> None:
-        _prepare_once(self)
-        name = check_name(self.name)
-        if not isinstance(self.task, str) or not self.task.strip():
-            raise _invalid(name, "task", f"must be a non-empty task name, got {self.task!r}")
-        object.__setattr__(self, "schedule", to_schedule(self.schedule, name))
-        if isinstance(self.args, str | bytes | Mapping) or not isinstance(self.args, Iterable):
-            raise _invalid(name, "args", f"must be a list or tuple, got {self.args!r}")
-        args = tuple(self.args)
-        check_json(name, "args", args)
-        object.__setattr__(self, "args", args)
-        for part in ("kwargs", "options"):
-            value = getattr(self, part)
-            if value is None:
-                value = {}
-            if not isinstance(value, Mapping):
-                raise _invalid(name, part, f"must be a mapping, got {value!r}")
-            object.__setattr__(self, part, dict(value))
-        check_json(name, "kwargs", self.kwargs)
-        check_options(name, self.options)  # plain JSON, and what Celery can send
-        if not isinstance(self.enabled, bool):
-            raise _invalid(name, "enabled", f"must be True or False, got {self.enabled!r}")
-        _check_lifecycle(self)
-
     @classmethod
     def build(
         cls,
@@ -305,7 +284,8 @@ class EntrySpec:
         at: datetime | None = None,
         last_run_at: datetime | None = None,
     ) -> EntrySpec:
-        """An EntrySpec from any accepted schedule form (see :data:`ScheduleLike`).
+        """An EntrySpec from loose input, cleaned up and validated (raises InvalidEntry):
+        any accepted schedule form (see :data:`ScheduleLike`), any iterable of ``args``.
 
         A one-off gives ``at`` instead of ``schedule``. Naive datetimes are taken in the
         app's timezone when the entry is written.
@@ -316,13 +296,27 @@ class EntrySpec:
             raise _invalid(
                 str(name), "schedule", "missing (give a schedule, or `at` for a one-off)"
             )
-        return cls(
+        once = None if at is None else _once(str(name), at)
+        name = check_name(name)
+        if not isinstance(task, str) or not task.strip():
+            raise _invalid(name, "task", f"must be a non-empty task name, got {task!r}")
+        converted = to_schedule(schedule if once is None else once, name)
+        if isinstance(args, str | bytes | Mapping) or not isinstance(args, Iterable):
+            raise _invalid(name, "args", f"must be a list or tuple, got {args!r}")
+        args = tuple(args)
+        check_json(name, "args", args)
+        kwargs, options = _mapping(name, "kwargs", kwargs), _mapping(name, "options", options)
+        check_json(name, "kwargs", kwargs)
+        check_options(name, options)  # plain JSON, and what Celery can send
+        if not isinstance(enabled, bool):
+            raise _invalid(name, "enabled", f"must be True or False, got {enabled!r}")
+        spec = cls(
             name=name,
             task=task,
-            schedule=schedule,  # converted in __post_init__
-            args=args,  # type: ignore[arg-type]
-            kwargs=kwargs,  # type: ignore[arg-type]
-            options=options,  # type: ignore[arg-type]
+            schedule=converted,
+            args=args,
+            kwargs=kwargs,
+            options=options,
             enabled=enabled,
             start_time=start_time,
             expires=expires,
@@ -332,6 +326,16 @@ class EntrySpec:
             at=at,
             last_run_at=last_run_at,
         )
+        _check_lifecycle(spec)
+        return spec
+
+    def replace(self, **changes: Any) -> EntrySpec:
+        """This spec with ``changes`` (EntrySpec fields, loose input as :meth:`build`
+        takes it), validated again; a one-off's schedule follows its ``at``."""
+        values = {**_fields(self), **changes}
+        if values["at"] is not None:
+            values["schedule"] = None
+        return EntrySpec.build(**values)
 
     @classmethod
     def once(
@@ -350,14 +354,7 @@ class EntrySpec:
     @property
     def lifecycle(self) -> Lifecycle:
         """The lifetime fields as stored in the entry's ``lifecycle`` hash field."""
-        return Lifecycle(
-            start_time=self.start_time,
-            expires=self.expires,
-            max_runs=self.max_runs,
-            tz=self.tz,
-            run_immediately=self.run_immediately,
-            at=self.at,
-        )
+        return Lifecycle(**{name: getattr(self, name) for name in _fields(_NO_LIFECYCLE)})
 
     def content(self) -> str:
         """``definition``, plus ``"\n" + lifecycle`` when set: what ``diff.lua`` hashes."""
@@ -367,14 +364,14 @@ class EntrySpec:
 
     def in_zone(self, default_tz: tzinfo) -> EntrySpec:
         """This spec with naive datetimes taken in ``default_tz`` (the app's timezone)."""
-        changes: dict[str, datetime] = {}
+        changes: dict[str, Any] = {}
         for name in ("start_time", "expires", "at", "last_run_at"):
             value = getattr(self, name)
             if value is not None and value.tzinfo is None:
                 changes[name] = resolve_local(value, default_tz)
         if not changes:
             return self
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        return dataclasses.replace(self, **changes)
 
     def definition(self) -> str:
         """RedBeat's ``definition`` JSON for this entry (sorted keys)."""
@@ -389,22 +386,37 @@ class EntrySpec:
         )
 
 
+T = TypeVar("T")
+
+
+class _SpecField(Generic[T]):
+    """An :class:`EntryInfo` attribute read from its spec, typed by the spec's own field."""
+
+    def __init__(self, read: Callable[[EntrySpec], T]) -> None:
+        self.read = read
+
+    @overload
+    def __get__(self, info: None, owner: type[Any]) -> _SpecField[T]: ...
+
+    @overload
+    def __get__(self, info: EntryInfo, owner: type[Any]) -> T: ...
+
+    def __get__(self, info: EntryInfo | None, owner: type[Any]) -> _SpecField[T] | T:
+        return self if info is None else self.read(info.spec)
+
+
 @dataclass(frozen=True)
 class EntryInfo:
-    """One entry as Redis holds it.
+    """One entry as Redis holds it: its definition (``spec``), version and run state.
 
     ``version`` is 0 for an entry saved by stock RedBeat. ``next_run_at`` is the entry's
     score in the schedule ZSET (None when it will never run again); while a manual run is
-    pending (``run_now_at``) that is the request time. Times are aware datetimes.
+    pending (``run_now_at``) that is the request time. Times are aware datetimes. The
+    spec's fields read through (``info.name``, ``info.schedule``, ``info.expires`` ...).
     """
 
-    name: str
-    task: str
-    schedule: BaseSchedule
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    options: dict[str, Any]
-    enabled: bool
+    #: the definition, e.g. to change one field with :meth:`EntrySpec.replace`
+    spec: EntrySpec
     version: int
     last_run_at: datetime | None
     next_run_at: datetime | None
@@ -413,52 +425,22 @@ class EntryInfo:
     #: active, disabled, not_started, expired, finished (``parked`` entries cannot be
     #: decoded: see ``Schedule.list(on_invalid=...)``)
     state: str = ACTIVE
-    lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
-    @property
-    def start_time(self) -> datetime | None:
-        return self.lifecycle.start_time
-
-    @property
-    def expires(self) -> datetime | None:
-        return self.lifecycle.expires
-
-    @property
-    def max_runs(self) -> int | None:
-        return self.lifecycle.max_runs
-
-    @property
-    def tz(self) -> str | None:
-        return self.lifecycle.tz
-
-    @property
-    def run_immediately(self) -> bool:
-        return self.lifecycle.run_immediately
-
-    @property
-    def at(self) -> datetime | None:
-        """The time of a one-off entry; None for a periodic one."""
-        return self.lifecycle.at
-
-    @property
-    def spec(self) -> EntrySpec:
-        """The definition part, e.g. to change one field with :func:`dataclasses.replace`."""
-        lc = self.lifecycle
-        return EntrySpec(
-            name=self.name,
-            task=self.task,
-            schedule=self.schedule,
-            args=self.args,
-            kwargs=self.kwargs,
-            options=self.options,
-            enabled=self.enabled,
-            start_time=lc.start_time,
-            expires=lc.expires,
-            max_runs=lc.max_runs,
-            tz=lc.tz,
-            run_immediately=lc.run_immediately,
-            at=lc.at,
-        )
+    name = _SpecField(lambda spec: spec.name)
+    task = _SpecField(lambda spec: spec.task)
+    schedule = _SpecField(lambda spec: spec.schedule)
+    args = _SpecField(lambda spec: spec.args)
+    kwargs = _SpecField(lambda spec: spec.kwargs)
+    options = _SpecField(lambda spec: spec.options)
+    enabled = _SpecField(lambda spec: spec.enabled)
+    lifecycle = _SpecField(lambda spec: spec.lifecycle)
+    start_time = _SpecField(lambda spec: spec.start_time)
+    expires = _SpecField(lambda spec: spec.expires)
+    max_runs = _SpecField(lambda spec: spec.max_runs)
+    tz = _SpecField(lambda spec: spec.tz)
+    run_immediately = _SpecField(lambda spec: spec.run_immediately)
+    #: the time of a one-off entry; None for a periodic one
+    at = _SpecField(lambda spec: spec.at)
 
 
 def utc_datetime(ts: float | int | None) -> datetime | None:
@@ -482,9 +464,8 @@ def info_from_stored(
         total_run_count=stored.total_run_count,
         now=now or datetime.now(timezone.utc),
     )
-    return EntryInfo(
-        state=state,
-        lifecycle=stored.lifecycle,
+    lifecycle = stored.lifecycle
+    spec = EntrySpec(
         name=stored.name,
         task=stored.task,
         schedule=stored.schedule,
@@ -492,26 +473,43 @@ def info_from_stored(
         kwargs=stored.kwargs,
         options=stored.options,
         enabled=stored.enabled,
+        **_fields(lifecycle),
+    )
+    return EntryInfo(
+        spec,
         version=int(stored.version),
         last_run_at=stored.last_run_at,
         next_run_at=utc_datetime(score),
         total_run_count=stored.total_run_count,
         run_now_at=utc_datetime(stored.run_now),
+        state=state,
     )
 
 
 # -- lifetime fields ------------------------------------------------------------------
 
+_NO_LIFECYCLE = Lifecycle()
 
-def _prepare_once(spec: EntrySpec) -> None:
+
+def _fields(value: Any) -> dict[str, Any]:
+    """A dataclass instance's fields by name."""
+    return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+
+
+def _once(name: str, at: datetime) -> BaseSchedule:
     """A one-off's schedule is derived from ``at`` (an rrule stock RedBeat runs once)."""
-    at = spec.at
-    if at is None:
-        return
     if not isinstance(at, datetime):
-        raise _invalid(str(spec.name), "at", f"must be a datetime, got {at!r}")
+        raise _invalid(name, "at", f"must be a datetime, got {at!r}")
     moment = at if at.tzinfo is not None else at.replace(tzinfo=timezone.utc)
-    object.__setattr__(spec, "schedule", once_schedule(moment))
+    return once_schedule(moment)
+
+
+def _mapping(name: str, part: str, value: Mapping[str, Any] | None) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _invalid(name, part, f"must be a mapping, got {value!r}")
+    return dict(value)
 
 
 def _check_lifecycle(spec: EntrySpec) -> None:

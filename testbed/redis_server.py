@@ -15,7 +15,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 import redis
 
@@ -81,6 +80,26 @@ def free_port() -> int:
         sock.bind((HOST, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM by PID and wait; SIGKILL if it is still running after STOP_TIMEOUT.
+    No-op if it is not running."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        kill_process(proc)
+
+
+def kill_process(proc: subprocess.Popen[bytes] | None, timeout: float | None = None) -> None:
+    """SIGKILL by PID and reap it (waiting at most ``timeout``). No-op if not running."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.kill()
+    proc.wait(timeout)
 
 
 class RedisServer:
@@ -164,19 +183,10 @@ class RedisServer:
 
     def stop(self) -> None:
         """SIGTERM and wait; SIGKILL if it does not exit in time. No-op if not running."""
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        self._proc.send_signal(signal.SIGTERM)
-        try:
-            self._proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        stop_process(self._proc)
 
     def kill(self) -> None:
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        self._proc.kill()
-        self._proc.wait()
+        kill_process(self._proc)
 
     def restart(self) -> RedisServer:
         """Stop and start again on the same port (AOF data survives when enabled)."""
@@ -186,12 +196,7 @@ class RedisServer:
     def __enter__(self) -> RedisServer:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
         if self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)

@@ -32,11 +32,14 @@ __all__ = [
     "ClaimCode",
     "ClaimResult",
     "Client",
+    "Coded",
     "Due",
+    "Fenced",
     "Move",
     "MoveCode",
     "MoveResult",
     "Registered",
+    "Remove",
     "RemoveCode",
     "RemoveResult",
     "RenewCode",
@@ -159,43 +162,38 @@ class RenewResult:
     current: str | None
 
 
-@dataclass(frozen=True)
-class ClaimResult:
-    """``claim.lua``: ``fenced_out`` (nothing written) or one code per operation."""
-
-    fenced_out: bool
-    codes: list[ClaimCode] = field(default_factory=list)
+C = TypeVar("C", bound=IntEnum)
 
 
 @dataclass(frozen=True)
-class UpsertResult:
-    code: UpsertCode
-    #: the entry's version after the call (the new one if written); None if fenced out
-    version: int | None
+class Coded(Generic[C]):
+    """A script's answer for one entry: its code and the version it reports."""
 
-
-@dataclass(frozen=True)
-class RemoveResult:
-    code: RemoveCode
-    #: the version the entry had (removed or conflicting), else None
-    version: int | None
-
-
-@dataclass(frozen=True)
-class RunNowResult:
-    code: RunNowCode
-    #: the request time (Redis TIME, whole seconds) if requested
-    requested_at: int | None = None
-    #: Redis' current version on a version conflict
+    code: C
+    #: upsert: the entry's version after the call (None if fenced out); remove: the
+    #: version the entry had (removed or conflicting); run_now: Redis' current version on
+    #: a version conflict; else None
     version: int | None = None
 
 
 @dataclass(frozen=True)
-class MoveResult:
-    """``move.lua``: ``fenced_out`` (nothing written) or one code per record."""
+class Fenced(Generic[C]):
+    """A fenced script's answer: ``fenced_out`` (nothing written) or one code per item."""
 
     fenced_out: bool
-    codes: list[MoveCode] = field(default_factory=list)
+    codes: list[C] = field(default_factory=list)
+
+
+UpsertResult = Coded[UpsertCode]
+RemoveResult = Coded[RemoveCode]
+ClaimResult = Fenced[ClaimCode]
+MoveResult = Fenced[MoveCode]
+
+
+@dataclass(frozen=True)
+class RunNowResult(Coded[RunNowCode]):
+    #: the request time (Redis TIME, whole seconds) if requested
+    requested_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -250,6 +248,19 @@ class Upsert:
     fields: Mapping[str, str] = field(default_factory=dict)
     #: name recorded in ``owner_set``, or None
     owner_name: str | None = None
+    #: lease token fencing the write, or None for a write that is not fenced
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class Remove:
+    """One ``remove.lua`` call: remove an entry, drop ``name`` from ``owner_sets``."""
+
+    entry_key: str
+    name: str
+    owner_sets: Sequence[str]
+    #: None removes any version
+    expected_version: int | None = None
     #: lease token fencing the write, or None for a write that is not fenced
     token: str | None = None
 
@@ -349,9 +360,7 @@ class Scripts:
             keys=[self.keys.lease, self.keys.schedule, self.keys.pending, *(o.key for o in ops)],
             args=argv,
         )
-        if int(reply[0]) != 1:
-            return ClaimResult(fenced_out=True)
-        return ClaimResult(False, [ClaimCode(int(code)) for code in reply[1:]])
+        return _fenced(ClaimCode, reply)
 
     def move(
         self,
@@ -368,9 +377,7 @@ class Scripts:
         for record in records:
             args += [record.task_id, record.expected, record.new]
         reply = self.raw.move(keys=[self.keys.lease, source, destination], args=args)
-        if int(reply[0]) != 1:
-            return MoveResult(fenced_out=True)
-        return MoveResult(False, [MoveCode(int(code)) for code in reply[1:]])
+        return _fenced(MoveCode, reply)
 
     # -- entries -----------------------------------------------------------------------
 
@@ -405,42 +412,18 @@ class Scripts:
         return Batch(self.client, _upsert_result)
 
     @overload
-    def remove(
-        self,
-        entry_key: str,
-        name: str,
-        owner_sets: Sequence[str],
-        *,
-        expected_version: int | None = None,
-        token: str | None = None,
-    ) -> RemoveResult: ...
+    def remove(self, call: Remove) -> RemoveResult: ...
 
     @overload
-    def remove(
-        self,
-        entry_key: str,
-        name: str,
-        owner_sets: Sequence[str],
-        *,
-        expected_version: int | None = None,
-        token: str | None = None,
-        batch: Batch[RemoveResult],
-    ) -> None: ...
+    def remove(self, call: Remove, *, batch: Batch[RemoveResult]) -> None: ...
 
     def remove(
-        self,
-        entry_key: str,
-        name: str,
-        owner_sets: Sequence[str],
-        *,
-        expected_version: int | None = None,
-        token: str | None = None,
-        batch: Batch[RemoveResult] | None = None,
+        self, call: Remove, *, batch: Batch[RemoveResult] | None = None
     ) -> RemoveResult | None:
-        """Remove one entry and drop ``name`` from ``owner_sets``; queued on ``batch`` if given."""
+        """Remove one entry and drop its name from its owner sets; queued on ``batch`` if given."""
         reply = self.raw.remove(
-            keys=[entry_key, self.keys.schedule, self.keys.lease, *owner_sets],
-            args=[token or "", _optional(expected_version), name],
+            keys=[call.entry_key, self.keys.schedule, self.keys.lease, *call.owner_sets],
+            args=[call.token or "", _optional(call.expected_version), call.name],
             client=None if batch is None else batch.pipe,
         )
         return None if batch is not None else _remove_result(reply)
@@ -461,7 +444,7 @@ class Scripts:
         if result is RunNowCode.REQUESTED:
             return RunNowResult(result, requested_at=int(value))
         if result is RunNowCode.VERSION_CONFLICT:
-            return RunNowResult(result, version=int(value))
+            return RunNowResult(result, int(value))
         return RunNowResult(result)
 
     def versions(self, entry_keys: Sequence[str]) -> list[StoredVersion]:
@@ -487,14 +470,23 @@ def _score_text(score: float) -> str:
     return str(int(score)) if float(score).is_integer() else repr(score)
 
 
+def _fenced(codes: type[C], reply: Any) -> Fenced[C]:
+    if int(reply[0]) != 1:
+        return Fenced(fenced_out=True)
+    return Fenced(False, [codes(int(code)) for code in reply[1:]])
+
+
 def _upsert_result(reply: Any) -> UpsertResult:
-    code, version = reply
-    return UpsertResult(UpsertCode(int(code)), None if version is None else int(version))
+    return _coded(UpsertCode, reply)
 
 
 def _remove_result(reply: Any) -> RemoveResult:
+    return _coded(RemoveCode, reply)
+
+
+def _coded(codes: type[C], reply: Any) -> Coded[C]:
     code, version = reply
-    return RemoveResult(RemoveCode(int(code)), None if version is None else int(version))
+    return Coded(codes(int(code)), None if version is None else int(version))
 
 
 def _stored_version(text: str) -> StoredVersion:

@@ -141,6 +141,21 @@ def collect_until(auditor: QueueAuditor, burst: Burst, *, timeout: float) -> Non
         time.sleep(0.05)
 
 
+def settle(
+    auditor: QueueAuditor, burst: Burst, leader: BeatProcess, fault_at: float, *, timeout: float
+) -> list[Sent]:
+    """Collect both rounds, then the messages sent under a newer fence than ``leader``'s
+    (the takeover); records how long after ``fault_at`` the first of them arrived."""
+    collect_until(auditor, burst, timeout=timeout)
+    time.sleep(1.0)
+    burst.sent.extend(to_sent(m) for m in auditor.drain())
+
+    old_fence = max(m.fence or 0 for m in burst.sent if origin_pid(m) == leader.pid)
+    takeover = [m for m in burst.sent if (m.fence or 0) > old_fence]
+    burst.failover_seconds = round(takeover[0].arrived - fault_at, 3) if takeover else None
+    return takeover
+
+
 def origin_pid(message: Sent) -> int | None:
     match = re.match(r"gen(\d+)@", message.origin)
     return int(match.group(1)) if match else None
@@ -169,13 +184,7 @@ def test_leader_frozen_mid_burst_longer_than_the_lease_sends_each_occurrence_und
     burst.sent.extend(to_sent(m) for m in auditor.drain())
     before_resume = len(burst.sent)
     leader.sigcont()
-    collect_until(auditor, burst, timeout=EVERY + 15)
-    time.sleep(1.0)
-    burst.sent.extend(to_sent(m) for m in auditor.drain())
-
-    old_fence = max(m.fence or 0 for m in burst.sent if origin_pid(m) == leader.pid)
-    takeover = [m for m in burst.sent if (m.fence or 0) > old_fence]
-    burst.failover_seconds = round(takeover[0].arrived - stopped_at, 3) if takeover else None
+    takeover = settle(auditor, burst, leader, stopped_at, timeout=EVERY + 15)
     burst.sent_by_old_leader_after_resume = sum(
         1 for m in burst.sent[before_resume:] if origin_pid(m) == leader.pid
     )
@@ -204,13 +213,7 @@ def test_leader_killed_mid_burst_its_claims_are_republished_with_the_same_ids(
     leader.stop_signal(signal.SIGKILL)
     killed_at = time.time()
     auditor = QueueAuditor(redis_client)
-    collect_until(auditor, burst, timeout=LEASE + EVERY + 15)
-    time.sleep(1.0)
-    burst.sent.extend(to_sent(m) for m in auditor.drain())
-
-    old_fence = max(m.fence or 0 for m in burst.sent if origin_pid(m) == leader.pid)
-    takeover = [m for m in burst.sent if (m.fence or 0) > old_fence]
-    burst.failover_seconds = round(takeover[0].arrived - killed_at, 3) if takeover else None
+    settle(auditor, burst, leader, killed_at, timeout=LEASE + EVERY + 15)
     burst.republished = _republished(standby)
     figures = burst.figures()
     text = report(burst)

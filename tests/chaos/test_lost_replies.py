@@ -8,17 +8,16 @@ The leader keeps its lease, so no new leader will republish the pending records 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
 from typing import Any, cast
 
 import pytest
 import redis
 from celery import Celery
-from redbeat.schedulers import RedBeatSchedulerEntry
 
 from safe_redbeat import SafeRedBeatScheduler
 from safe_redbeat.dispatch import task_id_for
 from testbed.beat import QueueAuditor
+from tests.support import inprocess
 from tests.support.inprocess import FakeClock, celery_app
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
@@ -30,12 +29,8 @@ def app(redis_url: str) -> Iterator[Celery]:
         yield app
 
 
-def add_due(app: Celery, names: list[str], every: int = 3600) -> None:
-    past = datetime.now(timezone.utc) - timedelta(seconds=every * 2)
-    for name in names:
-        entry = RedBeatSchedulerEntry(name, "noop", timedelta(seconds=every), app=app)
-        entry.last_run_at = past
-        entry.save()
+def add_due(app: Celery, names: list[str]) -> None:
+    inprocess.add_due(app, names, every=3600)
 
 
 def once_then_fail(real: Callable[..., Any]) -> Callable[..., Any]:

@@ -8,12 +8,8 @@ lives on the cluster), which the test reads to see what was sent.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -21,13 +17,12 @@ import redis
 from safe_redbeat.dispatch import HEADER_ENTRY, HEADER_FENCE, HEADER_SCHEDULED
 from safe_redbeat.lease import parse_token
 from testbed.beat import (
-    APP_MODULE,
-    REPO_ROOT,
     BeatCluster,
     BeatProcess,
     Message,
     QueueAuditor,
 )
+from tests.integration.test_cli import cli, cli_json
 from tests.support.cluster import LocalCluster
 from tests.support.inprocess import FAST
 
@@ -49,23 +44,6 @@ def cluster_env(
         settings={**FAST, **CLUSTER},
     )
     return proc.env()
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "safe_redbeat", "-A", APP_MODULE, *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-
-
-def cli_json(env: dict[str, str], *args: str) -> Any:
-    result = cli(env, *args, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def by_occurrence(messages: list[Message]) -> dict[tuple[str, int], set[str]]:

@@ -83,6 +83,16 @@ def start_two(beat_procs: BeatCluster, auditor: QueueAuditor) -> list[BeatProces
     return procs
 
 
+def leader_and_fence(
+    beat_procs: BeatCluster, auditor: QueueAuditor, client: redis.Redis
+) -> tuple[list[BeatProcess], BeatProcess, int]:
+    """Two replicas, the leader, and the fence of the last message it sent."""
+    procs = start_two(beat_procs, auditor)
+    leader = leader_of(procs, client)
+    auditor.drain()
+    return procs, leader, fence_of(auditor.messages[-1])
+
+
 def test_two_replicas_exactly_one_dispatches(
     beat_procs: BeatCluster, auditor: QueueAuditor, redis_client: redis.Redis
 ) -> None:
@@ -133,10 +143,7 @@ def test_deleting_every_key_reinstalls_static_entries(
 def test_sigkill_of_the_leader_standby_takes_over_within_lease_plus_retry(
     beat_procs: BeatCluster, auditor: QueueAuditor, redis_client: redis.Redis
 ) -> None:
-    procs = start_two(beat_procs, auditor)
-    leader = leader_of(procs, redis_client)
-    auditor.drain()
-    old_fence = fence_of(auditor.messages[-1])
+    procs, leader, old_fence = leader_and_fence(beat_procs, auditor, redis_client)
     leader.kill()
     killed_at = time.monotonic()
     _message, seen_at = first_with_new_fence(auditor, old_fence, timeout=LEASE + 10)
@@ -150,10 +157,7 @@ def test_sigkill_of_the_leader_standby_takes_over_within_lease_plus_retry(
 def test_sigterm_of_the_leader_hands_over_in_about_the_retry_period(
     beat_procs: BeatCluster, auditor: QueueAuditor, redis_client: redis.Redis
 ) -> None:
-    procs = start_two(beat_procs, auditor)
-    leader = leader_of(procs, redis_client)
-    auditor.drain()
-    old_fence = fence_of(auditor.messages[-1])
+    _procs, leader, old_fence = leader_and_fence(beat_procs, auditor, redis_client)
     leader.terminate()
     terminated_at = time.monotonic()
     assert leader.wait(10) == 0

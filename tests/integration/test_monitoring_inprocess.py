@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -17,7 +17,6 @@ import redis
 from celery import Celery
 from celery.beat import Scheduler
 from prometheus_client import CollectorRegistry
-from redbeat.schedulers import RedBeatSchedulerEntry
 
 from safe_redbeat import SafeRedBeatScheduler, jsonlog, signals
 from safe_redbeat.dispatch import task_id_for
@@ -25,7 +24,7 @@ from safe_redbeat.integrations import patched_hook
 from safe_redbeat.metrics import SchedulerMetrics
 from testbed.beat import QueueAuditor
 from tests.support import KEYS
-from tests.support.inprocess import FakeClock, celery_app
+from tests.support.inprocess import FakeClock, add_due, celery_app
 
 pytestmark = pytest.mark.integration
 
@@ -34,14 +33,6 @@ pytestmark = pytest.mark.integration
 def app(redis_url: str) -> Iterator[Celery]:
     with celery_app("monitoring", redis_url, safe_redbeat_publish_attempts=2) as app:
         yield app
-
-
-def add_due(app: Celery, names: list[str], every: int = 60) -> None:
-    past = datetime.now(timezone.utc) - timedelta(seconds=every * 2)
-    for name in names:
-        entry = RedBeatSchedulerEntry(name, "noop", timedelta(seconds=every), app=app)
-        entry.last_run_at = past
-        entry.save()
 
 
 class Recorder:
@@ -257,10 +248,7 @@ def test_dead_letters_are_signalled_once_and_counted(
         scheduler = SafeRedBeatScheduler(app=app, monotonic=clock)
         metrics.watch(scheduler)
         scheduler.tick()
-        past = datetime.now(timezone.utc) - timedelta(seconds=120)
-        entry = RedBeatSchedulerEntry("bad", "explodes", timedelta(seconds=60), app=app)
-        entry.last_run_at = past
-        entry.save()
+        add_due(app, ["bad"], task="explodes")
         redis_client.hset("redbeat::pending", "junk", "not a record")
         for _ in range(8):  # publish_attempts (2) with backoff: the fake clock jumps it
             clock.now += 5
@@ -312,10 +300,7 @@ def test_republished_and_failing_occurrences_pass_the_hook_and_keep_their_record
         return original_send(name, *args, **kwargs)
 
     monkeypatch.setattr(app, "send_task", send_task)
-    past = datetime.now(timezone.utc) - timedelta(seconds=120)
-    entry = RedBeatSchedulerEntry("bad", "explodes", timedelta(seconds=60), app=app)
-    entry.last_run_at = past
-    entry.save()
+    add_due(app, ["bad"], task="explodes")
     successor.tick()
     [record] = redis_client.hvals("redbeat::pending")
     stored = json.loads(record)

@@ -92,7 +92,9 @@ def test_upsert_creates_version_one_due_now(sched: Schedule, redis_client: redis
     assert before <= info.next_run_at.timestamp() <= before + 2
     assert redis_client.zscore(SCHEDULE, "redbeat:report-daily") == info.next_run_at.timestamp()
     got = sched.get("report-daily")
-    assert got == dataclasses.replace(info, schedule=got.schedule)
+    assert got == dataclasses.replace(
+        info, spec=dataclasses.replace(info.spec, schedule=got.schedule)
+    )
     assert got.schedule == crontab(hour=3, minute=0)
     assert (got.task, got.kwargs, got.options, got.enabled) == (
         "reports.daily",

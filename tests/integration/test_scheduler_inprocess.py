@@ -18,7 +18,7 @@ from safe_redbeat import SafeRedBeatScheduler
 from safe_redbeat.dispatch import Occurrence, task_id_for
 from testbed.beat import QueueAuditor
 from tests.support import KEYS
-from tests.support.inprocess import FAST, FakeClock, celery_app
+from tests.support.inprocess import FAST, FakeClock, add_due, celery_app
 
 pytestmark = pytest.mark.integration
 
@@ -32,14 +32,6 @@ def app(redis_url: str) -> Iterator[Celery]:
 def make(app: Celery, clock: FakeClock | None = None, **settings: Any) -> SafeRedBeatScheduler:
     app.conf.update(settings)
     return SafeRedBeatScheduler(app=app, monotonic=clock or FakeClock())
-
-
-def add_due(app: Celery, names: list[str], every: int = 60) -> None:
-    past = datetime.now(timezone.utc) - timedelta(seconds=every * 2)
-    for name in names:
-        entry = RedBeatSchedulerEntry(name, "noop", timedelta(seconds=every), app=app)
-        entry.last_run_at = past
-        entry.save()
 
 
 def test_a_stale_leader_is_rejected_by_redis_not_by_its_own_check(

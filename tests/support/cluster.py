@@ -21,13 +21,11 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 import redis
 from redis.backoff import NoBackoff
@@ -38,10 +36,11 @@ from redis.retry import Retry
 from testbed.redis_server import (
     HOST,
     START_TIMEOUT,
-    STOP_TIMEOUT,
     die_with_parent,
     find_redis_server,
     free_port,
+    kill_process,
+    stop_process,
 )
 
 #: Slots are 0..16383; primary i serves an equal third.
@@ -145,19 +144,10 @@ class Node:
 
     def stop(self) -> None:
         """SIGTERM by PID, SIGKILL if it is still running after STOP_TIMEOUT."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        stop_process(self.proc)
 
     def kill(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.kill()
-        self.proc.wait()
+        kill_process(self.proc)
 
 
 class LocalCluster:
@@ -287,12 +277,7 @@ class LocalCluster:
     def __enter__(self) -> LocalCluster:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
         if self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from celery import Celery
+from redbeat.schedulers import RedBeatSchedulerEntry
 
 #: Lease settings that make failover take seconds, not tens of seconds.
 FAST = {
@@ -50,3 +52,12 @@ def celery_app(name: str, redis_url: str, **settings: Any) -> Iterator[Celery]:
         yield app
     finally:
         app.close()
+
+
+def add_due(app: Celery, names: list[str], every: int = 60, task: str = "noop") -> None:
+    """Save RedBeat entries running ``task`` every ``every`` seconds, each due now."""
+    past = datetime.now(timezone.utc) - timedelta(seconds=every * 2)
+    for name in names:
+        entry = RedBeatSchedulerEntry(name, task, timedelta(seconds=every), app=app)
+        entry.last_run_at = past
+        entry.save()

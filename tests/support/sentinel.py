@@ -37,6 +37,7 @@ from testbed.redis_server import (
     die_with_parent,
     find_redis_server,
     free_port,
+    kill_process,
 )
 
 SERVICE = "srb-primary"
@@ -133,10 +134,7 @@ class SentinelProcess:
             probe.close()
 
     def kill(self) -> None:
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        self._proc.kill()
-        self._proc.wait(STOP_TIMEOUT)
+        kill_process(self._proc, STOP_TIMEOUT)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from redbeat.decoder import RedBeatJSONDecoder
 from redbeat.schedules import rrule
 
 from safe_redbeat import EntrySpec, InvalidEntry, Schedule
+from safe_redbeat.loader import parse_specs
 from safe_redbeat.specs import check_expected_version, check_name, to_schedule
 
 
@@ -249,3 +250,17 @@ class _NoCalls:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a script ran before validation")
+
+
+# -- a spec constructed field by field ------------------------------------------------------
+
+
+def test_a_spec_constructed_field_by_field_is_cleaned_up_and_checked_before_it_is_written() -> None:
+    loose = EntrySpec(name="e", task="noop", schedule="*/5 * * * *", args=[1])  # type: ignore[arg-type]
+    [loaded] = parse_specs([loose]).specs
+    assert loaded.schedule == crontab(minute="*/5") and loaded.args == (1,)
+    assert loaded.replace(kwargs={"a": 1}).kwargs == {"a": 1}
+    load = parse_specs([EntrySpec(name="e", task="", schedule=interval(timedelta(seconds=5)))])
+    assert [spec.name for spec in load.specs] == [] and "task" in load.errors[0]
+    with pytest.raises(InvalidEntry, match="enabled"):
+        spec().replace(enabled="yes")
