@@ -75,6 +75,17 @@ def redis_url(redis_server: RedisServer, redis_db: int) -> str:
 
 
 @pytest.fixture
+def raw(redis_server: RedisServer, redis_db: int) -> Iterator[redis.Redis]:
+    """A client of this test's database that reads and writes bytes, as a program in
+    another language would."""
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port, db=redis_db)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
 def redis_client(redis_server: RedisServer, redis_db: int) -> Iterator[redis.Redis]:
     client = redis_server.client(redis_db)
     try:

@@ -26,7 +26,6 @@ from hypothesis import strategies as st
 
 from safe_redbeat import SafeRedBeatScheduler
 from testbed.beat import QueueAuditor
-from testbed.redis_server import RedisServer
 from tests.apps import loaders
 from tests.integration.test_bad_input import GOOD, VALID_DEFINITION, add_due
 from tests.integration.test_cli import cli, env_for
@@ -176,15 +175,6 @@ def app(redis_url: str) -> Iterator[Celery]:
     loaders.RESULT = []  # an empty load: the loader's owned names are read, none removed
     with celery_app("hostile", redis_url, safe_redbeat_loader="tests.apps.loaders:load") as app:
         yield app
-
-
-@pytest.fixture
-def raw(redis_server: RedisServer, redis_db: int) -> Iterator[redis.Redis]:
-    client = redis.Redis(host="127.0.0.1", port=redis_server.port, db=redis_db)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def _write(raw: redis.Redis, data: dict[str, Any]) -> dict[bytes, dict[bytes, bytes]]:

@@ -30,7 +30,6 @@ from safe_redbeat.entries import encode_meta
 from safe_redbeat.guard import OncePerOccurrence
 from safe_redbeat.writethrough import sync_once, upsert_after_commit
 from testbed.beat import QueueAuditor
-from testbed.redis_server import RedisServer
 from tests.apps import loaders
 from tests.integration.test_bad_input import GOOD, VALID_DEFINITION, add_due
 from tests.integration.test_cli import cli, cli_json, env_for, one_line_error
@@ -63,16 +62,6 @@ def app(redis_url: str) -> Iterator[Celery]:
 def loader_app(redis_url: str) -> Iterator[Celery]:
     with celery_app("poison-loader", redis_url, **LOADER_SETTINGS) as app:
         yield app
-
-
-@pytest.fixture
-def raw(redis_server: RedisServer, redis_db: int) -> Iterator[redis.Redis]:
-    """A client that reads and writes bytes, as a program in another language would."""
-    client = redis.Redis(host="127.0.0.1", port=redis_server.port, db=redis_db)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 @pytest.fixture(autouse=True)
