@@ -354,7 +354,10 @@ class EntrySpec:
     @property
     def lifecycle(self) -> Lifecycle:
         """The lifetime fields as stored in the entry's ``lifecycle`` hash field."""
-        return Lifecycle(**{name: getattr(self, name) for name in _fields(_NO_LIFECYCLE)})
+        values = {name: getattr(self, name) for name in _LIFECYCLE_FIELDS}
+        if values == _NO_LIFECYCLE_VALUES:  # most entries: no lifetime fields at all
+            return _NO_LIFECYCLE
+        return Lifecycle(**values)
 
     def content(self) -> str:
         """``definition``, plus ``"\n" + lifecycle`` when set: what ``diff.lua`` hashes."""
@@ -489,6 +492,8 @@ def info_from_stored(
 # -- lifetime fields ------------------------------------------------------------------
 
 _NO_LIFECYCLE = Lifecycle()
+_LIFECYCLE_FIELDS = tuple(f.name for f in dataclasses.fields(Lifecycle))
+_NO_LIFECYCLE_VALUES = {name: getattr(_NO_LIFECYCLE, name) for name in _LIFECYCLE_FIELDS}
 
 
 def _fields(value: Any) -> dict[str, Any]:
