@@ -359,12 +359,6 @@ class EntrySpec:
             return _NO_LIFECYCLE
         return Lifecycle(**values)
 
-    def content(self) -> str:
-        """``definition``, plus ``"\n" + lifecycle`` when set: what ``diff.lua`` hashes."""
-        lifecycle = self.lifecycle.encode()
-        definition = self.definition()
-        return definition + "\n" + lifecycle if lifecycle else definition
-
     def in_zone(self, default_tz: tzinfo) -> EntrySpec:
         """This spec with naive datetimes taken in ``default_tz`` (the app's timezone)."""
         changes: dict[str, Any] = {}
