@@ -139,7 +139,7 @@ PHASES = (
     ("read due entries", "safe_redbeat.reader:DueReader.read"),
     ("  of which decode_entry (JSON, schedule)", "safe_redbeat.entries:decode_entry"),
     ("plan_batch (is_due, next run, meta, task id)", "safe_redbeat.dispatch:plan_batch"),
-    ("claim (claim.lua)", "safe_redbeat.scheduler:SafeRedBeatScheduler._claim"),
+    ("claim (claim.lua)", "safe_redbeat.shard:Shard._claim"),
     ("publish (send_task in broker batches)", "safe_redbeat.publisher:Publisher.send"),
     ("  of which ack (HDEL pending)", "safe_redbeat.outbox:Outbox._ack"),
 )

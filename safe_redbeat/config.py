@@ -19,6 +19,8 @@ from .errors import ConfigurationError
 __all__ = ["CATCH_UP_POLICIES", "Settings"]
 
 PREFIX = "safe_redbeat_"
+#: The most shards a schedule may have (``safe_redbeat_shards``).
+MAX_SHARDS = 256
 _UNSET = object()
 
 #: ``run_once``: after an outage, a missed entry runs once now (Celery's behaviour).
@@ -71,6 +73,10 @@ class Settings:
     #: ``safe-redbeat sync --allow-removals``. Unset: half of the owned entries (an empty
     #: load always counts as too many).
     loader_max_removals: int | None = None
+    #: Shards of the schedule, each with its own lease, so several replicas dispatch at
+    #: once (layout.py). Used when Redis holds no layout yet; afterwards the layout stored
+    #: in Redis wins and ``safe-redbeat reshard --to K`` changes it.
+    shards: int = 1
 
     def __post_init__(self) -> None:
         if not self.instance_name:
@@ -148,6 +154,11 @@ class Settings:
                 f"{PREFIX}backoff_max_seconds ({self.backoff_max_seconds}) must be at least "
                 f"{PREFIX}retry_seconds ({self.retry_seconds})",
                 PREFIX + "backoff_max_seconds",
+            )
+        if not 1 <= self.shards <= MAX_SHARDS:
+            raise ConfigurationError(
+                f"{PREFIX}shards must be an integer from 1 to {MAX_SHARDS}, got {self.shards!r}",
+                PREFIX + "shards",
             )
         for name in ("batch_size", "publish_attempts", "dead_letter_max"):
             if getattr(self, name) < 1:

@@ -8,6 +8,7 @@ __all__ = [
     "FencedOut",
     "InvalidEntry",
     "LeaseLost",
+    "Resharding",
     "SafeRedBeatError",
     "VersionConflict",
 ]
@@ -74,3 +75,10 @@ class EntryNotFound(SafeRedBeatError, KeyError):
 
     def __str__(self) -> str:
         return f"entry {self.name!r} not found"
+
+
+class Resharding(SafeRedBeatError):
+    """The schedule is being moved to another shard layout (``safe-redbeat reshard``).
+
+    Writes are refused until the move ends; retry in a few seconds.
+    """

@@ -31,6 +31,9 @@ class Heartbeat:
     #: seconds this replica has led (0 for a standby)
     leading_for: float
     ttl: float
+    #: the shards this replica leads, and how many the layout it works has
+    shards: tuple[int, ...] = ()
+    shard_count: int = 1
     #: the process that makes the heartbeat, looked up then (not at import: forks)
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
@@ -74,6 +77,14 @@ def read_heartbeat(client: Any, keys: Keys, instance: str) -> ReplicaStatus | No
     return _decode(raw, pttl)
 
 
+def _shards(value: Any) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise TypeError("shards is not a list")
+    return tuple(int(index) for index in value)
+
+
 def _decode(raw: str | None, pttl: int | None) -> ReplicaStatus | None:
     """A heartbeat as written by :func:`write_heartbeat`; None for anything else."""
     if raw is None or pttl is None or pttl < 0:
@@ -87,6 +98,8 @@ def _decode(raw: str | None, pttl: int | None) -> ReplicaStatus | None:
             fence=None if fence is None else int(fence),
             leading_for=float(data["leading_for"]),
             ttl=float(data["ttl"]),
+            shards=_shards(data.get("shards")),
+            shard_count=int(data.get("shard_count") or 1),
             host=str(data.get("host", "")),
             pid=int(data.get("pid") or 0),
         )

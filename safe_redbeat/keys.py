@@ -2,7 +2,8 @@
 
 All keys start with RedBeat's ``redbeat_key_prefix``. On Redis Cluster, put a hash tag in
 the prefix (``{redbeat}:``) so lease, schedule and entries share one slot and the fenced
-scripts can touch them together.
+scripts can touch them together. A sharded schedule (layout.py) has one :class:`Keys` per
+shard, each with its own hash tag.
 """
 
 from __future__ import annotations
@@ -64,6 +65,16 @@ class Keys:
     def seeded(self) -> str:
         """STRING written after the leader seeded the schedule; gone = Redis lost data."""
         return self.prefix + ":seeded"
+
+    @property
+    def layout(self) -> str:
+        """STRING: JSON of the shard layout (see layout.py); absent: one shard."""
+        return self.prefix + ":layout"
+
+    @property
+    def retired(self) -> str:
+        """STRING set by ``reshard`` on each shard it moved away from: writes are refused."""
+        return self.prefix + ":retired"
 
     @property
     def reconcile(self) -> str:

@@ -21,6 +21,7 @@ from .config import Settings
 from .connection import CLIENT_ERRORS, sanitize_text
 from .errors import LeaseLost
 from .keys import Keys
+from .layout import shard_of
 from .loader import (
     LIFETIME_FIELDS,
     LoaderBusy,
@@ -52,7 +53,11 @@ class Seeder:
     #: the scheduler's ``_maybe_entry``: a beat_schedule item as a RedBeat entry
     build_entry: Callable[[str, Any], Any]
     monotonic: Callable[[], float] = time.monotonic
-    _loader_slot: LoaderSlot = field(default_factory=LoaderSlot, init=False)
+    #: shared by the shards of one replica: one loader call in flight at a time
+    loader_slot: LoaderSlot = field(default_factory=LoaderSlot)
+    #: this seeder's shard of a layout of ``shards``: only the entries it holds are written
+    shard: int = 0
+    shards: int = 1
     #: set when a claim found entries gone from Redis: seed again at the next tick
     reseed_needed: bool = field(default=False, init=False)
     _next_reconcile: float = field(default=0.0, init=False)
@@ -81,7 +86,7 @@ class Seeder:
         static_specs, static_errors = self.static_specs()
         with _contained("beat_schedule"):
             statics = self._reconciler("beat_schedule", self.keys.statics).run(
-                static_specs, token=token, errors=static_errors, renew=renew
+                self._mine(static_specs), token=token, errors=static_errors, renew=renew
             )
             _log(statics)
         if self.settings.loader:
@@ -110,7 +115,7 @@ class Seeder:
                 wait_step=self.settings.retry_seconds,
                 on_wait=renew,
                 monotonic=self.monotonic,
-                slot=self._loader_slot,
+                slot=self.loader_slot,
             )
         except LoaderError as exc:
             (logger.warning if isinstance(exc, LoaderBusy) else logger.error)(
@@ -119,15 +124,22 @@ class Seeder:
                 sanitize_text(str(exc)),
             )
             return ReconcileResult("loader", errors=[str(exc)], complete=False)
+        # every row is checked (an error anywhere makes the load incomplete in each shard)
         load = parse_specs(items, reserved=reserved)
         return reconciler.run(
-            load.specs,
+            self._mine(load.specs),
             versions=versions,
             token=token,
             errors=load.errors,
             renew=renew,
             max_removals=self.settings.max_removals(len(versions)),
         )
+
+    def _mine(self, specs: list[EntrySpec]) -> list[EntrySpec]:
+        """The specs of entries this seeder's shard holds."""
+        if self.shards == 1:
+            return specs
+        return [spec for spec in specs if shard_of(spec.name, self.shards) == self.shard]
 
     def static_specs(self) -> tuple[list[EntrySpec], list[str]]:
         """``beat_schedule`` (and Celery's default entries) as EntrySpecs, and errors."""

@@ -57,7 +57,7 @@ RELEASED = "released"
 #: ``change`` ("acquired", "lost", "released"), ``fence`` (int or None), ``reason`` (text
 #: of a loss, else None), ``cause`` (a short code of the loss: ``key_gone``, ``taken``,
 #: ``renew_deadline``, ``fenced``, ``redis_unreachable``, ``other``; else None),
-#: ``instance`` (this replica's name).
+#: ``instance`` (this replica's name), ``shard`` (the shard whose lease it is; 0 unsharded).
 leadership_changed = Signal(name="safe_redbeat.leadership_changed")
 
 #: One occurrence the broker accepted: ``entry`` (name), ``scheduled`` (UNIX seconds),
@@ -94,8 +94,8 @@ tick_finished = Signal(name="safe_redbeat.tick_finished")
 #: guard refused to apply this round, or None when unknown).
 reconciled = Signal(name="safe_redbeat.reconciled")
 
-#: the fence each sender acquired last
-_fences: weakref.WeakKeyDictionary[Any, int | None] = weakref.WeakKeyDictionary()
+#: the fence each sender acquired last, per shard
+_fences: weakref.WeakKeyDictionary[Any, dict[int, int | None]] = weakref.WeakKeyDictionary()
 
 _CAUSES = (
     ("lease key is gone", "key_gone"),
@@ -114,16 +114,18 @@ def lost_cause(reason: str) -> str:
     return "other"
 
 
-def leadership(sender: Any, change: str, fence: int | None, reason: str | None = None) -> None:
+def leadership(
+    sender: Any, change: str, fence: int | None, reason: str | None = None, *, shard: int = 0
+) -> None:
     """Send :data:`leadership_changed` (``cause`` derived from ``reason``).
 
     A lease found lost is already forgotten locally; the fence it had is the one this
     sender acquired last.
     """
     if change == ACQUIRED:
-        _fences[sender] = fence
+        _fences.setdefault(sender, {})[shard] = fence
     elif fence is None:
-        fence = _fences.get(sender)
+        fence = _fences.get(sender, {}).get(shard)
     if not leadership_changed.receivers:
         return
     leadership_changed.send(
@@ -133,6 +135,7 @@ def leadership(sender: Any, change: str, fence: int | None, reason: str | None =
         reason=reason,
         cause=None if reason is None else lost_cause(reason),
         instance=sender.safe_settings.instance_name,
+        shard=shard,
     )
 
 

@@ -1,13 +1,13 @@
 """How a :class:`~safe_redbeat.scheduler.SafeRedBeatScheduler` builds its parts.
 
-Each function builds one part from the scheduler's app, settings and keys; the scheduler
-calls it on first use (its Redis client may not be reachable yet) and keeps the result
-under the same name (``scheduler.reader``, ``scheduler.outbox`` ...).
+Each function builds one part from the scheduler's app and settings, and for the parts of
+one shard (:class:`~safe_redbeat.shard.Shard`) from the shard's keys; the owner calls it on
+first use (its Redis client may not be reachable yet) and keeps the result under the same
+name (``shard.reader``, ``shard.outbox``, ``scheduler.publisher`` ...).
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ from .seeding import Seeder
 
 if TYPE_CHECKING:
     from .scheduler import SafeRedBeatScheduler
+    from .shard import Shard
 
 __all__ = [
     "client",
@@ -42,8 +43,12 @@ __all__ = [
 logger = get_logger("safe_redbeat")
 
 
-def keys(app: Any, lock_key: str | None) -> Keys:
-    """The schedule's keys; ``lock_key`` (given to the scheduler) names the lease."""
+def keys(app: Any, lock_key: str | None, shards: int) -> Keys:
+    """The schedule's keys; ``lock_key`` (given to the scheduler) names the lease.
+
+    On Redis Cluster the keys of one shard must share a slot; sharded keys always do, the
+    unsharded ones only with a hash tag in the prefix (checked here).
+    """
     found = Keys.from_app(app)
     if lock_key:
         found = replace(found, lease=lock_key)
@@ -53,24 +58,25 @@ def keys(app: Any, lock_key: str | None) -> Keys:
             "safe_redbeat always leases %r",
             found.lease,
         )
-    check_cluster_keys(app, found)
+    if shards == 1:
+        check_cluster_keys(app, found)
     return found
 
 
-def leadership(scheduler: SafeRedBeatScheduler, rng: random.Random | None) -> Leadership:
-    """The replica's leadership; its lease is built on first use."""
+def leadership(shard: Shard) -> Leadership:
+    """The replica's leadership of ``shard``; its lease is built on first use."""
+    scheduler = shard.scheduler
     s, monotonic = scheduler.safe_settings, scheduler._monotonic
     return Leadership(
         scheduler,
         s,
-        scheduler.keys,
+        shard.keys,
         lease=lambda: Lease(
-            scheduler.client, scheduler.keys, s, scripts=scheduler.scripts, monotonic=monotonic
+            scheduler.client, shard.keys, s, scripts=shard.scripts, monotonic=monotonic
         ),
-        client=lambda: scheduler.client,
-        on_elected=scheduler._on_elected,
+        on_elected=shard.on_elected,
+        shard=shard.index,
         monotonic=monotonic,
-        rng=rng,
     )
 
 
@@ -94,48 +100,55 @@ def info(scheduler: SafeRedBeatScheduler) -> str:
             f"       . redis -> {redis_url(scheduler)}",
             f"       . lease -> `{scheduler.keys.lease}` lease {s.lease_seconds}s, "
             f"renew deadline {s.renew_seconds}s, retry {s.retry_seconds}s",
+            f"       . shards -> {s.shards} configured (the layout stored in Redis wins)",
             f"       . instance -> {s.instance_name}",
         ]
     )
 
 
-def scripts(scheduler: SafeRedBeatScheduler) -> Scripts:
-    return Scripts(scheduler.client, scheduler.keys)
+def scripts(shard: Shard) -> Scripts:
+    return Scripts(shard.scheduler.client, shard.keys)
 
 
 def publisher(scheduler: SafeRedBeatScheduler) -> Publisher:
     return Publisher(scheduler.app, lambda: scheduler.producer)
 
 
-def reader(scheduler: SafeRedBeatScheduler) -> DueReader:
+def reader(shard: Shard) -> DueReader:
+    scheduler = shard.scheduler
     return DueReader(
         scheduler.client,
-        scheduler.keys,
-        scheduler.scripts,
+        shard.keys,
+        shard.scripts,
         scheduler.app,
         batch_size=scheduler.safe_settings.batch_size,
         park_seconds=scheduler.max_interval,
     )
 
 
-def outbox(scheduler: SafeRedBeatScheduler) -> Outbox:
+def outbox(shard: Shard) -> Outbox:
+    scheduler = shard.scheduler
     return Outbox(
         scheduler.client,
-        scheduler.keys,
-        scheduler.scripts,
+        shard.keys,
+        shard.scripts,
         scheduler.publisher,
         scheduler.safe_settings,
         monotonic=scheduler._monotonic,
     )
 
 
-def seeder(scheduler: SafeRedBeatScheduler) -> Seeder:
+def seeder(shard: Shard) -> Seeder:
+    scheduler = shard.scheduler
     return Seeder(
         scheduler.app,
         scheduler.client,
-        scheduler.keys,
-        scheduler.scripts,
+        shard.keys,
+        shard.scripts,
         scheduler.safe_settings,
         build_entry=scheduler._maybe_entry,
         monotonic=scheduler._monotonic,
+        loader_slot=scheduler._loader_slot,
+        shard=shard.index,
+        shards=scheduler.layout.shards,
     )

@@ -67,7 +67,7 @@ def test_claimed_occurrences_whose_claim_reply_was_lost_are_still_published(
     scores: dict[str, float] = dict(
         cast(Any, redis_client.zrange("redbeat::schedule", 0, -1, withscores=True))
     )
-    scheduler.scripts.claim = once_then_fail(scheduler.scripts.claim)
+    scheduler.shards[0].scripts.claim = once_then_fail(scheduler.shards[0].scripts.claim)
     scheduler.tick()  # the claim runs in Redis, its reply is lost
     assert redis_client.hlen("redbeat::pending") == 3, "the claim did run inside Redis"
     assert scheduler.is_leader, "a lost reply is not a lost lease"

@@ -153,7 +153,7 @@ def test_every_script_call_hashes_all_its_keys_to_the_prefix_slot(
     scheduler = SafeRedBeatScheduler(app=app, monotonic=clock)
     schedule = Schedule(app)
     try:
-        recorder.wrap(scheduler.scripts)
+        recorder.wrap(scheduler.shards[0].scripts)
         recorder.wrap(schedule.scripts)
         scheduler.tick()  # acquire, seed statics and the loader (versions, diff, upsert)
         assert scheduler.is_leader

@@ -115,7 +115,7 @@ def test_a_republished_occurrence_is_signalled_as_republished(
     def die(claimed: object) -> None:
         raise SystemExit(1)
 
-    monkeypatch.setattr(crashed, "_publish_claimed", die)  # the process dies here
+    monkeypatch.setattr(crashed.shards[0], "_publish_claimed", die)  # the process dies here
     with pytest.raises(SystemExit):
         crashed.tick()
     pending = set(redis_client.hgetall("redbeat::pending"))
@@ -280,7 +280,7 @@ def test_republished_and_failing_occurrences_pass_the_hook_and_keep_their_record
     def die(claimed: object) -> None:
         raise SystemExit(1)
 
-    monkeypatch.setattr(crashed, "_publish_claimed", die)
+    monkeypatch.setattr(crashed.shards[0], "_publish_claimed", die)
     with pytest.raises(SystemExit):
         crashed.tick()
     redis_client.delete(KEYS.lease)

@@ -546,7 +546,7 @@ def test_a_run_now_made_during_a_claim_is_sent_at_the_next_tick(
         # ran two hours ago: the regular occurrence is due, and is claimed
         redis_client.hset("redbeat:e", "meta", encode_meta(past, 1))
         redis_client.zadd(SCHEDULE_KEY, {"redbeat:e": int(past.timestamp()) + 3600})
-        claim = scheduler._claim
+        claim = scheduler.shards[0]._claim
         requested: list[datetime] = []
 
         def run_now_then_claim(ops: Any) -> Any:
@@ -558,7 +558,7 @@ def test_a_run_now_made_during_a_claim_is_sent_at_the_next_tick(
                 redis_client.zadd(SCHEDULE_KEY, {op.key: op.expected_score})
             return claim(ops)
 
-        monkeypatch.setattr(scheduler, "_claim", run_now_then_claim)
+        monkeypatch.setattr(scheduler.shards[0], "_claim", run_now_then_claim)
         auditor = QueueAuditor(redis_client)
         scheduler.tick()
         first = auditor.drain()

@@ -91,7 +91,7 @@ def test_a_crash_between_claim_and_publish_is_republished_with_the_same_id(
     def die(claimed: object) -> None:
         raise SystemExit(1)
 
-    monkeypatch.setattr(crashed, "_publish_claimed", die)  # the process dies here
+    monkeypatch.setattr(crashed.shards[0], "_publish_claimed", die)  # the process dies here
     with pytest.raises(SystemExit):
         crashed.tick()
     pending = redis_client.hgetall("redbeat::pending")
