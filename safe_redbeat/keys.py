@@ -72,11 +72,6 @@ class Keys:
         return self.prefix + ":layout"
 
     @property
-    def retired(self) -> str:
-        """STRING set by ``reshard`` on each shard it moved away from: writes are refused."""
-        return self.prefix + ":retired"
-
-    @property
     def reconcile(self) -> str:
         """STRING: JSON summary of the leader's last loader reconcile."""
         return self.prefix + ":reconcile"

@@ -5,11 +5,13 @@ With ``K`` shards, an entry called ``name`` belongs to shard::
 
     crc32(utf8(name)) mod K        (CRC-32/ISO-HDLC, as zlib, Java, Go and Node compute it)
 
-and every key of shard ``n`` starts with ``{<prefix without braces><n>}:``: for the
-default prefix ``redbeat:``, shard 2 keeps its lease at ``{redbeat:2}::lock``, its schedule
-at ``{redbeat:2}::schedule`` and the entry ``report`` at ``{redbeat:2}:report``. The part
-in braces is a Redis Cluster hash tag, so one shard's keys share a slot (its scripts touch
-them together) and different shards spread over the cluster's primaries.
+and every key of shard ``n`` starts with ``{<prefix without braces><n>/<K>}:``: for the
+default prefix ``redbeat:`` and 3 shards, shard 2 keeps its lease at ``{redbeat:2/3}::lock``,
+its schedule at ``{redbeat:2/3}::schedule`` and the entry ``report`` at
+``{redbeat:2/3}:report``. The part in braces is a Redis Cluster hash tag, so one shard's
+keys share a slot (its scripts touch them together) and different shards spread over the
+cluster's primaries. Two layouts never share a key, so a move between them copies from one
+set of keys into another and a replica still working the old layout cannot touch the new.
 
 The layout in use is stored at ``<prefix>:layout`` (JSON ``{"shards": K}``); absent means
 one shard. ``safe-redbeat reshard --to K`` changes it while replicas run; during the move
@@ -110,7 +112,7 @@ def _shard_keys(base: Keys, shards: int) -> list[Keys]:
     tag = base.prefix.replace("{", "").replace("}", "")
     found = []
     for index in range(shards):
-        prefix = "{" + tag + str(index) + "}:"
+        prefix = "{" + f"{tag}{index}/{shards}" + "}:"
         found.append(Keys(prefix=prefix, lease=prefix + ":lock"))
     return found
 

@@ -25,7 +25,7 @@ from celery.utils.log import get_logger
 
 from .connection import sanitize_text
 from .entries import decode_meta, encode_meta
-from .errors import FencedOut, InvalidEntry
+from .errors import FencedOut, InvalidEntry, Resharding
 from .keys import Keys
 from .lifecycle import new_entry_anchor, writer_score
 from .scripts import Remove, RemoveCode, Scripts, Upsert, UpsertCode
@@ -74,6 +74,22 @@ class ReconcileResult:
         if self.held:
             text += f"; {len(self.held)} removals held (safe-redbeat sync --allow-removals)"
         return text
+
+    @classmethod
+    def merged(cls, results: Sequence[ReconcileResult]) -> ReconcileResult:
+        """One result for a reconcile done shard by shard (errors said once)."""
+        total = cls(results[0].source, dry_run=results[0].dry_run)
+        for part in results:
+            total.created += part.created
+            total.updated += part.updated
+            total.removed += part.removed
+            total.unchanged += part.unchanged
+            total.conflicts += part.conflicts
+            total.errors += [error for error in part.errors if error not in total.errors]
+            total.held += part.held
+            total.complete = total.complete and part.complete
+            total.seconds += part.seconds
+        return total
 
     def to_json(self) -> str:
         data = {
@@ -297,6 +313,8 @@ class Reconciler:
         replies = batch.execute()
         if any(reply.code is UpsertCode.FENCED_OUT for reply in replies):
             raise FencedOut("Redis rejected a reconcile write: the lease is not ours")
+        if any(reply.code is UpsertCode.RETIRED for reply in replies):
+            raise Resharding("the shard was resharded away during the reconcile; run it again")
         retry = []
         for change, reply in zip(chunk, replies, strict=True):
             if reply.code is UpsertCode.WRITTEN:
@@ -322,6 +340,8 @@ class Reconciler:
             replies = batch.execute()
             if any(reply.code is RemoveCode.FENCED_OUT for reply in replies):
                 raise FencedOut("Redis rejected a reconcile write: the lease is not ours")
+            if any(reply.code is RemoveCode.RETIRED for reply in replies):
+                raise Resharding("the shard was resharded away during the reconcile; run it again")
             for name, reply in zip(chunk, replies, strict=True):
                 if reply.code in (RemoveCode.REMOVED, RemoveCode.NOT_FOUND):
                     result.removed.append(name)

@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from celery.utils.log import get_logger
 from redbeat.schedulers import REDBEAT_REDIS_KEY, ensure_conf
@@ -24,8 +25,9 @@ from redis.exceptions import ResponseError
 from .config import Settings
 from .connection import check_cluster_keys, scheduler_client
 from .entries import decode_entry, decode_meta, encode_meta
-from .errors import EntryNotFound, InvalidEntry, SafeRedBeatError, VersionConflict
+from .errors import EntryNotFound, InvalidEntry, Resharding, SafeRedBeatError, VersionConflict
 from .keys import Keys
+from .layout import Layout, read_layout
 from .lifecycle import new_entry_anchor, state_of, writer_score
 from .scripts import Remove, RemoveCode, RunNowCode, Scripts, Upsert, UpsertCode
 from .specs import (
@@ -45,6 +47,8 @@ logger = get_logger("safe_redbeat.schedule")
 #: Fields of an entry hash read by ``get`` and ``list``.
 _FIELDS = ("definition", "meta", "version", "run_now", "lifecycle", "state")
 
+T = TypeVar("T")
+
 #: Attempts of one call when Redis keeps changing under it (a claim moving ``meta``, or,
 #: without ``expected_version``, another writer). Each attempt is one atomic script.
 _MAX_ATTEMPTS = 50
@@ -60,6 +64,27 @@ class MalformedEntry:
 
     def __str__(self) -> str:
         return f"{self.field}: {self.problem}"
+
+
+@dataclass(frozen=True)
+class Shelf:
+    """One shard of the schedule as seen from outside the beat loop: its keys and scripts."""
+
+    index: int
+    keys: Keys
+    scripts: Scripts
+
+
+@dataclass(frozen=True)
+class _Place:
+    """Where the entry called ``name`` lives: its shard, and its hash key."""
+
+    shelf: Shelf
+    key: str
+
+
+class _Retired(Exception):
+    """A write found its shard retired by ``reshard``: read the layout again."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +109,10 @@ class Schedule:
     ``redbeat_key_prefix``). Stateless apart from its Redis client: safe to share between
     threads, and any number of processes may use it next to running beat replicas.
     ``client`` (``decode_responses=True``) replaces the one built from the settings.
+
+    With a sharded layout (``safe_redbeat_shards``) each call finds the entry's shard from
+    the layout stored in Redis; while ``reshard`` moves the schedule, writes raise
+    :class:`~safe_redbeat.errors.Resharding`.
     """
 
     def __init__(self, app: Any, *, client: Any = None) -> None:
@@ -95,16 +124,10 @@ class Schedule:
             client = scheduler_client(app, Settings.from_app(app).socket_timeout_seconds)
             shared = getattr(app, REDBEAT_REDIS_KEY, None)  # set by RedBeat's get_redis
             self._owns_client = client is not getattr(shared, "wrapped_connection", shared)
-        check_cluster_keys(app, self.keys, client)
+        if Settings.from_app(app).shards == 1:
+            check_cluster_keys(app, self.keys, client)
         self.client: Any = client
-        self.scripts = Scripts(client, self.keys)
-        self._reserved = {
-            self.keys.lease,
-            self.keys.schedule,
-            self.keys.statics,
-            self.keys.fence,
-            self.keys.pending,
-        }
+        self._shelves: dict[str, Shelf] = {}
 
     def __repr__(self) -> str:
         return f"<Schedule prefix={self.keys.prefix!r}>"
@@ -209,8 +232,8 @@ class Schedule:
 
     def _put(self, spec: EntrySpec, expected_version: int | None) -> EntryInfo:
         check_expected_version(spec.name, expected_version)
-        key = self._key(spec.name)
-        return self._write(key, spec.in_zone(self.app.timezone), expected_version)
+        spec = spec.in_zone(self.app.timezone)
+        return self._on_shard(spec.name, partial(self._write, spec=spec, version=expected_version))
 
     def update(
         self,
@@ -228,7 +251,6 @@ class Schedule:
         again and the change applied to its new version. With it, VersionConflict.
         """
         check_expected_version(name, expected_version)
-        key = self._key(name)
         for _attempt in range(_MAX_ATTEMPTS):
             current = self.get(name)
             if expected_version is not None and expected_version != current.version:
@@ -240,9 +262,11 @@ class Schedule:
                 and all(getattr(spec, field) == value for field, value in changes.items())
             ):
                 return current  # nothing to change
-            spec = spec.replace(**changes)  # validated again
+            spec = spec.replace(**changes).in_zone(self.app.timezone)  # validated again
             try:
-                return self._write(key, spec.in_zone(self.app.timezone), current.version)
+                return self._on_shard(
+                    name, partial(self._write, spec=spec, version=current.version)
+                )
             except VersionConflict:
                 if expected_version is not None:
                     raise
@@ -264,8 +288,14 @@ class Schedule:
         the leader picks one up are sent once. A disabled entry is sent too.
         """
         check_expected_version(name, expected_version)
-        key = self._key(name)
-        result = self.scripts.run_now(key, expected_version=expected_version)
+
+        def request(place: _Place) -> Any:
+            found = place.shelf.scripts.run_now(place.key, expected_version=expected_version)
+            if found.code is RunNowCode.RETIRED:
+                raise _Retired
+            return found
+
+        result = self._on_shard(name, request)
         if result.code is RunNowCode.NOT_FOUND:
             raise EntryNotFound(name)
         if result.code is RunNowCode.VERSION_CONFLICT:
@@ -281,9 +311,16 @@ class Schedule:
         by the leader are still sent.
         """
         check_expected_version(name, expected_version)
-        key = self._key(name)
-        owners = [self.keys.statics, self.keys.loaded]
-        result = self.scripts.remove(Remove(key, name, owners, expected_version))
+
+        def remove(place: _Place) -> Any:
+            keys = place.shelf.keys
+            owners = [keys.statics, keys.loaded]
+            found = place.shelf.scripts.remove(Remove(place.key, name, owners, expected_version))
+            if found.code is RemoveCode.RETIRED:
+                raise _Retired
+            return found
+
+        result = self._on_shard(name, remove)
         if result.code is RemoveCode.NOT_FOUND:
             raise EntryNotFound(name)
         if result.code is RemoveCode.VERSION_CONFLICT:
@@ -296,10 +333,12 @@ class Schedule:
     def get(self, name: str) -> EntryInfo:
         """The entry called ``name``; EntryNotFound if there is none, InvalidEntry if its
         hash cannot be decoded."""
-        key = self._key(name)
+        _check_key(name, self.keys)  # before Redis is asked anything
+        place = self._place(name, self.layout())
+        key = place.key
         with self.client.pipeline(transaction=False) as pipe:
             pipe.hmget(key, *_FIELDS)
-            pipe.zscore(self.keys.schedule, key)
+            pipe.zscore(place.shelf.keys.schedule, key)
             pipe.time()
             fields, score, (seconds, micros) = pipe.execute()
         if fields[0] is None:
@@ -326,13 +365,17 @@ class Schedule:
         """Like :meth:`list`, with a :class:`MalformedEntry` for each undecodable entry."""
         if page_size < 1:
             raise ValueError(f"page_size must be positive, got {page_size!r}")
-        match = self.keys.match(pattern)
+        for shelf in self.shelves():
+            yield from self._scan_shard(shelf.keys, pattern, page_size)
+
+    def _scan_shard(
+        self, keys: Keys, pattern: str, page_size: int
+    ) -> Iterator[EntryInfo | MalformedEntry]:
+        match = keys.match(pattern)
         seen: set[str] = set()
         cursor = 0
         while True:
-            cursor, page = self.client.zscan(
-                self.keys.schedule, cursor, match=match, count=page_size
-            )
+            cursor, page = self.client.zscan(keys.schedule, cursor, match=match, count=page_size)
             members = [(key, score) for key, score in page if key not in seen]
             seen.update(key for key, _score in members)
             if members:
@@ -350,7 +393,7 @@ class Schedule:
                 for (key, score), fields in zip(members, rows, strict=True):
                     if fields[0] is None:
                         continue  # deleted meanwhile, or a slot the leader drops
-                    name = self.keys.name_of(key)
+                    name = keys.name_of(key)
                     try:
                         yield self._info(key, name, fields, score, now)
                     except InvalidEntry as exc:
@@ -358,13 +401,46 @@ class Schedule:
             if int(cursor) == 0:
                 return
 
+    # -- shards ------------------------------------------------------------------------
+
+    def layout(self) -> Layout:
+        """The shard layout stored in Redis (one GET; absent: one shard, RedBeat's keys)."""
+        return read_layout(self.client, self.keys)
+
+    def shelves(self, layout: Layout | None = None) -> tuple[Shelf, ...]:
+        """Every shard of ``layout`` (default: the one in use), by index."""
+        layout = layout or self.layout()
+        return tuple(self._shelf(index, keys) for index, keys in enumerate(layout.all_keys()))
+
+    def _shelf(self, index: int, keys: Keys) -> Shelf:
+        shelf = self._shelves.get(keys.prefix)
+        if shelf is None:
+            shelf = self._shelves[keys.prefix] = Shelf(index, keys, Scripts(self.client, keys))
+        return shelf
+
     # -- internals ---------------------------------------------------------------------
 
-    def _key(self, name: str) -> str:
-        key = self.keys.entry(check_name(name))
-        if key in self._reserved:
-            raise InvalidEntry(name, "name", f"its key {key!r} is an internal key")
-        return key
+    def _place(self, name: str, layout: Layout) -> _Place:
+        index = layout.shard_of(name)
+        keys = layout.keys(index)
+        _check_key(name, keys)
+        return _Place(self._shelf(index, keys), keys.entry(name))
+
+    def _on_shard(self, name: str, write: Callable[[_Place], T]) -> T:
+        """``write`` on the entry's shard; read the layout again if a move retired it."""
+        _check_key(name, self.keys)  # before Redis is asked anything
+        for _attempt in range(3):
+            layout = self.layout()
+            if layout.moving:
+                raise Resharding(
+                    f"the schedule is being resharded ({layout.describe()}); {name!r} was "
+                    "not written: retry once `safe-redbeat reshard` finished"
+                )
+            try:
+                return write(self._place(name, layout))
+            except _Retired:
+                continue
+        raise Resharding(f"the shard of {name!r} keeps moving; {name!r} was not written")
 
     def _info(
         self,
@@ -389,11 +465,11 @@ class Schedule:
         )
         return info_from_stored(stored, None if score is None else float(score), now)
 
-    def _read(self, key: str) -> _State:
+    def _read(self, place: _Place) -> _State:
         with self.client.pipeline(transaction=False) as pipe:
             pipe.time()
-            pipe.hmget(key, "meta", "run_now", "state")
-            pipe.zscore(self.keys.schedule, key)
+            pipe.hmget(place.key, "meta", "run_now", "state")
+            pipe.zscore(place.shelf.keys.schedule, place.key)
             (seconds, micros), (meta, run_now, recorded), score = pipe.execute()
         now = datetime.fromtimestamp(seconds + micros / 1e6, tz=timezone.utc)
         return _State(
@@ -415,11 +491,12 @@ class Schedule:
                 score = requested  # upsert.lua does the same, atomically
         return score
 
-    def _write(self, key: str, spec: EntrySpec, expected_version: int | None) -> EntryInfo:
+    def _write(self, place: _Place, *, spec: EntrySpec, version: int | None) -> EntryInfo:
+        key, expected_version = place.key, version
         definition = spec.definition()
         fields = {"lifecycle": spec.lifecycle.encode()}
         for _attempt in range(_MAX_ATTEMPTS):
-            state = self._read(key)
+            state = self._read(place)
             last_run_at, total_run_count = decode_meta(key, state.meta)
             new_meta = encode_meta(None)
             if state.meta is None:
@@ -427,10 +504,10 @@ class Schedule:
                 last_run_at = new_entry_anchor(spec.lifecycle, spec.last_run_at, state.now)
                 new_meta = encode_meta(last_run_at)
             score = self._score(spec, state, last_run_at, total_run_count)
-            result = self.scripts.upsert(
+            result = place.shelf.scripts.upsert(
                 Upsert(
                     entry_key=key,
-                    owner_set=self.keys.statics,
+                    owner_set=place.shelf.keys.statics,
                     definition=definition,
                     score=score,
                     new_meta=new_meta,
@@ -439,6 +516,8 @@ class Schedule:
                     fields=fields,
                 )
             )
+            if result.code is UpsertCode.RETIRED:
+                raise _Retired
             code, version = result.code, _known(result.version)
             if code is UpsertCode.META_CHANGED:
                 continue  # a claim moved the last run meanwhile: recompute the score
@@ -467,6 +546,13 @@ class Schedule:
         raise SafeRedBeatError(
             f"entry {spec.name!r}: its run metadata changed on each of {_MAX_ATTEMPTS} attempts"
         )
+
+
+def _check_key(name: str, keys: Keys) -> None:
+    """InvalidEntry unless ``name`` is a valid name whose key in ``keys`` is not internal."""
+    key = keys.entry(check_name(name))
+    if key in (keys.lease, keys.schedule, keys.statics, keys.fence, keys.pending, keys.layout):
+        raise InvalidEntry(name, "name", f"its key {key!r} is an internal key")
 
 
 def _known(value: int | None) -> int:

@@ -25,10 +25,11 @@ from redis.exceptions import RedisError
 
 from .config import Settings
 from .connection import sanitize_url
-from .errors import InvalidEntry
+from .errors import InvalidEntry, Resharding
+from .layout import Layout
 from .loader import LoaderError, call_loader, parse_specs, resolve
 from .reconcile import Reconciler, ReconcileResult
-from .schedule import Schedule
+from .schedule import Schedule, Shelf
 from .specs import EntrySpec
 
 __all__ = ["remove_after_commit", "sync_once", "upsert_after_commit"]
@@ -36,15 +37,23 @@ __all__ = ["remove_after_commit", "sync_once", "upsert_after_commit"]
 logger = get_logger("safe_redbeat.writethrough")
 
 
-def _reconciler(schedules: Schedule) -> Reconciler:
+def _reconciler(schedules: Schedule, shelf: Shelf) -> Reconciler:
     return Reconciler(
         schedules.client,
-        schedules.keys,
-        schedules.scripts,
+        shelf.keys,
+        shelf.scripts,
         schedules.app,
         source="loader",
-        owned_key=schedules.keys.loaded,
+        owned_key=shelf.keys.loaded,
     )
+
+
+def _layout(schedules: Schedule) -> Layout:
+    """The layout in use; Resharding while ``reshard`` moves the schedule."""
+    layout = schedules.layout()
+    if layout.moving:
+        raise Resharding(f"the schedule is being resharded ({layout.describe()})")
+    return layout
 
 
 def upsert_after_commit(schedules: Schedule, entry: EntrySpec | Mapping[str, Any]) -> bool:
@@ -54,12 +63,15 @@ def upsert_after_commit(schedules: Schedule, entry: EntrySpec | Mapping[str, Any
         for error in load.errors:
             logger.error("write-through: %s; not written", error)
         return False
+    (spec,) = load.specs
     try:
-        result = _reconciler(schedules).run(load.specs, complete=False)
-    except (RedisError, OSError) as exc:
+        layout = _layout(schedules)
+        shelf = schedules.shelves(layout)[layout.shard_of(spec.name)]
+        result = _reconciler(schedules, shelf).run(load.specs, complete=False)
+    except (RedisError, OSError, Resharding) as exc:
         logger.warning(
             "write-through of %r to %s failed (%s); the next reconcile repairs it",
-            load.specs[0].name,
+            spec.name,
             sanitize_url(schedules.app.redbeat_conf.redis_url),
             exc,
         )
@@ -94,8 +106,12 @@ def sync_once(
     """
     settings = Settings.from_app(schedules.app)
     statics = set(schedules.app.conf.beat_schedule or {})
-    reconciler = _reconciler(schedules)
-    versions = reconciler.snapshot()  # before the loader reads the database
+    try:
+        layout = _layout(schedules)
+    except Resharding as exc:
+        return ReconcileResult("loader", errors=[str(exc)], complete=False, dry_run=dry_run)
+    reconcilers = [_reconciler(schedules, shelf) for shelf in schedules.shelves(layout)]
+    snapshots = [reconciler.snapshot() for reconciler in reconcilers]  # before the load
     try:
         items = call_loader(
             resolve(loader_path),
@@ -106,10 +122,18 @@ def sync_once(
     except LoaderError as exc:
         return ReconcileResult("loader", errors=[str(exc)], complete=False, dry_run=dry_run)
     load = parse_specs(items, reserved=statics)
-    return reconciler.run(
-        load.specs,
-        versions=versions,
-        errors=load.errors,
-        dry_run=dry_run,
-        max_removals=None if allow_removals else settings.max_removals(len(versions)),
+    by_shard: list[list[EntrySpec]] = [[] for _ in reconcilers]
+    for spec in load.specs:
+        by_shard[layout.shard_of(spec.name)].append(spec)
+    return ReconcileResult.merged(
+        [
+            reconciler.run(
+                specs,
+                versions=versions,
+                errors=load.errors,
+                dry_run=dry_run,
+                max_removals=None if allow_removals else settings.max_removals(len(versions)),
+            )
+            for reconciler, specs, versions in zip(reconcilers, by_shard, snapshots, strict=True)
+        ]
     )

@@ -112,6 +112,7 @@ class UpsertCode(IntEnum):
     FENCED_OUT = 0
     VERSION_CONFLICT = -1
     META_CHANGED = -2  # a claim moved the run metadata since it was read: recompute
+    RETIRED = -3  # the shard was resharded away: read the layout again
 
 
 class RemoveCode(IntEnum):
@@ -121,6 +122,7 @@ class RemoveCode(IntEnum):
     NOT_FOUND = 2
     FENCED_OUT = 0
     VERSION_CONFLICT = -1
+    RETIRED = -3
 
 
 class RunNowCode(IntEnum):
@@ -130,6 +132,7 @@ class RunNowCode(IntEnum):
     NOT_FOUND = 2
     FENCED_OUT = 0
     VERSION_CONFLICT = -1
+    RETIRED = -3
 
 
 class MoveCode(IntEnum):

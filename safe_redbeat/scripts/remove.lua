@@ -13,10 +13,16 @@
 --
 -- return {1, version}  removed (version it had);
 -- return {2, false}    there was no such entry (its ZSET member and statics name dropped);
+-- return {-3, false}   the shard is retired (``reshard`` moved its entries away): nothing
+--                      written; read the layout again
 -- return {0, false}    fenced out;
 -- return {-1, version} version conflict, nothing removed.
-if ARGV[1] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[1] then
+local lease = redis.call('GET', KEYS[3])
+if ARGV[1] ~= '' and lease ~= ARGV[1] then
     return {0, false}
+end
+if lease and string.sub(lease, 1, 8) == 'retired ' then
+    return {-3, false}
 end
 local function disown()
     for i = 4, #KEYS do

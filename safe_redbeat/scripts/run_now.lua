@@ -13,10 +13,16 @@
 --
 -- return {1, time}     requested (time = the `run_now` value written);
 -- return {2, false}    there is no such entry (no `definition` field): nothing written;
+-- return {-3, false}   the shard is retired (``reshard`` moved its entries away): nothing
+--                      written; read the layout again
 -- return {0, false}    fenced out: the lease is not ours;
 -- return {-1, version} version conflict: nothing written, version is Redis' current one.
-if ARGV[1] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[1] then
+local lease = redis.call('GET', KEYS[3])
+if ARGV[1] ~= '' and lease ~= ARGV[1] then
     return {0, false}
+end
+if lease and string.sub(lease, 1, 8) == 'retired ' then
+    return {-3, false}
 end
 if redis.call('HEXISTS', KEYS[1], 'definition') == 0 then
     return {2, false}

@@ -23,11 +23,17 @@
 --
 -- return {1, version} written (version is the new one);
 -- return {2, version} unchanged: same definition and fields, nothing written;
+-- return {-3, false}  the shard is retired (``reshard`` moved its entries away): nothing
+--                     written; read the layout again
 -- return {0, false}   fenced out: the lease is not ours;
 -- return {-1, version} version conflict: nothing written, version is Redis' current one;
 -- return {-2, version} meta changed since read: recompute the score and call again.
-if ARGV[1] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[1] then
+local lease = redis.call('GET', KEYS[3])
+if ARGV[1] ~= '' and lease ~= ARGV[1] then
     return {0, false}
+end
+if lease and string.sub(lease, 1, 8) == 'retired ' then
+    return {-3, false}
 end
 if ARGV[8] ~= '' then
     redis.call('SADD', KEYS[4], ARGV[8])

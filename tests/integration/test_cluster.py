@@ -154,7 +154,7 @@ def test_every_script_call_hashes_all_its_keys_to_the_prefix_slot(
     schedule = Schedule(app)
     try:
         recorder.wrap(scheduler.shards[0].scripts)
-        recorder.wrap(schedule.scripts)
+        recorder.wrap(schedule.shelves()[0].scripts)
         scheduler.tick()  # acquire, seed statics and the loader (versions, diff, upsert)
         assert scheduler.is_leader
         schedule.upsert("api", task="noop", schedule=1)

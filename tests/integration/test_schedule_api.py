@@ -203,11 +203,11 @@ def test_a_run_claimed_between_read_and_write_makes_upsert_recompute(
     real_read = sched._read
     reads = []
 
-    def read_then_claim(key: str) -> Any:
-        state = real_read(key)
+    def read_then_claim(place: Any) -> Any:
+        state = real_read(place)
         reads.append(state)
         if len(reads) == 1:  # the leader claims a run right after our read
-            redis_client.hset(key, "meta", encode_meta(ran_meanwhile, 2))
+            redis_client.hset(place.key, "meta", encode_meta(ran_meanwhile, 2))
         return state
 
     monkeypatch.setattr(sched, "_read", read_then_claim)
