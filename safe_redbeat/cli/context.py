@@ -34,6 +34,8 @@ EXIT_NOT_FOUND = 5
 EXIT_CONFLICT = 6
 #: The entry the arguments describe is invalid (bad cron expression, name, ...).
 EXIT_INVALID = 7
+#: The schedule is being resharded, or a reshard could not start (a lease not released).
+EXIT_RESHARD = 8
 
 
 class CLIError(Exception):

@@ -15,12 +15,19 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 
-from ..errors import ConfigurationError, EntryNotFound, InvalidEntry, VersionConflict
+from ..errors import (
+    ConfigurationError,
+    EntryNotFound,
+    InvalidEntry,
+    SafeRedBeatError,
+    VersionConflict,
+)
 from .context import (
     EXIT_APP,
     EXIT_CONFLICT,
     EXIT_INVALID,
     EXIT_NOT_FOUND,
+    EXIT_RESHARD,
     CLIError,
     Context,
     open_context,
@@ -37,6 +44,7 @@ from .entries import (
     cmd_sync,
     cmd_update,
 )
+from .reshard import cmd_reshard
 from .status import cmd_health, cmd_status
 
 __all__ = ["build_parser", "main"]
@@ -46,7 +54,7 @@ Command = Callable[[Context, argparse.Namespace], int]
 EXIT_CODES = (
     "exit codes: 0 ok, 1 unhealthy (health) or load errors (sync), 2 usage, "
     "3 Redis unreachable or failing, 4 app or configuration, 5 entry not found, "
-    "6 version conflict, 7 invalid entry"
+    "6 version conflict, 7 invalid entry, 8 resharding (a move under way or refused)"
 )
 UPDATE_FIELDS = (
     "task",
@@ -257,6 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="apply removals beyond safe_redbeat_loader_max_removals (after you checked them)",
     )
+    moving = command("reshard", cmd_reshard, "move the schedule to a layout of K shards")
+    moving.add_argument("--to", type=int, required=True, metavar="K", help="shards (1-256)")
+    moving.add_argument(
+        "--wait",
+        type=_positive,
+        metavar="SECONDS",
+        help="how long to wait for each shard's lease (default: lease + retry seconds)",
+    )
     dead = command("dead", cmd_dead, "occurrences whose publish kept failing: list, retry, drop")
     dead.add_argument("action", choices=("list", "retry", "drop"))
     dead.add_argument("task_ids", nargs="*", metavar="TASK_ID")
@@ -305,6 +321,8 @@ def _as_cli_error(exc: Exception, url: str) -> CLIError | None:
         return CLIError(EXIT_INVALID, "invalid_entry", str(exc), name=exc.key, field=exc.field)
     if isinstance(exc, ConfigurationError):
         return CLIError(EXIT_APP, "configuration", str(exc))
+    if isinstance(exc, SafeRedBeatError):  # a move under way or refused, a bad layout
+        return CLIError(EXIT_RESHARD, "reshard", str(exc))
     return None
 
 

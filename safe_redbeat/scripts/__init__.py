@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AcquireResult",
+    "Adopt",
     "Batch",
     "ClaimCode",
     "ClaimResult",
@@ -82,6 +83,7 @@ class Registered:
         self.diff = client.register_script(source("diff"))
         self.due = client.register_script(source("due"))
         self.move = client.register_script(source("move"))
+        self.adopt = client.register_script(source("adopt"))
 
 
 # -- reply codes -------------------------------------------------------------------------
@@ -279,6 +281,16 @@ class Move:
     new: str
 
 
+@dataclass(frozen=True)
+class Adopt:
+    """One ``adopt.lua`` call: copy an entry's hash and score into this shard."""
+
+    entry_key: str
+    score: float
+    #: the hash fields as the old layout stores them
+    fields: Mapping[str, str]
+
+
 R = TypeVar("R")
 
 
@@ -449,6 +461,17 @@ class Scripts:
         if result is RunNowCode.VERSION_CONFLICT:
             return RunNowResult(result, int(value))
         return RunNowResult(result)
+
+    def adopt(self, call: Adopt, *, batch: Batch[bool]) -> None:
+        """Queue the copy of one entry into this shard unless it has it (``reshard``)."""
+        args: list[str] = [_score_text(call.score)]
+        for name, value in call.fields.items():
+            args += [name, value]
+        self.raw.adopt(keys=[call.entry_key, self.keys.schedule], args=args, client=batch.pipe)
+
+    def adoptions(self) -> Batch[bool]:
+        """A pipeline for :meth:`adopt` calls; each reply: True if copied."""
+        return Batch(self.client, lambda reply: bool(int(reply)))
 
     def versions(self, entry_keys: Sequence[str]) -> list[StoredVersion]:
         """The stored version of each entry, in order."""
