@@ -27,6 +27,7 @@ from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import SentinelConnectionPool
 
+from .config import Settings
 from .errors import ConfigurationError
 from .keys import Keys
 
@@ -157,7 +158,8 @@ def _cluster_client(app: Any, socket_timeout: float) -> RedisCluster:
     """
     conf = ensure_conf(app)
     options = dict(conf.redbeat_redis_options or {})
-    check_cluster_keys(app, Keys.from_app(app))
+    if Settings.from_app(app).shards == 1:  # each shard of a sharded layout has a hash tag
+        check_cluster_keys(app, Keys.from_app(app))
     kwargs = {k: v for k, v in options.items() if k not in REDBEAT_OWN_OPTIONS}
     kwargs.pop("retry", None)
     kwargs.pop("cluster_error_retry_attempts", None)
