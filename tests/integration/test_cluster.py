@@ -29,7 +29,7 @@ from safe_redbeat.connection import scheduler_client
 from safe_redbeat.dispatch import HEADER_ENTRY, HEADER_SCHEDULED, task_id_for
 from safe_redbeat.keys import Keys
 from safe_redbeat.lease import Lease
-from safe_redbeat.scripts import Registered, Scripts
+from safe_redbeat.scripts import Adopt, Registered, Scripts
 from testbed.beat import QueueAuditor
 from tests.apps import loaders
 from tests.support.cluster import LocalCluster
@@ -132,7 +132,8 @@ def test_every_script_call_hashes_all_its_keys_to_the_prefix_slot(
     app: Celery, redis_url: str, redis_cluster: LocalCluster, cluster_prefix: str
 ) -> None:
     """Every Lua script, with KEYS as its Python caller builds them, on one slot: lease,
-    claim, due, upsert, remove, run_now, versions, diff, move; and every other key of Keys."""
+    claim, due, upsert, remove, run_now, versions, diff, move, adopt; and every other key
+    of Keys."""
     keys = Keys.from_app(app)
     slot = key_slot(keys.schedule.encode())
     fixed = [
@@ -166,6 +167,10 @@ def test_every_script_call_hashes_all_its_keys_to_the_prefix_slot(
         scheduler.tick()  # renew, reconcile (remove), due, claim
         schedule.delete("api")
         scheduler.close()  # release
+        shelf = schedule.shelves()[0]  # reshard's copy into a shard (its keys: one slot)
+        batch = shelf.scripts.adoptions()
+        shelf.scripts.adopt(Adopt(keys.entry("copied"), 5, {"version": "1"}), batch=batch)
+        assert batch.execute() == [True]
     finally:
         loaders.RESULT = []
         schedule.close()
