@@ -154,6 +154,21 @@ class Balancer:
             return
         self._next_heartbeat = now + s.retry_seconds
 
+    def keep_others(self, busy: Shard) -> None:
+        """Renew the leases of the led shards other than ``busy`` (whose dispatch takes
+        long) when due, and write the heartbeat when due. A lost lease demotes only its
+        shard; a Redis error is left for that shard's next turn."""
+        for shard in self.led():
+            if shard is busy:
+                continue
+            try:
+                shard.leadership.renew_if_due()
+            except LeaseLost as exc:
+                shard.leadership.demote(exc.reason)
+            except CLIENT_ERRORS as exc:
+                logger.debug("beat: renewal of %r failed (%s); retried at its turn", shard, exc)
+        self.heartbeat()
+
     def release_all(self, why: str) -> None:
         for shard in self.led():
             shard.leadership.release(why)

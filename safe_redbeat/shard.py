@@ -86,7 +86,7 @@ class Shard:
             refused = bool(claimed) and bool(self._publish_claimed(claimed).refused)
             if refused or batch.size < s.batch_size or not plan.ops:
                 break
-            self.leadership.renew_if_due()
+            self._keep_leading()
             batch = self._read_due()
         waits = [float(self.scheduler.max_interval), self.leadership.renew_in()]
         if batch.upcoming is not None:
@@ -138,8 +138,11 @@ class Shard:
         )
 
     def _keep_leading(self) -> None:
+        """Between batches and publish chunks: stop if closed, renew this shard's lease,
+        and keep the replica's other leases and heartbeat while this shard takes long."""
         self.scheduler._exit_if_closed()
         self.leadership.renew_if_due()
+        self.scheduler.balancer.keep_others(self)
 
     # -- leadership events ------------------------------------------------------------
 

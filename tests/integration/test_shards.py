@@ -214,3 +214,39 @@ def test_a_sharded_replica_never_touches_the_unsharded_keys(
     owner = layout().keys_for("static")
     assert redis_client.sismember(owner.statics, "static")
     scheduler.close()
+
+
+def test_a_long_dispatch_in_one_shard_keeps_the_other_shards_leases(
+    app: Celery, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    app.conf.safe_redbeat_batch_size = 5
+    scheduler = replica(app, "a", clock)
+    scheduler.tick()
+    busy, other = scheduler.shards[0], scheduler.shards[1]
+    names = [n for n in (f"n{i}" for i in range(200)) if shard_of(n, K) == 0][:30]
+    with Schedule(app) as schedule:
+        for name in names:
+            schedule.upsert(name, "noop", 3600, run_immediately=True)
+    publish = busy._publish_claimed
+
+    def slow(claimed: Any) -> Any:
+        clock.now += 1.0  # each batch of 5 takes a second: 6 s, past the renew deadline
+        return publish(claimed)
+
+    renewed_at: list[float] = []
+    renew = other.leadership.lease.renew
+
+    def recording() -> None:
+        renewed_at.append(clock.now)
+        renew()
+
+    monkeypatch.setattr(busy, "_publish_claimed", slow)
+    monkeypatch.setattr(other.leadership.lease, "renew", recording)
+    started = clock.now
+    scheduler.tick()
+    assert clock.now - started >= 6
+    assert any(at < clock.now for at in renewed_at), "renewed only after the busy shard"
+    assert [s.index for s in scheduler.balancer.led()] == [0, 1, 2]
+    assert all(s.leadership.elected for s in scheduler.shards)
+    scheduler.close()
