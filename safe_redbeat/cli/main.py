@@ -15,7 +15,13 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 
-from ..errors import ConfigurationError, EntryNotFound, InvalidEntry, VersionConflict
+from ..errors import (
+    ConfigurationError,
+    EntryNotFound,
+    InvalidEntry,
+    Resharding,
+    VersionConflict,
+)
 from .context import (
     EXIT_APP,
     EXIT_CONFLICT,
@@ -301,6 +307,8 @@ def _as_cli_error(exc: Exception, url: str) -> CLIError | None:
             name=exc.name,
             current_version=exc.current_version,
         )
+    if isinstance(exc, Resharding):  # a write while `reshard` moves the schedule
+        return CLIError(EXIT_CONFLICT, "resharding", str(exc))
     if isinstance(exc, InvalidEntry):
         return CLIError(EXIT_INVALID, "invalid_entry", str(exc), name=exc.key, field=exc.field)
     if isinstance(exc, ConfigurationError):
