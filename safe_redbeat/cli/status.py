@@ -289,7 +289,9 @@ def _format_shards(status: dict[str, Any]) -> list[str]:
     described = Layout(Keys("", ""), layout["shards"], layout["moving_to"]).describe()
     lines = [f"Redis:          {status['redis_url']} (prefix {status['key_prefix']!r})"]
     if moving:
-        lines.append(f"Layout:         {described} (being resharded: no shard is led until then)")
+        lines.append(
+            f"Layout:         {described} (being resharded: no shard is led until the move ends)"
+        )
     else:
         lines.append(f"Layout:         {described}")
     led = len(shards) - len(unled)
