@@ -200,6 +200,9 @@ def test_dead_letters_of_every_shard_are_listed_and_moved_within_their_shard(
     refused = cli(env, "dead", "retry", "t2")
     assert refused.returncode == 6 and "being resharded" in refused.stderr
     assert redis_client.hexists(LAYOUT.keys(2).dead, "t2")
+    write = cli(env, "--json", "add", "x", "--task", "noop", "--every", "60")
+    assert write.returncode == 6 and "Traceback" not in write.stderr, write.stderr
+    assert json.loads(write.stderr)["error"] == "resharding"
     redis_client.set(KEYS.layout, '{"shards":3}')
 
     assert cli_json(env, "dead", "retry", "t2") == {"retried": ["t2"], "changed": []}
