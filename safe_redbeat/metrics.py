@@ -1,9 +1,10 @@
 """Prometheus metrics of one beat replica (``pip install 'safe-redbeat[metrics]'``).
 
 Counters and histograms are fed by :mod:`safe_redbeat.signals`; gauges are read when
-scraped: leadership from the scheduler's lease, counts from Redis (``HLEN`` of the pending
-and dead hashes on every replica; entries by state on the leader only, recomputed at most
-every ``entries_refresh_seconds``). No metric has a per-entry label.
+scraped: leadership from the scheduler's leases, counts from Redis (``HLEN`` of the pending
+and dead hashes of the shards this replica leads; entries by state of those shards,
+recomputed at most every ``entries_refresh_seconds``). Summed over the replicas, each count
+covers the whole schedule once. No metric has a per-entry label.
 
 Serve them from each replica with ``safe_redbeat_metrics_port`` (see
 :mod:`safe_redbeat.monitoring`), or register them on a registry your process already
@@ -200,6 +201,7 @@ class _StateCollector(Collector):
         self._lock = threading.Lock()
         self._entries: dict[str, int] | None = None
         self._entries_at = float("-inf")
+        self._entries_of: tuple[int, ...] = ()
 
     def describe(self) -> Iterable[Any]:
         return []  # collected at scrape time only; never on registration
@@ -208,10 +210,12 @@ class _StateCollector(Collector):
         scheduler = self.metrics.scheduler
         leading = scheduler is not None and bool(scheduler.is_leader)
         lease = scheduler.lease if leading else None
-        yield _gauge("safe_redbeat_is_leader", "1 while this replica leads.", int(leading))
+        led = _led_shards(scheduler) if leading else []
+        yield _gauge("safe_redbeat_is_leader", "1 while this replica leads a shard.", int(leading))
+        yield _gauge("safe_redbeat_shards_led", "Shards this replica leads.", len(led))
         yield _gauge(
             "safe_redbeat_fence",
-            "Fence number of the lease this replica holds (0 when standby).",
+            "Fence number of the lease this replica holds (its lowest shard; 0 when standby).",
             (lease.fence or 0) if lease is not None else 0,
         )
         left = 0.0
@@ -231,19 +235,22 @@ class _StateCollector(Collector):
             return
         with self._lock:
             try:
-                pending, dead = _hlens(scheduler)
+                pending, dead = _hlens(scheduler, led)
             except Exception as exc:  # Redis down: the scrape still answers
                 logger.debug("metrics: counts not read from Redis: %s", exc)
                 return
             yield _gauge(
                 "safe_redbeat_pending",
-                "Occurrences claimed and not yet published (the pending hash).",
+                "Occurrences claimed and not yet published (pending hashes of the shards "
+                "this replica leads).",
                 pending,
             )
             yield _gauge(
-                "safe_redbeat_dead", "Occurrences in the dead letters (the dead hash).", dead
+                "safe_redbeat_dead",
+                "Occurrences in the dead letters (of the shards this replica leads).",
+                dead,
             )
-            entries = self._entries_by_state(scheduler, leading)
+            entries = self._entries_by_state(scheduler, led)
         if entries is not None:
             family = GaugeMetricFamily(
                 "safe_redbeat_entries",
@@ -255,18 +262,26 @@ class _StateCollector(Collector):
                 family.add_metric([state], entries.get(state, 0))
             yield family
 
-    def _entries_by_state(self, scheduler: Any, leading: bool) -> dict[str, int] | None:
-        if not leading:
+    def _entries_by_state(self, scheduler: Any, led: list[Any]) -> dict[str, int] | None:
+        if not led:
             self._entries = None
             return None
         now = time.monotonic()
-        if self._entries is None or now - self._entries_at >= self.entries_refresh_seconds:
+        of = tuple(shard.index for shard in led)
+        if (
+            self._entries is None
+            or of != self._entries_of
+            or now - self._entries_at >= self.entries_refresh_seconds
+        ):
             try:
-                self._entries = count_entries(scheduler.client, scheduler.keys)
+                counts = dict.fromkeys(ENTRY_STATES, 0)
+                for shard in led:
+                    for state, n in count_entries(scheduler.client, shard.keys).items():
+                        counts[state] += n
             except Exception as exc:
                 logger.debug("metrics: entries not counted: %s", exc)
-                return self._entries
-            self._entries_at = now
+                return self._entries if of == self._entries_of else None
+            self._entries, self._entries_at, self._entries_of = counts, now, of
         return self._entries
 
 
@@ -274,14 +289,21 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=value)
 
 
-def _hlens(scheduler: Any) -> tuple[int, int]:
-    keys = scheduler.keys
-    dead_key = getattr(keys, "dead", keys.prefix + ":dead")
+def _led_shards(scheduler: Any) -> list[Any]:
+    """The shards ``scheduler`` leads inside their renew deadline, by index."""
+    return [shard for shard in scheduler.shards if shard.leadership.elected]
+
+
+def _hlens(scheduler: Any, led: list[Any]) -> tuple[int, int]:
+    """Pending and dead records of the shards in ``led`` (0, 0 without a Redis call)."""
+    if not led:
+        return 0, 0
     with scheduler.client.pipeline(transaction=False) as pipe:
-        pipe.hlen(keys.pending)
-        pipe.hlen(dead_key)
-        pending, dead = pipe.execute()
-    return int(pending), int(dead)
+        for shard in led:
+            pipe.hlen(shard.keys.pending)
+            pipe.hlen(shard.keys.dead)
+        counts = [int(n) for n in pipe.execute()]
+    return sum(counts[::2]), sum(counts[1::2])
 
 
 def count_entries(client: Any, keys: Any, *, page: int = 1000) -> dict[str, int]:

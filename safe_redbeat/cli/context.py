@@ -14,6 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..config import Settings
 from ..connection import check_cluster_keys, sanitize_url, scheduler_client
 from ..keys import Keys
+from ..layout import InvalidLayout, Layout, read_layout
 from ..schedule import Schedule
 from ..scripts import Scripts
 
@@ -63,6 +64,13 @@ class Context:
 
     def scripts(self) -> Scripts:
         return Scripts(self.client, self.keys)
+
+    def layout(self) -> Layout:
+        """The shard layout stored in Redis (absent: one shard, RedBeat's own keys)."""
+        try:
+            return read_layout(self.client, self.keys)
+        except InvalidLayout as exc:
+            raise CLIError(EXIT_REDIS, "invalid_layout", str(exc)) from None
 
     def close(self) -> None:
         self.client.close()

@@ -4,6 +4,10 @@
 publishes it at its next tick, with the same task id. ``drop`` deletes it. Both are a
 compare-and-set on the record read (``move.lua``), so they are safe next to a leader and
 next to another operator: a record that changed meanwhile is reported, not touched.
+
+With a sharded layout each shard has its own dead and pending hashes: every command reads
+all of them, and a record moves only within its own shard (one slot on Redis Cluster).
+Retry and drop wait while ``reshard`` moves the schedule.
 """
 
 from __future__ import annotations
@@ -14,18 +18,33 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..outbox import DeadLetter, read_dead_letters
+from ..schedule import Shelf
 from ..scripts import Move, MoveCode
-from .context import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, CLIError, Context
+from .context import (
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_RESHARD,
+    EXIT_USAGE,
+    CLIError,
+    Context,
+)
 from .output import emit, table
 
 __all__ = ["cmd_dead"]
 
 
-def _row(letter: DeadLetter) -> dict[str, Any]:
+def _row(letter: DeadLetter, shard: int | None) -> dict[str, Any]:
     o = letter.occurrence
+    found: dict[str, Any] = {} if shard is None else {"shard": shard}
     if o is None:
-        return {"task_id": letter.task_id, "malformed": letter.problem, "raw": letter.raw[:200]}
+        return {
+            **found,
+            "task_id": letter.task_id,
+            "malformed": letter.problem,
+            "raw": letter.raw[:200],
+        }
     return {
+        **found,
         "task_id": letter.task_id,
         "entry": o.entry,
         "task": o.task,
@@ -36,14 +55,21 @@ def _row(letter: DeadLetter) -> dict[str, Any]:
 
 
 def cmd_dead(ctx: Context, args: argparse.Namespace) -> int:
-    letters = read_dead_letters(ctx.client, ctx.keys)
+    layout = ctx.layout()
+    shelves = ctx.schedule().shelves(layout)
+    found = [
+        (shelf, letter) for shelf in shelves for letter in read_dead_letters(ctx.client, shelf.keys)
+    ]
     if args.action == "list":
-        rows = [_row(letter) for letter in letters]
+        many = len(shelves) > 1
+        rows = [_row(letter, shelf.index if many else None) for shelf, letter in found]
+        shard = ("SHARD",) if many else ()
         text = (
             table(
-                ("TASK ID", "ENTRY", "SCHEDULED", "ATTEMPTS", "LAST ERROR"),
+                (*shard, "TASK ID", "ENTRY", "SCHEDULED", "ATTEMPTS", "LAST ERROR"),
                 [
                     (
+                        *([r["shard"]] if many else []),
                         r["task_id"],
                         r.get("entry", "(malformed)"),
                         r.get("scheduled", "-"),
@@ -60,14 +86,22 @@ def cmd_dead(ctx: Context, args: argparse.Namespace) -> int:
         return EXIT_OK
     if not args.all and not args.task_ids:
         raise CLIError(EXIT_USAGE, "usage", f"dead {args.action}: give task ids or --all")
-    chosen = letters if args.all else [t for t in letters if t.task_id in set(args.task_ids)]
-    missing = set(args.task_ids or ()) - {letter.task_id for letter in chosen}
+    if layout.moving:
+        raise CLIError(
+            EXIT_RESHARD,
+            "resharding",
+            f"dead {args.action}: the schedule is being resharded ({layout.describe()}); "
+            "nothing was changed: retry once `safe-redbeat reshard` finished",
+        )
+    wanted = set(args.task_ids or ())
+    chosen = found if args.all else [(s, t) for s, t in found if t.task_id in wanted]
+    missing = wanted - {letter.task_id for _shelf, letter in chosen}
     if missing and not args.all:
         raise CLIError(
             EXIT_NOT_FOUND, "not_found", f"no dead letter with task id {sorted(missing)[0]!r}"
         )
-    moves: list[Move] = []
-    for letter in chosen:
+    moves: dict[int, list[Move]] = {}
+    for shelf, letter in chosen:
         new = ""
         if args.action == "retry":
             if letter.occurrence is None:
@@ -79,13 +113,12 @@ def cmd_dead(ctx: Context, args: argparse.Namespace) -> int:
                 )
             fresh = dataclasses.replace(letter.occurrence, attempts=0, last_error="", raw="")
             new = fresh.to_json()
-        moves.append(Move(letter.task_id, letter.raw, new))
+        moves.setdefault(shelf.index, []).append(Move(letter.task_id, letter.raw, new))
     done: list[str] = []
     changed: list[str] = []
-    if moves:
-        destination = ctx.keys.pending if args.action == "retry" else ctx.keys.dead
-        reply = ctx.scripts().move(ctx.keys.dead, destination, moves)
-        for move, code in zip(moves, reply.codes, strict=True):
+    for index, shard_moves in moves.items():
+        codes = _move(shelves[index], args.action, shard_moves)
+        for move, code in zip(shard_moves, codes, strict=True):
             (done if code is MoveCode.DONE else changed).append(move.task_id)
     verb = "retried" if args.action == "retry" else "dropped"
     text = f"{verb} {len(done)} dead letters"
@@ -93,3 +126,10 @@ def cmd_dead(ctx: Context, args: argparse.Namespace) -> int:
         text += f"; {len(changed)} changed meanwhile and were left alone"
     emit(args.json, {verb: done, "changed": changed}, text)
     return EXIT_OK
+
+
+def _move(shelf: Shelf, action: str, moves: list[Move]) -> list[MoveCode]:
+    """Retry (dead -> pending) or drop ``moves`` within one shard's keys."""
+    keys = shelf.keys
+    destination = keys.pending if action == "retry" else keys.dead
+    return list(shelf.scripts.move(keys.dead, destination, moves).codes)

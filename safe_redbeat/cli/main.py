@@ -19,6 +19,7 @@ from ..errors import (
     ConfigurationError,
     EntryNotFound,
     InvalidEntry,
+    Resharding,
     SafeRedBeatError,
     VersionConflict,
 )
@@ -317,6 +318,8 @@ def _as_cli_error(exc: Exception, url: str) -> CLIError | None:
             name=exc.name,
             current_version=exc.current_version,
         )
+    if isinstance(exc, Resharding):  # a write while `reshard` moves the schedule
+        return CLIError(EXIT_RESHARD, "resharding", str(exc))
     if isinstance(exc, InvalidEntry):
         return CLIError(EXIT_INVALID, "invalid_entry", str(exc), name=exc.key, field=exc.field)
     if isinstance(exc, ConfigurationError):

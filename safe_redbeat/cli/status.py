@@ -2,7 +2,8 @@
 
 Both read only: the lease key, the replica heartbeats (``heartbeat.py``; a heartbeat's
 age comes from its key's TTL, so no clock of any replica is involved), the schedule ZSET,
-the pending hash and the leader's last reconcile summary.
+the pending hash and the leader's last reconcile summary. With a sharded layout
+(``layout.py``) they read these keys of every shard, and report each shard's leader.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..config import Settings
 from ..errors import EntryNotFound, InvalidEntry
 from ..heartbeat import ReplicaStatus, read_heartbeat, read_heartbeats
-from ..lease import parse_token
+from ..keys import Keys
+from ..layout import Layout
+from ..lease import Holder, parse_token
 from ..lifecycle import PARKED
 from .context import EXIT_OK, EXIT_UNHEALTHY, Context, redis_error
 from .output import emit, iso, seconds, table
@@ -27,10 +30,20 @@ __all__ = ["check_health", "cmd_health", "cmd_status", "collect_status", "defaul
 
 #: How many of the next due entries ``status`` shows.
 NEXT_DUE = 10
+#: The lease value ``reshard`` leaves on a shard of a layout it moved away from.
+RETIRED = "retired "
+
+
+def sharded(layout: Layout) -> bool:
+    """Whether ``status`` and ``health`` report per shard (several shards, or a move)."""
+    return layout.shards > 1 or layout.moving
 
 
 def collect_status(ctx: Context) -> dict[str, Any]:
     """The ``status --json`` object."""
+    layout = ctx.layout()
+    if sharded(layout):
+        return _collect_sharded(ctx, layout)
     keys, client = ctx.keys, ctx.client
     with client.pipeline(transaction=False) as pipe:
         pipe.time()
@@ -51,18 +64,7 @@ def collect_status(ctx: Context) -> dict[str, Any]:
         "redis_url": ctx.url,
         "key_prefix": keys.prefix,
         "leader": _leader(lease, lease_pttl, replicas),
-        "replicas": [
-            {
-                "instance": r.heartbeat.instance,
-                "role": r.heartbeat.role,
-                "age": round(r.age, 3),
-                "fence": r.heartbeat.fence,
-                "leading_for": r.heartbeat.leading_for,
-                "host": r.heartbeat.host,
-                "pid": r.heartbeat.pid,
-            }
-            for r in replicas
-        ],
+        "replicas": [_replica_json(r) for r in replicas],
         "entries": int(entries),
         #: entries that will not run again (finished, expired, an rrule that ended)
         "not_scheduled": int(retired),
@@ -79,6 +81,107 @@ def collect_status(ctx: Context) -> dict[str, Any]:
         ],
         "last_reconcile": _json_or_raw(reconcile),
     }
+
+
+def _collect_sharded(ctx: Context, layout: Layout) -> dict[str, Any]:
+    """``status --json`` of a sharded layout: per shard, totals, and who leads what."""
+    client = ctx.client
+    shard_keys = layout.all_keys()
+    with client.pipeline(transaction=False) as pipe:
+        pipe.time()
+        for keys in shard_keys:
+            pipe.get(keys.lease)
+            pipe.pttl(keys.lease)
+            pipe.zcard(keys.schedule)
+            pipe.zcount(keys.schedule, "-inf", "(0")
+            pipe.hlen(keys.pending)
+            pipe.hlen(keys.dead)
+            pipe.get(keys.reconcile)
+            pipe.zrangebyscore(keys.schedule, 0, "+inf", start=0, num=NEXT_DUE, withscores=True)
+        (secs, micros), *replies = pipe.execute()
+    now = secs + micros / 1e6
+    replicas = list(read_heartbeats(client, ctx.keys))
+    ages = {r.heartbeat.instance: r.age for r in replicas}
+    shards: list[dict[str, Any]] = []
+    due: list[tuple[float, str, Keys]] = []
+    for index, keys in enumerate(shard_keys):
+        lease, pttl, entries, retired, pending, dead, reconcile, first = replies[
+            8 * index : 8 * index + 8
+        ]
+        overdue = [now - score for _key, score in first[:1] if score <= now]
+        shards.append(
+            {
+                "index": index,
+                "prefix": keys.prefix,
+                "leader": _shard_leader(lease, ages),
+                "retired": lease is not None and str(lease).startswith(RETIRED),
+                "lease_ttl": round(pttl / 1000, 3) if lease is not None and pttl >= 0 else None,
+                "entries": int(entries),
+                "not_scheduled": int(retired),
+                "pending": int(pending),
+                "dead": int(dead),
+                "lag": round(overdue[0], 3) if overdue else 0.0,
+                "last_reconcile": _json_or_raw(reconcile),
+            }
+        )
+        due += [(float(score), key, keys) for key, score in first]
+    due = sorted(due, key=lambda found: found[0])[:NEXT_DUE]
+    states = _states(ctx, [keys.name_of(key) for _score, key, keys in due])
+    return {
+        "redis_url": ctx.url,
+        "key_prefix": ctx.keys.prefix,
+        "layout": {"shards": layout.shards, "moving_to": layout.moving_to},
+        #: one lease per shard: see ``shards[].leader``
+        "leader": None,
+        "shards": shards,
+        "replicas": [_replica_json(r, shard_info=True) for r in replicas],
+        "entries": sum(s["entries"] for s in shards),
+        "not_scheduled": sum(s["not_scheduled"] for s in shards),
+        "pending": sum(s["pending"] for s in shards),
+        "dead": sum(s["dead"] for s in shards),
+        "lag": max(s["lag"] for s in shards),
+        "next_due": [
+            {
+                "name": keys.name_of(key),
+                "due": iso(datetime.fromtimestamp(score, tz=timezone.utc)),
+                "due_in": round(score - now, 1),
+                "state": states.get(keys.name_of(key), "-"),
+            }
+            for score, key, keys in due
+        ],
+        #: each shard's leader reconciles the entries of its shard: see ``shards[]``
+        "last_reconcile": None,
+    }
+
+
+def _shard_leader(lease: str | None, ages: dict[str, float]) -> dict[str, Any] | None:
+    """The holder of one shard's lease (None: free or retired), from the lease value."""
+    if lease is None or str(lease).startswith(RETIRED):
+        return None
+    holder = parse_token(str(lease))
+    age = ages.get(holder.name) if holder.fence is not None else None
+    return {
+        "instance": holder.name,
+        "host": holder.host or None,
+        "pid": holder.pid,
+        "fence": holder.fence,
+        "heartbeat_age": None if age is None else round(age, 3),
+    }
+
+
+def _replica_json(r: ReplicaStatus, *, shard_info: bool = False) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "instance": r.heartbeat.instance,
+        "role": r.heartbeat.role,
+        "age": round(r.age, 3),
+        "fence": r.heartbeat.fence,
+        "leading_for": r.heartbeat.leading_for,
+        "host": r.heartbeat.host,
+        "pid": r.heartbeat.pid,
+    }
+    if shard_info:
+        data.update(shards=list(r.heartbeat.shards), shard_count=r.heartbeat.shard_count)
+    return data
 
 
 def _states(ctx: Context, names: list[str]) -> dict[str, str]:
@@ -148,7 +251,102 @@ def _reconcile_text(data: Any) -> str:
     return text
 
 
+def _reconcile_short(data: Any, now: datetime) -> str:
+    """One shard's last reconcile in a table cell: ``loader 4.2s ago``, plus problems."""
+    if not isinstance(data, dict):
+        return "-"
+    if "unreadable" in data:
+        return "unreadable"
+    try:
+        at = datetime.fromisoformat(str(data.get("at")))
+        text = f"{data.get('source', '?')} {seconds((now - at).total_seconds())} ago"
+    except (TypeError, ValueError):
+        text = f"{data.get('source', '?')} at {data.get('at', '?')}"
+    problems = [f"errors {len(data.get('errors') or [])}"] if data.get("errors") else []
+    if data.get("complete") is False:
+        problems.append("incomplete")
+    if data.get("removals_held"):
+        problems.append(f"removals held {data['removals_held']}")
+    return ", ".join([text, *problems])
+
+
+def _shard_holder(shard: dict[str, Any]) -> tuple[str, object]:
+    leader = shard["leader"]
+    if shard["retired"]:
+        return "retired", "-"
+    if leader is None:
+        return "none", "-"
+    if leader["fence"] is None:
+        return leader["instance"] + " (not a safe_redbeat lease)", "-"
+    return leader["instance"], leader["fence"]
+
+
+def _format_shards(status: dict[str, Any]) -> list[str]:
+    layout = status["layout"]
+    moving = layout["moving_to"] is not None
+    shards = status["shards"]
+    unled = [s["index"] for s in shards if s["leader"] is None]
+    described = Layout(Keys("", ""), layout["shards"], layout["moving_to"]).describe()
+    lines = [f"Redis:          {status['redis_url']} (prefix {status['key_prefix']!r})"]
+    if moving:
+        lines.append(
+            f"Layout:         {described} (being resharded: no shard is led until the move ends)"
+        )
+    else:
+        lines.append(f"Layout:         {described}")
+    led = len(shards) - len(unled)
+    lines.append(
+        f"Shards:         {led} of {len(shards)} led"
+        + (f"; without a leader: {', '.join(map(str, unled))}" if unled else "")
+    )
+    now = datetime.now(timezone.utc)
+    rows: list[tuple[object, ...]] = []
+    for shard in shards:
+        holder, fence = _shard_holder(shard)
+        rows.append(
+            (
+                shard["index"],
+                holder,
+                fence,
+                seconds(shard["lease_ttl"]),
+                shard["entries"],
+                shard["pending"],
+                shard["dead"],
+                seconds(shard["lag"]),
+                _reconcile_short(shard["last_reconcile"], now),
+            )
+        )
+    rows.append(
+        ("total", "", "", "", status["entries"], status["pending"], status["dead"],
+         seconds(status["lag"]), "")
+    )  # fmt: skip
+    headers = ("SHARD", "LEADER", "FENCE", "LEASE TTL", "ENTRIES", "PENDING", "DEAD", "LAG",
+               "LAST RECONCILE")  # fmt: skip
+    lines.append(table(headers, rows, "  "))
+    replicas = status["replicas"]
+    lines.append(f"Replicas:       {len(replicas)} live")
+    if replicas:
+        replica_rows = [
+            (
+                r["instance"],
+                r["role"],
+                ",".join(map(str, r["shards"])) or "-",
+                f"{seconds(r['age'])} ago",
+                r["host"],
+                r["pid"],
+            )
+            for r in replicas
+        ]
+        lines.append(
+            table(("INSTANCE", "ROLE", "SHARDS", "LAST TICK", "HOST", "PID"), replica_rows, "  ")
+        )
+    return lines
+
+
 def format_status(status: dict[str, Any]) -> str:
+    if "shards" in status:
+        lines = _format_shards(status)
+        return "\n".join(lines + _format_counts(status))
     lines = [f"Redis:          {status['redis_url']} (prefix {status['key_prefix']!r})"]
     leader = status["leader"]
     if leader is None:
@@ -173,7 +371,14 @@ def format_status(status: dict[str, Any]) -> str:
             for r in replicas
         ]
         lines.append(table(("INSTANCE", "ROLE", "LAST TICK", "FENCE", "HOST", "PID"), rows, "  "))
-    lines += [
+    lines += _format_counts(status)
+    lines.append(f"Last reconcile: {_reconcile_text(status['last_reconcile'])}")
+    return "\n".join(lines)
+
+
+def _format_counts(status: dict[str, Any]) -> list[str]:
+    """Entries, pending, dead letters and what is due next (totals over the shards)."""
+    lines = [
         f"Entries:        {status['entries']} ({status['not_scheduled']} will not run again)",
         f"Pending:        {status['pending']} (claimed, not yet published)",
         f"Dead letters:   {status['dead']}"
@@ -192,8 +397,7 @@ def format_status(status: dict[str, Any]) -> str:
             for d in due
         ]
         lines.append(table(("NAME", "DUE", "IN", "STATE"), due_rows, "  "))
-    lines.append(f"Last reconcile: {_reconcile_text(status['last_reconcile'])}")
-    return "\n".join(lines)
+    return lines
 
 
 def _due_in(value: float) -> str:
@@ -234,6 +438,10 @@ def check_health(
     ``cluster``: the replica named in the lease has such a heartbeat and says it leads.
     """
     limit = default_max_age(ctx.settings) if max_age is None else max_age
+    layout = ctx.layout()
+    if sharded(layout) and (cluster or leader):
+        name = None if cluster else instance or ctx.settings.instance_name
+        return _check_shards(ctx, layout, instance=name, limit=limit)
     lease = ctx.client.get(ctx.keys.lease)
     holder = None if lease is None else parse_token(str(lease))
     result: dict[str, Any] = {
@@ -273,6 +481,132 @@ def check_health(
     else:
         fence = f" (fence {status.heartbeat.fence})" if role == "leader" else ""
         result.update(healthy=True, reason=f"{name} is the {role}{fence}; {tick}")
+    return result
+
+
+def _check_shards(
+    ctx: Context, layout: Layout, *, instance: str | None, limit: float
+) -> dict[str, Any]:
+    """``health --cluster`` (``instance`` None) or ``--role leader`` of a sharded layout.
+
+    Cluster: every shard's lease is held by a replica whose heartbeat is at most ``limit``
+    seconds old. Leader: ``instance`` ticks, says it leads, and holds some shard's lease.
+    Unhealthy while ``reshard`` moves the schedule: no replica leads then.
+    """
+    leases = _shard_leases(ctx, layout)
+    holders = {h.name for h in leases if h is not None and h.fence is not None}
+    if instance is not None:
+        holders.add(instance)
+    beats = {name: read_heartbeat(ctx.client, ctx.keys, name) for name in sorted(holders)}
+    shards = []
+    for index, holder in enumerate(leases):
+        shards.append(_shard_health(index, holder, beats, limit))
+    result: dict[str, Any] = {
+        "healthy": False,
+        "check": "replica" if instance is not None else "cluster",
+        "reason": "",
+        "instance": instance,
+        "role": None,
+        "age": None,
+        "max_age": limit,
+        "redis_reachable": True,
+        "layout": {"shards": layout.shards, "moving_to": layout.moving_to},
+        "shards": shards,
+    }
+    moving = (
+        f"the schedule is being resharded ({layout.describe()}): no shard is led until the "
+        "move ends"
+    )
+    if instance is not None:
+        return _check_shard_leader(result, instance, beats.get(instance), limit, moving)
+    ages = [s["age"] for s in shards if s["age"] is not None]
+    result["age"] = max(ages) if ages else None
+    if layout.moving:
+        result["reason"] = moving
+        return result
+    bad = [s for s in shards if not s["healthy"]]
+    if bad:
+        unled = [s["index"] for s in bad if s["leader"] is None]
+        parts = [f"shards without a leader: {', '.join(map(str, unled))}"] if unled else []
+        parts += [f"shard {s['index']}: {s['reason']}" for s in bad if s["leader"] is not None]
+        result["reason"] = f"{len(bad)} of {layout.shards} shards unhealthy; " + "; ".join(parts)
+        return result
+    by_leader: dict[str, list[int]] = {}
+    for s in shards:
+        by_leader.setdefault(s["leader"], []).append(s["index"])
+    led = ", ".join(f"{name} {indexes}" for name, indexes in sorted(by_leader.items()))
+    result.update(
+        healthy=True,
+        reason=f"all {layout.shards} shards led ({led}); oldest last tick "
+        f"{result['age']:.1f}s ago (max {limit:g}s)",
+    )
+    return result
+
+
+def _shard_leases(ctx: Context, layout: Layout) -> list[Holder | None]:
+    """Each shard's lease holder (None: free or retired), from one pipeline of GETs."""
+    with ctx.client.pipeline(transaction=False) as pipe:
+        for keys in layout.all_keys():
+            pipe.get(keys.lease)
+        values = pipe.execute()
+    return [
+        None if v is None or str(v).startswith(RETIRED) else parse_token(str(v)) for v in values
+    ]
+
+
+def _shard_health(
+    index: int, holder: Holder | None, beats: dict[str, ReplicaStatus | None], limit: float
+) -> dict[str, Any]:
+    found: dict[str, Any] = {
+        "index": index,
+        "leader": None,
+        "fence": None,
+        "age": None,
+        "healthy": False,
+        "reason": "no leader",
+    }
+    if holder is None:
+        return found
+    found.update(leader=holder.name, fence=holder.fence)
+    if holder.fence is None:
+        found["reason"] = f"the lease is held by {holder.describe()}: no heartbeat to check"
+        return found
+    beat = beats.get(holder.name)
+    if beat is None:
+        found["reason"] = f"no heartbeat from its leader {holder.name}"
+        return found
+    found["age"] = round(beat.age, 3)
+    if beat.age > limit:
+        found["reason"] = f"its leader {holder.name} is stuck: last tick {beat.age:.1f}s ago"
+        return found
+    found.update(healthy=True, reason=f"led by {holder.name} (fence {holder.fence})")
+    return found
+
+
+def _check_shard_leader(
+    result: dict[str, Any],
+    name: str,
+    status: ReplicaStatus | None,
+    limit: float,
+    moving: str,
+) -> dict[str, Any]:
+    """``health --role leader`` of a sharded layout: ``name`` leads one shard or more."""
+    if status is None:
+        result["reason"] = f"no heartbeat from {name} (not running, or silent for too long)"
+        return result
+    role = status.heartbeat.role
+    result.update(role=role, age=round(status.age, 3))
+    tick = f"last tick {status.age:.1f}s ago (max {limit:g}s)"
+    held = [s["index"] for s in result["shards"] if s["leader"] == name]
+    count = len(result["shards"])
+    if status.age > limit:
+        result["reason"] = f"{name} is stuck: {tick}"
+    elif result["layout"]["moving_to"] is not None:
+        result["reason"] = f"{moving}; {tick}"
+    elif role != "leader" or not held:
+        result["reason"] = f"{name} leads no shard of {count}; {tick}"
+    else:
+        result.update(healthy=True, reason=f"{name} leads shards {held} of {count}; {tick}")
     return result
 
 

@@ -268,3 +268,32 @@ def test_a_clocked_one_off_runs_once_when_the_leader_is_killed_at_its_time(
     messages = sent(auditor, "once")
     assert len({m.task_id for m in messages}) == 1, [m.task_id for m in messages]
     assert int(messages[0].headers["safe_redbeat_scheduled"]) == int(at.timestamp())
+
+
+def test_write_back_reads_the_loader_s_entries_of_every_shard(
+    project: Path, redis_client: redis.Redis
+) -> None:
+    from django_celery_beat.models import PeriodicTask
+
+    from examples.django_celery_beat import celery_app
+    from safe_redbeat import Schedule
+    from safe_redbeat.contrib.django_celery_beat.writeback import WriteBack
+    from safe_redbeat.entries import encode_meta
+    from safe_redbeat.layout import Layout
+
+    layout = Layout(KEYS, 3)
+    redis_client.set(KEYS.layout, layout.encode())
+    names = [f"row-{i}" for i in range(6)]
+    assert len({layout.shard_of(name) for name in names}) == 3
+    for name in names:
+        interval_task(name, 60)  # written through into the row's shard
+        keys = layout.keys_for(name)
+        assert redis_client.sismember(keys.loaded, name)
+        ran = datetime(2026, 1, 1, tzinfo=timezone.utc)
+        redis_client.hset(keys.entry(name), "meta", encode_meta(ran, 4))
+    assert not redis_client.exists(KEYS.loaded)
+    with Schedule(celery_app) as schedule:
+        assert WriteBack(schedule).flush() == len(names)
+    rows = PeriodicTask.objects.filter(name__in=names)
+    assert sorted((r.name, r.total_run_count) for r in rows) == [(name, 1) for name in names]
+    assert all(r.last_run_at is not None for r in rows)

@@ -18,9 +18,10 @@ from celery import Celery
 from celery.beat import Scheduler
 from prometheus_client import CollectorRegistry
 
-from safe_redbeat import SafeRedBeatScheduler, jsonlog, signals
+from safe_redbeat import SafeRedBeatScheduler, Schedule, jsonlog, signals
 from safe_redbeat.dispatch import task_id_for
 from safe_redbeat.integrations import patched_hook
+from safe_redbeat.layout import Layout
 from safe_redbeat.metrics import SchedulerMetrics
 from testbed.beat import QueueAuditor
 from tests.support import KEYS
@@ -305,3 +306,55 @@ def test_republished_and_failing_occurrences_pass_the_hook_and_keep_their_record
     [record] = redis_client.hvals("redbeat::pending")
     stored = json.loads(record)
     assert stored["attempts"] == 1 and "tool-monitor" not in json.dumps(stored["options"])
+
+
+def test_metrics_of_a_sharded_replica_count_the_shards_it_leads(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    layout = Layout(KEYS, 3)
+    with celery_app("monitoring-shards", redis_url, safe_redbeat_shards=3) as app:
+        clock = FakeClock()
+        app.conf.safe_redbeat_instance_name = "a"
+        a = SafeRedBeatScheduler(app=app, monotonic=clock)
+        a.tick()
+        app.conf.safe_redbeat_instance_name = "b"
+        b = SafeRedBeatScheduler(app=app, monotonic=clock)
+        for _ in range(20):  # b takes one shard from a
+            clock.now += 1.0
+            a.tick()
+            b.tick()
+            if {len(a.balancer.led()), len(b.balancer.led())} == {1, 2}:
+                break
+        with Schedule(app) as schedule:
+            for i in range(12):
+                schedule.upsert(f"job-{i}", "noop", 3600)
+        for index, keys in enumerate(layout.all_keys()):  # 1, 2 and 3 records
+            for n in range(index + 1):
+                redis_client.hset(keys.pending, f"p{n}", "{}")
+                redis_client.hset(keys.dead, f"d{n}", "{}")
+        registry = CollectorRegistry(auto_describe=False)
+        metrics = SchedulerMetrics(registry)
+        try:
+            totals = {"pending": 0.0, "dead": 0.0, "active": 0.0, "led": 0.0}
+            for scheduler in (a, b):
+                metrics.watch(scheduler)
+                led = [shard.index for shard in scheduler.balancer.led()]
+                value = registry.get_sample_value
+                assert value("safe_redbeat_is_leader") == 1
+                assert value("safe_redbeat_shards_led") == len(led)
+                assert value("safe_redbeat_pending") == sum(i + 1 for i in led)
+                assert value("safe_redbeat_dead") == sum(i + 1 for i in led)
+                active = value("safe_redbeat_entries", {"state": "active"})
+                assert active == sum(redis_client.zcard(layout.keys(i).schedule) for i in led)
+                totals["pending"] += value("safe_redbeat_pending") or 0
+                totals["dead"] += value("safe_redbeat_dead") or 0
+                totals["active"] += active or 0
+                totals["led"] += value("safe_redbeat_shards_led") or 0
+            assert totals == {"pending": 6, "dead": 6, "active": 12, "led": 3}
+            b.close()  # leads nothing now: counts nothing
+            metrics.watch(b)
+            assert registry.get_sample_value("safe_redbeat_shards_led") == 0
+            assert registry.get_sample_value("safe_redbeat_pending") == 0
+        finally:
+            metrics.close()
+            a.close()

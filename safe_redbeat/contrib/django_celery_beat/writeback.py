@@ -51,7 +51,11 @@ class WriteBack:
         from django_celery_beat.models import PeriodicTask
 
         schedules = self.schedules
-        loaded = {str(n) for n in schedules.client.smembers(schedules.keys.loaded)}
+        loaded = {  # the loader's entries, in every shard of the layout
+            str(name)
+            for shelf in schedules.shelves()
+            for name in schedules.client.smembers(shelf.keys.loaded)
+        }
         ran = {
             info.name: (info.last_run_at, info.total_run_count)
             for info in schedules.list()
