@@ -72,9 +72,9 @@ def regular_keys(keys: Keys, republished: Iterable[Occurrence]) -> list[str]:
     """Entry keys of republished *scheduled* occurrences (manual runs do not count)."""
     found: dict[str, None] = {}
     for occurrence in republished:
-        key = keys.entry(occurrence.entry)
-        if occurrence.task_id == task_id_for(key, occurrence.scheduled):
-            found[key] = None
+        task_key = keys.task_key(occurrence.entry)
+        if occurrence.task_id == task_id_for(task_key, occurrence.scheduled):
+            found[keys.entry(occurrence.entry)] = None
     return list(found)
 
 

@@ -56,7 +56,9 @@ VERSION_CHANGED = ClaimCode.VERSION_CHANGED
 def task_id_for(entry_key: str, scheduled: int, kind: str = "") -> str:
     """Deterministic task id of the occurrence of ``entry_key`` scheduled at ``scheduled``.
 
-    ``kind`` separates occurrences that are not part of the schedule (``"run_now"``).
+    ``entry_key`` is the entry's key in the unsharded layout (``Keys.task_key``), so a
+    reshard does not change the ids. ``kind`` separates occurrences that are not part of
+    the schedule (``"run_now"``).
     """
     return str(uuid.uuid5(_TASK_ID_NAMESPACE, f"{entry_key}\x00{scheduled}{kind}"))
 
@@ -206,11 +208,13 @@ def plan_batch(
     disabled_recheck_seconds: float,
     catch_up: str = "run_once",
     catch_up_grace_seconds: float = 60.0,
+    id_prefix: str | None = None,
 ) -> Plan:
     """Decide, for each due entry read from Redis, what the claim script should do.
 
     An entry whose schedule fails to compute (whatever it raises) is parked
     ``disabled_recheck_seconds`` ahead and listed in ``Plan.parked``; the others go on.
+    Task ids derive from ``id_prefix`` + name (``Keys.task_key``), else the entry's key.
     """
     plan = Plan()
     now_ts = to_timestamp(now)
@@ -227,6 +231,7 @@ def plan_batch(
                 park_until,
                 catch_up,
                 catch_up_grace_seconds,
+                id_prefix,
             )
         except Exception as exc:  # a schedule Celery cannot compute: park this one entry
             plan.parked.append((entry.key, f"{type(exc).__name__}: {exc}"))
@@ -245,11 +250,12 @@ def _plan_entry(
     park_until: int,
     catch_up: str,
     catch_up_grace_seconds: float,
+    id_prefix: str | None,
 ) -> ClaimOp | None:
     scheduled = int(entry.score)
     if entry.run_now is not None:
         # a manual run: sent once, the regular schedule and last run stay as they were
-        occurrence = _occurrence(entry, entry.run_now, fence, kind="\x00run_now")
+        occurrence = _occurrence(entry, entry.run_now, fence, id_prefix, kind="\x00run_now")
         regular = (
             next_score(entry.schedule, entry.last_run_at, now) if entry.enabled else park_until
         )
@@ -275,15 +281,18 @@ def _plan_entry(
     if step.meta is not None:
         at, count = step.meta
         meta = meta_at_now(count) if at is now else encode_meta(at, count)
-    claimed = _occurrence(entry, scheduled, fence) if step.send else None
+    claimed = _occurrence(entry, scheduled, fence, id_prefix) if step.send else None
     return ClaimOp(
         entry.key, entry.score, entry.version, step.new_score, meta, claimed, new_state=step.state
     )
 
 
-def _occurrence(entry: StoredEntry, scheduled: int, fence: int, kind: str = "") -> Occurrence:
+def _occurrence(
+    entry: StoredEntry, scheduled: int, fence: int, id_prefix: str | None, kind: str = ""
+) -> Occurrence:
+    key = entry.key if id_prefix is None else id_prefix + entry.name
     return Occurrence(
-        task_id=task_id_for(entry.key, scheduled, kind),
+        task_id=task_id_for(key, scheduled, kind),
         entry=entry.name,
         task=entry.task,
         args=entry.args,

@@ -23,6 +23,9 @@ class Keys:
     #: RedBeat's lock key, which is also our lease key (so stock RedBeat and we exclude
     #: each other).
     lease: str
+    #: the prefix task ids are derived from, if not ``prefix``: a shard's keys carry the
+    #: unsharded prefix here, so an occurrence has one task id whatever the layout
+    id_prefix: str = ""
 
     @classmethod
     def from_app(cls, app: Any) -> Keys:
@@ -91,6 +94,11 @@ class Keys:
     def entry(self, name: str) -> str:
         """HASH of one entry (fields ``definition``, ``meta``, ``version``)."""
         return self.prefix + name
+
+    def task_key(self, name: str) -> str:
+        """What the task ids of the entry called ``name`` are derived from: its key in the
+        unsharded layout (see dispatch.task_id_for)."""
+        return (self.id_prefix or self.prefix) + name
 
     def name_of(self, key: str) -> str:
         return key[len(self.prefix) :] if key.startswith(self.prefix) else key

@@ -113,7 +113,7 @@ def _shard_keys(base: Keys, shards: int) -> list[Keys]:
     found = []
     for index in range(shards):
         prefix = "{" + f"{tag}{index}/{shards}" + "}:"
-        found.append(Keys(prefix=prefix, lease=prefix + ":lock"))
+        found.append(Keys(prefix=prefix, lease=prefix + ":lock", id_prefix=base.prefix))
     return found
 
 

@@ -107,6 +107,7 @@ class Shard:
             disabled_recheck_seconds=self.scheduler.max_interval,
             catch_up=s.catch_up,
             catch_up_grace_seconds=s.catch_up_grace_seconds,
+            id_prefix=self.keys.task_key(""),
         )
         plan.ops.extend(batch.ops)
         for key, problem in plan.parked:

@@ -12,6 +12,7 @@ import redis
 from celery import Celery
 
 from safe_redbeat import SafeRedBeatScheduler, Schedule
+from safe_redbeat.dispatch import task_id_for
 from safe_redbeat.errors import Resharding
 from safe_redbeat.keys import Keys
 from safe_redbeat.layout import Layout, shard_of
@@ -86,8 +87,11 @@ def test_a_fresh_redis_takes_the_configured_layout_and_one_replica_leads_every_s
         assert not redis_client.exists(KEYS.entry(name))
     assert not redis_client.exists(KEYS.schedule)
     scheduler.tick()
-    sent = Counter(m.headers["safe_redbeat_entry"] for m in auditor.drain())
-    assert sent == Counter(names)
+    messages = auditor.drain()
+    assert Counter(m.headers["safe_redbeat_entry"] for m in messages) == Counter(names)
+    for m in messages:  # the id of the unsharded key: a reshard keeps every id
+        entry, scheduled = m.headers["safe_redbeat_entry"], m.headers["safe_redbeat_scheduled"]
+        assert m.task_id == task_id_for(KEYS.entry(entry), int(scheduled))
     scheduler.close()
 
 
