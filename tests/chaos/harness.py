@@ -476,9 +476,9 @@ class Harness:
 
 def sharded_scenario(shards: int = 6, **overrides: Any) -> ChaosConfig:
     """The sharded run (tests/chaos/test_shard_chaos.py, ``python -m tests.chaos --shards
-    K --each-once``): 3 replicas share ``shards`` shards of ~240 entries every 1-3 s; each
-    replica fault once (SIGSTOP longer than the lease, SIGKILL, SIGTERM, each on a replica
-    leading some shards, restarted like a pod) and one shard's lease key deleted."""
+    K --each-once``): 3 replicas share ``shards`` shards of ~240 entries every 1-3 s; one
+    of each replica fault (SIGSTOP longer than the lease, SIGKILL, SIGTERM, each on a
+    replica leading some shards, restarted like a pod) and one shard's lease key deleted."""
     settings: dict[str, Any] = {
         "shards": shards,
         "replicas": 3,

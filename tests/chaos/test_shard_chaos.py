@@ -1,6 +1,6 @@
 """Sharded leadership under real faults: 3 supervised beat replicas share 6 shards.
 
-Each replica fault once (SIGSTOP longer than the lease, SIGKILL, SIGTERM; the replica is
+One of each replica fault (SIGSTOP longer than the lease, SIGKILL, SIGTERM; the replica is
 restarted like a pod) and one shard's lease key is deleted. About 45 seconds.
 ``python -m tests.chaos --shards 6 --each-once`` runs the same scenario; without
 ``--each-once`` it goes on for ``--duration`` seconds. ``SRB_CHAOS_SEED`` replays another
