@@ -9,6 +9,11 @@ different task id.
 ``--sentinel`` puts the schedule behind Redis Sentinel (a primary, a replica, three
 sentinels; the broker stays a plain server) and adds the sentinel-failover fault; the
 faults that restart or pause "the" Redis are left out.
+
+``--shards K`` runs a sharded schedule (3 replicas share K shards; ``--shards 6
+--each-once`` is tests/chaos/test_shard_chaos.py): the faults hit replicas leading some
+shards, and one shard's lease key; the run also fails if a shard had no live leader for
+longer than lease + retry + slack, or a replica logged a traceback.
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ import time
 from pathlib import Path
 
 from tests.chaos.docs import DOC_PATH, write_results
-from tests.chaos.harness import ChaosConfig, run_chaos
-from tests.chaos.model import FAULT_KINDS, SENTINEL_MODE_FAULTS
-from tests.chaos.oracle import markdown_table
+from tests.chaos.harness import ChaosConfig, run_chaos, sharded_scenario
+from tests.chaos.model import FAULT_KINDS, SENTINEL_MODE_FAULTS, SHARD_MODE_FAULTS
+from tests.chaos.oracle import markdown_table, shard_problems
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,9 +35,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of faults")
     parser.add_argument("--seed", type=int, default=None, help="default: time-based")
     parser.add_argument("--replicas", type=int, default=3)
-    parser.add_argument("--statics", type=int, default=240, help="static interval entries")
-    parser.add_argument("--dynamics", type=int, default=80, help="entries written to Redis")
-    parser.add_argument("--crons", type=int, default=10, help="every-minute crontab entries")
+    parser.add_argument(
+        "--statics", type=int, default=None, help="static interval entries (240; sharded 180)"
+    )
+    parser.add_argument(
+        "--dynamics", type=int, default=None, help="entries written to Redis (80; sharded 60)"
+    )
+    parser.add_argument(
+        "--crons", type=int, default=None, help="every-minute crontab entries (10; sharded 0)"
+    )
+    parser.add_argument(
+        "--shards", type=int, default=1, help="shards of the schedule (faults: "
+        f"{','.join(SHARD_MODE_FAULTS)})",
+    )  # fmt: skip
     parser.add_argument("--skew", type=float, default=None, help="replica-0 clock offset")
     parser.add_argument(
         "--faults",
@@ -50,34 +65,54 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     seed = args.seed if args.seed is not None else int(time.time()) % 100_000
-    known = SENTINEL_MODE_FAULTS if args.sentinel else FAULT_KINDS
+    if args.shards < 1:
+        parser.error("--shards must be at least 1")
+    sharded = args.shards > 1
+    if sharded and (args.sentinel or args.write_docs):
+        parser.error("--shards does not go with --sentinel or --write-docs")
+    known = SHARD_MODE_FAULTS if sharded else SENTINEL_MODE_FAULTS if args.sentinel else FAULT_KINDS
     faults = tuple(f.strip() for f in (args.faults or ",".join(known)).split(",") if f.strip())
     unknown = set(faults) - set(known)
     if unknown:
-        mode = " with --sentinel" if args.sentinel else ""
+        mode = " with --sentinel" if args.sentinel else " with --shards" if sharded else ""
         parser.error(f"unknown fault kinds{mode}: {', '.join(sorted(unknown))}")
     if args.sentinel and args.write_docs:
         parser.error("--write-docs regenerates the default run's results, not --sentinel's")
     if args.replicas < 2:
         parser.error("--replicas must be at least 2 (faults target the leader)")
     skew = args.skew
-    if skew is None:
+    if sharded:
+        skew = skew or 0.0
+    elif skew is None:
         # seeded sign and size: a replica ahead sends early if it trusts its own clock,
         # one behind sends late
         skew = (5 + seed % 6) * (1 if seed % 2 else -1)
-    config = ChaosConfig(
-        duration=args.duration,
-        seed=seed,
-        replicas=args.replicas,
-        statics=args.statics,
-        dynamics=args.dynamics,
-        crons=args.crons,
-        skew=skew,
-        faults=faults,
-        each_once=args.each_once,
-        keep_workdir=args.keep,
-        sentinel=args.sentinel,
-    )
+    sizes = {
+        name: value
+        for name, value in (
+            ("statics", args.statics),
+            ("dynamics", args.dynamics),
+            ("crons", args.crons),
+        )
+        if value is not None
+    }
+    common = {
+        "duration": args.duration,
+        "seed": seed,
+        "replicas": args.replicas,
+        "skew": skew,
+        "faults": faults,
+        "each_once": args.each_once,
+        "keep_workdir": args.keep,
+    }
+    if sharded:
+        config = sharded_scenario(args.shards, **common, **sizes)
+    else:
+        config = ChaosConfig(
+            **{"statics": 240, "dynamics": 80, "crons": 10, **sizes},
+            **common,
+            sentinel=args.sentinel,
+        )
     started = time.monotonic()
     report, data, workdir = run_chaos(config)
     elapsed = time.monotonic() - started
@@ -95,7 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_docs:
         write_results(report, data.info, command=_command(args, seed))
         print(f"results written to {DOC_PATH}")
-    bad = report.crashes or report.missing or report.dup_different_id or report.early_unexplained
+    bad = bool(
+        report.crashes or report.missing or report.dup_different_id or report.early_unexplained
+    )
+    if sharded:
+        problems = shard_problems(report)
+        for problem in problems:
+            print(f"shard leadership: {problem}")
+        bad = bad or bool(report.tracebacks or problems)
     return 1 if bad else 0
 
 

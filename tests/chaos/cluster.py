@@ -7,7 +7,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +18,7 @@ import redis
 from safe_redbeat.dispatch import HEADER_ENTRY, HEADER_FENCE, HEADER_SCHEDULED
 from safe_redbeat.lease import Holder, parse_token
 from testbed.beat import REPO_ROOT, BeatProcess, Message, QueueAuditor
-from tests.chaos.model import ReplicaExit, Sent
+from tests.chaos.model import LeaseSample, ReplicaExit, Sent
 from tests.support import KEYS
 
 SKEW_DIR = Path(__file__).resolve().parent / "skew"
@@ -379,3 +379,59 @@ class AuditorThread:
         with self._lock:
             self.drain()
         self.client.close()
+
+
+# -- shard leases -------------------------------------------------------------------------
+
+
+class LeaseMonitor:
+    """Reads every shard's lease key (one MGET) every ``interval`` seconds.
+
+    ``samples`` is the record the oracle turns into each shard's leaderless gaps; a poll
+    Redis did not answer is left out (a gap in the record, not a gap in leadership).
+    """
+
+    def __init__(
+        self, host: str, port: int, lease_keys: Sequence[str], *, db: int = 0,
+        interval: float = 0.1,
+    ) -> None:  # fmt: skip
+        self.client = redis.Redis(
+            host=host, port=port, db=db, decode_responses=True, socket_timeout=2,
+            socket_connect_timeout=1,
+        )  # fmt: skip
+        self.lease_keys = list(lease_keys)
+        self.interval = interval
+        self.samples: list[LeaseSample] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-monitor", daemon=True)
+
+    def start(self) -> LeaseMonitor:
+        self._thread.start()
+        return self
+
+    def sample(self) -> LeaseSample | None:
+        try:
+            values = self.client.mget(self.lease_keys)
+        except redis.RedisError:
+            self.errors += 1
+            return None
+        found = LeaseSample(time.time(), tuple(None if v is None else str(v) for v in values))
+        self.samples.append(found)
+        return found
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self.client.close()
+
+    def holders(self) -> list[Holder | None]:
+        """The holder of each shard now (one MGET)."""
+        values = self.client.mget(self.lease_keys)
+        return [None if value is None else parse_token(str(value)) for value in values]

@@ -38,6 +38,7 @@ def sigstop_leader(h: Harness) -> FaultRecord:
     """Freeze the leader mid-dispatch for longer than the lease, then let it go on."""
     holder = h.leader()
     pending = h.wait_mid_dispatch(3.0)
+    hit = h.shard_details(holder)
     process = h.supervisor.signal(holder.name, signal.SIGSTOP, cause="SIGSTOP")
     started = time.time()
     stopped_for = h.config.lease + h.rng.uniform(0.5, 1.5)
@@ -48,7 +49,12 @@ def sigstop_leader(h: Harness) -> FaultRecord:
         started,
         started,
         holder.name,
-        {"pid": process.pid, "stopped_seconds": round(stopped_for, 3), "pending_at_stop": pending},
+        {
+            "pid": process.pid,
+            "stopped_seconds": round(stopped_for, 3),
+            "pending_at_stop": pending,
+            **hit,
+        },
     )
 
 
@@ -56,11 +62,12 @@ def sigkill_leader(h: Harness) -> FaultRecord:
     """SIGKILL the leader, preferably between a claim and its acknowledgement."""
     holder = h.leader()
     pending = h.wait_mid_dispatch(1.5)
+    hit = h.shard_details(holder)
     process = h.supervisor.signal(holder.name, signal.SIGKILL, cause="SIGKILL (injected)")
     started = time.time()
     return FaultRecord(
         "sigkill-leader", started, started, holder.name,
-        {"pid": process.pid, "pending_at_kill": pending},
+        {"pid": process.pid, "pending_at_kill": pending, **hit},
     )  # fmt: skip
 
 
@@ -68,19 +75,28 @@ def sigterm_leader(h: Harness) -> FaultRecord:
     """A rolling-restart step: SIGTERM the leader; the supervisor starts a new pod."""
     holder = h.leader()
     pending = h.wait_mid_dispatch(1.0) if h.rng.random() < 0.5 else 0
+    hit = h.shard_details(holder)
     process = h.supervisor.signal(holder.name, signal.SIGTERM, cause="SIGTERM (injected)")
     started = time.time()
     return FaultRecord(
         "sigterm-leader", started, started, holder.name,
-        {"pid": process.pid, "pending_at_term": pending},
+        {"pid": process.pid, "pending_at_term": pending, **hit},
     )  # fmt: skip
 
 
 def delete_lock(h: Harness) -> FaultRecord:
-    holder = h.leader()
+    """Delete the lease key (with shards: one shard's, chosen at random)."""
+    shard = h.pick_shard()
+    holder = h.leader(shard=shard)
     started = time.time()
-    deleted = h.admin.delete(h.lease_key)
-    return FaultRecord("delete-lock", started, started, holder.name, {"deleted": deleted})
+    if not h.sharded:
+        deleted = h.admin.delete(h.lease_key)
+        return FaultRecord("delete-lock", started, started, holder.name, {"deleted": deleted})
+    deleted = h.admin.delete(h.lease_keys[shard])
+    return FaultRecord(
+        "delete-lock", started, started, holder.name,
+        {"deleted": deleted, "lease_key": h.lease_keys[shard], "shards": [shard]},
+    )  # fmt: skip
 
 
 def wipe_keys(h: Harness) -> FaultRecord:

@@ -17,10 +17,12 @@ from typing import Any
 
 import redis
 
-from safe_redbeat.lease import Holder
+from safe_redbeat.layout import Layout
+from safe_redbeat.lease import Holder, parse_token
 from testbed.redis_server import HOST, RedisServer
 from tests.chaos.cluster import (
     AuditorThread,
+    LeaseMonitor,
     Supervisor,
     current_holder,
     skew_env,
@@ -31,17 +33,23 @@ from tests.chaos.model import (
     FAULT_KINDS,
     SENTINEL_FAILOVER,
     SENTINEL_MODE_FAULTS,
+    SHARD_MODE_FAULTS,
     FaultRecord,
     Lifetime,
     RunData,
 )
 from tests.chaos.oracle import OracleSettings, Report, analyze
-from tests.chaos.workload import build_specs, redbeat_app, static_schedule, write_dynamic
+from tests.chaos.workload import (
+    build_specs,
+    redbeat_app,
+    static_schedule,
+    write_dynamic,
+    write_dynamic_sharded,
+)
 from tests.support import KEYS
 from tests.support.sentinel import SentinelDeployment
 
 LEASE_KEY = KEYS.lease
-PENDING_KEY = KEYS.pending
 
 
 def _stderr(line: str) -> None:
@@ -86,15 +94,21 @@ class ChaosConfig:
     sentinel_lags: tuple[float, ...] = (1.2, 0.0)
     #: the sentinels' down-after-milliseconds
     sentinel_down_after_ms: int = 1500
+    #: shards of the schedule (``safe_redbeat_shards``); above 1 the faults hit replicas
+    #: leading some shards, and one shard's lease key (``SHARD_MODE_FAULTS``)
+    shards: int = 1
 
     def beat_settings(self) -> dict[str, Any]:
-        return {
+        settings: dict[str, Any] = {
             "safe_redbeat_lease_seconds": self.lease,
             "safe_redbeat_renew_seconds": self.renew,
             "safe_redbeat_retry_seconds": self.retry,
             "safe_redbeat_socket_timeout": self.socket_timeout,
             "safe_redbeat_backoff_max_seconds": self.backoff_max,
         }
+        if self.shards > 1:
+            settings["safe_redbeat_shards"] = self.shards
+        return settings
 
     @property
     def failover_allowance(self) -> float:
@@ -132,6 +146,18 @@ class Harness:
             )
         elif SENTINEL_FAILOVER in config.faults:
             raise ValueError(f"{SENTINEL_FAILOVER} needs ChaosConfig(sentinel=True)")
+        if config.shards > 1:
+            unfit = set(config.faults) - set(SHARD_MODE_FAULTS)
+            if unfit or config.sentinel:
+                raise ValueError(
+                    f"not with a sharded schedule: {sorted(unfit) or 'sentinel'}; "
+                    f"the sharded faults are {', '.join(SHARD_MODE_FAULTS)}"
+                )
+        #: the schedule's layout: one lease (and pending hash) per shard
+        self.layout = Layout(KEYS, config.shards)
+        self.lease_keys = [keys.lease for keys in self.layout.all_keys()]
+        self.pending_keys = [keys.pending for keys in self.layout.all_keys()]
+        self.monitor: LeaseMonitor | None = None
         self.skew_mechanism = ""
         self.failed = False
         self.started_at = time.time()
@@ -173,6 +199,8 @@ class Harness:
             broker_url=self.server.url,
         )
         self.writer = redbeat_app(schedule_url, options)
+        if self.sharded:
+            self.monitor = LeaseMonitor(HOST, self.server.port, self.lease_keys)
         return self
 
     def __exit__(
@@ -183,6 +211,8 @@ class Harness:
     ) -> None:
         self.supervisor.cleanup()
         self.auditor.stop()
+        if self.monitor is not None:
+            self.monitor.stop()
         self.admin.close()
         self.broker.close()
         self.writer.close()
@@ -201,11 +231,23 @@ class Harness:
 
     # -- helpers used by the faults ---------------------------------------------------
 
-    def leader(self, timeout: float = 20.0) -> Holder:
-        """The lease holder, once it is one of our live processes."""
+    @property
+    def sharded(self) -> bool:
+        return self.config.shards > 1
+
+    def pick_shard(self) -> int:
+        """A shard chosen at random (shard 0, drawing nothing, when not sharded)."""
+        return self.rng.randrange(self.config.shards) if self.sharded else 0
+
+    def leader(self, timeout: float = 20.0, shard: int | None = None) -> Holder:
+        """The holder of ``shard``'s lease (a random shard's), once it is one of our live
+        processes."""
+        lease_key = self.lease_keys[self.pick_shard() if shard is None else shard]
         deadline = time.monotonic() + timeout
         while True:
-            holder = wait_for_leader(self.admin, max(deadline - time.monotonic(), 0.1))
+            holder = wait_for_leader(
+                self.admin, max(deadline - time.monotonic(), 0.1), lease_key=lease_key
+            )
             process = self.supervisor.process_of(holder.name)
             if process is not None and process.alive() and process.pid == holder.pid:
                 return holder
@@ -213,12 +255,27 @@ class Harness:
                 raise AssertionError(f"lease held by {holder.describe()}, not a live replica")
             time.sleep(0.05)
 
+    def shard_details(self, holder: Holder) -> dict[str, Any]:
+        """``{"shards": [...]}``: the shards ``holder`` leads now (nothing when not sharded)."""
+        if not self.sharded:
+            return {}
+        values = self.admin.mget(self.lease_keys)
+        led = []
+        for index, value in enumerate(values):
+            found = None if value is None else parse_token(str(value))
+            if found is not None and (found.name, found.pid) == (holder.name, holder.pid):
+                led.append(index)
+        return {"shards": led}
+
     def wait_mid_dispatch(self, timeout: float) -> int:
         """Wait until claimed occurrences are pending (claimed, not yet acknowledged)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                pending = int(self.admin.hlen(PENDING_KEY))
+                with self.admin.pipeline(transaction=False) as pipe:
+                    for key in self.pending_keys:
+                        pipe.hlen(key)
+                    pending = sum(int(n) for n in pipe.execute())
             except redis.RedisError:
                 pending = 0
             if pending:
@@ -235,7 +292,10 @@ class Harness:
 
     def reseed(self) -> None:
         """Write the harness' own entries (again), as an application would."""
-        write_dynamic(self.writer, self.specs.values())
+        if self.sharded:
+            write_dynamic_sharded(self.writer, self.specs.values())
+        else:
+            write_dynamic(self.writer, self.specs.values())
         created = time.time()
         for name, spec in self.specs.items():
             if spec.source == "dynamic":
@@ -260,18 +320,25 @@ class Harness:
             skews["replica-0"] = config.skew
         self.supervisor.add("replica-0", first_env)
         self.supervisor.start()
-        wait_for_leader(self.admin, 60, among={"replica-0"})
+        for lease_key in self.lease_keys:
+            wait_for_leader(self.admin, 60, among={"replica-0"}, lease_key=lease_key)
+        if self.monitor is not None:
+            self.monitor.start()
         self.reseed()
         observe_from = time.time()
         for index in range(1, config.replicas):
             self.supervisor.add(f"replica-{index}")
         self.log(
-            f"chaos: {len(self.specs)} entries, {config.replicas} replicas, seed {config.seed}, "
+            f"chaos: {len(self.specs)} entries, {config.replicas} replicas, "
+            f"{self.layout.describe()}, seed {config.seed}, "
             f"replica-0 clock {config.skew:+.1f}s ({self.skew_mechanism or 'no skew'}), "
             f"workdir {self.workdir}"
         )
+        if self.sharded:
+            balanced = self.wait_balanced(30.0)
+            self.log(f"chaos: shards shared out after {balanced:.1f}s")
         time.sleep(config.skew_phase)
-        holder = current_holder(self.admin)
+        holder = current_holder(self.admin, self.lease_keys[0])
         skew_led = holder is not None and holder.name == "replica-0"
 
         fault_deadline = time.time() + config.duration
@@ -299,6 +366,8 @@ class Harness:
         time.sleep(max(window_end - time.time(), 0) + config.final_quiet)
         observe_until = time.time()
         self.auditor.stop()
+        if self.monitor is not None:
+            self.monitor.stop()
         final_codes = self.supervisor.shutdown()
         data = RunData(
             specs=self.specs,
@@ -316,6 +385,9 @@ class Harness:
             skews=skews,
             origins=self._origins(),
             final_returncodes=final_codes,
+            shards=config.shards,
+            lease_samples=[] if self.monitor is None else list(self.monitor.samples),
+            tracebacks=self._tracebacks(),
             info={
                 "seed": config.seed,
                 "replicas": config.replicas,
@@ -323,6 +395,7 @@ class Harness:
                 "skew_mechanism": self.skew_mechanism,
                 "skewed_replica_led_first": skew_led,
                 "auditor_errors": self.auditor.errors,
+                "lease_monitor_errors": 0 if self.monitor is None else self.monitor.errors,
                 "sentinel": None
                 if self.sentinel is None
                 else {
@@ -337,9 +410,49 @@ class Harness:
             },
         )
         report = analyze(data, config.oracle)
-        if report.crashes or report.missing or report.dup_different_id:
+        if report.crashes or report.missing or report.dup_different_id or report.tracebacks:
             self.failed = True
         return report, data
+
+    def wait_balanced(self, timeout: float) -> float:
+        """Wait until every shard is led and each replica leads its share (at least
+        ``K // replicas``); the seconds it took."""
+        assert self.monitor is not None
+        started = time.monotonic()
+        share = self.config.shards // self.config.replicas
+        holders: list[Holder | None] = []
+        while time.monotonic() - started < timeout:
+            holders = self.monitor.holders()
+            counts = {f"replica-{i}": 0 for i in range(self.config.replicas)}
+            for holder in holders:
+                if holder is not None and holder.name in counts:
+                    counts[holder.name] += 1
+            if None not in holders and min(counts.values()) >= share:
+                return time.monotonic() - started
+            time.sleep(0.1)
+        led = [None if h is None else h.name for h in holders]
+        raise AssertionError(
+            f"the {self.config.shards} shards were not shared out among "
+            f"{self.config.replicas} replicas within {timeout}s: holders by shard {led}"
+        )
+
+    def _tracebacks(self) -> list[dict[str, Any]]:
+        """Every Python traceback in the replicas' logs, with the lines that follow it."""
+        found: list[dict[str, Any]] = []
+        for process in self.supervisor.all_processes:
+            lines = process.log().splitlines()
+            for number, line in enumerate(lines):
+                if "Traceback (most recent call last)" in line:
+                    found.append(
+                        {
+                            "replica": process.name,
+                            "pid": process.pid,
+                            "log": str(process.log_path),
+                            "line": number + 1,
+                            "excerpt": "\n".join(lines[max(number - 1, 0) : number + 14]),
+                        }
+                    )
+        return found
 
     @staticmethod
     def _static_lifetime(spec: Any, observe_from: float) -> Lifetime:
@@ -359,6 +472,29 @@ class Harness:
                 if name is not None:
                     origins[message.origin] = name
         return origins
+
+
+def sharded_scenario(shards: int = 6, **overrides: Any) -> ChaosConfig:
+    """The sharded run (tests/chaos/test_shard_chaos.py, ``python -m tests.chaos --shards
+    K --each-once``): 3 replicas share ``shards`` shards of ~240 entries every 1-3 s; one
+    of each replica fault (SIGSTOP longer than the lease, SIGKILL, SIGTERM, each on a
+    replica leading some shards, restarted like a pod) and one shard's lease key deleted."""
+    settings: dict[str, Any] = {
+        "shards": shards,
+        "replicas": 3,
+        "statics": 180,
+        "dynamics": 60,
+        "crons": 0,
+        "periods": (1, 3),
+        "faults": SHARD_MODE_FAULTS,
+        "each_once": True,
+        "skew": 0.0,
+        "skew_phase": 1.0,
+        "gap": (0.3, 1.0),
+        "final_quiet": 4.0,
+    }
+    settings.update(overrides)
+    return ChaosConfig(**settings)
 
 
 def run_chaos(

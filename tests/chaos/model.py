@@ -36,6 +36,16 @@ SENTINEL_MODE_FAULTS = (
     SENTINEL_FAILOVER,
 )
 
+#: Fault kinds of a sharded run (``ChaosConfig(shards=K)``, ``python -m tests.chaos
+#: --shards K``): each signal hits a replica that leads some shards, ``delete-lock``
+#: deletes one shard's lease key.
+SHARD_MODE_FAULTS = (
+    "sigstop-leader",
+    "sigkill-leader",
+    "sigterm-leader",
+    "delete-lock",
+)
+
 #: Faults that lose schedule data: an entry may legitimately run again early after them
 #: (its last run time is gone, so it is due at once).
 DATA_LOSS_FAULTS = frozenset({"wipe-keys", "redis-restart-lossy"})
@@ -146,3 +156,17 @@ class RunData:
     #: replicas' final shutdown return codes (SIGTERM at the end of the run)
     final_returncodes: dict[str, int | None] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    #: shards of the schedule's layout; an entry belongs to ``shard_of(name, shards)``
+    shards: int = 1
+    #: polls of every shard's lease key (sharded runs): (time, lease values by shard)
+    lease_samples: list[LeaseSample] = field(default_factory=list)
+    #: tracebacks found in the replicas' logs
+    tracebacks: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LeaseSample:
+    """The value of each shard's lease key at one moment (None: the key was absent)."""
+
+    at: float
+    values: tuple[str | None, ...]

@@ -26,6 +26,21 @@ Definitions (docs/reliability.md explains them with examples):
   next fault (the leader kept its lease).
 * A *stale-fence send* is a message whose fence is below one already seen: an old leader
   finishing the publish it was in when it lost the lease.
+
+With ``K`` shards (``RunData.shards``) each shard has its own lease and fence, so:
+
+* fences (stale-fence sends, failover times) are compared within one shard; an entry's
+  shard is ``shard_of(name, K)``;
+* a shard is *leaderless* while its lease key is absent or names a process that is dead
+  or stopped (``RunData.lease_samples``, polled every ~100 ms, and the faults' and exits'
+  times). A *leader gap* runs from the last poll that saw a live holder to the first that
+  saw one again;
+* the failover window of shard ``s`` is each of its leader gaps, from its start to its
+  end plus ``slack``, but never longer than ``lease + retry + slack``: an occurrence of
+  an entry in shard ``s`` may be missed only while ``s`` had no leader. Faults that hit
+  Redis itself (no ``shards`` in their details) open a window for every shard;
+* *led again*: for each shard a fault hit, the time from the fault to the first poll that
+  saw a live holder with another lease value than the one before the fault.
 """
 
 from __future__ import annotations
@@ -37,10 +52,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from safe_redbeat.layout import shard_of
+from safe_redbeat.lease import parse_token
 from tests.chaos.model import (
     DATA_LOSS_FAULTS,
     FAULT_KINDS,
     FaultRecord,
+    LeaseSample,
     Lifetime,
     RunData,
     Sent,
@@ -108,6 +126,14 @@ class Report:
     skew: dict[str, dict[str, Any]] = field(default_factory=dict)
     lateness: dict[str, float | None] = field(default_factory=dict)
     settings: dict[str, float] = field(default_factory=dict)
+    shards: int = 1
+    #: every shard's leader gaps (sharded runs), longest first
+    leader_gaps: list[dict[str, Any]] = field(default_factory=list)
+    #: shard -> its longest leader gap in seconds (sharded runs)
+    longest_leader_gap: dict[int, float] = field(default_factory=dict)
+    #: tracebacks in the replicas' logs
+    tracebacks: int = 0
+    traceback_details: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -131,6 +157,7 @@ class Report:
             "expected exits "
             + (", ".join(f"{n} x rc {c}" for c, n in sorted(self.expected_exits.items())) or "0"),
             f"stale-fence sends {self.stale_fence_sends}",
+            f"tracebacks in logs {self.tracebacks}",
             f"unknown messages {self.unknown_messages}",
             f"payload mismatches {self.payload_mismatches}",
         ]
@@ -141,6 +168,9 @@ class Report:
             if row.faults
         )
         text = "; ".join(parts) + (f"; faults: {faults}" if faults else "")
+        if self.shards > 1:
+            gaps = ", ".join(f"{s}: {v:.2f}s" for s, v in sorted(self.longest_leader_gap.items()))
+            text += f"; {self.shards} shards, longest leader gap by shard {{{gaps}}}"
         for replica, skew in self.skew.items():
             text += (
                 f"; skewed replica {replica} ({skew['offset']:+.1f}s) sent {skew['sends']}"
@@ -214,6 +244,14 @@ def analyze(data: RunData, settings: OracleSettings | None = None) -> Report:
     allowance = data.lease_seconds + data.retry_seconds + settings.slack
     attribution = _Attribution(data.faults, allowance)
     windows = merge(attribution.window(f) for f in data.faults)
+    shard_count = max(data.shards, 1)
+
+    def shard(name: str | None) -> int:
+        return shard_of(name or "", shard_count)
+
+    outages = holder_outages(data)
+    gaps = leader_gaps(data.lease_samples, shard_count, outages)
+    shard_windows = _shard_windows(data, gaps, attribution, settings.slack, allowance)
     loss_windows = merge(attribution.window(f) for f in data.faults if f.kind in DATA_LOSS_FAULTS)
     kinds = [*FAULT_KINDS, *sorted({f.kind for f in data.faults} - set(FAULT_KINDS))]
     rows = {kind: KindRow(kind) for kind in [*kinds, STEADY]}
@@ -255,6 +293,16 @@ def analyze(data: RunData, settings: OracleSettings | None = None) -> Report:
             "lease_seconds": data.lease_seconds,
             "retry_seconds": data.retry_seconds,
         },
+        shards=shard_count,
+        leader_gaps=[g.to_dict() for g in sorted(gaps, key=lambda g: -g.seconds)],
+        longest_leader_gap={
+            s: round(max((g.seconds for g in gaps if g.shard == s), default=0.0), 3)
+            for s in range(shard_count)
+        }
+        if data.lease_samples
+        else {},
+        tracebacks=len(data.tracebacks),
+        traceback_details=list(data.tracebacks),
     )
 
     # occurrences and duplicates
@@ -267,6 +315,7 @@ def analyze(data: RunData, settings: OracleSettings | None = None) -> Report:
         row = rows[attribution.kind_at(copies[1].arrived)]
         detail = {
             "entry": name,
+            "shard": shard(name),
             "scheduled": scheduled,
             "copies": len(copies),
             "task_ids": sorted(ids),
@@ -294,22 +343,31 @@ def analyze(data: RunData, settings: OracleSettings | None = None) -> Report:
         occurrences = sorted(per_entry.get(name, []))
         lifetimes = data.lifetimes.get(name) or [Lifetime(data.observe_from)]
         _check_early(report, rows, attribution, spec, occurrences, lifetimes, loss_windows)
-        _check_missing(report, rows, attribution, spec, occurrences, lifetimes, windows, data,
-                       settings)  # fmt: skip
+        _check_missing(report, rows, attribution, spec, occurrences, lifetimes,
+                       shard_windows[shard(name)], data, settings, shard(name))  # fmt: skip
 
     # stale fences and failover times
-    running_max: int | None = None
+    # (each shard has its own fence)
+    by_shard: dict[int, list[Sent]] = defaultdict(list)
+    for message in messages:
+        by_shard[shard(message.entry)].append(message)
+    running_max: dict[int, int] = {}
     for message in messages:
         if message.fence is None:
             continue
-        if running_max is not None and message.fence < running_max:
+        index = shard(message.entry)
+        top = running_max.get(index)
+        if top is not None and message.fence < top:
             report.stale_fence_sends += 1
             rows[attribution.kind_at(message.arrived)].stale_fence_sends += 1
-        running_max = message.fence if running_max is None else max(running_max, message.fence)
+        running_max[index] = message.fence if top is None else max(top, message.fence)
     faults = sorted(data.faults, key=lambda f: f.started)
     for index, fault in enumerate(faults):
         horizon = faults[index + 1].started if index + 1 < len(faults) else data.observe_until
-        failover = _failover(messages, fault.started, horizon)
+        hit = fault_shards(fault, shard_count)
+        times = [_failover(by_shard[s], fault.started, horizon) for s in hit]
+        known = [t for t in times if t is not None]
+        failover = max(known) if known else None
         if failover is None:
             rows[fault.kind].lease_kept += 1
         else:
@@ -317,6 +375,10 @@ def analyze(data: RunData, settings: OracleSettings | None = None) -> Report:
         record = fault.to_dict()
         record["failover_seconds"] = None if failover is None else round(failover, 3)
         record["window_end"] = round(attribution.window(fault)[1], 3)
+        if data.lease_samples:
+            record["led_again_seconds"] = {
+                s: _led_again(data.lease_samples, s, fault.started, outages) for s in hit
+            }
         report.faults.append(record)
 
     # crashes
@@ -435,6 +497,7 @@ def _check_missing(
     windows: Sequence[tuple[float, float]],
     data: RunData,
     settings: OracleSettings,
+    shard: int = 0,
 ) -> None:
     p, tol = spec.period, settings.tolerance
     arrivals = sorted(arrived for _scheduled, arrived in occurrences)
@@ -468,6 +531,7 @@ def _check_missing(
             report.missing_gaps.append(
                 {
                     "entry": spec.name,
+                    "shard": shard,
                     "period": p,
                     "last_send": round(a, 3),
                     "next_send": round(b, 3),
@@ -488,6 +552,162 @@ def _failover(messages: Sequence[Sent], started: float, horizon: float) -> float
         if message.fence > fence_before:
             return message.arrived - started
     return None
+
+
+# -- shards --------------------------------------------------------------------------------
+
+
+def fault_shards(fault: FaultRecord, shards: int) -> list[int]:
+    """The shards a fault hit: those named in its details, else every shard."""
+    named = fault.details.get("shards")
+    return sorted(named) if isinstance(named, list) else list(range(shards))
+
+
+def holder_outages(data: RunData) -> dict[int, list[tuple[float, float]]]:
+    """pid -> when that process could not lead: once it died, while it was stopped."""
+    outages: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    for exit_ in data.exits:
+        outages[exit_.pid].append((exit_.at, math.inf))
+    for fault in data.faults:
+        pid = fault.details.get("pid")
+        if not isinstance(pid, int):
+            continue
+        if fault.kind == "sigkill-leader":
+            outages[pid].append((fault.started, math.inf))
+        elif fault.kind == "sigstop-leader":
+            stopped = float(fault.details.get("stopped_seconds", 0.0))
+            outages[pid].append((fault.started, fault.started + stopped))
+    return dict(outages)
+
+
+@dataclass(frozen=True)
+class LeaderGap:
+    """A time shard ``shard`` had no live leader (see the module's docstring)."""
+
+    shard: int
+    start: float
+    end: float
+    #: the holders before and after, described
+    before: str
+    after: str
+    #: still leaderless at the last poll
+    open: bool = False
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "seconds": round(self.seconds, 3)}
+
+    def describe(self) -> str:
+        ending = "still leaderless at the end" if self.open else f"then {self.after}"
+        return (
+            f"shard {self.shard} had no live leader for {self.seconds:.2f}s "
+            f"(from {self.start:.3f}, after {self.before}; {ending})"
+        )
+
+
+def _describe_value(value: str | None) -> str:
+    if value is None:
+        return "nobody"
+    holder = parse_token(value)
+    return f"{holder.name} (pid {holder.pid}, fence {holder.fence})"
+
+
+def _live_holder(
+    value: str | None, at: float, outages: dict[int, list[tuple[float, float]]]
+) -> bool:
+    if value is None:
+        return False
+    pid = parse_token(value).pid
+    return pid is None or not any(lo <= at <= hi for lo, hi in outages.get(pid, ()))
+
+
+def leader_gaps(
+    samples: Sequence[LeaseSample], shards: int, outages: dict[int, list[tuple[float, float]]]
+) -> list[LeaderGap]:
+    """Every time a shard had no live leader, from the polls of its lease key."""
+    gaps: list[LeaderGap] = []
+    for index in range(shards):
+        last_live: LeaseSample | None = None
+        start: float | None = None
+        before = "nobody"
+        for sample in samples:
+            value = sample.values[index]
+            if _live_holder(value, sample.at, outages):
+                if start is not None:
+                    gaps.append(LeaderGap(index, start, sample.at, before, _describe_value(value)))
+                    start = None
+                last_live = sample
+            elif start is None:
+                start = sample.at if last_live is None else last_live.at
+                before = "nobody" if last_live is None else _describe_value(last_live.values[index])
+        if start is not None:
+            gaps.append(LeaderGap(index, start, samples[-1].at, before, "nobody", open=True))
+    return gaps
+
+
+def _led_again(
+    samples: Sequence[LeaseSample],
+    shard: int,
+    started: float,
+    outages: dict[int, list[tuple[float, float]]],
+) -> float | None:
+    """Seconds from ``started`` until a live holder with a new lease value led ``shard``."""
+    before: str | None = None
+    for sample in samples:
+        value = sample.values[shard]
+        if sample.at < started:
+            before = value
+        elif value != before and _live_holder(value, sample.at, outages):
+            return round(sample.at - started, 3)
+    return None
+
+
+def _shard_windows(
+    data: RunData,
+    gaps: Sequence[LeaderGap],
+    attribution: _Attribution,
+    slack: float,
+    allowance: float,
+) -> list[list[tuple[float, float]]]:
+    """The failover windows of each shard (the same for every shard when not sharded)."""
+    shards = max(data.shards, 1)
+    if shards == 1 or not data.lease_samples:
+        every = merge(attribution.window(f) for f in data.faults)
+        return [every] * shards
+    common = [attribution.window(f) for f in data.faults if "shards" not in f.details]
+    return [
+        merge(
+            common
+            + [(g.start, min(g.end + slack, g.start + allowance)) for g in gaps if g.shard == index]
+        )
+        for index in range(shards)
+    ]
+
+
+def shard_problems(report: Report) -> list[str]:
+    """What a sharded run got wrong about leadership, one sentence each: a shard without a
+    live leader for longer than ``lease + retry + slack``, a shard a fault hit that was not
+    led again within that time."""
+    allowance = report.settings["failover_allowance"]
+    problems = [
+        f"shard {g['shard']} had no live leader for {g['seconds']:.2f}s "
+        f"(allowed {allowance:.2f}s: lease + retry + slack), from {g['start']:.3f} after "
+        f"{g['before']}, " + ("still leaderless at the end" if g["open"] else f"then {g['after']}")
+        for g in report.leader_gaps
+        if g["seconds"] > allowance
+    ]
+    for fault in report.faults:
+        for index, seconds in (fault.get("led_again_seconds") or {}).items():
+            if seconds is None or seconds > allowance:
+                took = "never" if seconds is None else f"only after {seconds:.2f}s"
+                problems.append(
+                    f"shard {index} was led again {took} after {fault['kind']} of "
+                    f"{fault['target']} at {fault['started']:.3f} (allowed {allowance:.2f}s)"
+                )
+    return problems
 
 
 # -- rendering ----------------------------------------------------------------------------

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-from tests.chaos.model import FaultRecord, Lifetime, ReplicaExit, RunData, Sent, WorkloadEntry
-from tests.chaos.oracle import STEADY, analyze, merge, uncovered
+from safe_redbeat.layout import shard_of
+from tests.chaos.model import (
+    FaultRecord,
+    LeaseSample,
+    Lifetime,
+    ReplicaExit,
+    RunData,
+    Sent,
+    WorkloadEntry,
+)
+from tests.chaos.oracle import STEADY, analyze, merge, shard_problems, uncovered
 
 T0 = 1_000_000.0
 
@@ -156,3 +165,68 @@ def test_stale_fence_sends_and_unexpected_exits_are_counted() -> None:
     report = analyze(data)
     assert report.stale_fence_sends == 1
     assert report.crashes == 2
+
+
+def _shard_names() -> tuple[str, str]:
+    """An entry name in shard 0 and one in shard 1 of 2."""
+    names = [f"e{i}" for i in range(20)]
+    return (
+        next(n for n in names if shard_of(n, 2) == 0),
+        next(n for n in names if shard_of(n, 2) == 1),
+    )
+
+
+def _token(name: str, pid: int, fence: int) -> str:
+    return f'{fence} {{"host":"h","pid":{pid},"name":"{name}","nonce":"{fence}"}}'
+
+
+def _sharded_run(retaken_at: float) -> tuple[RunData, str, str]:
+    """Shard 0 led all along; shard 1's leader (pid 11) is SIGKILLed at T0+20, its key
+    expires at T0+23 and pid 12 takes it at ``retaken_at``. From T0+20 the entry in shard 0
+    is silent for 10 s, the one in shard 1 until ``retaken_at + 0.5``."""
+    in0, in1 = _shard_names()
+    samples = []
+    for step in range(600):
+        at = T0 + step * 0.1
+        one = None if T0 + 23 <= at < retaken_at else _token("r1", 11, 1)
+        if at >= retaken_at:
+            one = _token("r2", 12, 2)
+        samples.append(LeaseSample(at, (_token("r0", 10, 1), one)))
+    silent = {in0: T0 + 30, in1: retaken_at + 0.5}
+    messages = [
+        m
+        for name in (in0, in1)
+        for m in sends(name, every(1.0, T0, T0 + 60))
+        if not T0 + 20 <= m.arrived <= silent[name]
+    ]
+    data = run(
+        messages,
+        specs={n: WorkloadEntry(n, "interval", 1.0, "static") for n in (in0, in1)},
+        faults=[FaultRecord("sigkill-leader", T0 + 20, T0 + 20, "r1", {"pid": 11, "shards": [1]})],
+    )
+    data.shards = 2
+    data.lease_samples = samples
+    return data, in0, in1
+
+
+def test_a_shard_may_miss_occurrences_only_while_it_had_no_live_leader() -> None:
+    data, in0, _in1 = _sharded_run(retaken_at=T0 + 23.5)
+    report = analyze(data)
+    # shard 1 had no live leader from the kill to T0+23.5: its entry's silence is excused;
+    # shard 0 was led all along: its entry's silence is missing, and says which shard
+    assert {(g["entry"], g["shard"]) for g in report.missing_gaps} == {(in0, 0)}
+    assert report.longest_leader_gap == {0: 0.0, 1: 3.6}
+    assert report.faults[0]["led_again_seconds"] == {1: 3.5}
+    assert shard_problems(report) == []
+
+
+def test_a_shard_leaderless_longer_than_the_allowance_is_a_problem_named_by_shard() -> None:
+    data, _in0, in1 = _sharded_run(retaken_at=T0 + 30)
+    report = analyze(data)
+    # lease + retry + slack = 6.5 s: the rest of the 10 s silence is missing
+    assert {(g["entry"], g["shard"]) for g in report.missing_gaps} >= {(in1, 1)}
+    problems = shard_problems(report)
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("shard 1 had no live leader for 10.10s (allowed 6.50s")
+    assert "after r1 (pid 11, fence 1), then r2 (pid 12, fence 2)" in problems[0]
+    assert problems[1].startswith("shard 1 was led again only after 10.00s after sigkill-leader")

@@ -12,6 +12,7 @@ from celery.schedules import crontab
 from celery.schedules import schedule as interval
 from redbeat.schedulers import RedBeatSchedulerEntry
 
+from safe_redbeat import Schedule
 from tests.chaos.model import WorkloadEntry
 
 #: The entry that carries args, kwargs and options through every fault.
@@ -96,4 +97,26 @@ def write_dynamic(app: Celery, specs: Iterable[WorkloadEntry]) -> int:
             app=app,
         ).save()
         count += 1
+    return count
+
+
+def write_dynamic_sharded(app: Celery, specs: Iterable[WorkloadEntry]) -> int:
+    """Write entries through :class:`safe_redbeat.Schedule`, which puts each in its shard
+    (RedBeat's ``entry.save()`` only knows the unsharded keys). A new entry is due one
+    period after it is written, as with ``entry.save()``."""
+    count = 0
+    with Schedule(app) as schedule:
+        for spec in specs:
+            if spec.source != "dynamic":
+                continue
+            run_every = spec.period if spec.kind == "interval" else crontab()
+            schedule.upsert(
+                spec.name,
+                "noop",
+                run_every,
+                args=spec.args,
+                kwargs=spec.kwargs,
+                options=spec.options,
+            )
+            count += 1
     return count
