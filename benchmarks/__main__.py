@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick | --tiny] [--no-failover] [--write-docs]``.
+"""``python -m benchmarks [--quick | --tiny] [--no-failover] [--no-scaling] [--write-docs]``.
 
 Exit status 1 means a benchmark is broken (it did not dispatch what it should, timed
 out, or crashed); a MISSed target is reported, never a failure.
@@ -13,10 +13,11 @@ import time
 import traceback
 from collections.abc import Callable
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
-from . import commands, dispatch, failover, memory, reconcile, startup
+from . import commands, dispatch, failover, memory, reconcile, scaling, startup
 from .env import Env
 from .profiles import FULL, QUICK, TINY, Profile
 from .report import Results, command_line, machine_info, text, write_docs
@@ -37,7 +38,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="CI mode: small sizes")
     mode.add_argument("--tiny", action="store_true", help="smallest run of every benchmark")
-    parser.add_argument("--no-failover", action="store_true", help="skip the beat processes")
+    parser.add_argument("--no-failover", action="store_true", help="skip the failover trials")
+    parser.add_argument(
+        "--no-scaling", action="store_true", help="skip the sharded dispatch (beat replicas)"
+    )
     parser.add_argument(
         "--write-docs", action="store_true", help="regenerate benchmarks.md and benchmarks.png"
     )
@@ -84,6 +88,18 @@ def run(profile: Profile, command: str) -> Results:
                 "failover",
                 lambda: failover.run(env, Path(logdir), *trials, p.failover_stock),
             )
+        if p.scaling_n:
+            r.scaling = step(
+                "sharded dispatch",
+                lambda: scaling.run(
+                    env,
+                    Path(logdir) / "scaling",
+                    p.scaling_n,
+                    p.scaling_shards,
+                    p.scaling_repetitions,
+                    cluster=p.scaling_cluster,
+                ),
+            )
     r.seconds = time.monotonic() - started
     return r
 
@@ -94,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     profile = QUICK if args.quick else TINY if args.tiny else FULL
     if args.no_failover:
         profile = profile.without_failover()
+    if args.no_scaling:
+        profile = replace(profile, scaling_n=0)
     # the command as docs/benchmarks.md shows it: without --docs-dir and its value
     shown = [
         a for a, before in zip(argv, ["", *argv], strict=False) if "--docs-dir" not in (a, before)

@@ -31,6 +31,12 @@ class Profile:
     run_timeout: float = 300.0
     #: entries due at once in the run whose tick is sampled phase by phase
     breakdown_n: int = 3000
+    #: sharded dispatch: entries due at once; K shards on K beat replicas for each K
+    scaling_n: int = 30000
+    scaling_shards: tuple[int, ...] = (1, 2, 3)
+    scaling_repetitions: int = 3
+    #: also with the schedule on a local Redis Cluster (after one Redis)
+    scaling_cluster: bool = True
 
     @property
     def failover(self) -> bool:
@@ -79,6 +85,9 @@ QUICK = replace(
     failover_sigterm=1,
     failover_lock_deleted=0,
     failover_stock=False,
+    scaling_n=6000,
+    scaling_repetitions=1,
+    scaling_cluster=False,
 )
 
 #: ``--tiny``: proves the benchmark code works (the test suite runs it), no failover.
@@ -95,4 +104,6 @@ TINY = replace(
     reconcile_repetitions=1,
     run_timeout=30.0,
     breakdown_n=50,
+    scaling_n=60,
+    scaling_shards=(1, 2),
 )

@@ -21,6 +21,8 @@ from typing import Any
 from celery.beat import DEFAULT_MAX_INTERVAL
 from redbeat.schedulers import RedBeatScheduler
 
+from safe_redbeat.balance import LIVE_AGE
+
 from . import reconcile
 from .commands import CommandResult
 from .dispatch import (
@@ -49,13 +51,19 @@ from .failover import (
 from .memory import MemoryResult
 from .profiles import Profile
 from .reconcile import ReconcileBench
+from .scaling import CLUSTER_PREFIX, LEAD, LOOP_INTERVAL, STOCK, ScalingResult, series_of
+from .scaling import STOCK_SETTINGS as SCALING_STOCK_SETTINGS
 from .startup import StartupResult
 
 TEMPLATE = Path(__file__).with_name("report.md")
 DISPATCH_TARGET_N = 3000
 RECONCILE_TARGET_N = 100_000
 RECONCILE_TARGET_SECONDS = 3.0
+#: sharded dispatch: K=SCALING_TARGET_K replicas at least this much faster than one
+SCALING_TARGET_K = 2
+SCALING_TARGET_SPEEDUP = 1.4
 NOT_MEASURED = "Not measured in this mode."
+STOCK_LOCK_TIMEOUT_SCALING = SCALING_STOCK_SETTINGS["redbeat_lock_timeout"]
 
 
 @dataclass
@@ -70,6 +78,7 @@ class Results:
     memory: list[MemoryResult] = field(default_factory=list)
     reconcile: list[ReconcileBench] = field(default_factory=list)
     failover: list[FailoverResult] = field(default_factory=list)
+    scaling: list[ScalingResult] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -187,11 +196,29 @@ def targets(results: Results) -> list[Target]:
         detail = f"worst {s.high:.2f} s, median {s.median:.2f} s over {len(s.values)} trials"
         passed = None if limit is None else s.high <= limit
         found.append(Target(name, passed, detail, info=limit is None))
+    found += _scaling_targets(results.scaling)
     memory = {m.contender: m.per_entry for m in results.memory}
     if len(memory) == 2:
         share = memory[SAFE.key] / memory[REDBEAT.key]
         detail = f"{memory[SAFE.key]:.0f} B vs {memory[REDBEAT.key]:.0f} B = {share:.2f} x"
         found.append(Target("memory per entry <= 1.2 x RedBeat's", share <= 1.2, detail))
+    return found
+
+
+def _scaling_targets(results: list[ScalingResult]) -> list[Target]:
+    k, goal = SCALING_TARGET_K, SCALING_TARGET_SPEEDUP
+    found = []
+    for result in results:
+        one, more = series_of(1), series_of(k)
+        name = f"sharded dispatch: K={k} on {k} replicas >= {goal:g}x faster than K=1 "
+        name += f"(N={result.n}, {result.store.split(' (')[0]})"
+        if one not in result.runs or more not in result.runs:
+            found.append(Target(name, None, "not measured in this mode"))
+            continue
+        speedup = result.speedup(more)
+        detail = f"K=1 {result.sample(one).fmt(2)} s, K={k} {result.sample(more).fmt(2)} s: "
+        detail += f"{speedup.fmt(2)} x"
+        found.append(Target(name, speedup.median >= goal, detail))
     return found
 
 
@@ -336,6 +363,40 @@ def failover_table(results: list[FailoverResult]) -> str:
     return table(["scheduler", "fault", "settings", "seconds", "trials", "expected"], rows)
 
 
+def scaling_table(result: ScalingResult) -> str:
+    rows = []
+    for series in result.series():
+        sample = result.sample(series)
+        spread = result.runs[series][-1].spread
+        rows.append(
+            [
+                "RedBeat" if series == STOCK else f"safe_redbeat {series}",
+                str(result.replicas[series]),
+                sample.fmt(2),
+                result.rate(series).fmt(0),
+                "" if series == STOCK else result.speedup(series).fmt(2),
+                result.first_after(series).fmt(2),
+                " / ".join(str(count) for count in spread),
+                " / ".join(
+                    f"{result.cpu(series, part).median:.1f}"
+                    for part in ("replicas", "redis", "others")
+                ),
+                f"{result.balanced_in[series]:.1f}",
+                result.placement[series],
+            ]
+        )
+    header = ["scheduler", "replicas", "wall s", "entries/s", "speed-up vs K=1"]
+    header += ["first message s", "messages per replica", "CPU s replicas / Redis / others"]
+    return table([*header, "leading after s", "shards on"], rows)
+
+
+def scaling_tables(results: list[ScalingResult]) -> str:
+    if not results:
+        return NOT_MEASURED
+    parts = [f"{r.store}, N={r.n}:\n\n{scaling_table(r)}" for r in results]
+    return "\n\n".join(parts)
+
+
 def targets_table(found: list[Target]) -> str:
     return table(["target", "result", "measured"], [[t.name, t.status, t.detail] for t in found])
 
@@ -356,6 +417,11 @@ def text(results: Results) -> str:
             reconcile_table,
         ),
         ("Failover: fault -> first message from the new leader", r.failover, failover_table),
+        (
+            "Sharded dispatch: N due at once, K shards on K beat replicas (median (min-max))",
+            r.scaling,
+            scaling_tables,
+        ),
     ]
     parts = [f"safe_redbeat benchmarks ({r.profile.name} mode, {r.seconds:.0f} s)"]
     for title, measured, render in sections:
@@ -434,6 +500,30 @@ def placeholders(results: Results, plot_name: str | None) -> dict[str, object]:
         "stock_worst": f"{RedBeatScheduler.lock_timeout + DEFAULT_MAX_INTERVAL:g}",
         "retry": f"{DEFAULTS.retry_seconds:g}",
         "lease": f"{DEFAULTS.lease_seconds:g}",
+        **scaling_placeholders(results),
+    }
+
+
+def scaling_placeholders(results: Results) -> dict[str, object]:
+    p, found = results.profile, results.scaling
+    one = next((r for r in found if series_of(1) in r.runs), None)
+    per_entry = "(not measured)"
+    if one is not None:
+        per_entry = f"{one.sample(series_of(1)).median * 1000 / one.n:.2f}"
+    return {
+        "scaling_n": p.scaling_n,
+        "scaling_shards": ", ".join(str(k) for k in p.scaling_shards),
+        "scaling_repetitions": p.scaling_repetitions,
+        "scaling_tables": scaling_tables(found),
+        "scaling_k": SCALING_TARGET_K,
+        "scaling_goal": f"{SCALING_TARGET_SPEEDUP:g}",
+        "scaling_ms_per_entry": per_entry,
+        "scaling_loop": LOOP_INTERVAL,
+        "scaling_lead": f"{LEAD:g}",
+        "scaling_stock_lock": STOCK_LOCK_TIMEOUT_SCALING,
+        "scaling_cluster_prefix": CLUSTER_PREFIX,
+        "cores": os.cpu_count(),
+        "retry_live": f"{DEFAULTS.retry_seconds * LIVE_AGE:g}",
     }
 
 

@@ -3,4 +3,5 @@
 * :mod:`testbed.redis_server` - a throwaway Redis-compatible server on 127.0.0.1
 * :mod:`testbed.beat` - real ``celery beat`` replicas of :mod:`testbed.beatapp`, and a
   broker-side view of the messages they sent
+* :mod:`testbed.cluster` - a throwaway Redis Cluster (3 primaries, 1 replica each)
 """

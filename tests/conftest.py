@@ -8,8 +8,8 @@ import pytest
 import redis
 
 from testbed.beat import BeatCluster
+from testbed.cluster import LocalCluster, unique_prefix
 from testbed.redis_server import RedisServer
-from tests.support.cluster import LocalCluster, unique_prefix
 
 # Logical databases handed out to tests; db 0 stays untouched.
 _DB_NUMBERS = itertools.cycle(range(1, 16))

@@ -25,7 +25,7 @@ import redis
 
 from safe_redbeat.dispatch import HEADER_ENTRY, HEADER_FENCE, HEADER_SCHEDULED
 from testbed.beat import BeatCluster, Message, QueueAuditor
-from tests.support.cluster import LocalCluster
+from testbed.cluster import LocalCluster
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.timeout(150)]
 

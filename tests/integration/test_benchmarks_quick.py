@@ -31,6 +31,7 @@ def test_tiny_run_prints_every_table_and_writes_docs(
         "Construct + first tick until the first dispatch",
         "Redis memory per entry after one run",
         "Loader reconcile against RedBeat's wipe-and-save",
+        "Sharded dispatch: N due at once, K shards on K beat replicas",
         "Targets",
     ):
         assert heading in out
@@ -54,7 +55,18 @@ def test_tiny_run_prints_every_table_and_writes_docs(
     }
     assert by_situation["nothing changed"][4:7] == ["0 / 0", "0", "0"]
     assert by_situation["1% changed"][4:6] == ["0 / 2", "2"]
+    # sharded dispatch: every message sent once, by the replicas of that row
+    for name, replicas in (("RedBeat", 1), ("safe_redbeat K=1", 1), ("safe_redbeat K=2", 2)):
+        row = next(line for line in lines if line.startswith(f"| {name} "))
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert cells[1] == str(replicas)
+        assert (
+            sorted(int(c) for c in cells[6].split(" / ")) == sorted([60 // replicas] * replicas)
+            or sum(int(c) for c in cells[6].split(" / ")) == 60
+        )
+    assert "sharded dispatch: K=2 on 2 replicas" in out
     md = (tmp_path / "benchmarks.md").read_text()
+    assert "## Scaling out\n" in md
     assert "python -m benchmarks --tiny --no-failover --write-docs" in md
     assert "## Reconcile\n" in md
     assert "pending the loader" not in md

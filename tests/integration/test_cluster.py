@@ -31,8 +31,8 @@ from safe_redbeat.keys import Keys
 from safe_redbeat.lease import Lease
 from safe_redbeat.scripts import Adopt, Registered, Scripts
 from testbed.beat import QueueAuditor
+from testbed.cluster import LocalCluster
 from tests.apps import loaders
-from tests.support.cluster import LocalCluster
 from tests.support.inprocess import FAST, FakeClock
 
 #: every Lua script the package ships

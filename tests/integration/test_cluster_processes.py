@@ -22,8 +22,8 @@ from testbed.beat import (
     Message,
     QueueAuditor,
 )
+from testbed.cluster import LocalCluster
 from tests.integration.test_cli import cli, cli_json
-from tests.support.cluster import LocalCluster
 from tests.support.inprocess import FAST
 
 pytestmark = pytest.mark.integration

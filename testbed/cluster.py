@@ -1,4 +1,4 @@
-"""A throwaway Redis Cluster for tests: 3 primaries with one replica each, on 127.0.0.1.
+"""A throwaway Redis Cluster (tests, benchmarks): 3 primaries with one replica each, on 127.0.0.1.
 
 Every node is the suite's server binary (``find_redis_server``) started with
 ``--cluster-enabled yes`` and its own config file; the cluster is formed from Python, the
