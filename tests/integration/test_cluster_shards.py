@@ -15,8 +15,8 @@ from safe_redbeat.keys import Keys
 from safe_redbeat.layout import Layout
 from safe_redbeat.reshard import reshard
 from testbed.beat import QueueAuditor
+from testbed.cluster import LocalCluster
 from tests.integration.test_cluster import cluster_app
-from tests.support.cluster import LocalCluster
 from tests.support.inprocess import FakeClock
 
 pytestmark = pytest.mark.integration
