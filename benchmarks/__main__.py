@@ -1,4 +1,5 @@
-"""``python -m benchmarks [--quick | --tiny] [--no-failover] [--no-scaling] [--write-docs]``.
+"""``python -m benchmarks [--quick | --tiny] [--no-failover] [--no-scaling] [--only NAME]
+[--write-docs]``.
 
 Exit status 1 means a benchmark is broken (it did not dispatch what it should, timed
 out, or crashed); a MISSed target is reported, never a failure.
@@ -23,6 +24,7 @@ from .profiles import FULL, QUICK, TINY, Profile
 from .report import Results, command_line, machine_info, text, write_docs
 
 DOCS_DIR = Path(__file__).resolve().parents[1] / "docs"
+BENCHMARKS = ("dispatch", "commands", "startup", "memory", "reconcile", "failover", "scaling")
 T = TypeVar("T")
 
 
@@ -43,12 +45,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--no-scaling", action="store_true", help="skip the sharded dispatch (beat replicas)"
     )
     parser.add_argument(
+        "--only",
+        action="append",
+        choices=BENCHMARKS,
+        help="run only this benchmark (repeatable; 'dispatch' includes its phase breakdown)",
+    )
+    parser.add_argument(
         "--write-docs", action="store_true", help="regenerate benchmarks.md and benchmarks.png"
     )
     parser.add_argument(
         "--docs-dir", type=Path, default=DOCS_DIR, help=f"where --write-docs writes ({DOCS_DIR})"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.only and args.write_docs:
+        parser.error("--write-docs needs every benchmark; leave out --only")
+    return args
 
 
 def step(name: str, func: Callable[[], T]) -> T:
@@ -59,36 +70,44 @@ def step(name: str, func: Callable[[], T]) -> T:
     return value
 
 
-def run(profile: Profile, command: str) -> Results:
+def run(profile: Profile, command: str, only: tuple[str, ...] = BENCHMARKS) -> Results:
     started = time.monotonic()
     p, timeout = profile, profile.run_timeout
     with closing(Env()) as env, tempfile.TemporaryDirectory(prefix="bench-beat-") as logdir:
         r = Results(profile=p, command=command, machine=machine_info(env.server_version()))
-        r.dispatch = step(
-            "dispatch cost", lambda: dispatch.run(env, p.dispatch_sizes, p.repetitions, timeout)
-        )
-        r.breakdown = step(
-            "dispatch phases", lambda: dispatch.breakdown(env, p.breakdown_n, timeout)
-        )
-        r.commands = step("commands per tick", lambda: commands.run(env, p.dispatch_sizes, timeout))
-        r.startup = step(
-            "start to first dispatch",
-            lambda: startup.run(env, p.startup_sizes, p.startup_repetitions, timeout),
-        )
-        r.memory = step(
-            "memory per entry",
-            lambda: memory.run(env, p.memory_entries, p.memory_interval, timeout),
-        )
-        r.reconcile = step(
-            "reconcile", lambda: reconcile.run(env, p.reconcile_sizes, p.reconcile_repetitions)
-        )
-        if p.failover:
+        if "dispatch" in only:
+            r.dispatch = step(
+                "dispatch cost",
+                lambda: dispatch.run(env, p.dispatch_sizes, p.repetitions, timeout),
+            )
+            r.breakdown = step(
+                "dispatch phases", lambda: dispatch.breakdown(env, p.breakdown_n, timeout)
+            )
+        if "commands" in only:
+            r.commands = step(
+                "commands per tick", lambda: commands.run(env, p.dispatch_sizes, timeout)
+            )
+        if "startup" in only:
+            r.startup = step(
+                "start to first dispatch",
+                lambda: startup.run(env, p.startup_sizes, p.startup_repetitions, timeout),
+            )
+        if "memory" in only:
+            r.memory = step(
+                "memory per entry",
+                lambda: memory.run(env, p.memory_entries, p.memory_interval, timeout),
+            )
+        if "reconcile" in only:
+            r.reconcile = step(
+                "reconcile", lambda: reconcile.run(env, p.reconcile_sizes, p.reconcile_repetitions)
+            )
+        if p.failover and "failover" in only:
             trials = (p.failover_sigkill, p.failover_sigterm, p.failover_lock_deleted)
             r.failover = step(
                 "failover",
                 lambda: failover.run(env, Path(logdir), *trials, p.failover_stock),
             )
-        if p.scaling_n:
+        if p.scaling_n and "scaling" in only:
             r.scaling = step(
                 "sharded dispatch",
                 lambda: scaling.run(
@@ -118,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     shown = [a for a in shown if not a.startswith("--docs-dir=")]
     try:
-        results = run(profile, command_line(shown))
+        results = run(profile, command_line(shown), tuple(args.only or BENCHMARKS))
     except Exception:
         traceback.print_exc()
         print("BROKEN: a benchmark failed (see above); targets are not evaluated", file=sys.stderr)

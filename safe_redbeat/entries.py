@@ -30,6 +30,7 @@ __all__ = [
     "decode_timestamp",
     "encode_definition",
     "encode_meta",
+    "encode_schedule",
     "meta_encoder",
     "next_score",
     "next_score_of",
@@ -41,7 +42,7 @@ NEVER = -1
 # One instance each: json.loads/dumps(cls=...) would build a new one per call, which
 # costs a few microseconds per entry on every tick. Both are stateless.
 _DECODER = RedBeatJSONDecoder()
-_META_ENCODER = RedBeatJSONEncoder(sort_keys=True)
+_ENCODER = RedBeatJSONEncoder(sort_keys=True)
 
 
 def _loads(raw: str | bytes) -> Any:
@@ -253,28 +254,41 @@ def encode_definition(
     kwargs: Mapping[str, Any] | None = None,
     options: Mapping[str, Any] | None = None,
     enabled: bool = True,
+    *,
+    schedule_json: str | None = None,
 ) -> str:
-    """RedBeat's ``definition`` JSON for an entry (sorted keys, so equal means equal)."""
-    definition = {
-        "name": name,
-        "task": task,
+    """RedBeat's ``definition`` JSON for an entry (sorted keys, so equal means equal).
+
+    ``schedule_json``: :func:`encode_schedule` of ``schedule``, when the caller has it
+    (a loader's rows share a few schedules).
+    """
+    head = {
         "args": list(args or ()),
-        "kwargs": dict(kwargs or {}),
-        "options": dict(options or {}),
-        "schedule": schedule,
         "enabled": bool(enabled),
+        "kwargs": dict(kwargs or {}),
+        "name": name,
+        "options": dict(options or {}),
     }
-    return json.dumps(definition, cls=RedBeatJSONEncoder, sort_keys=True)
+    if schedule_json is None:
+        schedule_json = encode_schedule(schedule)
+    # the object with its keys in sorted order: head's, then "schedule" and "task"
+    text = _ENCODER.encode(head)[:-1]
+    return f'{text}, "schedule": {schedule_json}, "task": {_ENCODER.encode(task)}}}'
+
+
+def encode_schedule(schedule: BaseSchedule) -> str:
+    """A schedule's RedBeat JSON, as :func:`encode_definition` writes it."""
+    return str(_ENCODER.encode(schedule))
 
 
 def encode_meta(last_run_at: datetime | None, total_run_count: int = 0) -> str:
     meta = {"last_run_at": last_run_at, "total_run_count": total_run_count}
-    return str(_META_ENCODER.encode(meta))
+    return str(_ENCODER.encode(meta))
 
 
 def meta_encoder(last_run_at: datetime) -> Callable[[int], str]:
     """``encode_meta(last_run_at, n)`` for many ``n``, encoding the datetime once."""
-    encoded = _META_ENCODER.encode(last_run_at)
+    encoded = _ENCODER.encode(last_run_at)
 
     def encode(total_run_count: int) -> str:
         return f'{{"last_run_at": {encoded}, "total_run_count": {int(total_run_count)}}}'

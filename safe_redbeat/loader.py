@@ -30,6 +30,7 @@ SPEC_FIELDS = frozenset({"name", "task", "schedule", "args", "kwargs", "options"
 LIFETIME_FIELDS = frozenset(
     {"start_time", "expires", "max_runs", "tz", "run_immediately", "at", "last_run_at"}
 )
+ITEM_FIELDS = SPEC_FIELDS | LIFETIME_FIELDS
 
 
 class LoaderError(Exception):
@@ -141,9 +142,8 @@ def parse_specs(items: Iterable[Any], *, reserved: Iterable[str] = ()) -> Load:
     seen: set[str] = set()
     reserved_names = set(reserved)
     for index, item in enumerate(items):
-        label = _label(item, index)
         try:
-            spec = _to_spec(item, label)
+            spec = _to_spec(item, index)
         except InvalidEntry as exc:
             load.errors.append(str(exc))
             continue
@@ -167,19 +167,22 @@ def _label(item: Any, index: int) -> str:
     return str(name) if name else f"#{index}"
 
 
-def _to_spec(item: Any, label: str) -> EntrySpec:
+def _to_spec(item: Any, index: int) -> EntrySpec:
     if isinstance(item, EntrySpec):
         return item.replace()  # validated: it may have been constructed field by field
     if not isinstance(item, Mapping):
         raise InvalidEntry(
-            label, "item", f"must be an EntrySpec or a mapping, got {type(item).__name__}"
+            _label(item, index),
+            "item",
+            f"must be an EntrySpec or a mapping, got {type(item).__name__}",
         )
-    unknown = set(item) - SPEC_FIELDS - LIFETIME_FIELDS
+    fields = item.keys()
+    unknown = fields - ITEM_FIELDS
     if unknown:
-        raise InvalidEntry(label, "item", f"unknown fields {sorted(unknown)}")
-    missing = {"name", "task", "at" if "at" in item else "schedule"} - set(item)
+        raise InvalidEntry(_label(item, index), "item", f"unknown fields {sorted(unknown)}")
+    missing = {"name", "task", "at" if "at" in item else "schedule"} - fields
     if missing:
-        raise InvalidEntry(label, "item", f"missing fields {sorted(missing)}")
+        raise InvalidEntry(_label(item, index), "item", f"missing fields {sorted(missing)}")
     return EntrySpec.build(
         name=item["name"],
         task=item["task"],
@@ -188,5 +191,5 @@ def _to_spec(item: Any, label: str) -> EntrySpec:
         kwargs=item.get("kwargs"),
         options=item.get("options"),
         enabled=item.get("enabled", True),
-        **{key: item[key] for key in LIFETIME_FIELDS if key in item},
+        **{key: item[key] for key in fields & LIFETIME_FIELDS},
     )

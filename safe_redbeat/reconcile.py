@@ -202,7 +202,8 @@ class Reconciler:
         """
         started = time.monotonic()
         result = ReconcileResult(self.source, errors=list(errors), dry_run=dry_run)
-        desired = {spec.name: spec.in_zone(self.app.timezone) for spec in specs}
+        zone = self.app.timezone
+        desired = {spec.name: spec.in_zone(zone) for spec in specs}
         result.complete = complete and not result.errors
         if versions is None:
             versions = self.snapshot() if result.complete else {}

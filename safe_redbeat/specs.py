@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
+from operator import attrgetter
 from typing import Any, Generic, TypeAlias, TypeVar, overload
 
 from celery.schedules import BaseSchedule, crontab, solar
@@ -22,7 +23,7 @@ from celery.schedules import schedule as interval
 from redbeat.decoder import RedBeatJSONDecoder, RedBeatJSONEncoder
 from redbeat.schedules import rrule
 
-from .entries import StoredEntry, encode_definition
+from .entries import StoredEntry, encode_definition, encode_schedule
 from .errors import InvalidEntry
 from .lifecycle import (
     ACTIVE,
@@ -137,9 +138,15 @@ def _from_json_form(key: str, value: Mapping[str, Any]) -> BaseSchedule:
 #: building a crontab costs ~0.2 ms. The cached objects are shared: never mutate them.
 _CONVERTED: dict[Hashable, BaseSchedule] = {}
 _CONVERTED_MAX = 4096
+#: The RedBeat JSON of each schedule in _CONVERTED, by id (the object itself is kept
+#: beside it, so an id is never taken for another object's)
+_ENCODED: dict[int, tuple[BaseSchedule, str]] = {}
 
 
 def _conversion_key(value: object) -> Hashable | None:
+    kind = type(value)
+    if kind is str or kind is int or kind is float:  # the usual: exact types first
+        return (kind.__name__, value)
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float | str | timedelta):
@@ -164,8 +171,16 @@ def to_schedule(value: ScheduleLike, key: str = "") -> BaseSchedule:
     if cache_key is not None:
         if len(_CONVERTED) >= _CONVERTED_MAX:
             _CONVERTED.clear()
+            _ENCODED.clear()
         _CONVERTED[cache_key] = result
+        _ENCODED[id(result)] = (result, encode_schedule(result))
     return result
+
+
+def _encoded_schedule(schedule: BaseSchedule) -> str | None:
+    """The RedBeat JSON of a schedule :func:`to_schedule` converted and shares, else None."""
+    known = _ENCODED.get(id(schedule))
+    return known[1] if known is not None and known[0] is schedule else None
 
 
 def _convert_schedule(value: ScheduleLike, key: str) -> BaseSchedule:
@@ -301,7 +316,9 @@ class EntrySpec:
         if not isinstance(task, str) or not task.strip():
             raise _invalid(name, "task", f"must be a non-empty task name, got {task!r}")
         converted = to_schedule(schedule if once is None else once, name)
-        if isinstance(args, str | bytes | Mapping) or not isinstance(args, Iterable):
+        if type(args) is not tuple and (
+            isinstance(args, str | bytes | Mapping) or not isinstance(args, Iterable)
+        ):
             raise _invalid(name, "args", f"must be a list or tuple, got {args!r}")
         args = tuple(args)
         check_json(name, "args", args)
@@ -354,16 +371,15 @@ class EntrySpec:
     @property
     def lifecycle(self) -> Lifecycle:
         """The lifetime fields as stored in the entry's ``lifecycle`` hash field."""
-        values = {name: getattr(self, name) for name in _LIFECYCLE_FIELDS}
+        values = _lifecycle_values(self)
         if values == _NO_LIFECYCLE_VALUES:  # most entries: no lifetime fields at all
             return _NO_LIFECYCLE
-        return Lifecycle(**values)
+        return Lifecycle(*values)
 
     def in_zone(self, default_tz: tzinfo) -> EntrySpec:
         """This spec with naive datetimes taken in ``default_tz`` (the app's timezone)."""
         changes: dict[str, Any] = {}
-        for name in ("start_time", "expires", "at", "last_run_at"):
-            value = getattr(self, name)
+        for name, value in zip(_DATETIME_FIELDS, _datetime_values(self), strict=True):
             if value is not None and value.tzinfo is None:
                 changes[name] = resolve_local(value, default_tz)
         if not changes:
@@ -380,6 +396,7 @@ class EntrySpec:
             self.kwargs,
             self.options,
             self.enabled,
+            schedule_json=_encoded_schedule(self.schedule),
         )
 
 
@@ -487,7 +504,11 @@ def info_from_stored(
 
 _NO_LIFECYCLE = Lifecycle()
 _LIFECYCLE_FIELDS = tuple(f.name for f in dataclasses.fields(Lifecycle))
-_NO_LIFECYCLE_VALUES = {name: getattr(_NO_LIFECYCLE, name) for name in _LIFECYCLE_FIELDS}
+_NO_LIFECYCLE_VALUES = tuple(getattr(_NO_LIFECYCLE, name) for name in _LIFECYCLE_FIELDS)
+#: an EntrySpec's lifetime fields, in Lifecycle's order (one C call per entry)
+_lifecycle_values = attrgetter(*_LIFECYCLE_FIELDS)
+_DATETIME_FIELDS = ("start_time", "expires", "at", "last_run_at")
+_datetime_values = attrgetter(*_DATETIME_FIELDS)
 
 
 def _fields(value: Any) -> dict[str, Any]:
@@ -506,14 +527,14 @@ def _once(name: str, at: datetime) -> BaseSchedule:
 def _mapping(name: str, part: str, value: Mapping[str, Any] | None) -> dict[str, Any]:
     if value is None:
         return {}
-    if not isinstance(value, Mapping):
+    if type(value) is not dict and not isinstance(value, Mapping):
         raise _invalid(name, part, f"must be a mapping, got {value!r}")
     return dict(value)
 
 
 def _check_lifecycle(spec: EntrySpec) -> None:
     name = spec.name
-    for part in ("start_time", "expires", "at", "last_run_at"):
+    for part in _DATETIME_FIELDS:
         value = getattr(spec, part)
         if value is not None and not isinstance(value, datetime):
             raise _invalid(name, part, f"must be a datetime or None, got {value!r}")

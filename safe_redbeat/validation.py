@@ -147,6 +147,8 @@ def _json_problem(value: Any, depth: int) -> tuple[str, str] | None:
 def check_options(key: str, options: Mapping[str, Any]) -> None:
     """``apply_async`` options Celery can send: plain JSON, ``headers`` a mapping, none of
     :data:`RESERVED_OPTIONS`."""
+    if not options:  # most entries: nothing to check
+        return
     check_json(key, "options", options)
     reserved = sorted(set(options) & RESERVED_OPTIONS)
     if reserved:

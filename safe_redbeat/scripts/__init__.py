@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from functools import cache
+from functools import cache, lru_cache
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
@@ -475,17 +475,26 @@ class Scripts:
 
     def versions(self, entry_keys: Sequence[str]) -> list[StoredVersion]:
         """The stored version of each entry, in order."""
-        reply = self.raw.versions(keys=list(entry_keys))
-        return [_stored_version(str(version)) for version in reply]
+        text, odd = self.raw.versions(keys=list(entry_keys))
+        stored = {int(i) - 1: str(raw) for i, raw in zip(odd[::2], odd[1::2], strict=True)}
+        return [
+            _stored_version(stored[i]) if token == "?" else _version_token(token)
+            for i, token in enumerate(str(text).split())
+        ]
 
     def diff(self, entry_keys: Sequence[str], digests: Sequence[str]) -> dict[int, StoredVersion]:
-        """Entries whose content differs from ``digests`` (see ``diff.lua``): 0-based
-        position in ``entry_keys`` -> the version stored now."""
-        reply = self.raw.diff(keys=list(entry_keys), args=list(digests))
+        """Entries whose content differs from ``digests`` (SHA1 hex, see ``diff.lua``):
+        0-based position in ``entry_keys`` -> the version stored now."""
+        if len(digests) != len(entry_keys) or any(len(d) != _SHA1_HEX for d in digests):
+            raise ValueError("diff needs one SHA1 hex digest (40 characters) per entry key")
+        reply = self.raw.diff(keys=list(entry_keys), args=["".join(digests)])
         return {
             int(position) - 1: _stored_version(str(version))
             for position, version in zip(reply[::2], reply[1::2], strict=True)
         }
+
+
+_SHA1_HEX = 40
 
 
 def _optional(number: int | None) -> str | int:
@@ -520,3 +529,8 @@ def _stored_version(text: str) -> StoredVersion:
         return StoredVersion(False, None, text)
     digits = text.isascii() and text.isdigit() and len(text) <= 15
     return StoredVersion(True, int(text) if digits else None, text)
+
+
+#: :func:`_stored_version` of a ``versions.lua`` token (at most 15 characters): a snapshot
+#: of many entries repeats a few versions
+_version_token = lru_cache(maxsize=1024)(_stored_version)

@@ -11,6 +11,8 @@ import redis
 from celery import Celery
 
 from safe_redbeat import SafeRedBeatScheduler, Schedule
+from safe_redbeat.loader import parse_specs
+from safe_redbeat.reconcile import Reconciler
 from safe_redbeat.writethrough import remove_after_commit, sync_once, upsert_after_commit
 from testbed.beat import QueueAuditor
 from tests.apps import loaders
@@ -242,3 +244,46 @@ def test_due_loaded_entries_are_dispatched(
     leader.tick()
     sent = QueueAuditor(redis_client).drain()
     assert sorted(m.headers["safe_redbeat_entry"] for m in sent) == ["a", "b"]
+
+
+#: ``version`` values another program may have stored, none of them a version
+ODD_VERSIONS = ["abc", "1 2", "", "-1", "7" * 16, "1.5", "\u0663", "x" * 10_000]
+
+
+def test_a_snapshot_leaves_alone_only_the_entries_whose_version_is_unreadable(
+    app: Celery, raw: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = [row("good1"), row("good2")]
+    odd = [row(f"odd{i}") for i in range(len(ODD_VERSIONS))]
+    with Schedule(app) as schedules:
+        reconciler = Reconciler(
+            schedules.client,
+            schedules.keys,
+            schedules.scripts,
+            app,
+            source="loader",
+            owned_key=schedules.keys.loaded,
+        )
+        reconciler.run(parse_specs([*good, *odd]).specs)
+        for i, version in enumerate(ODD_VERSIONS):
+            raw.hset(f"redbeat:odd{i}", "version", version.encode())
+        raw.hset("redbeat:good2", "version", b"007")
+        raw.delete("redbeat:odd0")
+        raw.set("redbeat:odd0", b"\xff not a hash")
+        raw.sadd("redbeat::loader", b"gone", b"odd-bytes")
+        raw.hset("redbeat:odd-bytes", mapping={"version": b"\xff\xfe", "definition": b"{}"})
+        before = {key: raw.dump(key) for key in raw.keys(b"redbeat:odd*")}
+        with caplog.at_level(logging.WARNING, logger="safe_redbeat.reconcile"):
+            versions = reconciler.snapshot()
+        assert versions == {"good1": 1, "good2": 7, "gone": 0}
+        unreadable = {"odd-bytes", *(f"odd{i}" for i in range(len(ODD_VERSIONS)))}
+        warned = [r.getMessage() for r in caplog.records if "unreadable version" in r.getMessage()]
+        assert len(warned) == len(unreadable)
+        assert {
+            name for name in unreadable for m in warned if f"entry {name!r} " in m
+        } == unreadable
+        # odd0's key holds a string now: not an entry a reconcile can write
+        desired = [row("good1", 30), good[1], *odd[1:]]
+        result = reconciler.run(parse_specs(desired).specs, versions=versions)
+    assert (result.updated, result.removed, result.errors) == (["good1"], ["gone"], [])
+    assert {key: raw.dump(key) for key in raw.keys(b"redbeat:odd*")} == before
