@@ -259,7 +259,7 @@ def test_a_snapshot_leaves_alone_only_the_entries_whose_version_is_unreadable(
         reconciler = Reconciler(
             schedules.client,
             schedules.keys,
-            schedules.scripts,
+            schedules.shelves()[0].scripts,
             app,
             source="loader",
             owned_key=schedules.keys.loaded,
