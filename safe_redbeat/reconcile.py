@@ -227,6 +227,13 @@ class Reconciler:
                 # changed, new, or unchanged but not yet owned by this source (the
                 # upsert then only records ownership)
                 current = differing.get(index)
+                if current is not None and not current.is_hash:
+                    result.errors.append(
+                        f"entry {spec.name!r}: its key {self.keys.entry(spec.name)!r} holds "
+                        "another Redis type, not an entry hash; left alone (delete that key "
+                        "and the next reconcile writes the entry)"
+                    )
+                    continue
                 expected: int | None = 0
                 if current is None:
                     expected = None  # unchanged content: take the version upsert.lua finds

@@ -470,7 +470,17 @@ class Schedule:
             pipe.time()
             pipe.hmget(place.key, "meta", "run_now", "state")
             pipe.zscore(place.shelf.keys.schedule, place.key)
-            (seconds, micros), (meta, run_now, recorded), score = pipe.execute()
+            (seconds, micros), fields, score = pipe.execute(raise_on_error=False)
+        if isinstance(fields, ResponseError):  # WRONGTYPE: a key that is not an entry
+            raise InvalidEntry(
+                place.key,
+                "key",
+                "holds another Redis type, not an entry hash; nothing was written (delete "
+                "that key first if it is not needed)",
+            )
+        if isinstance(score, ResponseError):
+            raise score
+        meta, run_now, recorded = fields
         now = datetime.fromtimestamp(seconds + micros / 1e6, tz=timezone.utc)
         return _State(
             now=now.astimezone(self.app.timezone),

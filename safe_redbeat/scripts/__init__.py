@@ -212,6 +212,8 @@ class StoredVersion:
     number: int | None
     #: the stored text, for messages
     raw: str
+    #: False if the key holds another type than a hash (not an entry; never written)
+    is_hash: bool = True
 
 
 @dataclass(frozen=True)
@@ -527,6 +529,8 @@ def _coded(codes: type[C], reply: Any) -> Coded[C]:
 def _stored_version(text: str) -> StoredVersion:
     if text == "-":
         return StoredVersion(False, None, text)
+    if text == "!":
+        return StoredVersion(True, None, text, is_hash=False)
     digits = text.isascii() and text.isdigit() and len(text) <= 15
     return StoredVersion(True, int(text) if digits else None, text)
 

@@ -8,20 +8,24 @@
 --
 -- return a flat array listing only the entries that differ, as pairs i, version: i is the
 --        1-based position in KEYS, version the entry's current `version` field as stored
---        ('0' without one), or '-' if the entry does not exist. An empty array means every
---        entry is unchanged.
+--        ('0' without one), '-' if the entry does not exist, or '!' if its key holds another
+--        type than a hash (not an entry: the caller leaves it alone). An empty array means
+--        every entry is unchanged.
 local digests = ARGV[1]
 if #digests ~= 40 * #KEYS then
     return redis.error_reply('diff.lua: ARGV[1] must hold 40 hex characters per key')
 end
 local out = {}
 for i = 1, #KEYS do
-    local current = redis.call('HMGET', KEYS[i], 'definition', 'version', 'lifecycle')
+    local current = redis.pcall('HMGET', KEYS[i], 'definition', 'version', 'lifecycle')
     local content = current[1]
     if content and current[3] and current[3] ~= '' then
         content = content .. '\n' .. current[3]
     end
-    if not current[1] then
+    if current.err then
+        out[#out + 1] = i
+        out[#out + 1] = '!'
+    elseif not current[1] then
         out[#out + 1] = i
         out[#out + 1] = '-'
     elseif redis.sha1hex(content) ~= string.sub(digests, 40 * i - 39, 40 * i) then

@@ -10,7 +10,7 @@ import pytest
 import redis
 from celery import Celery
 
-from safe_redbeat import SafeRedBeatScheduler, Schedule
+from safe_redbeat import InvalidEntry, SafeRedBeatScheduler, Schedule
 from safe_redbeat.loader import parse_specs
 from safe_redbeat.reconcile import Reconciler
 from safe_redbeat.writethrough import remove_after_commit, sync_once, upsert_after_commit
@@ -287,3 +287,30 @@ def test_a_snapshot_leaves_alone_only_the_entries_whose_version_is_unreadable(
         result = reconciler.run(parse_specs(desired).specs, versions=versions)
     assert (result.updated, result.removed, result.errors) == (["good1"], ["gone"], [])
     assert {key: raw.dump(key) for key in raw.keys(b"redbeat:odd*")} == before
+
+
+def test_a_row_whose_key_holds_another_type_is_reported_and_the_rest_is_written(
+    app: Celery, raw: redis.Redis
+) -> None:
+    raw.set("redbeat:squatter", b"someone else's string")
+    raw.rpush("redbeat:listed", b"x")
+    with Schedule(app) as schedules:
+        shelf = schedules.shelves()[0]
+        reconciler = Reconciler(
+            schedules.client,
+            shelf.keys,
+            shelf.scripts,
+            app,
+            source="loader",
+            owned_key=shelf.keys.loaded,
+        )
+        result = reconciler.run(parse_specs([row("a"), row("squatter"), row("listed")]).specs)
+        assert result.created == ["a"]
+        assert len(result.errors) == 2
+        assert "'redbeat:squatter' holds another Redis type" in result.errors[0]
+        assert raw.get("redbeat:squatter") == b"someone else's string"
+        assert raw.lrange("redbeat:listed", 0, -1) == [b"x"]
+        with pytest.raises(InvalidEntry, match="another Redis type") as error:
+            schedules.upsert("squatter", "noop", 60)
+        assert error.value.field == "key"
+        assert raw.get("redbeat:squatter") == b"someone else's string"
