@@ -465,12 +465,10 @@ def check_health(
     else:
         result["instance"] = name = instance or ctx.settings.instance_name
     status = read_heartbeat(ctx.client, ctx.keys, name)
-    if status is None:
-        result["reason"] = f"no heartbeat from {name} (not running, or silent for too long)"
+    tick = _heartbeat(result, name, status, limit)
+    if status is None or tick is None:
         return result
     role = status.heartbeat.role
-    result.update(role=role, age=round(status.age, 3))
-    tick = f"last tick {status.age:.1f}s ago (max {limit:g}s)"
     if status.age > limit:
         result["reason"] = f"{name} is stuck: {tick}"
     elif (cluster or leader) and role != "leader":
@@ -591,12 +589,10 @@ def _check_shard_leader(
     moving: str,
 ) -> dict[str, Any]:
     """``health --role leader`` of a sharded layout: ``name`` leads one shard or more."""
-    if status is None:
-        result["reason"] = f"no heartbeat from {name} (not running, or silent for too long)"
+    tick = _heartbeat(result, name, status, limit)
+    if status is None or tick is None:
         return result
     role = status.heartbeat.role
-    result.update(role=role, age=round(status.age, 3))
-    tick = f"last tick {status.age:.1f}s ago (max {limit:g}s)"
     held = [s["index"] for s in result["shards"] if s["leader"] == name]
     count = len(result["shards"])
     if status.age > limit:
@@ -608,6 +604,18 @@ def _check_shard_leader(
     else:
         result.update(healthy=True, reason=f"{name} leads shards {held} of {count}; {tick}")
     return result
+
+
+def _heartbeat(
+    result: dict[str, Any], name: str, status: ReplicaStatus | None, limit: float
+) -> str | None:
+    """Put ``name``'s heartbeat (role, age) in ``result``; the "last tick" text, or None
+    (and the reason in ``result``) if it has none."""
+    if status is None:
+        result["reason"] = f"no heartbeat from {name} (not running, or silent for too long)"
+        return None
+    result.update(role=status.heartbeat.role, age=round(status.age, 3))
+    return f"last tick {status.age:.1f}s ago (max {limit:g}s)"
 
 
 def cmd_health(ctx: Context, args: argparse.Namespace) -> int:
