@@ -89,16 +89,6 @@ class Leadership:
 
     # -- upkeep -------------------------------------------------------------------------
 
-    def lead(self) -> bool:
-        """Renew the lease when due if held, else take it if it is free (``on_elected``).
-
-        False: another replica leads (logged once per holder).
-        """
-        if self.lease.held:
-            self.renew_if_due()
-            return True
-        return self.try_acquire()
-
     def try_acquire(self) -> bool:
         """Take the lease if it is free, then run ``on_elected``; False if it is held."""
         lease = self.lease
