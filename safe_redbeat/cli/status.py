@@ -105,7 +105,7 @@ def _collect_sharded(ctx: Context, layout: Layout) -> dict[str, Any]:
     shards: list[dict[str, Any]] = []
     due: list[tuple[float, str, Keys]] = []
     for index, keys in enumerate(shard_keys):
-        lease, pttl, entries, retired, pending, dead, reconcile, first = replies[
+        lease, pttl, entries, unscheduled, pending, dead, reconcile, first = replies[
             8 * index : 8 * index + 8
         ]
         overdue = [now - score for _key, score in first[:1] if score <= now]
@@ -117,7 +117,7 @@ def _collect_sharded(ctx: Context, layout: Layout) -> dict[str, Any]:
                 "retired": lease is not None and str(lease).startswith(RETIRED),
                 "lease_ttl": round(pttl / 1000, 3) if lease is not None and pttl >= 0 else None,
                 "entries": int(entries),
-                "not_scheduled": int(retired),
+                "not_scheduled": int(unscheduled),
                 "pending": int(pending),
                 "dead": int(dead),
                 "lag": round(overdue[0], 3) if overdue else 0.0,
