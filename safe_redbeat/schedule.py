@@ -211,15 +211,14 @@ class Schedule:
         ``at`` passed more than ``safe_redbeat_catch_up_grace_seconds`` before the entry
         was written, it is not sent (it becomes ``expired``) unless ``run_immediately``.
         """
-        spec = EntrySpec.build(
+        spec = EntrySpec.once(
             name,
             task,
-            None,
+            at,
             args,
             kwargs,
             options,
-            enabled,
-            at=at,
+            enabled=enabled,
             run_immediately=run_immediately,
             tz=tz,
         )
