@@ -18,8 +18,8 @@ import kombu.serialization
 from .errors import InvalidEntry
 
 __all__ = [
-    "MAX_NAME_BYTES",
     "BROKER_INTERNAL_KEYS",
+    "MAX_NAME_BYTES",
     "RESERVED_OPTIONS",
     "check_json",
     "check_name",
