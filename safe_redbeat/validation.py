@@ -201,9 +201,9 @@ def _check_kombu_options(key: str, options: Mapping[str, Any]) -> None:
     compression = options.get("compression")
     if compression is not None:
         try:
-            kombu.compression.get_encoder(compression)
+            kombu.compression.get_encoder(compression)  # type: ignore[no-untyped-call,unused-ignore]
         except KeyError:
-            known = ", ".join(sorted(kombu.compression.encoders()))
+            known = ", ".join(sorted(kombu.compression.encoders()))  # type: ignore[no-untyped-call,unused-ignore]
             raise InvalidEntry(
                 key,
                 "options['compression']",
