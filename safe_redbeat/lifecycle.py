@@ -470,17 +470,16 @@ def first_slot(
 ) -> float | None:
     """:func:`slot_after` ``after``, but never before ``lifecycle.start_time``.
 
-    With a start time, an interval's first slot is the start time itself; a crontab's or
-    rrule's is its first matching time at or after it.
+    With a start time still ahead of ``after``, an interval's first slot is the start time
+    itself (however long the interval); a crontab's or rrule's is its first matching time
+    at or after it.
     """
-    slot = slot_after(schedule, after, now, zone)
     start = lifecycle.start_time
+    if start is not None and isinstance(schedule, interval) and after < start:
+        return start.timestamp()
+    slot = slot_after(schedule, after, now, zone)
     if slot is not None and start is not None and slot < start.timestamp():
-        if isinstance(schedule, interval):
-            base = start - schedule.run_every
-        else:
-            base = start - timedelta(seconds=1)
-        slot = slot_after(schedule, base, now, zone)
+        slot = slot_after(schedule, start - timedelta(seconds=1), now, zone)
     return slot
 
 
