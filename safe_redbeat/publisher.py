@@ -19,12 +19,15 @@ Every failure is put down either to the broker or to one message:
   reported in ``SendReport.failed`` with its error and the others go on; the caller counts
   the attempt on its pending record.
 
-A broker batch that fails on one message's key has run the other messages' commands too
-(a Redis pipeline is not a transaction), but kombu cannot tell which: the chunk is then
-sent again message by message, so each message's own result is known. Messages of that
-chunk that had gone out are sent a second time, with the same task ids. An entry whose
-message failed on its own is sent by itself from then on, until one of its messages goes
-out, so a poisoned queue costs one such re-send, not one per batch.
+A broker batch on Redis is one pipeline, not a transaction: a command that fails on its
+key (WRONGTYPE) fails alone and the others run. kombu raises for the whole batch, so on
+kombu's Redis transport the batch is flushed here instead, with each command's reply kept,
+and each message's outcome read from the replies of its own commands (the commands kombu
+added while it was published). Only where that is not possible (another transport, a
+kombu that keeps its batch elsewhere) is a batch that failed on a message sent again
+message by message, so each message's own result is known; messages of that batch that
+had gone out are then sent a second time, with the same task ids. An entry whose message
+failed on its own is sent by itself from then on, until one of its messages goes out.
 """
 
 from __future__ import annotations
@@ -192,7 +195,7 @@ class Publisher:
             return []
         try:
             with self._batch(len(chunk)):
-                return self._send_one_by_one(chunk, fence, keep_leading)
+                return self._send_batched(chunk, fence, keep_leading)
         except (LeaseLost, BrokerDown):
             raise
         except Exception as exc:  # the batch's flush failed
@@ -205,6 +208,42 @@ class Publisher:
                 _one_line(exc),
             )
             return self._send_one_by_one(chunk, fence, keep_leading)
+
+    def _send_batched(
+        self, chunk: Sequence[Occurrence], fence: int, keep_leading: Callable[[], None]
+    ) -> list[tuple[Occurrence, str]]:
+        """Publish into the open batch; flush it here, reading each message's replies,
+        where the batch is a Redis pipeline."""
+        failed: list[tuple[Occurrence, str]] = []
+        spans: list[tuple[Occurrence, int, int]] = []
+        pipeline: Any = None
+        for occurrence in chunk:
+            keep_leading()
+            before = len(pipeline.command_stack) if pipeline is not None else 0
+            error = self._apply(occurrence, fence)
+            if pipeline is None:
+                pipeline = _batch_pipeline(self._producer())
+                before = 0
+            if error is not None:
+                failed.append((occurrence, error))
+            elif pipeline is not None:
+                spans.append((occurrence, before, len(pipeline.command_stack)))
+        if pipeline is None or not spans:
+            return failed  # the batch flushes when its block ends
+        try:
+            replies = pipeline.execute(raise_on_error=False)
+        except Exception as exc:  # no reply at all: the broker's connection
+            if broker_fault(exc, self._broker_answers):
+                raise BrokerDown(_one_line(exc)) from exc
+            raise
+        refusals = [r for r in replies if isinstance(r, Exception)]
+        if any(broker_fault(r, self._broker_answers) for r in refusals):
+            raise BrokerDown(_one_line(refusals[0])) from refusals[0]
+        for occurrence, start, end in spans:
+            refused = next((r for r in replies[start:end] if isinstance(r, Exception)), None)
+            if refused is not None:
+                failed.append((occurrence, _one_line(refused)))
+        return failed
 
     def _send_one_by_one(
         self, chunk: Sequence[Occurrence], fence: int, keep_leading: Callable[[], None]
@@ -276,6 +315,18 @@ class Publisher:
             return self.app.send_task(name, args, kwargs, **options)
 
         return send
+
+
+def _batch_pipeline(producer: Any) -> Any:
+    """The Redis pipeline of the producer's open kombu batch, or None (not kombu's Redis
+    transport, or a kombu that keeps it elsewhere)."""
+    state = getattr(getattr(producer, "_batch_local", None), "current", None)
+    pipeline = getattr(getattr(state, "session", None), "pipeline", None)
+    if isinstance(getattr(pipeline, "command_stack", None), list) and callable(
+        getattr(pipeline, "execute", None)
+    ):
+        return pipeline
+    return None
 
 
 def _one_line(exc: BaseException) -> str:

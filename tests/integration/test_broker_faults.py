@@ -195,9 +195,8 @@ def test_a_batch_failing_on_one_queue_still_delivers_the_others(
         assert len(runs) >= 4, f"good-{index} ran {len(runs)} times in 6 s beside the bad queue"
     copies = Counter(m.task_id for m in good)
     resent = {task_id: n for task_id, n in copies.items() if n > 1}
-    # one batch may be re-sent message by message once (same ids), never every period
-    assert len(resent) <= 5, f"{len(resent)} task ids sent more than once: {resent}"
-    assert max(copies.values()) <= 2
+    # Redis ran the others' LPUSHes: each message's outcome is read from its own replies
+    assert not resent, f"{len(resent)} task ids sent more than once: {resent}"
     assert redis_client.hlen(KEYS.dead) >= 1, "the refused message was never dead-lettered"
 
 
