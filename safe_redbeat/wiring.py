@@ -151,4 +151,5 @@ def seeder(shard: Shard) -> Seeder:
         loader_slot=scheduler._loader_slot,
         shard=shard.index,
         shards=scheduler.layout.shards,
+        owned_keys=tuple(keys.loaded for keys in scheduler.layout.all_keys()),
     )
