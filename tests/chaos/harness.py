@@ -605,7 +605,8 @@ def broker_scenario(*faults: str, **overrides: Any) -> ChaosConfig:
     """The broker run (tests/chaos/test_broker_faults.py): 2 replicas, ~50 entries every
     1-5 s and the refused entry, the broker on a server of its own; each of ``faults``
     (default: every broker fault) once. Broker away for 8-10 s (stop) or lease + 0.5-1.5 s
-    (pause); one entry's queue refused until it has a dead letter (3 attempts)."""
+    (pause); one entry's queue refused for 6 s, longer (12 s at most) until the entry has a
+    dead letter (3 attempts)."""
     settings: dict[str, Any] = {
         "own_broker": True,
         "replicas": 2,
@@ -620,7 +621,7 @@ def broker_scenario(*faults: str, **overrides: Any) -> ChaosConfig:
         "gap": (0.3, 1.0),
         "final_quiet": 4.0,
         "broker_down": (8.0, 10.0),
-        "refuse_min": 3.0,
+        "refuse_min": 6.0,
         "refuse_max": 12.0,
         "publish_attempts": 3,
     }

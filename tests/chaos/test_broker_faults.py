@@ -112,8 +112,8 @@ def test_a_broker_frozen_past_the_lease_loses_nothing_and_doubles_nothing(
 def test_a_message_the_broker_refuses_is_dead_lettered_and_the_others_run_on_time(
     tmp_path: Path,
 ) -> None:
-    """One entry's queue key holds a SET (LPUSH answers WRONGTYPE) until that entry has a
-    dead letter (at most 12 s). The failure counts against that message only: its pending
+    """One entry's queue key holds a SET (LPUSH answers WRONGTYPE) for 6 s, longer until
+    that entry has a dead letter (at most 12 s). The failure counts against that message only: its pending
     record's attempts, then a dead letter after ``safe_redbeat_publish_attempts`` (3 here);
     the rest of each batch is acknowledged and every other entry runs on time (missing
     and late are checked for them as if there were no fault); nothing is re-sent over and
