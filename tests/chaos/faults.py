@@ -368,8 +368,9 @@ def broker_stop(h: Harness) -> FaultRecord:
 
 
 def broker_pause(h: Harness) -> FaultRecord:
-    """Freeze the broker (SIGSTOP) for longer than the lease, then SIGCONT: the leader's
-    publish hangs, its renew deadline passes, a standby takes over and republishes."""
+    """Freeze the broker (SIGSTOP) for longer than the lease, then SIGCONT: a publish hangs
+    (kombu's Redis transport has no socket timeout by default), the leader's renew deadline
+    passes, a standby may take over and republish; both go on when the broker does."""
     seconds = h.config.lease + h.rng.uniform(0.5, 1.5)
     holder = current_holder(h.admin, h.lease_key)
     mid_second()

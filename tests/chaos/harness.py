@@ -131,7 +131,7 @@ class ChaosConfig:
     broker_down: tuple[float, float] = (8.0, 12.0)
     #: broker-refuse-one: the refused entry's queue holds a SET at least ``refuse_min``
     #: seconds, until the entry has a dead letter, at most ``refuse_max`` seconds
-    refuse_min: float = 3.0
+    refuse_min: float = 6.0
     refuse_max: float = 15.0
     #: ``safe_redbeat_publish_attempts`` (None: the library's default)
     publish_attempts: int | None = None
@@ -621,7 +621,6 @@ def broker_scenario(*faults: str, **overrides: Any) -> ChaosConfig:
         "gap": (0.3, 1.0),
         "final_quiet": 4.0,
         "broker_down": (8.0, 10.0),
-        "refuse_min": 6.0,
         "refuse_max": 12.0,
         "publish_attempts": 3,
     }

@@ -113,11 +113,11 @@ def test_a_message_the_broker_refuses_is_dead_lettered_and_the_others_run_on_tim
     tmp_path: Path,
 ) -> None:
     """One entry's queue key holds a SET (LPUSH answers WRONGTYPE) for 6 s, longer until
-    that entry has a dead letter (at most 12 s). The failure counts against that message only: its pending
-    record's attempts, then a dead letter after ``safe_redbeat_publish_attempts`` (3 here);
-    the rest of each batch is acknowledged and every other entry runs on time (missing
-    and late are checked for them as if there were no fault); nothing is re-sent over and
-    over."""
+    that entry has a dead letter (at most 12 s). The failure counts against that message
+    only: its pending record's attempts, then a dead letter after
+    ``safe_redbeat_publish_attempts`` (3 here); the rest of each batch is acknowledged and
+    every other entry runs on time (missing and late are checked for them as if there were
+    no fault); nothing is re-sent over and over."""
     report, _data, text = broker_run(tmp_path, BROKER_REFUSE_ONE)
     assert_survived(report, text)
     assert_rules(report, ("late", "no dead letter", *NEVER), text)
