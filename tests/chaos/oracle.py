@@ -54,15 +54,19 @@ The broker faults (``BROKER_FAULTS``; the broker on a server of its own) add:
   scheduled time, whatever its task ids or copies) that were sent and
 
   (a) are scheduled inside the outage, ``started <= scheduled <= recovered``, or
-  (b) were held back by it: scheduled before ``started``, first seen in the broker after
-      ``started`` and no later than the end of the fault's failover window (a message
-      the broker had accepted before it went away counts as seen then: broker-stop reads
-      the stopped broker's data before any replica can reach it again).
+  (b) were released by it: scheduled before ``started``, with a copy that reached the
+      broker after ``started`` and no later than the end of the fault's failover window.
+      That is an occurrence held back by the outage, or one the broker had taken just
+      before it went away whose acknowledgement failed, republished afterwards under its
+      task id (a message the broker had accepted before it went away counts as arriving
+      then: broker-stop reads the stopped broker's data before any replica can reach it).
 
   The rule is **at most one run per entry per outage**: the occurrence that was pending
   when the broker went away, republished with its task id, or else the entry's one
   catch-up run of what it missed, never one run per missed period. An entry whose period
-  is longer than the outage may have none.
+  is longer than the outage may have none; an entry with a slot inside the outage (a
+  whole period plus a second before ``recovered``) must have one (*no catch-up*
+  otherwise).
 * *Piled-up pending*: an entry with more than one pending record just before the broker
   came back: the leader went on claiming while the broker refused.
 * *Lost*: a pending record read during a broker fault (just before the broker came back,
@@ -822,9 +826,13 @@ def _check_broker(
     for (name, scheduled), copies in by_occurrence.items():
         per_entry[name].append((scheduled, copies[0].arrived, copies))
     by_scheduled = {name: sorted(o, key=lambda x: x[0]) for name, o in per_entry.items()}
-    by_arrival = {name: sorted(o, key=lambda x: x[1]) for name, o in per_entry.items()}
+    # every copy of every occurrence, by arrival: (arrival, the occurrence)
+    copies_of: dict[str, list[tuple[float, _Occ]]] = {
+        name: sorted(((c.arrived, occ) for occ in o for c in occ[2]), key=lambda x: x[0])
+        for name, o in per_entry.items()
+    }
     scheduled_keys = {name: [x[0] for x in o] for name, o in by_scheduled.items()}
-    arrival_keys = {name: [x[1] for x in o] for name, o in by_arrival.items()}
+    arrival_keys = {name: [x[0] for x in o] for name, o in copies_of.items()}
     faults = sorted(data.faults, key=lambda f: f.started)
 
     for fault in faults:
@@ -844,11 +852,11 @@ def _check_broker(
             for occ in occurrences[bisect.bisect_left(keys, lo) : bisect.bisect_right(keys, hi)]:
                 runs[occ[0]] = occ  # (a) scheduled inside the outage
             arrivals = arrival_keys.get(name, [])
-            for occ in by_arrival.get(name, [])[bisect.bisect_right(arrivals, lo) :]:
-                if occ[1] > window_end:
+            for arrived, occ in copies_of.get(name, [])[bisect.bisect_right(arrivals, lo) :]:
+                if arrived > window_end:
                     break
                 if occ[0] < lo:
-                    runs[occ[0]] = occ  # (b) held back by it
+                    runs[occ[0]] = occ  # (b) released by it
             report.outage_pairs += 1
             most = max(most, len(runs))
             report.outage_runs_max = max(report.outage_runs_max, len(runs))

@@ -300,6 +300,24 @@ def test_the_pending_occurrence_released_after_the_outage_is_its_one_run() -> No
     assert broker_problems(report) == []
 
 
+def test_a_message_taken_before_the_stop_and_republished_after_it_is_the_outages_run() -> None:
+    """The broker took +18 just before it went away (seen at the stop, +20), but the ack
+    failed: the record is republished at +31 under the same task id, and that is e's run
+    for the outage (its slots of the outage coalesced away). A catch-up run as well would
+    make two."""
+    spec = {"e": WorkloadEntry("e", "interval", 2.0, "static")}
+    before = [*(sent("e", t, t + 0.3) for t in every(2, T0, T0 + 18)), sent("e", T0 + 18, T0 + 20)]
+    after = [sent("e", t, t + 0.3) for t in every(2, T0 + 33, T0 + 60)]
+    again = sent("e", T0 + 18, T0 + 31)
+    report = analyze(run([*before, again, *after], specs=spec, faults=[outage(T0 + 20, T0 + 30)]))
+    assert (report.outage_runs_max, report.outage_skipped, report.dup_same_id) == (1, [], 1)
+    catch_up = sent("e", T0 + 22, T0 + 31.1)
+    report = analyze(
+        run([*before, again, catch_up, *after], specs=spec, faults=[outage(T0 + 20, T0 + 30)])
+    )
+    assert report.outage_runs_max == 2
+
+
 def test_an_entry_due_during_an_outage_that_never_runs_for_it_has_no_catch_up() -> None:
     spec = {"e": WorkloadEntry("e", "interval", 2.0, "static")}
     messages = [sent("e", t, t + 0.3) for t in every(2, T0, T0 + 20)]
