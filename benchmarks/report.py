@@ -322,9 +322,7 @@ def startup_table(results: list[StartupResult]) -> str:
 def schedules_table(results: list[ScheduleResult]) -> str:
     rows = []
     for r in results:
-        stock = (
-            f"> {r.limit * 1000:g} (stopped)" if r.stock is None else f"{r.stock * 1000:.3f}"
-        )
+        stock = f"> {r.limit * 1000:g} (stopped)" if r.stock is None else f"{r.stock * 1000:.3f}"
         ratio = "-" if r.stock is None else f"{r.stock / r.safe_sample().median:.0f}"
         rows.append([r.name, stock, r.safe_sample().fmt(4, 1000), ratio])
     return table(

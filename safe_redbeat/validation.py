@@ -30,6 +30,7 @@ __all__ = [
 #: Longest entry name, in UTF-8 bytes (it is part of a Redis key and of every log line).
 MAX_NAME_BYTES = 512
 
+
 _MAX_JSON_DEPTH = 64
 
 #: ``apply_async`` arguments beat sets itself or that cannot come from stored JSON: a
@@ -102,6 +103,14 @@ def check_name(name: object) -> str:
             "name",
             "must not start with ':' (it would collide with internal keys such as "
             "<prefix>:schedule, <prefix>:lock and <prefix>:pending)",
+        )
+    if "::" in name:
+        raise InvalidEntry(
+            name,
+            "name",
+            "must not contain '::', RedBeat's separator of internal keys: on a Redis shared "
+            "by several apps such a name could be another app's internal key (app 'app:' "
+            "with the name 'x::schedule' is the schedule of app 'app:x:')",
         )
     return name
 
