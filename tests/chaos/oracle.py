@@ -463,7 +463,8 @@ def analyze(data: RunData, settings: OracleSettings | None = None) -> Report:
         record = fault.to_dict()
         record["failover_seconds"] = None if failover is None else round(failover, 3)
         record["window_end"] = round(attribution.window(fault)[1], 3)
-        if data.lease_samples:
+        if data.lease_samples and fault.kind not in BROKER_FAULTS:
+            # a broker fault hits no leader: nothing has to be led again after it
             record["led_again_seconds"] = {
                 s: _led_again(data.lease_samples, s, fault.started, outages) for s in hit
             }

@@ -231,6 +231,14 @@ def test_a_shard_may_miss_occurrences_only_while_it_had_no_live_leader() -> None
     assert shard_problems(report) == []
 
 
+def test_a_broker_fault_asks_no_shard_to_be_led_again() -> None:
+    data, _in0, _in1 = _sharded_run(retaken_at=T0 + 23.5)
+    data.faults.append(outage(T0 + 40, T0 + 45))
+    report = analyze(data)
+    assert "led_again_seconds" not in report.faults[-1]
+    assert shard_problems(report) == []
+
+
 def test_a_shard_leaderless_longer_than_the_allowance_is_a_problem_named_by_shard() -> None:
     data, _in0, in1 = _sharded_run(retaken_at=T0 + 30)
     report = analyze(data)
