@@ -10,6 +10,12 @@ different task id.
 sentinels; the broker stays a plain server) and adds the sentinel-failover fault; the
 faults that restart or pause "the" Redis are left out.
 
+``--broker`` puts the Celery broker on a Redis server of its own and adds the broker
+faults (broker-stop, broker-pause, broker-refuse-one) to the others; the run also fails if
+an entry ran more than once for one broker outage, a pending record was lost, a message was
+sent more than twice, another entry was late while one entry's messages were refused, or
+a dead letter has no refused queue to explain it.
+
 ``--shards K`` runs a sharded schedule (3 replicas share K shards; ``--shards 6
 --each-once`` is tests/chaos/test_shard_chaos.py): the faults hit replicas leading some
 shards, and one shard's lease key; the run also fails if a shard had no live leader for
@@ -26,8 +32,8 @@ from pathlib import Path
 
 from tests.chaos.docs import DOC_PATH, write_results
 from tests.chaos.harness import ChaosConfig, run_chaos, sharded_scenario
-from tests.chaos.model import FAULT_KINDS, SENTINEL_MODE_FAULTS, SHARD_MODE_FAULTS
-from tests.chaos.oracle import markdown_table, shard_problems
+from tests.chaos.model import BROKER_FAULTS, FAULT_KINDS, SENTINEL_MODE_FAULTS, SHARD_MODE_FAULTS
+from tests.chaos.oracle import broker_problems, broker_table, markdown_table, shard_problems
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sentinel", action="store_true", help="the schedule behind Sentinel, with failovers"
     )
+    parser.add_argument(
+        "--broker",
+        action="store_true",
+        help=f"the broker on a server of its own, with {', '.join(BROKER_FAULTS)}",
+    )
     parser.add_argument("--each-once", action="store_true", help="one fault of each kind")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     parser.add_argument("--write-docs", action="store_true", help=f"update {DOC_PATH}")
@@ -71,10 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     if sharded and (args.sentinel or args.write_docs):
         parser.error("--shards does not go with --sentinel or --write-docs")
     known = SHARD_MODE_FAULTS if sharded else SENTINEL_MODE_FAULTS if args.sentinel else FAULT_KINDS
+    if args.broker:
+        known = (*known, *BROKER_FAULTS)
     faults = tuple(f.strip() for f in (args.faults or ",".join(known)).split(",") if f.strip())
     unknown = set(faults) - set(known)
     if unknown:
         mode = " with --sentinel" if args.sentinel else " with --shards" if sharded else ""
+        if unknown & set(BROKER_FAULTS):
+            mode += " (broker faults need --broker)"
         parser.error(f"unknown fault kinds{mode}: {', '.join(sorted(unknown))}")
     if args.sentinel and args.write_docs:
         parser.error("--write-docs regenerates the default run's results, not --sentinel's")
@@ -104,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         "faults": faults,
         "each_once": args.each_once,
         "keep_workdir": args.keep,
+        "own_broker": args.broker,
     }
     if sharded:
         config = sharded_scenario(args.shards, **common, **sizes)
@@ -117,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     report, data, workdir = run_chaos(config)
     elapsed = time.monotonic() - started
     print(markdown_table(report))
+    if args.broker:
+        print(broker_table(report))
     print(report.summary())
     print(f"wall time {elapsed:.0f}s, seed {seed}, workdir {workdir}")
     result = report.to_dict()
@@ -133,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     bad = bool(
         report.crashes or report.missing or report.dup_different_id or report.early_unexplained
     )
+    if args.broker:
+        for problem in broker_problems(report):
+            print(f"broker: {problem}")
+        bad = bad or bool(broker_problems(report))
     if sharded:
         problems = shard_problems(report)
         for problem in problems:
@@ -145,6 +167,8 @@ def _command(args: argparse.Namespace, seed: int) -> str:
     parts = ["python -m tests.chaos", f"--duration {args.duration:g}", f"--seed {seed}"]
     if args.replicas != 3:
         parts.append(f"--replicas {args.replicas}")
+    if args.broker:
+        parts.append("--broker")
     parts.append("--write-docs")
     return " ".join(parts)
 

@@ -17,7 +17,7 @@ import redis
 
 from safe_redbeat.dispatch import HEADER_ENTRY, HEADER_FENCE, HEADER_SCHEDULED
 from safe_redbeat.lease import Holder, parse_token
-from testbed.beat import REPO_ROOT, BeatProcess, Message, QueueAuditor
+from testbed.beat import PRIORITY_SEP, REPO_ROOT, BeatProcess, Message
 from tests.chaos.model import LeaseSample, ReplicaExit, Sent
 from tests.support import KEYS
 
@@ -326,19 +326,65 @@ def to_sent(message: Message) -> Sent:
     )
 
 
+#: Takes every message of the lists in KEYS at once (LPUSH on publish: the oldest is last).
+#: KEYS - queue lists; return one array per key, empty for a key that is absent or holds
+#: another type (that key is left alone: the broker-refuse-one fault put it there).
+DRAIN_SCRIPT = """
+local taken = {}
+for i, key in ipairs(KEYS) do
+    if redis.call('TYPE', key)['ok'] == 'list' then
+        taken[i] = redis.call('LRANGE', key, 0, -1)
+        redis.call('DEL', key)
+    else
+        taken[i] = {}
+    end
+end
+return taken
+"""
+
+#: Puts a SET where a queue list was, so that LPUSH to it fails with WRONGTYPE.
+#: KEYS[1] - the queue list; ARGV[1] - the set's member; return the list's messages
+#: (taken, as the drain takes them).
+REFUSE_SCRIPT = """
+local taken = {}
+if redis.call('TYPE', KEYS[1])['ok'] == 'list' then
+    taken = redis.call('LRANGE', KEYS[1], 0, -1)
+end
+redis.call('DEL', KEYS[1])
+redis.call('SADD', KEYS[1], ARGV[1])
+return taken
+"""
+
+#: Undoes REFUSE_SCRIPT. KEYS[1] - the queue; return 1 if a SET was removed, else 0.
+RESTORE_SCRIPT = """
+if redis.call('TYPE', KEYS[1])['ok'] == 'set' then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def queue_lists(queue: str) -> list[str]:
+    """The Redis lists kombu's transport keeps ``queue`` in (one per priority step)."""
+    return [queue] + [f"{queue}{PRIORITY_SEP}{step}" for step in range(1, 10)]
+
+
 class AuditorThread:
-    """Drains the broker queue every ``interval`` seconds into compact ``Sent`` records.
+    """Drains the broker queues every ``interval`` seconds into compact ``Sent`` records.
 
     Faults that cut connections or stop Redis run inside :meth:`hold`, so no drain is in
     flight when its reply could be lost (the auditor itself must not lose messages).
     """
 
-    def __init__(self, host: str, port: int, *, db: int = 0, interval: float = 0.05) -> None:
+    def __init__(
+        self, host: str, port: int, *, db: int = 0, interval: float = 0.05,
+        queues: Sequence[str] = ("celery",),
+    ) -> None:  # fmt: skip
         self.client = redis.Redis(
             host=host, port=port, db=db, decode_responses=True, socket_timeout=3,
             socket_connect_timeout=1,
         )  # fmt: skip
-        self.auditor = QueueAuditor(self.client)
+        self.lists = [name for queue in queues for name in queue_lists(queue)]
         self.interval = interval
         self.sent: list[Sent] = []
         self.errors = 0
@@ -352,13 +398,40 @@ class AuditorThread:
 
     def drain(self) -> int:
         try:
-            new = self.auditor.drain()
+            return self.drain_from(self.client)
         except redis.RedisError:
             self.errors += 1
             return 0
-        self.auditor.messages.clear()
+
+    def drain_from(self, client: redis.Redis, *, at: float | None = None) -> int:
+        """Take every queued message of ``client``'s server; ``at``: when they arrived
+        (default: now). Call it inside :meth:`hold` for another client."""
+        taken = client.eval(DRAIN_SCRIPT, len(self.lists), *self.lists)
+        return self._record(list(zip(self.lists, taken, strict=True)), at)
+
+    def _record(self, taken: list[tuple[str, list[str]]], at: float | None) -> int:
+        arrived = time.time() if at is None else at
+        new = [
+            Message.parse(raw, arrived, name) for name, items in taken for raw in reversed(items)
+        ]
         self.sent.extend(to_sent(m) for m in new)
         return len(new)
+
+    def refuse(self, queue: str, member: str = "chaos-refused") -> float:
+        """Put a SET where ``queue``'s list is (its messages are taken first, in the same
+        step); LPUSH to it fails from then on. The time it happened."""
+        with self._lock:
+            self.drain()
+            taken = self.client.eval(REFUSE_SCRIPT, 1, queue, member)
+            at = time.time()
+            self._record([(queue, list(taken))], at)
+            return at
+
+    def restore(self, queue: str) -> float:
+        """Remove the SET :meth:`refuse` put there; the time it happened."""
+        with self._lock:
+            self.client.eval(RESTORE_SCRIPT, 1, queue)
+            return time.time()
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -11,8 +11,17 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from safe_redbeat.lease import parse_token
-from testbed.redis_server import HOST
-from tests.chaos.model import SENTINEL_FAILOVER, FaultRecord
+from testbed.redis_server import HOST, RedisServer
+from tests.chaos.cluster import current_holder
+from tests.chaos.model import (
+    BROKER_PAUSE,
+    BROKER_REFUSE_ONE,
+    BROKER_STOP,
+    SENTINEL_FAILOVER,
+    FaultRecord,
+    Outboxed,
+)
+from tests.chaos.workload import REFUSED_ENTRY, REFUSED_QUEUE
 from tests.support import KEYS
 
 if TYPE_CHECKING:
@@ -288,6 +297,148 @@ def sentinel_failover(h: Harness) -> FaultRecord:
     )
 
 
+# -- the broker ---------------------------------------------------------------------------
+
+
+def mid_second() -> None:
+    """Sleep until the middle of a wall-clock second. Entries are due on whole seconds and
+    the leader publishes right after them, so a broker fault then does not fall between a
+    publish and the auditor's last look at the queue."""
+    time.sleep((0.5 - time.time()) % 1.0)
+
+
+def _pending_details(pending: list[Outboxed]) -> dict[str, Any]:
+    per_entry: dict[str | None, int] = {}
+    for record in pending:
+        per_entry[record.entry] = per_entry.get(record.entry, 0) + 1
+    return {
+        "pending_at_recovery": len(pending),
+        "most_pending_of_one_entry": max(per_entry.values(), default=0),
+    }
+
+
+def _checkout(h: Harness, at: float) -> int:
+    """Start the stopped broker's data on a side port, take the messages it holds into the
+    auditor as arrived ``at``, stop it again. No replica can reach that port, so these are
+    exactly the messages the broker had accepted when it went away."""
+    side = RedisServer(appendonly=True, workdir=h.broker_server.workdir)
+    side.start()
+    try:
+        client = side.client()
+        try:
+            return h.auditor.drain_from(client, at=at)
+        finally:
+            client.close()
+    finally:
+        side.stop()
+
+
+def broker_stop(h: Harness) -> FaultRecord:
+    """Take the broker away (SIGKILL and SIGTERM in turn) for ``broker_down`` seconds, then
+    start it again on its port with its data (AOF, ``appendfsync always``)."""
+    count = sum(1 for fault in h.faults if fault.kind == BROKER_STOP)
+    how = "SIGKILL" if count % 2 == 0 else "SIGTERM"
+    down_for = h.rng.uniform(*h.config.broker_down)
+    holder = current_holder(h.admin, h.lease_key)
+    with h.auditor.hold():
+        started = time.time()
+        if how == "SIGKILL":
+            h.broker_server.kill()
+        else:
+            h.broker_server.stop()
+        held = _checkout(h, started)
+        time.sleep(max(started + down_for - time.time(), 0))
+        pending = h.outbox("pending")
+        h.broker_server.start()
+        recovered = time.time()
+    return FaultRecord(
+        BROKER_STOP,
+        started,
+        recovered,
+        "broker",
+        {
+            "how": how,
+            "down_seconds": round(recovered - started, 3),
+            "in_broker_at_stop": held,
+            "leader": None if holder is None else holder.name,
+            **_pending_details(pending),
+        },
+        pending=pending,
+    )
+
+
+def broker_pause(h: Harness) -> FaultRecord:
+    """Freeze the broker (SIGSTOP) for longer than the lease, then SIGCONT: a publish hangs
+    (kombu's Redis transport has no socket timeout by default), the leader's renew deadline
+    passes, a standby may take over and republish; both go on when the broker does."""
+    seconds = h.config.lease + h.rng.uniform(0.5, 1.5)
+    holder = current_holder(h.admin, h.lease_key)
+    mid_second()
+    with h.auditor.hold():
+        h.broker_paused(True)
+        started = time.time()
+        try:
+            time.sleep(max(started + seconds - time.time(), 0))
+            pending = h.outbox("pending")
+        finally:
+            h.broker_paused(False)
+        recovered = time.time()
+    after = current_holder(h.admin, h.lease_key)
+    return FaultRecord(
+        BROKER_PAUSE,
+        started,
+        recovered,
+        "broker",
+        {
+            "paused_seconds": round(recovered - started, 3),
+            "leader": None if holder is None else holder.name,
+            "leader_after": None if after is None else after.name,
+            **_pending_details(pending),
+        },
+        pending=pending,
+    )
+
+
+def broker_refuse_one(h: Harness) -> FaultRecord:
+    """The broker refuses one entry's messages: its queue key holds a SET (LPUSH answers
+    WRONGTYPE) until the entry has a dead letter (at least ``refuse_min``, at most
+    ``refuse_max`` seconds), then the list comes back. Every other entry must run on time
+    meanwhile; the refused entry's occurrences must end up sent or dead-lettered."""
+    entry, queue = REFUSED_ENTRY, REFUSED_QUEUE
+    known = {d.task_id for d in h.outbox("dead")}
+    started = h.auditor.refuse(queue)
+    dead: list[Outboxed] = []
+    first_dead: float | None = None
+    while True:
+        time.sleep(0.1)
+        now = time.time()
+        dead = [d for d in h.outbox("dead") if d.entry == entry and d.task_id not in known]
+        if dead and first_dead is None:
+            first_dead = now - started
+        if (dead and now >= started + h.config.refuse_min) or now >= started + h.config.refuse_max:
+            break
+    pending = h.outbox("pending")
+    recovered = h.auditor.restore(queue)
+    own = [p for p in pending if p.entry == entry]
+    return FaultRecord(
+        BROKER_REFUSE_ONE,
+        started,
+        recovered,
+        entry,
+        {
+            "entries": [entry],
+            "queue": queue,
+            "refused_seconds": round(recovered - started, 3),
+            "dead_letter_after": None if first_dead is None else round(first_dead, 3),
+            "dead_letters_at_restore": len(dead),
+            "pending_of_entry_at_restore": len(own),
+            "most_attempts_at_restore": max((p.attempts for p in own), default=0),
+            "pending_of_others_at_restore": len(pending) - len(own),
+        },
+        pending=pending,
+    )
+
+
 FAULTS: dict[str, Callable[[Harness], FaultRecord]] = {
     "sigstop-leader": sigstop_leader,
     "sigkill-leader": sigkill_leader,
@@ -300,4 +451,7 @@ FAULTS: dict[str, Callable[[Harness], FaultRecord]] = {
     "redis-pause": redis_pause,
     "poison": poison,
     SENTINEL_FAILOVER: sentinel_failover,
+    BROKER_STOP: broker_stop,
+    BROKER_PAUSE: broker_pause,
+    BROKER_REFUSE_ONE: broker_refuse_one,
 }

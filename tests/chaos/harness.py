@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -30,16 +33,20 @@ from tests.chaos.cluster import (
 )
 from tests.chaos.faults import FAULTS
 from tests.chaos.model import (
+    BROKER_FAULTS,
+    BROKER_REFUSE_ONE,
     FAULT_KINDS,
     SENTINEL_FAILOVER,
     SENTINEL_MODE_FAULTS,
     SHARD_MODE_FAULTS,
     FaultRecord,
     Lifetime,
+    Outboxed,
     RunData,
 )
-from tests.chaos.oracle import OracleSettings, Report, analyze
+from tests.chaos.oracle import OracleSettings, Report, analyze, broker_problems
 from tests.chaos.workload import (
+    REFUSED_QUEUE,
     build_specs,
     redbeat_app,
     static_schedule,
@@ -54,6 +61,25 @@ LEASE_KEY = KEYS.lease
 
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def outboxed(task_id: str, raw: str) -> Outboxed:
+    """A pending or dead-letter record; entry and scheduled time None if it is not the JSON
+    object safe_redbeat writes (``{"entry": ..., "scheduled": ..., "attempts": ...}``)."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        return Outboxed(task_id, None, None)
+    entry, scheduled, attempts = data.get("entry"), data.get("scheduled"), data.get("attempts")
+    return Outboxed(
+        task_id,
+        entry if isinstance(entry, str) else None,
+        scheduled if isinstance(scheduled, int) else None,
+        attempts if isinstance(attempts, int) else 0,
+        str(data.get("last_error") or ""),
+    )
 
 
 @dataclass
@@ -97,6 +123,18 @@ class ChaosConfig:
     #: shards of the schedule (``safe_redbeat_shards``); above 1 the faults hit replicas
     #: leading some shards, and one shard's lease key (``SHARD_MODE_FAULTS``)
     shards: int = 1
+    #: the Celery broker on a Redis server of its own (AOF, ``appendfsync always``), not
+    #: the schedule's; the broker faults (``BROKER_FAULTS``) need it. With ``sentinel`` the
+    #: broker is a server of its own anyway.
+    own_broker: bool = False
+    #: broker-stop: seconds the broker stays down (range)
+    broker_down: tuple[float, float] = (8.0, 12.0)
+    #: broker-refuse-one: the refused entry's queue holds a SET at least ``refuse_min``
+    #: seconds, until the entry has a dead letter, at most ``refuse_max`` seconds
+    refuse_min: float = 6.0
+    refuse_max: float = 15.0
+    #: ``safe_redbeat_publish_attempts`` (None: the library's default)
+    publish_attempts: int | None = None
 
     def beat_settings(self) -> dict[str, Any]:
         settings: dict[str, Any] = {
@@ -108,7 +146,13 @@ class ChaosConfig:
         }
         if self.shards > 1:
             settings["safe_redbeat_shards"] = self.shards
+        if self.publish_attempts is not None:
+            settings["safe_redbeat_publish_attempts"] = self.publish_attempts
         return settings
+
+    @property
+    def broker_faults(self) -> bool:
+        return any(kind in BROKER_FAULTS for kind in self.faults)
 
     @property
     def failover_allowance(self) -> float:
@@ -132,13 +176,26 @@ class Harness:
             dynamics=config.dynamics,
             crons=config.crons,
             periods=config.periods,
+            refused=BROKER_REFUSE_ONE in config.faults,
         )
         self.lifetimes: dict[str, list[Lifetime]] = {}
         self.faults: list[FaultRecord] = []
+        #: the schedule's Redis (only the broker's with ``sentinel``)
         self.server = RedisServer(appendonly=True, workdir=self.workdir / "redis")
+        #: the Celery broker's Redis: ``server`` unless it has one of its own
+        self.broker_server = (
+            RedisServer(appendonly=True, workdir=self.workdir / "broker")
+            if config.own_broker and not config.sentinel
+            else self.server
+        )
+        if config.broker_faults and not (config.own_broker or config.sentinel):
+            raise ValueError(
+                f"{', '.join(k for k in config.faults if k in BROKER_FAULTS)} need the broker "
+                f"on a server of its own: ChaosConfig(own_broker=True)"
+            )
         self.sentinel: SentinelDeployment | None = None
         if config.sentinel:
-            unfit = set(config.faults) - set(SENTINEL_MODE_FAULTS)
+            unfit = set(config.faults) - set(SENTINEL_MODE_FAULTS) - set(BROKER_FAULTS)
             if unfit:
                 raise ValueError(f"not with the schedule behind Sentinel: {sorted(unfit)}")
             self.sentinel = SentinelDeployment(
@@ -147,16 +204,17 @@ class Harness:
         elif SENTINEL_FAILOVER in config.faults:
             raise ValueError(f"{SENTINEL_FAILOVER} needs ChaosConfig(sentinel=True)")
         if config.shards > 1:
-            unfit = set(config.faults) - set(SHARD_MODE_FAULTS)
+            unfit = set(config.faults) - set(SHARD_MODE_FAULTS) - set(BROKER_FAULTS)
             if unfit or config.sentinel:
                 raise ValueError(
                     f"not with a sharded schedule: {sorted(unfit) or 'sentinel'}; "
-                    f"the sharded faults are {', '.join(SHARD_MODE_FAULTS)}"
+                    f"the sharded faults are {', '.join(SHARD_MODE_FAULTS + BROKER_FAULTS)}"
                 )
         #: the schedule's layout: one lease (and pending hash) per shard
         self.layout = Layout(KEYS, config.shards)
         self.lease_keys = [keys.lease for keys in self.layout.all_keys()]
         self.pending_keys = [keys.pending for keys in self.layout.all_keys()]
+        self.dead_keys = [keys.dead for keys in self.layout.all_keys()]
         self.monitor: LeaseMonitor | None = None
         self.skew_mechanism = ""
         self.failed = False
@@ -166,15 +224,27 @@ class Harness:
 
     def __enter__(self) -> Harness:
         self.server.start()
-        #: the broker (and the schedule unless it is behind Sentinel)
+        try:
+            if self.broker_server is not self.server:
+                self.broker_server.start()
+        except BaseException:
+            self.server.stop()
+            raise
+        #: the broker (and the schedule unless it is behind Sentinel or the broker has a
+        #: server of its own)
         self.broker = redis.Redis(
-            host=HOST, port=self.server.port, decode_responses=True, socket_timeout=5,
+            host=HOST, port=self.broker_server.port, decode_responses=True, socket_timeout=5,
             socket_connect_timeout=2,
         )  # fmt: skip
         self.configure_redis()
         schedule_url, options = self.server.url, {}
         #: the schedule's Redis (its current primary behind Sentinel)
         self.admin = self.broker
+        if self.broker_server is not self.server:
+            self.admin = redis.Redis(
+                host=HOST, port=self.server.port, decode_responses=True, socket_timeout=5,
+                socket_connect_timeout=2,
+            )  # fmt: skip
         if self.sentinel is not None:
             try:
                 self.sentinel.start()
@@ -186,7 +256,8 @@ class Harness:
             schedule_url = self.sentinel.url
             options = self.sentinel.redbeat_options(self.config.socket_timeout)
             self.admin = self.sentinel.client()
-        self.auditor = AuditorThread(HOST, self.server.port)
+        queues = ["celery"] + ([REFUSED_QUEUE] if BROKER_REFUSE_ONE in self.config.faults else [])
+        self.auditor = AuditorThread(HOST, self.broker_server.port, queues=queues)
         settings = self.config.beat_settings()
         if options:
             settings["redbeat_redis_options"] = options
@@ -196,7 +267,7 @@ class Harness:
             settings=settings,
             schedule=static_schedule(self.specs.values()),
             loglevel=self.config.loglevel,
-            broker_url=self.server.url,
+            broker_url=self.broker_server.url,
         )
         self.writer = redbeat_app(schedule_url, options)
         if self.sharded:
@@ -217,6 +288,9 @@ class Harness:
         self.broker.close()
         self.writer.close()
         self.server.stop()
+        if self.broker_server is not self.server:
+            self.broker_paused(False)  # a fault that failed half-way may have left it stopped
+            self.broker_server.stop()
         if self.sentinel is not None:
             self.sentinel.cleanup()
         if exc_type is not None:
@@ -225,9 +299,31 @@ class Harness:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def configure_redis(self) -> None:
+        """``appendfsync everysec`` on ``server``, unless broker-stop may SIGKILL it."""
         # appendfsync always (RedisServer's default) costs an fsync per publish; a clean
-        # shutdown flushes the AOF anyway, which is all redis-restart-aof needs.
-        self.broker.config_set("appendfsync", "everysec")
+        # shutdown flushes the AOF anyway, which is all redis-restart-aof needs. A broker
+        # that broker-stop SIGKILLs keeps it: every message it accepted must survive.
+        if self.server is self.broker_server and self.config.broker_faults:
+            return
+        client = redis.Redis(host=HOST, port=self.server.port, socket_timeout=5)
+        try:
+            client.config_set("appendfsync", "everysec")
+        finally:
+            client.close()
+
+    def broker_paused(self, paused: bool) -> None:
+        """SIGSTOP (``True``) or SIGCONT the broker's server process, by its PID."""
+        if self.broker_server.running():
+            os.kill(self.broker_server.pid, signal.SIGSTOP if paused else signal.SIGCONT)
+
+    def outbox(self, kind: str) -> list[Outboxed]:
+        """Every shard's ``"pending"`` records or ``"dead"`` letters, as they are now."""
+        keys = self.pending_keys if kind == "pending" else self.dead_keys
+        found: list[Outboxed] = []
+        for key in keys:
+            for task_id, raw in self.admin.hscan_iter(key, count=1000):
+                found.append(outboxed(str(task_id), raw))
+        return found
 
     # -- helpers used by the faults ---------------------------------------------------
 
@@ -369,6 +465,7 @@ class Harness:
         if self.monitor is not None:
             self.monitor.stop()
         final_codes = self.supervisor.shutdown()
+        dead_letters, pending_at_end = self.outbox("dead"), self.outbox("pending")
         data = RunData(
             specs=self.specs,
             lifetimes={
@@ -388,12 +485,17 @@ class Harness:
             shards=config.shards,
             lease_samples=[] if self.monitor is None else list(self.monitor.samples),
             tracebacks=self._tracebacks(),
+            dead_letters=dead_letters,
+            pending_at_end=pending_at_end,
             info={
                 "seed": config.seed,
                 "replicas": config.replicas,
                 "entries": len(self.specs),
                 "skew_mechanism": self.skew_mechanism,
                 "skewed_replica_led_first": skew_led,
+                "broker": "own server"
+                if self.broker_server is not self.server or self.sentinel is not None
+                else "the schedule's server",
                 "auditor_errors": self.auditor.errors,
                 "lease_monitor_errors": 0 if self.monitor is None else self.monitor.errors,
                 "sentinel": None
@@ -411,6 +513,8 @@ class Harness:
         )
         report = analyze(data, config.oracle)
         if report.crashes or report.missing or report.dup_different_id or report.tracebacks:
+            self.failed = True
+        if config.broker_faults and broker_problems(report):
             self.failed = True
         return report, data
 
@@ -492,6 +596,33 @@ def sharded_scenario(shards: int = 6, **overrides: Any) -> ChaosConfig:
         "skew_phase": 1.0,
         "gap": (0.3, 1.0),
         "final_quiet": 4.0,
+    }
+    settings.update(overrides)
+    return ChaosConfig(**settings)
+
+
+def broker_scenario(*faults: str, **overrides: Any) -> ChaosConfig:
+    """The broker run (tests/chaos/test_broker_faults.py): 2 replicas, ~50 entries every
+    1-5 s and the refused entry, the broker on a server of its own; each of ``faults``
+    (default: every broker fault) once. Broker away for 8-10 s (stop) or lease + 0.5-1.5 s
+    (pause); one entry's queue refused for 6 s, longer (12 s at most) until the entry has a
+    dead letter (3 attempts)."""
+    settings: dict[str, Any] = {
+        "own_broker": True,
+        "replicas": 2,
+        "statics": 36,
+        "dynamics": 12,
+        "crons": 0,
+        "periods": (1, 5),
+        "faults": faults or BROKER_FAULTS,
+        "each_once": True,
+        "skew": 0.0,
+        "skew_phase": 2.0,
+        "gap": (0.3, 1.0),
+        "final_quiet": 4.0,
+        "broker_down": (8.0, 10.0),
+        "refuse_max": 12.0,
+        "publish_attempts": 3,
     }
     settings.update(overrides)
     return ChaosConfig(**settings)

@@ -46,6 +46,18 @@ SHARD_MODE_FAULTS = (
     "delete-lock",
 )
 
+#: Faults of the Celery broker, which then runs on a Redis server of its own
+#: (``ChaosConfig(own_broker=True)``, ``python -m tests.chaos --broker``): stopped and
+#: started again with its data, frozen longer than the lease, refusing one entry's message.
+BROKER_STOP = "broker-stop"
+BROKER_PAUSE = "broker-pause"
+BROKER_REFUSE_ONE = "broker-refuse-one"
+BROKER_FAULTS = (BROKER_STOP, BROKER_PAUSE, BROKER_REFUSE_ONE)
+
+#: Broker faults during which the broker answers nothing: an outage, after which each
+#: entry may run at most once for what it missed (``oracle.outage_runs``).
+BROKER_OUTAGES = frozenset({BROKER_STOP, BROKER_PAUSE})
+
 #: Faults that lose schedule data: an entry may legitimately run again early after them
 #: (its last run time is gone, so it is due at once).
 DATA_LOSS_FAULTS = frozenset({"wipe-keys", "redis-restart-lossy"})
@@ -94,17 +106,33 @@ class Sent:
     custom_header: str | None = None
 
 
+@dataclass(frozen=True)
+class Outboxed:
+    """A pending record or dead letter of the schedule, as the harness read it (entry and
+    scheduled time are None when the record is not the JSON safe_redbeat writes)."""
+
+    task_id: str
+    entry: str | None
+    scheduled: int | None
+    attempts: int = 0
+    error: str = ""
+
+
 @dataclass
 class FaultRecord:
     """One injected fault. ``recovered`` is when the fault itself was over (Redis up
     again, pause over); the failover window runs from ``started`` to ``recovered`` plus
-    the failover allowance."""
+    the failover allowance. A fault whose ``details`` name ``entries`` opens that window
+    for those entries only (the others must run on time meanwhile)."""
 
     kind: str
     started: float
     recovered: float
     target: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    #: broker faults: the pending records just before the broker came back (or the
+    #: refused queue was restored); each must reach the broker or the dead letters
+    pending: list[Outboxed] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -162,6 +190,10 @@ class RunData:
     lease_samples: list[LeaseSample] = field(default_factory=list)
     #: tracebacks found in the replicas' logs
     tracebacks: list[dict[str, Any]] = field(default_factory=list)
+    #: the dead letters (every shard) after the replicas stopped
+    dead_letters: list[Outboxed] = field(default_factory=list)
+    #: the pending records (every shard) after the replicas stopped
+    pending_at_end: list[Outboxed] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -41,13 +41,51 @@ With ``K`` shards (``RunData.shards``) each shard has its own lease and fence, s
   Redis itself (no ``shards`` in their details) open a window for every shard;
 * *led again*: for each shard a fault hit, the time from the fault to the first poll that
   saw a live holder with another lease value than the one before the fault.
+
+A fault whose details name ``entries`` (broker-refuse-one: the broker refuses one entry's
+messages) opens its failover window for those entries only: every other entry must run on
+time meanwhile, and is checked for missing occurrences as if there were no fault.
+
+The broker faults (``BROKER_FAULTS``; the broker on a server of its own) add:
+
+* *Runs per entry per outage*. A broker outage (broker-stop, broker-pause) runs from the
+  fault's ``started`` (the broker stopped or frozen) to ``recovered`` (answering again).
+  For each entry and outage, the runs are the distinct occurrences of the entry (one
+  scheduled time, whatever its task ids or copies) that were sent and
+
+  (a) are scheduled inside the outage, ``started <= scheduled <= recovered``, or
+  (b) were released by it: scheduled before ``started``, with a copy that reached the
+      broker after ``started`` and no later than the end of the fault's failover window.
+      That is an occurrence held back by the outage, or one the broker had taken just
+      before it went away whose acknowledgement failed, republished afterwards under its
+      task id (a message the broker had accepted before it went away counts as arriving
+      then: broker-stop reads the stopped broker's data before any replica can reach it).
+
+  The rule is **at most one run per entry per outage**: the occurrence that was pending
+  when the broker went away, republished with its task id, or else the entry's one
+  catch-up run of what it missed, never one run per missed period. An entry whose period
+  is longer than the outage may have none; an entry with a slot inside the outage (a
+  whole period plus a second before ``recovered``) must have one (*no catch-up*
+  otherwise).
+* *Piled-up pending*: an entry with more than one pending record just before the broker
+  came back: the leader went on claiming while the broker refused.
+* *Lost*: a pending record read during a broker fault (just before the broker came back,
+  or the refused queue was restored) whose task id never reached the broker and is no
+  dead letter at the end of the run.
+* *Re-sent over and over*: an occurrence that reached the broker more than
+  ``max_copies`` times (two: a same-id re-send after a fault is one more copy).
+* *Late while refused*: a send of another entry, scheduled while one entry's messages
+  were refused, that arrived more than ``tolerance`` after its scheduled time.
+* *Unexpected dead letter*: a dead letter at the end of the run of an entry whose messages
+  no fault refused (a broker outage must never count against a message).
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -55,6 +93,9 @@ from typing import Any
 from safe_redbeat.layout import shard_of
 from safe_redbeat.lease import parse_token
 from tests.chaos.model import (
+    BROKER_FAULTS,
+    BROKER_OUTAGES,
+    BROKER_REFUSE_ONE,
     DATA_LOSS_FAULTS,
     FAULT_KINDS,
     FaultRecord,
@@ -74,6 +115,8 @@ class OracleSettings:
     tolerance: float = 2.0
     #: added to lease + retry: backoff after a Redis error, the catch-up burst
     slack: float = 3.0
+    #: more copies than this of one occurrence: re-sent over and over
+    max_copies: int = 2
 
 
 @dataclass
@@ -116,6 +159,8 @@ class Report:
     unknown_messages: int
     payload_mismatches: int
     observed_seconds: float
+    #: when observation began (times in problem sentences are relative to it)
+    observed_from: float = 0.0
     #: replica exits the harness caused (SIGKILL, SIGTERM), by return code
     expected_exits: dict[str, int] = field(default_factory=dict)
     missing_gaps: list[dict[str, Any]] = field(default_factory=list)
@@ -134,6 +179,31 @@ class Report:
     #: tracebacks in the replicas' logs
     tracebacks: int = 0
     traceback_details: list[dict[str, Any]] = field(default_factory=list)
+    #: broker faults (see the module's docstring): (entry, outage) pairs checked, the
+    #: most runs of one entry in one outage, and each entry that ran more than once
+    outage_pairs: int = 0
+    outage_runs_max: int = 0
+    outage_bursts: list[dict[str, Any]] = field(default_factory=list)
+    #: entries that did not run for an outage they were due in (at least one whole
+    #: period plus a second fits inside it; catch_up "run_once" runs them once)
+    outage_skipped: list[dict[str, Any]] = field(default_factory=list)
+    #: entries with several pending records when the broker came back
+    piled_pending: list[dict[str, Any]] = field(default_factory=list)
+    #: pending records seen during a broker fault that were never sent nor dead-lettered
+    lost: int = 0
+    lost_details: list[dict[str, Any]] = field(default_factory=list)
+    #: occurrences sent more than ``max_copies`` times; the most copies of one
+    resent: int = 0
+    resent_details: list[dict[str, Any]] = field(default_factory=list)
+    max_copies: int = 0
+    #: the most copies of one occurrence, by the fault kind its second copy is attributed to
+    copies_by_kind: dict[str, int] = field(default_factory=dict)
+    #: sends of other entries later than ``tolerance`` while one entry was refused
+    late_while_refused: int = 0
+    late_details: list[dict[str, Any]] = field(default_factory=list)
+    #: dead letters at the end of the run, by entry; those no fault explains
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    unexpected_dead: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -168,6 +238,16 @@ class Report:
             if row.faults
         )
         text = "; ".join(parts) + (f"; faults: {faults}" if faults else "")
+        if any(f["kind"] in BROKER_FAULTS for f in self.faults):
+            text += (
+                f"; broker: {self.outage_pairs} entry x outage pairs, most runs of one entry "
+                f"in one outage {self.outage_runs_max} ({len(self.outage_bursts)} over 1, "
+                f"{len(self.outage_skipped)} without a catch-up), entries with piled-up pending "
+                f"{len(self.piled_pending)}, lost {self.lost}, re-sent over and over "
+                f"{self.resent} (most copies {self.max_copies}), late while refused "
+                f"{self.late_while_refused}, dead letters "
+                f"{sum(self.dead_letters.values())} ({len(self.unexpected_dead)} unexpected)"
+            )
         if self.shards > 1:
             gaps = ", ".join(f"{s}: {v:.2f}s" for s, v in sorted(self.longest_leader_gap.items()))
             text += f"; {self.shards} shards, longest leader gap by shard {{{gaps}}}"
@@ -243,7 +323,13 @@ def analyze(data: RunData, settings: OracleSettings | None = None) -> Report:
     settings = settings or OracleSettings()
     allowance = data.lease_seconds + data.retry_seconds + settings.slack
     attribution = _Attribution(data.faults, allowance)
-    windows = merge(attribution.window(f) for f in data.faults)
+    # a fault naming entries opens its window for them only
+    scoped: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for fault in data.faults:
+        for name in fault.details.get("entries") or ():
+            scoped[name].append(attribution.window(fault))
+    general = [f for f in data.faults if not f.details.get("entries")]
+    windows = merge(attribution.window(f) for f in general)
     shard_count = max(data.shards, 1)
 
     def shard(name: str | None) -> int:
@@ -251,7 +337,7 @@ def analyze(data: RunData, settings: OracleSettings | None = None) -> Report:
 
     outages = holder_outages(data)
     gaps = leader_gaps(data.lease_samples, shard_count, outages)
-    shard_windows = _shard_windows(data, gaps, attribution, settings.slack, allowance)
+    shard_windows = _shard_windows(data, general, gaps, attribution, settings.slack, allowance)
     loss_windows = merge(attribution.window(f) for f in data.faults if f.kind in DATA_LOSS_FAULTS)
     kinds = [*FAULT_KINDS, *sorted({f.kind for f in data.faults} - set(FAULT_KINDS))]
     rows = {kind: KindRow(kind) for kind in [*kinds, STEADY]}
@@ -286,6 +372,7 @@ def analyze(data: RunData, settings: OracleSettings | None = None) -> Report:
         unknown_messages=unknown,
         payload_mismatches=mismatches,
         observed_seconds=data.observe_until - data.observe_from,
+        observed_from=data.observe_from,
         settings={
             "tolerance": settings.tolerance,
             "slack": settings.slack,
@@ -343,8 +430,9 @@ def analyze(data: RunData, settings: OracleSettings | None = None) -> Report:
         occurrences = sorted(per_entry.get(name, []))
         lifetimes = data.lifetimes.get(name) or [Lifetime(data.observe_from)]
         _check_early(report, rows, attribution, spec, occurrences, lifetimes, loss_windows)
+        entry_windows = merge([*shard_windows[shard(name)], *scoped.get(name, ())])
         _check_missing(report, rows, attribution, spec, occurrences, lifetimes,
-                       shard_windows[shard(name)], data, settings, shard(name))  # fmt: skip
+                       entry_windows, data, settings, shard(name))  # fmt: skip
 
     # stale fences and failover times
     # (each shard has its own fence)
@@ -375,7 +463,8 @@ def analyze(data: RunData, settings: OracleSettings | None = None) -> Report:
         record = fault.to_dict()
         record["failover_seconds"] = None if failover is None else round(failover, 3)
         record["window_end"] = round(attribution.window(fault)[1], 3)
-        if data.lease_samples:
+        if data.lease_samples and fault.kind not in BROKER_FAULTS:
+            # a broker fault hits no leader: nothing has to be led again after it
             record["led_again_seconds"] = {
                 s: _led_again(data.lease_samples, s, fault.started, outages) for s in hit
             }
@@ -398,10 +487,15 @@ def analyze(data: RunData, settings: OracleSettings | None = None) -> Report:
                 {"replica": replica, "returncode": code, "cause": "final SIGTERM shutdown"}
             )
 
-    report.lateness = _lateness([m for m in messages if not _inside(m.arrived, windows)])
+    def outside(message: Sent) -> bool:
+        return not _inside(message.arrived, windows) and not _inside(
+            message.arrived, scoped.get(message.entry or "", ())
+        )
+
+    report.lateness = _lateness([m for m in messages if outside(m)])
     for replica, offset in data.skews.items():
         sent = [m for m in messages if data.origins.get(m.origin) == replica]
-        steady = [m for m in sent if not _inside(m.arrived, windows)]
+        steady = [m for m in sent if outside(m)]
         lateness = _lateness(steady)
         report.skew[replica] = {
             "offset": offset,
@@ -412,6 +506,7 @@ def analyze(data: RunData, settings: OracleSettings | None = None) -> Report:
             "lateness_max": lateness["max"],
             "early_sends": sum(1 for m in sent if m.scheduled and m.arrived < m.scheduled - 0.5),
         }
+    _check_broker(report, data, settings, attribution, by_occurrence)
     return report
 
 
@@ -667,17 +762,19 @@ def _led_again(
 
 def _shard_windows(
     data: RunData,
+    faults: Sequence[FaultRecord],
     gaps: Sequence[LeaderGap],
     attribution: _Attribution,
     slack: float,
     allowance: float,
 ) -> list[list[tuple[float, float]]]:
-    """The failover windows of each shard (the same for every shard when not sharded)."""
+    """The failover windows of ``faults`` for each shard (the same for every shard when
+    not sharded)."""
     shards = max(data.shards, 1)
     if shards == 1 or not data.lease_samples:
-        every = merge(attribution.window(f) for f in data.faults)
+        every = merge(attribution.window(f) for f in faults)
         return [every] * shards
-    common = [attribution.window(f) for f in data.faults if "shards" not in f.details]
+    common = [attribution.window(f) for f in faults if "shards" not in f.details]
     return [
         merge(
             common
@@ -710,6 +807,328 @@ def shard_problems(report: Report) -> list[str]:
     return problems
 
 
+# -- the broker ---------------------------------------------------------------------------
+
+#: One occurrence as the broker checks see it: scheduled time, first arrival, every copy.
+_Occ = tuple[int, float, list[Sent]]
+
+
+def _check_broker(
+    report: Report,
+    data: RunData,
+    settings: OracleSettings,
+    attribution: _Attribution,
+    by_occurrence: dict[tuple[str, int], list[Sent]],
+) -> None:
+    """Runs per entry per outage, piled-up pending, lost, re-sent over and over, late while
+    refused, unexpected dead letters (the module's docstring defines each)."""
+    records = {(r["kind"], r["started"]): r for r in report.faults}
+    per_entry: dict[str, list[_Occ]] = defaultdict(list)
+    for (name, scheduled), copies in by_occurrence.items():
+        per_entry[name].append((scheduled, copies[0].arrived, copies))
+    by_scheduled = {name: sorted(o, key=lambda x: x[0]) for name, o in per_entry.items()}
+    # every copy of every occurrence, by arrival: (arrival, the occurrence)
+    copies_of: dict[str, list[tuple[float, _Occ]]] = {
+        name: sorted(((c.arrived, occ) for occ in o for c in occ[2]), key=lambda x: x[0])
+        for name, o in per_entry.items()
+    }
+    scheduled_keys = {name: [x[0] for x in o] for name, o in by_scheduled.items()}
+    arrival_keys = {name: [x[0] for x in o] for name, o in copies_of.items()}
+    faults = sorted(data.faults, key=lambda f: f.started)
+
+    for fault in faults:
+        record = records[(fault.kind, fault.started)]
+        record.pop("pending", None)
+        record["pending_records"] = len(fault.pending)
+        if fault.kind not in BROKER_OUTAGES:
+            continue
+        lo, hi = fault.started, fault.recovered
+        window_end = attribution.window(fault)[1]
+        histogram: Counter[str] = Counter()
+        most = 0
+        for name, spec in data.specs.items():
+            runs: dict[int, _Occ] = {}
+            keys = scheduled_keys.get(name, [])
+            occurrences = by_scheduled.get(name, [])
+            for occ in occurrences[bisect.bisect_left(keys, lo) : bisect.bisect_right(keys, hi)]:
+                runs[occ[0]] = occ  # (a) scheduled inside the outage
+            arrivals = arrival_keys.get(name, [])
+            for arrived, occ in copies_of.get(name, [])[bisect.bisect_right(arrivals, lo) :]:
+                if arrived > window_end:
+                    break
+                if occ[0] < lo:
+                    runs[occ[0]] = occ  # (b) released by it
+            report.outage_pairs += 1
+            most = max(most, len(runs))
+            report.outage_runs_max = max(report.outage_runs_max, len(runs))
+            histogram["2+" if len(runs) > 1 else str(len(runs))] += 1
+            if not runs and _due_inside(data, name, spec.period, lo, hi):
+                report.outage_skipped.append(
+                    {
+                        "fault": fault.kind,
+                        "outage": [round(lo, 3), round(hi, 3)],
+                        "entry": name,
+                        "period": spec.period,
+                    }
+                )
+            if len(runs) > 1:
+                report.outage_bursts.append(
+                    {
+                        "fault": fault.kind,
+                        "outage": [round(lo, 3), round(hi, 3)],
+                        "entry": name,
+                        "period": spec.period,
+                        "runs": [
+                            {
+                                "scheduled": occ[0],
+                                "first_sent": round(occ[1], 3),
+                                "copies": len(occ[2]),
+                                "task_ids": sorted({c.task_id for c in occ[2]}),
+                            }
+                            for occ in sorted(runs.values(), key=lambda x: x[0])
+                        ],
+                    }
+                )
+        record["runs_per_entry"] = {
+            "0": histogram["0"],
+            "1": histogram["1"],
+            "2+": histogram["2+"],
+            "max": most,
+        }
+        pending_of: dict[str, list[int | None]] = defaultdict(list)
+        for pending in fault.pending:
+            pending_of[pending.entry or "?"].append(pending.scheduled)
+        for name, scheduled_times in sorted(pending_of.items()):
+            if len(scheduled_times) > 1:
+                report.piled_pending.append(
+                    {
+                        "fault": fault.kind,
+                        "outage": [round(lo, 3), round(hi, 3)],
+                        "entry": name,
+                        "pending": len(scheduled_times),
+                        "scheduled": sorted(t for t in scheduled_times if t is not None),
+                    }
+                )
+
+    # every pending record seen during a broker fault reached the broker or the dead letters
+    sent_ids = {m.task_id for m in data.messages}
+    dead_ids = {d.task_id for d in data.dead_letters}
+    still_pending = {p.task_id for p in data.pending_at_end}
+    seen: set[str] = set()
+    for fault in faults:
+        for pending in fault.pending:
+            if pending.task_id in seen:
+                continue
+            seen.add(pending.task_id)
+            if pending.task_id in sent_ids or pending.task_id in dead_ids:
+                continue
+            report.lost += 1
+            if len(report.lost_details) < 200:
+                report.lost_details.append(
+                    {
+                        "fault": fault.kind,
+                        "started": round(fault.started, 3),
+                        "entry": pending.entry,
+                        "scheduled": pending.scheduled,
+                        "task_id": pending.task_id,
+                        "still_pending_at_end": pending.task_id in still_pending,
+                    }
+                )
+
+    # re-sent over and over
+    for (name, scheduled), copies in by_occurrence.items():
+        report.max_copies = max(report.max_copies, len(copies))
+        if len(copies) > 1:
+            kind = attribution.kind_at(copies[1].arrived)
+            report.copies_by_kind[kind] = max(report.copies_by_kind.get(kind, 0), len(copies))
+        if len(copies) <= settings.max_copies:
+            continue
+        report.resent += 1
+        if len(report.resent_details) < 200:
+            report.resent_details.append(
+                {
+                    "entry": name,
+                    "scheduled": scheduled,
+                    "copies": len(copies),
+                    "task_ids": sorted({c.task_id for c in copies}),
+                    "arrived": [round(c.arrived, 3) for c in copies],
+                    "attributed_to": attribution.kind_at(copies[settings.max_copies].arrived),
+                }
+            )
+
+    # one entry refused: the others on time, the refused one's occurrences accounted for
+    refused_entries: set[str] = set()
+    for fault in faults:
+        refused = set(fault.details.get("entries") or ())
+        if not refused:
+            continue
+        refused_entries |= refused
+        record = records[(fault.kind, fault.started)]
+        lo, hi = fault.started, fault.recovered
+        late = 0
+        own_sent = 0
+        for (name, scheduled), copies in by_occurrence.items():
+            if not lo <= scheduled <= hi:
+                continue
+            if name in refused:
+                own_sent += 1
+                continue
+            lateness = copies[0].arrived - scheduled
+            if lateness > settings.tolerance:
+                late += 1
+                report.late_while_refused += 1
+                if len(report.late_details) < 200:
+                    report.late_details.append(
+                        {
+                            "fault": fault.kind,
+                            "refused": sorted(refused),
+                            "entry": name,
+                            "scheduled": scheduled,
+                            "first_sent": round(copies[0].arrived, 3),
+                            "late_seconds": round(lateness, 3),
+                        }
+                    )
+        own_dead = [
+            d for d in data.dead_letters
+            if d.entry in refused and d.scheduled is not None and lo - 1 <= d.scheduled <= hi
+        ]  # fmt: skip
+        record["late_sends_of_others"] = late
+        record["refused_occurrences"] = {"sent": own_sent, "dead": len(own_dead)}
+
+    for dead in data.dead_letters:
+        name = dead.entry or "?"
+        report.dead_letters[name] = report.dead_letters.get(name, 0) + 1
+        if name not in refused_entries:
+            report.unexpected_dead.append(asdict(dead))
+
+
+#: The kinds of :func:`broker_findings`, in the order :func:`broker_problems` lists them.
+BROKER_FINDINGS = (
+    "bursts",  # an entry ran more than once for one outage
+    "no catch-up",  # an entry due during an outage did not run for it
+    "piled-up pending",  # the leader went on claiming while the broker refused
+    "lost",  # a pending record never reached the broker nor the dead letters
+    "re-sent",  # an occurrence reached the broker more than max_copies times
+    "late",  # another entry was late while one entry's messages were refused
+    "unexpected dead",  # a dead letter of an entry no fault refused
+    "no dead letter",  # the refused entry's failures never made a dead letter
+)
+
+
+def broker_findings(report: Report, limit: int = 10) -> dict[str, list[str]]:
+    """What the broker faults got wrong, by kind (``BROKER_FINDINGS``): one sentence per
+    offending occurrence or entry, at most ``limit`` each (then a count of the rest).
+    Times are seconds after observation began (``t+``), as in the harness' log."""
+
+    def t(value: float | None) -> str:
+        return "-" if value is None else f"t+{value - report.observed_from:.1f}s"
+
+    def ids(task_ids: Iterable[str]) -> str:
+        return " ".join(i[:8] for i in task_ids)
+
+    def capped(lines: list[str], total: int) -> list[str]:
+        return lines[:limit] + ([f"... and {total - limit} more"] if total > limit else [])
+
+    def run(r: dict[str, Any]) -> str:
+        copies = f", {r['copies']} copies" if r["copies"] > 1 else ""
+        return (
+            f"scheduled {t(r['scheduled'])} sent {t(r['first_sent'])} "
+            f"(task {ids(r['task_ids'])}{copies})"
+        )
+
+    found: dict[str, list[str]] = {}
+    found["bursts"] = capped(
+        [
+            f"{b['entry']} (every {b['period']:g}s) ran {len(b['runs'])} times for one "
+            f"{b['fault']} (broker away {t(b['outage'][0])}..{t(b['outage'][1])}), at most 1 "
+            "allowed: " + ", ".join(run(r) for r in b["runs"])
+            for b in report.outage_bursts[:limit]
+        ],
+        len(report.outage_bursts),
+    )
+    found["no catch-up"] = capped(
+        [
+            f"{m['entry']} (every {m['period']:g}s) did not run for the {m['fault']} "
+            f"{t(m['outage'][0])}..{t(m['outage'][1])}, though it was due then (catch-up: "
+            "run once)"
+            for m in report.outage_skipped[:limit]
+        ],
+        len(report.outage_skipped),
+    )
+    found["piled-up pending"] = capped(
+        [
+            f"{p['entry']} had {p['pending']} pending records when the broker came back after "
+            f"{p['fault']} ({t(p['outage'][0])}..{t(p['outage'][1])}), scheduled "
+            + ", ".join(t(x) for x in p["scheduled"])
+            + ": the leader went on claiming while the broker refused"
+            for p in report.piled_pending[:limit]
+        ],
+        len(report.piled_pending),
+    )
+    found["lost"] = capped(
+        [
+            f"{x['entry']} scheduled {t(x['scheduled'])} (task {x['task_id']}) was pending "
+            f"during {x['fault']} at {t(x['started'])} and never reached the broker nor the "
+            "dead letters" + (" (still pending at the end)" if x["still_pending_at_end"] else "")
+            for x in report.lost_details[:limit]
+        ],
+        report.lost,
+    )
+    found["re-sent"] = capped(
+        [
+            f"{r['entry']} scheduled {t(r['scheduled'])} reached the broker {r['copies']} times "
+            f"(task {ids(r['task_ids'])}), arriving "
+            + ", ".join(t(a) for a in r["arrived"][:8])
+            + f": re-sent over and over ({r['attributed_to']})"
+            for r in report.resent_details[:limit]
+        ],
+        report.resent,
+    )
+    found["late"] = capped(
+        [
+            f"while the broker refused {', '.join(x['refused'])}, {x['entry']} scheduled "
+            f"{t(x['scheduled'])} was sent {x['late_seconds']:.1f}s late"
+            for x in report.late_details[:limit]
+        ],
+        report.late_while_refused,
+    )
+    found["unexpected dead"] = capped(
+        [
+            f"{d['entry']} scheduled {t(d['scheduled'])} (task {d['task_id']}) is a dead letter "
+            f"after {d['attempts']} attempts ({d['error'] or 'no error'}), though no fault "
+            "refused its messages"
+            for d in report.unexpected_dead[:limit]
+        ],
+        len(report.unexpected_dead),
+    )
+    found["no dead letter"] = [
+        f"the broker refused {f['target']}'s messages for {f['details'].get('refused_seconds')}s "
+        f"from {t(f['started'])} and none became a dead letter (its "
+        f"{f['details'].get('pending_of_entry_at_restore')} pending records had at most "
+        f"{f['details'].get('most_attempts_at_restore')} attempts): each failure was taken for "
+        "a broker outage"
+        for f in report.faults
+        if f["kind"] == BROKER_REFUSE_ONE and f["details"].get("dead_letter_after") is None
+    ]
+    return found
+
+
+def _due_inside(data: RunData, name: str, period: float, lo: float, hi: float) -> bool:
+    """Whether entry ``name`` existed from ``lo`` to ``hi`` and surely had a slot inside,
+    a second (the score's rounding) before ``hi`` at the latest."""
+    for life in data.lifetimes.get(name) or [Lifetime(data.observe_from)]:
+        if life.created <= lo and (life.deleted is None or life.deleted >= hi):
+            first = lo + period if life.first_due is None else max(lo + period, life.first_due)
+            return first + 1 <= hi
+    return False
+
+
+def broker_problems(report: Report, limit: int = 10) -> list[str]:
+    """Every :func:`broker_findings` sentence, kind by kind."""
+    findings = broker_findings(report, limit)
+    return [line for kind in BROKER_FINDINGS for line in findings[kind]]
+
+
 # -- rendering ----------------------------------------------------------------------------
 
 
@@ -738,4 +1157,47 @@ def markdown_table(report: Report) -> str:
         f"| {report.early_after_data_loss} / {report.early_unexplained} | {report.missing} "
         f"| {report.crashes} | {report.stale_fence_sends} | | | |"
     )
+    return header + "\n".join(lines) + "\n"
+
+
+def broker_table(report: Report) -> str:
+    """The broker faults' table of docs/reliability.md (empty without broker faults)."""
+    records = [f for f in report.faults if f["kind"] in BROKER_FAULTS]
+    if not records:
+        return ""
+    header = (
+        "| fault | injected | broker away (s) | runs per entry per outage: 0 / 1 / 2+ (most) "
+        "| pending at recovery (most of one entry) | dup same id | dup different id "
+        "| most copies | messages lost | dead letters | other entries late | missing "
+        "| crashes |\n"
+        "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
+    lost_by_kind = Counter(x["fault"] for x in report.lost_details)
+    lines = []
+    for kind in BROKER_FAULTS:
+        mine = [f for f in records if f["kind"] == kind]
+        if not mine:
+            continue
+        row = report.rows[kind]
+        away = [f["recovered"] - f["started"] for f in mine]
+        span = f"{min(away):.1f}" if len(mine) == 1 else f"{min(away):.1f}-{max(away):.1f}"
+        runs = [f.get("runs_per_entry") for f in mine]
+        if kind in BROKER_OUTAGES:
+            hist = [sum(r[k] for r in runs if r) for k in ("0", "1", "2+")]
+            most = max((r["max"] for r in runs if r), default=0)
+            runs_text = f"{hist[0]} / {hist[1]} / {hist[2]} ({most})"
+            pending = max(f["details"].get("pending_at_recovery", 0) for f in mine)
+            one = max(f["details"].get("most_pending_of_one_entry", 0) for f in mine)
+            pending_text = f"{pending} ({one})"
+            dead_text = late_text = "-"
+        else:
+            runs_text = pending_text = "-"
+            dead_text = str(sum(f["details"].get("dead_letters_at_restore", 0) for f in mine))
+            late_text = str(sum(f.get("late_sends_of_others", 0) for f in mine))
+        lines.append(
+            f"| {kind} | {len(mine)} | {span} | {runs_text} | {pending_text} "
+            f"| {row.dup_same_id} | {row.dup_different_id} "
+            f"| {max(report.copies_by_kind.get(kind, 1), 1)} | {lost_by_kind.get(kind, 0)} "
+            f"| {dead_text} | {late_text} | {row.missing} | {row.crashes} |"
+        )
     return header + "\n".join(lines) + "\n"

@@ -4,15 +4,26 @@ from __future__ import annotations
 
 from safe_redbeat.layout import shard_of
 from tests.chaos.model import (
+    BROKER_REFUSE_ONE,
+    BROKER_STOP,
     FaultRecord,
     LeaseSample,
     Lifetime,
+    Outboxed,
     ReplicaExit,
     RunData,
     Sent,
     WorkloadEntry,
 )
-from tests.chaos.oracle import STEADY, analyze, merge, shard_problems, uncovered
+from tests.chaos.oracle import (
+    STEADY,
+    analyze,
+    broker_findings,
+    broker_problems,
+    merge,
+    shard_problems,
+    uncovered,
+)
 
 T0 = 1_000_000.0
 
@@ -220,6 +231,14 @@ def test_a_shard_may_miss_occurrences_only_while_it_had_no_live_leader() -> None
     assert shard_problems(report) == []
 
 
+def test_a_broker_fault_asks_no_shard_to_be_led_again() -> None:
+    data, _in0, _in1 = _sharded_run(retaken_at=T0 + 23.5)
+    data.faults.append(outage(T0 + 40, T0 + 45))
+    report = analyze(data)
+    assert "led_again_seconds" not in report.faults[-1]
+    assert shard_problems(report) == []
+
+
 def test_a_shard_leaderless_longer_than_the_allowance_is_a_problem_named_by_shard() -> None:
     data, _in0, in1 = _sharded_run(retaken_at=T0 + 30)
     report = analyze(data)
@@ -230,3 +249,138 @@ def test_a_shard_leaderless_longer_than_the_allowance_is_a_problem_named_by_shar
     assert problems[0].startswith("shard 1 had no live leader for 10.10s (allowed 6.50s")
     assert "after r1 (pid 11, fence 1), then r2 (pid 12, fence 2)" in problems[0]
     assert problems[1].startswith("shard 1 was led again only after 10.00s after sigkill-leader")
+
+
+# -- the broker -----------------------------------------------------------------------------
+
+
+def sent(entry: str, scheduled: float, arrived: float, task_id: str = "") -> Sent:
+    return Sent(
+        task_id=task_id or f"{entry}-{int(scheduled)}",
+        entry=entry,
+        scheduled=int(scheduled),
+        fence=1,
+        origin="gen1@host",
+        arrived=arrived,
+    )
+
+
+def outage(started: float, recovered: float, **details: object) -> FaultRecord:
+    return FaultRecord(BROKER_STOP, started, recovered, "broker", dict(details))
+
+
+def test_a_burst_after_a_broker_outage_is_one_run_per_missed_period() -> None:
+    """The broker is away from +20 to +30; the entry runs every 2 s. Before the fix: every
+    occurrence of the outage is claimed and they all go out together at +31."""
+    before = [sent("e", t, t + 0.3) for t in every(2, T0, T0 + 20)]
+    burst = [sent("e", t, T0 + 31) for t in every(2, T0 + 20, T0 + 30)]
+    after = [sent("e", t, t + 0.3) for t in every(2, T0 + 33, T0 + 60)]
+    spec = {"e": WorkloadEntry("e", "interval", 2.0, "static")}
+    report = analyze(run(before + burst + after, specs=spec, faults=[outage(T0 + 20, T0 + 30)]))
+    assert (report.outage_pairs, report.outage_runs_max) == (1, 5)
+    assert report.dup_different_id == 0 and report.missing == 0
+    (line,) = broker_findings(report)["bursts"]
+    assert line.startswith("e (every 2s) ran 5 times for one broker-stop (broker away t+20.0s")
+    assert "scheduled t+20.0s sent t+31.0s (task e-100002" in line
+
+
+def test_the_pending_occurrence_released_after_the_outage_is_its_one_run() -> None:
+    """After the fix: the occurrence claimed at +19 (pending when the broker went away) is
+    sent at +31 and the slots of the outage are skipped; a message the broker had accepted
+    before it went away (seen at the stop, +20) is no run of the outage."""
+    spec = {n: WorkloadEntry(n, "interval", 2.0, "static") for n in ("e", "f")}
+
+    def regular(entry: str, start: float, end: float) -> list[Sent]:
+        return [sent(entry, t, t + 0.3) for t in every(2, start, end)]
+
+    # e: +19 claimed, pending through the outage, sent at +31
+    e = [
+        *regular("e", T0 + 1, T0 + 19),
+        sent("e", T0 + 19, T0 + 31),
+        *regular("e", T0 + 33, T0 + 60),
+    ]
+    # f: +18 accepted just before the stop (seen then), one catch-up run (+24) at +31
+    f = [*regular("f", T0, T0 + 18), sent("f", T0 + 18, T0 + 20), sent("f", T0 + 24, T0 + 31)]
+    f += regular("f", T0 + 33, T0 + 60)
+    report = analyze(run(e + f, specs=spec, faults=[outage(T0 + 20, T0 + 30)]))
+    assert (report.outage_pairs, report.outage_runs_max) == (2, 1)
+    assert report.faults[0]["runs_per_entry"] == {"0": 0, "1": 2, "2+": 0, "max": 1}
+    assert broker_problems(report) == []
+
+
+def test_a_message_taken_before_the_stop_and_republished_after_it_is_the_outages_run() -> None:
+    """The broker took +18 just before it went away (seen at the stop, +20), but the ack
+    failed: the record is republished at +31 under the same task id, and that is e's run
+    for the outage (its slots of the outage coalesced away). A catch-up run as well would
+    make two."""
+    spec = {"e": WorkloadEntry("e", "interval", 2.0, "static")}
+    before = [*(sent("e", t, t + 0.3) for t in every(2, T0, T0 + 18)), sent("e", T0 + 18, T0 + 20)]
+    after = [sent("e", t, t + 0.3) for t in every(2, T0 + 33, T0 + 60)]
+    again = sent("e", T0 + 18, T0 + 31)
+    report = analyze(run([*before, again, *after], specs=spec, faults=[outage(T0 + 20, T0 + 30)]))
+    assert (report.outage_runs_max, report.outage_skipped, report.dup_same_id) == (1, [], 1)
+    catch_up = sent("e", T0 + 22, T0 + 31.1)
+    report = analyze(
+        run([*before, again, catch_up, *after], specs=spec, faults=[outage(T0 + 20, T0 + 30)])
+    )
+    assert report.outage_runs_max == 2
+
+
+def test_an_entry_due_during_an_outage_that_never_runs_for_it_has_no_catch_up() -> None:
+    spec = {"e": WorkloadEntry("e", "interval", 2.0, "static")}
+    messages = [sent("e", t, t + 0.3) for t in every(2, T0, T0 + 20)]
+    messages += [sent("e", t, t + 0.3) for t in every(2, T0 + 34, T0 + 60)]
+    report = analyze(run(messages, specs=spec, faults=[outage(T0 + 20, T0 + 30)]))
+    assert [m["entry"] for m in report.outage_skipped] == ["e"]
+
+
+def test_piled_up_pending_and_lost_records_name_the_occurrences() -> None:
+    pending = [Outboxed(f"id-{t}", "e", int(T0 + t)) for t in (21, 23, 25)]
+    fault = outage(T0 + 20, T0 + 30)
+    fault.pending = [*pending, Outboxed("id-x", "x", int(T0 + 22))]
+    messages = [sent("e", T0 + t, T0 + 31, f"id-{t}") for t in (21, 23)]
+    data = run(messages, faults=[fault], until=T0 + 40)
+    data.dead_letters = [Outboxed("id-x", "x", int(T0 + 22), 3, "WRONGTYPE")]
+    data.pending_at_end = [Outboxed("id-25", "e", int(T0 + 25))]
+    report = analyze(data)
+    assert [(p["entry"], p["pending"]) for p in report.piled_pending] == [("e", 3)]
+    assert report.lost == 1
+    (line,) = broker_findings(report)["lost"]
+    assert line == (
+        "e scheduled t+25.0s (task id-25) was pending during broker-stop at t+20.0s and never "
+        "reached the broker nor the dead letters (still pending at the end)"
+    )
+    # x's dead letter is not explained by any refused queue
+    assert [d["entry"] for d in report.unexpected_dead] == ["x"]
+
+
+def test_a_refused_entry_opens_a_window_for_itself_only() -> None:
+    """The broker refuses r's messages from +20 to +30: r may be silent then; e may not,
+    and e's sends scheduled meanwhile must be on time."""
+    spec = {n: WorkloadEntry(n, "interval", 2.0, "static") for n in ("e", "r")}
+    refused = FaultRecord(BROKER_REFUSE_ONE, T0 + 20, T0 + 30, "r", {"entries": ["r"]})
+    r = [
+        m for m in sends("r", every(2, T0, T0 + 60)) if not T0 + 20 <= (m.scheduled or 0) <= T0 + 30
+    ]
+    e = sends("e", every(2, T0, T0 + 60))
+    report = analyze(run(r + e, specs=spec, faults=[refused]))
+    assert (report.missing, report.late_while_refused) == (0, 0)
+    # e silent from +20 to +30: missing, although r's window covers that time
+    quiet = [m for m in e if not T0 + 20 <= (m.scheduled or 0) <= T0 + 30]
+    report = analyze(run(r + quiet, specs=spec, faults=[refused]))
+    assert {g["entry"] for g in report.missing_gaps} == {"e"}
+    # e's occurrence of +22 sent at +26: late while r was refused
+    late = [m for m in e if m.scheduled != T0 + 22] + [sent("e", T0 + 22, T0 + 26)]
+    report = analyze(run(r + late, specs=spec, faults=[refused]))
+    assert broker_findings(report)["late"] == [
+        "while the broker refused r, e scheduled t+22.0s was sent 4.0s late"
+    ]
+
+
+def test_more_than_two_copies_of_an_occurrence_are_re_sent_over_and_over() -> None:
+    messages = sends("e", every(5, T0, T0 + 60))
+    twice = [sent("e", T0 + 10, T0 + 12)]
+    thrice = [sent("e", T0 + 20, T0 + 22), sent("e", T0 + 20, T0 + 24)]
+    report = analyze(run(messages + twice + thrice))
+    assert (report.resent, report.max_copies) == (1, 3)
+    assert report.resent_details[0]["scheduled"] == T0 + 20

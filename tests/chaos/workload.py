@@ -21,6 +21,11 @@ PAYLOAD_ARGS = (1, "two", {"three": 3})
 PAYLOAD_KWARGS = {"k": [1, 2], "name": "payload"}
 PAYLOAD_OPTIONS = {"priority": 5, "headers": {"x-chaos": "payload"}}
 
+#: The entry whose messages the broker-refuse-one fault makes the broker refuse: it is the
+#: only one sent to its own queue, whose key the fault turns into a SET for a while.
+REFUSED_ENTRY = "s-refused"
+REFUSED_QUEUE = "chaos-refused"
+
 
 def build_specs(
     rng: random.Random,
@@ -29,9 +34,11 @@ def build_specs(
     dynamics: int,
     crons: int,
     periods: tuple[int, int] = (1, 5),
+    refused: bool = False,
 ) -> dict[str, WorkloadEntry]:
     """``statics`` + ``dynamics`` interval entries of ``periods`` (1-5 s), ``crons``
-    every-minute ones."""
+    every-minute ones; with ``refused``, :data:`REFUSED_ENTRY` too (every 2 s, to its own
+    queue)."""
     specs: dict[str, WorkloadEntry] = {}
     for i in range(statics):
         period = float(rng.randint(*periods))
@@ -54,6 +61,10 @@ def build_specs(
         kwargs=PAYLOAD_KWARGS,
         options=PAYLOAD_OPTIONS,
     )
+    if refused:
+        specs[REFUSED_ENTRY] = WorkloadEntry(
+            REFUSED_ENTRY, "interval", 2.0, "static", options={"queue": REFUSED_QUEUE}
+        )
     return specs
 
 
