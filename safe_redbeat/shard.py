@@ -139,13 +139,23 @@ class Shard:
         return settled.claimed
 
     def _publish_claimed(self, claimed: Sequence[Occurrence]) -> SendReport:
-        """Publish claimed occurrences chunk by chunk, renewing between chunks."""
-        return self.outbox.publish(
+        """Publish claimed occurrences chunk by chunk, renewing between chunks.
+
+        A publish that took longer than ``retry_seconds`` (a broker that hung) is late like
+        a republish after an outage: the slots that passed meanwhile are skipped
+        (:func:`.catchup.coalesce`), so the late message is the entry's one run for it.
+        """
+        started = self.scheduler._monotonic()
+        report = self.outbox.publish(
             claimed,
             fence=self.leadership.fence(),
             token=self.leadership.token(),
             keep_leading=self._keep_leading,
         )
+        late = self.scheduler._monotonic() - started > self.scheduler.safe_settings.retry_seconds
+        if late and report.sent:
+            coalesce(self.scheduler.client, self.keys, self.scheduler.app, report.sent, self._claim)
+        return report
 
     def _keep_leading(self) -> None:
         """Between batches and publish chunks: stop if closed, renew this shard's lease,
