@@ -17,7 +17,7 @@ from typing import Any
 from kombu.messaging import Producer
 
 from safe_redbeat import signals
-from safe_redbeat.publisher import Publisher
+from safe_redbeat.dispatch.publisher import Publisher
 
 from .env import (
     BROKER_DB,

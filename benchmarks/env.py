@@ -34,7 +34,7 @@ from redbeat.schedulers import (
 )
 
 from safe_redbeat import SafeRedBeatScheduler
-from safe_redbeat.keys import Keys
+from safe_redbeat.store.keys import Keys
 from testbed.beat import Message
 from testbed.redis_server import RedisServer
 

@@ -11,9 +11,9 @@ from celery.schedules import BaseSchedule, crontab
 from celery.schedules import schedule as interval_schedule
 from redbeat.schedulers import RedBeatSchedulerEntry, get_redis
 
-from safe_redbeat.loader import parse_specs
-from safe_redbeat.reconcile import Reconciler
 from safe_redbeat.schedule import Schedule
+from safe_redbeat.sync.loader import parse_specs
+from safe_redbeat.sync.reconcile import Reconciler
 
 from .env import KEYS, TASK, BenchmarkBroken, Env, Traffic, close_app, server_calls, stopwatch
 from .stats import Sample

@@ -21,8 +21,8 @@ from typing import Any
 from celery.beat import DEFAULT_MAX_INTERVAL
 from redbeat.schedulers import RedBeatScheduler
 
-from safe_redbeat.balance import LIVE_AGE
-from safe_redbeat.lifecycle import SLOT_SEARCH_SECONDS
+from safe_redbeat.leader.balance import LIVE_AGE
+from safe_redbeat.model.lifecycle import SLOT_SEARCH_SECONDS
 
 from . import reconcile
 from .commands import CommandResult

@@ -26,11 +26,11 @@ import redis
 from celery import Celery
 
 from safe_redbeat import Schedule
-from safe_redbeat.entries import encode_meta
-from safe_redbeat.keys import Keys
-from safe_redbeat.layout import Layout
-from safe_redbeat.lease import parse_token
-from safe_redbeat.specs import EntrySpec
+from safe_redbeat.leader.lease import parse_token
+from safe_redbeat.model.codec import encode_meta
+from safe_redbeat.model.specs import EntrySpec
+from safe_redbeat.store.keys import Keys
+from safe_redbeat.store.layout import Layout
 from testbed.beat import BeatCluster, BeatProcess, Message
 from testbed.cluster import LocalCluster
 

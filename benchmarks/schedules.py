@@ -21,8 +21,8 @@ from typing import Any
 from celery.schedules import crontab
 from redbeat.schedules import rrule
 
-from safe_redbeat.entries import StoredEntry, to_timestamp
-from safe_redbeat.lifecycle import Lifecycle, decide
+from safe_redbeat.model.codec import StoredEntry, to_timestamp
+from safe_redbeat.model.lifecycle import Lifecycle, decide
 
 from .stats import Sample
 

@@ -6,10 +6,7 @@ Enable with ``beat_scheduler = "safe_redbeat.SafeRedBeatScheduler"`` or
 
 from __future__ import annotations
 
-from . import (
-    monitoring,  # noqa: F401  (starts metrics and JSON logs on beat_init)
-    signals,
-)
+from . import signals
 from .config import Settings
 from .errors import (
     ConfigurationError,
@@ -20,6 +17,7 @@ from .errors import (
     SafeRedBeatError,
     VersionConflict,
 )
+from .observe import monitoring  # noqa: F401  (starts metrics and JSON logs on beat_init)
 from .schedule import EntryInfo, EntrySpec, Schedule
 from .scheduler import SafeRedBeatScheduler
 

@@ -7,7 +7,7 @@ recomputed at most every ``entries_refresh_seconds``). Summed over the replicas,
 covers the whole schedule once. No metric has a per-entry label.
 
 Serve them from each replica with ``safe_redbeat_metrics_port`` (see
-:mod:`safe_redbeat.monitoring`), or register them on a registry your process already
+:mod:`safe_redbeat.observe.monitoring`), or register them on a registry your process already
 serves::
 
     from prometheus_client import REGISTRY
@@ -28,7 +28,7 @@ from typing import Any
 from celery.utils.log import get_logger
 
 from . import signals
-from .dispatch import Occurrence
+from .dispatch.plan import Occurrence
 
 try:
     from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server

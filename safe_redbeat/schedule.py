@@ -23,14 +23,10 @@ from redbeat.schedulers import REDBEAT_REDIS_KEY, ensure_conf
 from redis.exceptions import ResponseError
 
 from .config import Settings
-from .connection import check_cluster_keys, scheduler_client
-from .entries import decode_entry, decode_meta, encode_meta
 from .errors import EntryNotFound, InvalidEntry, Resharding, SafeRedBeatError, VersionConflict
-from .keys import Keys
-from .layout import Layout, read_layout
-from .lifecycle import new_entry_anchor, state_of, writer_score
-from .scripts import Remove, RemoveCode, RunNowCode, Scripts, Upsert, UpsertCode
-from .specs import (
+from .model.codec import decode_entry, decode_meta, encode_meta
+from .model.lifecycle import new_entry_anchor, state_of, writer_score
+from .model.specs import (
     EntryInfo,
     EntrySpec,
     ScheduleLike,
@@ -39,6 +35,10 @@ from .specs import (
     info_from_stored,
     utc_datetime,
 )
+from .store.connection import check_cluster_keys, scheduler_client
+from .store.keys import Keys
+from .store.layout import Layout, read_layout
+from .store.scripts import Remove, RemoveCode, RunNowCode, Scripts, Upsert, UpsertCode
 
 __all__ = ["EntryInfo", "EntrySpec", "MalformedEntry", "Schedule", "ScheduleLike"]
 

@@ -20,16 +20,16 @@ from celery.utils.log import get_logger
 from redbeat.schedulers import RedBeatScheduler
 
 from . import signals, wiring
-from .balance import Balancer
 from .config import Settings
-from .connection import CLIENT_ERRORS
+from .dispatch.shard import Shard
 from .errors import LeaseLost
-from .heartbeat import remove_heartbeat
-from .keys import Keys
-from .layout import Layout
-from .lease import Lease
-from .loader import LoaderSlot
-from .shard import Shard
+from .leader.balance import Balancer
+from .leader.heartbeat import remove_heartbeat
+from .leader.lease import Lease
+from .store.connection import CLIENT_ERRORS
+from .store.keys import Keys
+from .store.layout import Layout
+from .sync.loader import LoaderSlot
 
 __all__ = ["SafeRedBeatScheduler"]
 

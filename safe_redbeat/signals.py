@@ -10,8 +10,8 @@ Celery's own signals::
 
 Every receiver gets ``sender`` and the keyword arguments listed with each signal; accept
 ``**kwargs`` so new arguments do not break it. ``sender`` is the scheduler, except for the
-occurrence signals (the scheduler's :class:`~safe_redbeat.outbox.Outbox`),
-:data:`entry_parked` (its :class:`~safe_redbeat.reader.DueReader`) and :data:`reconciled`
+occurrence signals (the scheduler's :class:`~safe_redbeat.dispatch.outbox.Outbox`),
+:data:`entry_parked` (its :class:`~safe_redbeat.dispatch.reader.DueReader`) and :data:`reconciled`
 (the source's name). A receiver that raises is
 logged by Celery and never stops the scheduler. With no receiver connected a signal costs
 one attribute check per event; the per-occurrence signals are not even built.
@@ -30,7 +30,7 @@ from typing import Any
 
 from celery.utils.dispatch import Signal
 
-from .dispatch import Occurrence
+from .dispatch.plan import Occurrence
 
 __all__ = [
     "ACQUIRED",
@@ -66,7 +66,7 @@ leadership_changed = Signal(name="safe_redbeat.leadership_changed")
 occurrence_sent = Signal(name="safe_redbeat.occurrence_sent")
 
 #: The same, once per acknowledged broker batch: ``occurrences`` (a sequence of
-#: :class:`~safe_redbeat.dispatch.Occurrence`), ``republished``, ``fence``, ``sent_at``.
+#: :class:`~safe_redbeat.dispatch.plan.Occurrence`), ``republished``, ``fence``, ``sent_at``.
 #: Cheaper than :data:`occurrence_sent` for counting (the metrics use it).
 occurrences_sent = Signal(name="safe_redbeat.occurrences_sent")
 
@@ -90,7 +90,7 @@ redis_error = Signal(name="safe_redbeat.redis_error")
 tick_finished = Signal(name="safe_redbeat.tick_finished")
 
 #: One reconcile of a source (``beat_schedule`` or ``loader``): ``result``
-#: (:class:`~safe_redbeat.reconcile.ReconcileResult`), ``removals_held`` (removals a
+#: (:class:`~safe_redbeat.sync.reconcile.ReconcileResult`), ``removals_held`` (removals a
 #: guard refused to apply this round, or None when unknown).
 reconciled = Signal(name="safe_redbeat.reconciled")
 

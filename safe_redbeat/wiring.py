@@ -1,7 +1,7 @@
 """How a :class:`~safe_redbeat.scheduler.SafeRedBeatScheduler` builds its parts.
 
 Each function builds one part from the scheduler's app and settings, and for the parts of
-one shard (:class:`~safe_redbeat.shard.Shard`) from the shard's keys; the owner calls it on
+one shard (:class:`~safe_redbeat.dispatch.shard.Shard`) from the shard's keys; the owner calls it on
 first use (its Redis client may not be reachable yet) and keeps the result under the same
 name (``shard.reader``, ``shard.outbox``, ``scheduler.publisher`` ...).
 """
@@ -13,19 +13,19 @@ from typing import TYPE_CHECKING, Any
 
 from celery.utils.log import get_logger
 
-from .connection import check_cluster_keys, sanitize_url, scheduler_client
-from .keys import Keys, isolates
-from .leadership import Leadership
-from .lease import Lease
-from .outbox import Outbox
-from .publisher import Publisher
-from .reader import DueReader
-from .scripts import Scripts
-from .seeding import Seeder
+from .dispatch.outbox import Outbox
+from .dispatch.publisher import Publisher
+from .dispatch.reader import DueReader
+from .leader.leadership import Leadership
+from .leader.lease import Lease
+from .store.connection import check_cluster_keys, sanitize_url, scheduler_client
+from .store.keys import Keys, isolates
+from .store.scripts import Scripts
+from .sync.seeding import Seeder
 
 if TYPE_CHECKING:
+    from .dispatch.shard import Shard
     from .scheduler import SafeRedBeatScheduler
-    from .shard import Shard
 
 __all__ = [
     "client",

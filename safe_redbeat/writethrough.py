@@ -24,14 +24,14 @@ from celery.utils.log import get_logger
 from redis.exceptions import RedisError
 
 from .config import Settings
-from .connection import sanitize_url
 from .errors import InvalidEntry, Resharding
-from .layout import Layout
-from .loader import LoaderError, call_loader, parse_specs, resolve
-from .reconcile import Reconciler, ReconcileResult, removals_held
+from .model.specs import EntrySpec
 from .schedule import Schedule, Shelf
-from .seeding import static_names
-from .specs import EntrySpec
+from .store.connection import sanitize_url
+from .store.layout import Layout
+from .sync.loader import LoaderError, call_loader, parse_specs, resolve
+from .sync.reconcile import Reconciler, ReconcileResult, removals_held
+from .sync.seeding import static_names
 
 __all__ = ["remove_after_commit", "sync_once", "upsert_after_commit"]
 

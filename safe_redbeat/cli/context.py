@@ -12,11 +12,11 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..config import Settings
-from ..connection import check_cluster_keys, sanitize_url, scheduler_client
-from ..keys import Keys
-from ..layout import InvalidLayout, Layout, read_layout
 from ..schedule import Schedule
-from ..scripts import Scripts
+from ..store.connection import check_cluster_keys, sanitize_url, scheduler_client
+from ..store.keys import Keys
+from ..store.layout import InvalidLayout, Layout, read_layout
+from ..store.scripts import Scripts
 
 __all__ = ["CLIError", "Context", "load_app", "open_context", "redis_error"]
 

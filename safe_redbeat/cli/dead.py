@@ -17,9 +17,9 @@ import dataclasses
 from datetime import datetime, timezone
 from typing import Any
 
-from ..outbox import DeadLetter, read_dead_letters
+from ..dispatch.outbox import DeadLetter, read_dead_letters
 from ..schedule import Shelf
-from ..scripts import Move, MoveCode
+from ..store.scripts import Move, MoveCode
 from .context import (
     EXIT_NOT_FOUND,
     EXIT_OK,

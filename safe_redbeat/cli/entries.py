@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 
 from ..errors import EntryNotFound, InvalidEntry, SafeRedBeatError, VersionConflict
-from ..lifecycle import PARKED
+from ..model.lifecycle import PARKED
+from ..model.specs import EntryInfo, EntrySpec, ScheduleLike
 from ..schedule import MalformedEntry
-from ..specs import EntryInfo, EntrySpec, ScheduleLike
 from .context import (
     EXIT_APP,
     EXIT_CONFLICT,

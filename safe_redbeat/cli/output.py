@@ -14,8 +14,8 @@ from celery.schedules import schedule as interval
 from redbeat.decoder import RedBeatJSONEncoder
 
 from ..errors import InvalidEntry
-from ..lifecycle import PARKED
-from ..specs import CRONTAB_FIELDS, EntryInfo
+from ..model.lifecycle import PARKED
+from ..model.specs import CRONTAB_FIELDS, EntryInfo
 
 __all__ = [
     "emit",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import Settings
-from ..reshard import reshard
+from ..sync.reshard import reshard
 from .context import EXIT_OK, Context
 from .output import emit
 

@@ -19,11 +19,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..config import Settings
 from ..errors import EntryNotFound, InvalidEntry
-from ..heartbeat import ReplicaStatus, read_heartbeats, shared_names
-from ..keys import Keys
-from ..layout import Layout
-from ..lease import Holder, parse_token
-from ..lifecycle import PARKED
+from ..leader.heartbeat import ReplicaStatus, read_heartbeats, shared_names
+from ..leader.lease import Holder, parse_token
+from ..model.lifecycle import PARKED
+from ..store.keys import Keys
+from ..store.layout import Layout
 from .context import EXIT_OK, EXIT_UNHEALTHY, Context, redis_error
 from .output import emit, iso, seconds, table
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from safe_redbeat.lease import parse_token
+from safe_redbeat.leader.lease import parse_token
 from testbed.redis_server import HOST, RedisServer
 from tests.chaos.cluster import current_holder
 from tests.chaos.model import (

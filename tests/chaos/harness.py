@@ -20,8 +20,8 @@ from typing import Any
 
 import redis
 
-from safe_redbeat.layout import Layout
-from safe_redbeat.lease import Holder, parse_token
+from safe_redbeat.leader.lease import Holder, parse_token
+from safe_redbeat.store.layout import Layout
 from testbed.redis_server import HOST, RedisServer
 from tests.chaos.cluster import (
     AuditorThread,

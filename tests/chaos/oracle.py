@@ -90,8 +90,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from safe_redbeat.layout import shard_of
-from safe_redbeat.lease import parse_token
+from safe_redbeat.leader.lease import parse_token
+from safe_redbeat.store.layout import shard_of
 from tests.chaos.model import (
     BROKER_FAULTS,
     BROKER_OUTAGES,

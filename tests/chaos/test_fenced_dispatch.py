@@ -22,7 +22,7 @@ import pytest
 import redis
 from redbeat.schedulers import RedBeatSchedulerEntry
 
-from safe_redbeat.publisher import Publisher
+from safe_redbeat.dispatch.publisher import Publisher
 from testbed.beat import BeatCluster, BeatProcess, QueueAuditor
 from tests.chaos.cluster import to_sent, wait_for_leader
 from tests.chaos.model import Sent

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from safe_redbeat.layout import shard_of
+from safe_redbeat.store.layout import shard_of
 from tests.chaos.model import (
     BROKER_REFUSE_ONE,
     BROKER_STOP,

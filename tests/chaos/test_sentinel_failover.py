@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from safe_redbeat.connection import scheduler_client
+from safe_redbeat.store.connection import scheduler_client
 from tests.chaos.harness import ChaosConfig, run_chaos
 from tests.chaos.model import SENTINEL_FAILOVER
 from tests.chaos.oracle import markdown_table

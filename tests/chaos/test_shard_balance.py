@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import redis
 
-from safe_redbeat.heartbeat import read_heartbeats
-from safe_redbeat.layout import Layout
+from safe_redbeat.leader.heartbeat import read_heartbeats
+from safe_redbeat.store.layout import Layout
 from testbed.beat import BeatCluster, BeatProcess, QueueAuditor
 from testbed.redis_server import HOST, RedisServer
 from tests.chaos.cluster import LeaseMonitor, to_sent

@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from examples import sqlite_table
-from safe_redbeat.lease import parse_token
+from safe_redbeat.leader.lease import parse_token
 from testbed.beat import APP_MODULE, REPO_ROOT, BeatCluster, BeatProcess
 from tests.support import KEYS
 from tests.support.inprocess import FAST

@@ -25,11 +25,11 @@ from redis.crc import key_slot
 
 from safe_redbeat import ConfigurationError, SafeRedBeatScheduler, Schedule, VersionConflict
 from safe_redbeat.config import Settings
-from safe_redbeat.connection import scheduler_client
-from safe_redbeat.dispatch import HEADER_ENTRY, HEADER_SCHEDULED, task_id_for
-from safe_redbeat.keys import Keys
-from safe_redbeat.lease import Lease
-from safe_redbeat.scripts import Adopt, Registered, Scripts
+from safe_redbeat.dispatch.plan import HEADER_ENTRY, HEADER_SCHEDULED, task_id_for
+from safe_redbeat.leader.lease import Lease
+from safe_redbeat.store.connection import scheduler_client
+from safe_redbeat.store.keys import Keys
+from safe_redbeat.store.scripts import Adopt, Registered, Scripts
 from testbed.beat import QueueAuditor
 from testbed.cluster import LocalCluster
 from tests.apps import loaders

@@ -10,10 +10,10 @@ from celery import Celery
 from redis.crc import key_slot
 
 from safe_redbeat import ConfigurationError, SafeRedBeatScheduler, Schedule
-from safe_redbeat.connection import scheduler_client
-from safe_redbeat.keys import Keys
-from safe_redbeat.layout import Layout
-from safe_redbeat.reshard import reshard
+from safe_redbeat.store.connection import scheduler_client
+from safe_redbeat.store.keys import Keys
+from safe_redbeat.store.layout import Layout
+from safe_redbeat.sync.reshard import reshard
 from testbed.beat import QueueAuditor
 from testbed.cluster import LocalCluster
 from tests.integration.test_cluster import cluster_app

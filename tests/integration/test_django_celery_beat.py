@@ -278,8 +278,8 @@ def test_write_back_reads_the_loader_s_entries_of_every_shard(
     from examples.django_celery_beat import celery_app
     from safe_redbeat import Schedule
     from safe_redbeat.contrib.django_celery_beat.writeback import WriteBack
-    from safe_redbeat.entries import encode_meta
-    from safe_redbeat.layout import Layout
+    from safe_redbeat.model.codec import encode_meta
+    from safe_redbeat.store.layout import Layout
 
     layout = Layout(KEYS, 3)
     redis_client.set(KEYS.layout, layout.encode())

@@ -11,8 +11,8 @@ import redis
 from celery import Celery
 
 from safe_redbeat import InvalidEntry, SafeRedBeatScheduler, Schedule
-from safe_redbeat.loader import parse_specs
-from safe_redbeat.reconcile import Reconciler
+from safe_redbeat.sync.loader import parse_specs
+from safe_redbeat.sync.reconcile import Reconciler
 from safe_redbeat.writethrough import remove_after_commit, sync_once, upsert_after_commit
 from testbed.beat import QueueAuditor
 from tests.apps import loaders

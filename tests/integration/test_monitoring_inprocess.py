@@ -18,11 +18,12 @@ from celery import Celery
 from celery.beat import Scheduler
 from prometheus_client import CollectorRegistry
 
-from safe_redbeat import SafeRedBeatScheduler, Schedule, jsonlog, signals
-from safe_redbeat.dispatch import task_id_for
-from safe_redbeat.integrations import patched_hook
-from safe_redbeat.layout import Layout
+from safe_redbeat import SafeRedBeatScheduler, Schedule, signals
+from safe_redbeat.dispatch.hooks import patched_hook
+from safe_redbeat.dispatch.plan import task_id_for
 from safe_redbeat.metrics import SchedulerMetrics
+from safe_redbeat.observe import jsonlog
+from safe_redbeat.store.layout import Layout
 from testbed.beat import QueueAuditor
 from tests.support import KEYS
 from tests.support.inprocess import FakeClock, add_due, celery_app

@@ -26,8 +26,8 @@ from celery.contrib.testing.worker import start_worker
 
 from safe_redbeat import ConfigurationError, InvalidEntry, SafeRedBeatScheduler, Schedule
 from safe_redbeat.config import Settings
-from safe_redbeat.entries import encode_meta
 from safe_redbeat.guard import OncePerOccurrence
+from safe_redbeat.model.codec import encode_meta
 from safe_redbeat.writethrough import sync_once, upsert_after_commit
 from testbed.beat import QueueAuditor
 from tests.apps import loaders

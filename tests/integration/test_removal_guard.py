@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from safe_redbeat import SafeRedBeatScheduler, Schedule
-from safe_redbeat.layout import Layout
+from safe_redbeat.store.layout import Layout
 from safe_redbeat.writethrough import sync_once, upsert_after_commit
 from tests.apps import loaders
 from tests.support import KEYS

@@ -14,11 +14,11 @@ import redis
 from celery import Celery
 
 from safe_redbeat import SafeRedBeatScheduler, Schedule
-from safe_redbeat import reshard as reshard_module
-from safe_redbeat.entries import encode_meta
 from safe_redbeat.errors import SafeRedBeatError
-from safe_redbeat.layout import Layout
-from safe_redbeat.reshard import reshard
+from safe_redbeat.model.codec import encode_meta
+from safe_redbeat.store.layout import Layout
+from safe_redbeat.sync import reshard as reshard_module
+from safe_redbeat.sync.reshard import reshard
 from testbed.beat import BeatCluster, QueueAuditor
 from tests.integration.test_cli import cli, cli_json, env_for
 from tests.support import KEYS

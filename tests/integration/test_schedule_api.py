@@ -36,9 +36,9 @@ from safe_redbeat import (
     Schedule,
     VersionConflict,
 )
-from safe_redbeat.dispatch import task_id_for
-from safe_redbeat.entries import encode_meta
-from safe_redbeat.scripts import source
+from safe_redbeat.dispatch.plan import task_id_for
+from safe_redbeat.model.codec import encode_meta
+from safe_redbeat.store.scripts import source
 from testbed.beat import BeatCluster, QueueAuditor
 from testbed.redis_server import RedisServer
 from tests.support import KEYS

@@ -15,7 +15,7 @@ from celery import Celery
 from redbeat.schedulers import RedBeatSchedulerEntry
 
 from safe_redbeat import SafeRedBeatScheduler
-from safe_redbeat.dispatch import Occurrence, task_id_for
+from safe_redbeat.dispatch.plan import Occurrence, task_id_for
 from testbed.beat import QueueAuditor
 from tests.support import KEYS
 from tests.support.inprocess import FAST, FakeClock, add_due, celery_app
@@ -169,8 +169,8 @@ def test_close_releases_the_lease(app: Celery, redis_client: redis.Redis) -> Non
 def test_replicas_publish_heartbeats_with_their_role(
     app: Celery, redis_client: redis.Redis
 ) -> None:
-    from safe_redbeat.heartbeat import read_heartbeats
-    from safe_redbeat.keys import Keys
+    from safe_redbeat.leader.heartbeat import read_heartbeats
+    from safe_redbeat.store.keys import Keys
 
     leader = make(app, safe_redbeat_instance_name="pod-a")
     leader.tick()

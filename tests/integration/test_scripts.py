@@ -7,9 +7,9 @@ import json
 import pytest
 import redis
 
-from safe_redbeat.dispatch import CLAIMED, GONE, SCORE_MOVED, VERSION_CHANGED
-from safe_redbeat.lease import parse_token
-from safe_redbeat.scripts import Registered as Scripts
+from safe_redbeat.dispatch.plan import CLAIMED, GONE, SCORE_MOVED, VERSION_CHANGED
+from safe_redbeat.leader.lease import parse_token
+from safe_redbeat.store.scripts import Registered as Scripts
 from tests.support import KEYS
 
 pytestmark = pytest.mark.integration

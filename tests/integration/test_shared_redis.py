@@ -19,8 +19,8 @@ import redis
 from celery import Celery
 
 from safe_redbeat import InvalidEntry, SafeRedBeatScheduler, Schedule
-from safe_redbeat.keys import Keys
-from safe_redbeat.layout import Layout
+from safe_redbeat.store.keys import Keys
+from safe_redbeat.store.layout import Layout
 from testbed.beat import BeatCluster
 from testbed.redis_server import HOST, RedisServer
 from tests.chaos.cluster import LeaseMonitor

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from safe_redbeat.keys import Keys
+from safe_redbeat.store.keys import Keys
 
 #: The key names under RedBeat's default prefix, which every test app keeps.
 KEYS = Keys(prefix="redbeat:", lease="redbeat::lock")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 
-from safe_redbeat.backoff import Backoff
+from safe_redbeat.leader.backoff import Backoff
 
 
 def test_backoff_grows_from_the_first_wait_and_stays_under_the_cap() -> None:

@@ -6,7 +6,7 @@ import pytest
 import redis.exceptions
 from kombu.exceptions import BatchPublishError, EncodeError, OperationalError
 
-from safe_redbeat.publisher import broker_fault
+from safe_redbeat.dispatch.publisher import broker_fault
 
 
 def wrapped(outer: BaseException, cause: BaseException) -> BaseException:

@@ -12,8 +12,8 @@ from redbeat.schedulers import ensure_conf
 from redis.crc import key_slot
 
 from safe_redbeat import ConfigurationError
-from safe_redbeat.connection import check_cluster_keys, hash_tag, is_cluster
-from safe_redbeat.keys import Keys
+from safe_redbeat.store.connection import check_cluster_keys, hash_tag, is_cluster
+from safe_redbeat.store.keys import Keys
 
 
 def make_app(**conf: Any) -> Celery:

@@ -11,9 +11,9 @@ import pytest
 
 pytest.importorskip("django_celery_beat")
 
-from safe_redbeat.entries import to_timestamp
-from safe_redbeat.lifecycle import writer_score
-from safe_redbeat.loader import parse_specs
+from safe_redbeat.model.codec import to_timestamp
+from safe_redbeat.model.lifecycle import writer_score
+from safe_redbeat.sync.loader import parse_specs
 from tests.support import django_project
 
 NOW = datetime(2026, 3, 14, 9, 26, 53, tzinfo=timezone.utc)

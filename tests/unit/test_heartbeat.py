@@ -9,7 +9,7 @@ import sys
 
 import fakeredis
 
-from safe_redbeat.heartbeat import Heartbeat, write_heartbeat
+from safe_redbeat.leader.heartbeat import Heartbeat, write_heartbeat
 from tests.support import KEYS
 
 

@@ -9,9 +9,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from safe_redbeat import ConfigurationError, InvalidEntry
-from safe_redbeat.keys import Keys, check_prefix, isolates
-from safe_redbeat.layout import Layout
-from safe_redbeat.validation import check_name
+from safe_redbeat.model.validation import check_name
+from safe_redbeat.store.keys import Keys, check_prefix, isolates
+from safe_redbeat.store.layout import Layout
 
 #: replica tokens are 32 hex digits; guard keys carry uuid task ids
 TOKENS = ("0123456789abcdef0123456789abcdef", "deadbeefdeadbeefdeadbeefdeadbeef")

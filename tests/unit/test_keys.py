@@ -6,7 +6,7 @@ import pytest
 from celery import Celery
 from redbeat.schedulers import RedBeatConfig
 
-from safe_redbeat.keys import Keys
+from safe_redbeat.store.keys import Keys
 from tests.support import KEYS
 
 

@@ -6,8 +6,8 @@ import pytest
 
 from safe_redbeat import ConfigurationError
 from safe_redbeat.config import Settings
-from safe_redbeat.heartbeat import _decode
-from safe_redbeat.layout import InvalidLayout, Layout, decode_layout
+from safe_redbeat.leader.heartbeat import _decode
+from safe_redbeat.store.layout import InvalidLayout, Layout, decode_layout
 from tests.support import KEYS
 
 

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from celery.schedules import crontab, schedule
 
-from safe_redbeat.entries import StoredEntry, to_timestamp
 from safe_redbeat.errors import InvalidEntry
-from safe_redbeat.lifecycle import (
+from safe_redbeat.model.codec import StoredEntry, to_timestamp
+from safe_redbeat.model.lifecycle import (
     EXPIRED,
     FINISHED,
     Lifecycle,
@@ -18,7 +18,7 @@ from safe_redbeat.lifecycle import (
     once_schedule,
     writer_score,
 )
-from safe_redbeat.specs import EntrySpec
+from safe_redbeat.model.specs import EntrySpec
 
 NOW = datetime(2026, 6, 1, 14, 0, 0, tzinfo=timezone.utc)
 T = to_timestamp(NOW)

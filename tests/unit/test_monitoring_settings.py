@@ -9,7 +9,7 @@ from celery import Celery
 
 from safe_redbeat import ConfigurationError
 from safe_redbeat.metrics import _state
-from safe_redbeat.monitoring import MonitoringSettings
+from safe_redbeat.observe.monitoring import MonitoringSettings
 from safe_redbeat.signals import lost_cause
 
 

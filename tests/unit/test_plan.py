@@ -7,10 +7,10 @@ from typing import Any
 
 from celery.schedules import crontab, schedule
 
-from safe_redbeat.dispatch import Plan, plan_batch, task_id_for
-from safe_redbeat.entries import StoredEntry, to_timestamp
-from safe_redbeat.lease import parse_token
-from safe_redbeat.lifecycle import Lifecycle
+from safe_redbeat.dispatch.plan import Plan, plan_batch, task_id_for
+from safe_redbeat.leader.lease import parse_token
+from safe_redbeat.model.codec import StoredEntry, to_timestamp
+from safe_redbeat.model.lifecycle import Lifecycle
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -118,7 +118,7 @@ def test_parse_token_reads_our_tokens_and_tolerates_redbeats() -> None:
 
 
 def test_meta_encoder_matches_encode_meta() -> None:
-    from safe_redbeat.entries import encode_meta, meta_encoder
+    from safe_redbeat.model.codec import encode_meta, meta_encoder
 
     assert meta_encoder(NOW)(5) == encode_meta(NOW, 5)
 

@@ -16,8 +16,8 @@ from redbeat.decoder import RedBeatJSONDecoder
 from redbeat.schedules import rrule
 
 from safe_redbeat import EntrySpec, InvalidEntry, Schedule
-from safe_redbeat.loader import parse_specs
-from safe_redbeat.specs import check_expected_version, check_name, to_schedule
+from safe_redbeat.model.specs import check_expected_version, check_name, to_schedule
+from safe_redbeat.sync.loader import parse_specs
 
 
 def spec(**overrides: Any) -> EntrySpec:

@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from redbeat.schedules import rrule
 
-from safe_redbeat.dispatch import plan_batch
-from safe_redbeat.entries import StoredEntry, to_timestamp
+from safe_redbeat.dispatch.plan import plan_batch
 from safe_redbeat.errors import ScheduleTooCostly
-from safe_redbeat.lifecycle import Lifecycle, decide, resolve_local, slot_after
+from safe_redbeat.model.codec import StoredEntry, to_timestamp
+from safe_redbeat.model.lifecycle import Lifecycle, decide, resolve_local, slot_after
 
 UTC = timezone.utc
 NOW = datetime(2026, 6, 1, 14, 0, 7, tzinfo=UTC)

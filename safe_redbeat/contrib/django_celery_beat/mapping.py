@@ -32,8 +32,8 @@ from typing import Any
 
 from celery.utils.log import get_logger
 
-from safe_redbeat import loader as core_loader
 from safe_redbeat.errors import InvalidEntry
+from safe_redbeat.sync import loader as core_loader
 
 __all__ = [
     "LIFECYCLE_FIELDS",
@@ -57,7 +57,7 @@ class Rejected(Mapping[str, Any]):
     """A loader item that the loader reports as ``error`` (by the row's name).
 
     It looks like an entry with ``name``, ``task`` and ``schedule``; reading anything but
-    the name raises ``error``, which ``safe_redbeat.loader.parse_specs`` records as a
+    the name raises ``error``, which ``safe_redbeat.sync.loader.parse_specs`` records as a
     load error: the row is named in the leader's log and in ``sync``'s output, the
     others load, and that reconcile removes nothing.
     """

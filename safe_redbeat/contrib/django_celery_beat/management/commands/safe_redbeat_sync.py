@@ -14,7 +14,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from safe_redbeat.connection import sanitize_url
+from safe_redbeat.store.connection import sanitize_url
 from safe_redbeat.writethrough import sync_once
 
 from ... import LOADER_PATH

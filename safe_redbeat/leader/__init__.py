@@ -1,0 +1,2 @@
+"""Leadership: the fenced lease of one shard, its upkeep in the tick, which shards a
+replica leads, heartbeats, backoff."""

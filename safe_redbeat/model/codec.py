@@ -1,0 +1,284 @@
+"""Entries as RedBeat stores them: decode, encode, and compute their next due time.
+
+The hash of an entry keeps RedBeat's fields (``definition``, ``meta``) so stock RedBeat
+can read it, and adds ``version`` (grows by one on each change of the definition).
+Times are computed against a ``now`` passed in (Redis server time), never the local clock.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from celery.schedules import BaseSchedule, maybe_schedule
+from redbeat.decoder import RedBeatJSONDecoder, RedBeatJSONEncoder
+
+from ..errors import InvalidEntry
+from .lifecycle import Lifecycle, decode_state
+from .validation import check_json, check_options, check_text
+
+__all__ = [
+    "StoredEntry",
+    "decode_entry",
+    "decode_meta",
+    "decode_timestamp",
+    "encode_definition",
+    "encode_meta",
+    "encode_schedule",
+    "meta_encoder",
+    "to_timestamp",
+]
+
+NEVER = -1
+
+# One instance each: json.loads/dumps(cls=...) would build a new one per call, which
+# costs a few microseconds per entry on every tick. Both are stateless.
+_DECODER = RedBeatJSONDecoder()
+_ENCODER = RedBeatJSONEncoder(sort_keys=True)
+
+
+def _loads(raw: str | bytes) -> Any:
+    if isinstance(raw, str):
+        return _DECODER.decode(raw)
+    return json.loads(raw, cls=RedBeatJSONDecoder)
+
+
+def to_timestamp(dt: datetime) -> int:
+    """Whole UTC seconds since the epoch, as RedBeat scores them."""
+    return calendar.timegm(dt.utctimetuple())
+
+
+@dataclass
+class StoredEntry:
+    """One entry read from Redis, decoded and validated."""
+
+    key: str
+    name: str
+    task: str
+    schedule: BaseSchedule
+    args: list[Any]
+    kwargs: dict[str, Any]
+    options: dict[str, Any]
+    enabled: bool
+    last_run_at: datetime | None
+    total_run_count: int
+    version: str
+    score: float
+    meta_raw: str | None = field(default=None, repr=False)
+    #: a pending "run now" request: the Redis time (whole seconds) it was made at
+    run_now: int | None = None
+    #: ``run_now`` as stored: the claim clears the request only if it still holds this
+    run_now_raw: str | None = field(default=None, repr=False)
+    #: lifetime fields (hash field ``lifecycle``) and recorded state (field ``state``)
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    state: str = ""
+
+
+def _fail(key: str, field_name: str, problem: str) -> InvalidEntry:
+    return InvalidEntry(key, field_name, problem)
+
+
+#: Largest run count or timestamp accepted from Redis (beyond it, arithmetic overflows).
+_MAX_NUMBER = 2**53
+
+
+def _json_field(key: str, field_name: str, raw: str | bytes) -> Any:
+    """Decode one JSON field with RedBeat's decoder; any failure is an InvalidEntry."""
+    if isinstance(raw, str):
+        check_text(key, field_name, raw)
+    try:
+        return _loads(raw)
+    except Exception as exc:  # ValueError, OverflowError, TypeError, KeyError, ...
+        raise _fail(
+            key, field_name, f"not valid RedBeat JSON ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def _count(key: str, field_name: str, value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(key, field_name, f"must be a whole number, got {value!r}")
+    if not math.isfinite(value) or value != int(value) or not 0 <= value <= _MAX_NUMBER:
+        raise _fail(key, field_name, f"must be a whole number from 0 to 2**53, got {value!r}")
+    return int(value)
+
+
+def _schedule(key: str, raw: Any, app: Any) -> BaseSchedule:
+    if isinstance(raw, Mapping) and "__type__" in raw:
+        raise _fail(
+            key,
+            "definition.schedule",
+            f"unknown schedule type {raw['__type__']!r} (known: interval, crontab, rrule)",
+        )
+    if not isinstance(raw, BaseSchedule):
+        raise _fail(key, "definition.schedule", f"not a schedule: {raw!r}")
+    run_every = getattr(raw, "run_every", None)
+    if isinstance(run_every, timedelta):
+        seconds = run_every.total_seconds()
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise _fail(key, "definition.schedule.every", f"must be positive, got {seconds!r}")
+    try:
+        return maybe_schedule(raw, app=app)
+    except Exception as exc:
+        raise _fail(key, "definition.schedule", f"{type(exc).__name__}: {exc}") from None
+
+
+def decode_entry(
+    key: str,
+    name: str,
+    score: float,
+    definition_raw: str | None,
+    meta_raw: str | None,
+    version_raw: str | None,
+    *,
+    app: Any,
+    nowfun: Any = None,
+    run_now_raw: str | None = None,
+    lifecycle_raw: str | None = None,
+    state_raw: str | None = None,
+) -> StoredEntry:
+    """Decode an entry hash; raise InvalidEntry naming the key and the bad field.
+
+    Every value is treated as hostile (another language may have written it): whatever it
+    holds, the only exception raised is InvalidEntry.
+    """
+    check_text(key, "name", name)
+    if not definition_raw:
+        raise _fail(key, "definition", "missing (the hash has no definition field)")
+    definition = _json_field(key, "definition", definition_raw)
+    if not isinstance(definition, Mapping):
+        raise _fail(key, "definition", "must be a JSON object")
+    task = definition.get("task")
+    if not isinstance(task, str) or not task:
+        raise _fail(key, "definition.task", "must be a non-empty task name")
+    schedule = _schedule(key, definition.get("schedule"), app)
+    if nowfun is not None:
+        schedule.nowfun = nowfun
+    args = definition.get("args") or []
+    kwargs = definition.get("kwargs") or {}
+    options = definition.get("options") or {}
+    if not isinstance(args, list | tuple):
+        raise _fail(key, "definition.args", "must be a JSON array")
+    if not isinstance(kwargs, Mapping):
+        raise _fail(key, "definition.kwargs", "must be a JSON object")
+    if not isinstance(options, Mapping):
+        raise _fail(key, "definition.options", "must be a JSON object")
+    check_json(key, "definition.args", args)
+    check_json(key, "definition.kwargs", kwargs)
+    check_options(key, options)
+    enabled = definition.get("enabled", True)
+    if not isinstance(enabled, bool | int) or enabled not in (True, False):
+        raise _fail(key, "definition.enabled", f"must be true or false, got {enabled!r}")
+    last_run_at, total_run_count = decode_meta(key, meta_raw)
+    version = "0" if version_raw is None else version_raw
+    if not _DIGITS.fullmatch(version):
+        raise _fail(key, "version", f"must be a non-negative integer, got {version!r}")
+    run_now: int | None = None
+    if run_now_raw:
+        run_now = decode_timestamp(key, "run_now", run_now_raw)
+    return StoredEntry(
+        lifecycle=Lifecycle.decode(key, lifecycle_raw),
+        state=decode_state(key, state_raw),
+        run_now=run_now,
+        run_now_raw=run_now_raw or None,
+        key=key,
+        name=name,
+        task=task,
+        schedule=schedule,
+        args=list(args),
+        kwargs=dict(kwargs),
+        options=dict(options),
+        enabled=bool(enabled),
+        last_run_at=last_run_at,
+        total_run_count=total_run_count,
+        version=version,
+        score=score,
+        meta_raw=meta_raw,
+    )
+
+
+_DIGITS = re.compile(r"[0-9]{1,15}")
+
+
+def decode_timestamp(key: str, field_name: str, raw: str) -> int:
+    """Whole seconds since the epoch from a stored number (``run_now``, a score)."""
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise _fail(key, field_name, f"must be a timestamp, got {raw!r}") from None
+    if not math.isfinite(value) or not 0 <= value <= _MAX_NUMBER:
+        raise _fail(key, field_name, f"must be a timestamp, got {raw!r}")
+    return int(value)
+
+
+def decode_meta(key: str, meta_raw: str | None) -> tuple[datetime | None, int]:
+    """``(last_run_at, total_run_count)`` from a ``meta`` field; None/0 when absent."""
+    if not meta_raw:
+        return None, 0
+    meta = _json_field(key, "meta", meta_raw)
+    if not isinstance(meta, Mapping):
+        raise _fail(key, "meta", "must be a JSON object")
+    last_run_at = meta.get("last_run_at")
+    total_run_count = _count(key, "meta.total_run_count", meta.get("total_run_count"))
+    if last_run_at is not None and not isinstance(last_run_at, datetime):
+        raise _fail(key, "meta.last_run_at", f"not a datetime: {last_run_at!r}")
+    if last_run_at is not None and last_run_at.tzinfo is None:
+        raise _fail(key, "meta.last_run_at", "has no time zone")
+    return last_run_at, total_run_count
+
+
+def encode_definition(
+    name: str,
+    task: str,
+    schedule: BaseSchedule,
+    args: Any = (),
+    kwargs: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
+    enabled: bool = True,
+    *,
+    schedule_json: str | None = None,
+) -> str:
+    """RedBeat's ``definition`` JSON for an entry (sorted keys, so equal means equal).
+
+    ``schedule_json``: :func:`encode_schedule` of ``schedule``, when the caller has it
+    (a loader's rows share a few schedules).
+    """
+    head = {
+        "args": list(args or ()),
+        "enabled": bool(enabled),
+        "kwargs": dict(kwargs or {}),
+        "name": name,
+        "options": dict(options or {}),
+    }
+    if schedule_json is None:
+        schedule_json = encode_schedule(schedule)
+    # the object with its keys in sorted order: head's, then "schedule" and "task"
+    text = _ENCODER.encode(head)[:-1]
+    return f'{text}, "schedule": {schedule_json}, "task": {_ENCODER.encode(task)}}}'
+
+
+def encode_schedule(schedule: BaseSchedule) -> str:
+    """A schedule's RedBeat JSON, as :func:`encode_definition` writes it."""
+    return str(_ENCODER.encode(schedule))
+
+
+def encode_meta(last_run_at: datetime | None, total_run_count: int = 0) -> str:
+    meta = {"last_run_at": last_run_at, "total_run_count": total_run_count}
+    return str(_ENCODER.encode(meta))
+
+
+def meta_encoder(last_run_at: datetime) -> Callable[[int], str]:
+    """``encode_meta(last_run_at, n)`` for many ``n``, encoding the datetime once."""
+    encoded = _ENCODER.encode(last_run_at)
+
+    def encode(total_run_count: int) -> str:
+        return f'{{"last_run_at": {encoded}, "total_run_count": {int(total_run_count)}}}'
+
+    return encode

@@ -1,0 +1,578 @@
+"""Entry definitions as the management API takes and returns them, validated up front.
+
+:class:`EntrySpec` is what to write (cleaned up and validated by ``EntrySpec.build`` and
+again by ``Schedule.put``: InvalidEntry names the entry and the field before anything
+reaches Redis); :class:`EntryInfo` is what Redis holds: an EntrySpec plus version and run
+metadata. Schedules must survive RedBeat's JSON, so only intervals,
+crontabs and RedBeat rrules are accepted (``solar`` has no JSON form).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone, tzinfo
+from operator import attrgetter
+from typing import Any, Generic, TypeAlias, TypeVar, overload
+
+from celery.schedules import BaseSchedule, crontab, solar
+from celery.schedules import schedule as interval
+from redbeat.decoder import RedBeatJSONDecoder, RedBeatJSONEncoder
+from redbeat.schedules import rrule
+
+from ..errors import InvalidEntry, ScheduleTooCostly
+from .codec import StoredEntry, encode_definition, encode_schedule
+from .lifecycle import (
+    ACTIVE,
+    Lifecycle,
+    check_max_runs,
+    check_zone,
+    once_schedule,
+    resolve_local,
+    slot_after,
+    state_of,
+)
+from .validation import check_json, check_name, check_options
+
+__all__ = [
+    "CRONTAB_FIELDS",
+    "EntryInfo",
+    "EntrySpec",
+    "ScheduleLike",
+    "check_expected_version",
+    "check_name",
+    "to_schedule",
+]
+
+#: What ``schedule=`` accepts: a Celery ``schedule``, a ``timedelta`` or a number of
+#: seconds (an interval), a ``crontab`` or a 5-field cron expression string, a RedBeat
+#: ``rrule``, or RedBeat's JSON form of any of them as a mapping (``{"__type__": ...}``).
+ScheduleLike: TypeAlias = BaseSchedule | timedelta | float | int | str | Mapping[str, Any]
+
+#: crontab's fields, in the order of a cron expression.
+CRONTAB_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
+
+_SUPPORTED = "a celery schedule, timedelta or seconds, crontab, cron string, or RedBeat rrule"
+
+
+def _invalid(key: str, field_name: str, problem: str) -> InvalidEntry:
+    return InvalidEntry(key, field_name, problem)
+
+
+# -- validation ------------------------------------------------------------------------
+
+
+def _positive_seconds(key: str, seconds: Any) -> timedelta:
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise _invalid(key, "schedule", f"an interval needs a number of seconds, got {seconds!r}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise _invalid(key, "schedule", f"an interval must be positive, got {seconds!r} seconds")
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise _invalid(key, "schedule", f"interval of {seconds!r} seconds is too large") from None
+
+
+def _crontab(key: str, fields: Mapping[str, Any]) -> crontab:
+    """Build a crontab field by field so an error names the field that is wrong."""
+    unknown = set(fields) - set(CRONTAB_FIELDS)
+    if unknown:
+        raise _invalid(key, "schedule", f"unknown crontab fields {sorted(unknown)}")
+    for name, value in fields.items():
+        try:
+            crontab(**{name: value})
+        except Exception as exc:  # ValueError, celery's ParseException, TypeError
+            raise _invalid(
+                key, f"schedule.{name}", f"invalid crontab field {value!r}: {exc}"
+            ) from None
+        if not isinstance(value, str | int) or isinstance(value, bool):
+            raise _invalid(
+                key,
+                f"schedule.{name}",
+                f"must be a string or an int to be stored as JSON, got {value!r} "
+                "(write a list as '0,30')",
+            )
+    try:
+        cron = crontab(**fields)
+        # Celery before 5.7 accepts a date that never comes (30 February) and fails only
+        # when beat asks for the next run: ask once here.
+        cron.remaining_estimate(_PROBE)
+    except Exception as exc:
+        raise _invalid(key, "schedule.day_of_month", str(exc)) from None
+    return cron
+
+
+_PROBE = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+def _from_json_form(key: str, value: Mapping[str, Any]) -> BaseSchedule:
+    kind = value.get("__type__")
+    body = {k: v for k, v in value.items() if k != "__type__"}
+    if kind == "interval":
+        unknown = set(body) - {"every", "relative"}
+        if unknown:
+            raise _invalid(key, "schedule", f"unknown interval fields {sorted(unknown)}")
+        every = _positive_seconds(key, body.get("every"))
+        return interval(every, relative=bool(body.get("relative", False)))
+    if kind == "crontab":
+        return _crontab(key, body)
+    if kind == "rrule":
+        try:
+            decoded = json.loads(json.dumps(dict(value)), cls=RedBeatJSONDecoder)
+        except Exception as exc:
+            raise _invalid(key, "schedule", f"invalid rrule: {exc}") from None
+        if not isinstance(decoded, rrule):
+            raise _invalid(key, "schedule", "invalid rrule")
+        return decoded
+    raise _invalid(
+        key,
+        "schedule",
+        f"unknown schedule type {kind!r} in JSON form (known: interval, crontab, rrule)",
+    )
+
+
+#: Converted schedules by input (seconds, cron string, timedelta, crontab fields): a
+#: loader returning 100k rows repeats a few hundred distinct schedules at most, and
+#: building a crontab costs ~0.2 ms. The cached objects are shared: never mutate them.
+_CONVERTED: dict[Hashable, BaseSchedule] = {}
+_CONVERTED_MAX = 4096
+#: The RedBeat JSON of each schedule in _CONVERTED, by id (the object itself is kept
+#: beside it, so an id is never taken for another object's)
+_ENCODED: dict[int, tuple[BaseSchedule, str]] = {}
+
+
+def _conversion_key(value: object) -> Hashable | None:
+    kind = type(value)
+    if kind is str or kind is int or kind is float:  # the usual: exact types first
+        return (kind.__name__, value)
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float | str | timedelta):
+        return (type(value).__name__, value)
+    if type(value) is crontab:
+        return ("crontab", *(repr(getattr(value, f"_orig_{f}")) for f in CRONTAB_FIELDS))
+    return None
+
+
+def to_schedule(value: ScheduleLike, key: str = "") -> BaseSchedule:
+    """Convert and validate a schedule; raise InvalidEntry naming the bad part.
+
+    The result is one RedBeat can store as JSON and decode again (checked by a round trip).
+    Equal inputs return the same (shared, not to be mutated) schedule object.
+    """
+    cache_key = _conversion_key(value)
+    if cache_key is not None:
+        cached = _CONVERTED.get(cache_key)
+        if cached is not None:
+            return cached
+    result = _convert_schedule(value, key)
+    if cache_key is not None:
+        if len(_CONVERTED) >= _CONVERTED_MAX:
+            _CONVERTED.clear()
+            _ENCODED.clear()
+        _CONVERTED[cache_key] = result
+        _ENCODED[id(result)] = (result, encode_schedule(result))
+    return result
+
+
+def _encoded_schedule(schedule: BaseSchedule) -> str | None:
+    """The RedBeat JSON of a schedule :func:`to_schedule` converted and shares, else None."""
+    known = _ENCODED.get(id(schedule))
+    return known[1] if known is not None and known[0] is schedule else None
+
+
+def _convert_schedule(value: ScheduleLike, key: str) -> BaseSchedule:
+    result: BaseSchedule
+    if isinstance(value, solar):
+        raise _invalid(
+            key,
+            "schedule",
+            "solar schedules are not supported: RedBeat cannot store them as JSON "
+            "(use crontab or redbeat.schedules.rrule)",
+        )
+    if isinstance(value, bool):
+        raise _invalid(key, "schedule", f"unsupported schedule {value!r} (use {_SUPPORTED})")
+    if isinstance(value, int | float):
+        result = interval(_positive_seconds(key, value))
+    elif isinstance(value, timedelta):
+        result = interval(_positive_seconds(key, value.total_seconds()))
+    elif isinstance(value, str):
+        parts = value.split()
+        if len(parts) != len(CRONTAB_FIELDS):
+            raise _invalid(
+                key,
+                "schedule",
+                f"a cron expression needs 5 fields (minute hour day_of_month month_of_year "
+                f"day_of_week), got {value!r}",
+            )
+        result = _crontab(key, dict(zip(CRONTAB_FIELDS, parts, strict=True)))
+    elif isinstance(value, Mapping):
+        result = _from_json_form(key, value)
+    elif isinstance(value, crontab):
+        result = _crontab(key, {f: getattr(value, f"_orig_{f}") for f in CRONTAB_FIELDS})
+    elif isinstance(value, interval):
+        _positive_seconds(key, value.run_every.total_seconds())
+        result = value
+    elif isinstance(value, rrule):
+        result = value
+    else:
+        raise _invalid(
+            key,
+            "schedule",
+            f"unsupported schedule type {type(value).__name__} (use {_SUPPORTED})",
+        )
+    try:
+        decoded = json.loads(json.dumps(result, cls=RedBeatJSONEncoder), cls=RedBeatJSONDecoder)
+    except Exception as exc:
+        raise _invalid(key, "schedule", f"cannot be stored as RedBeat JSON: {exc}") from None
+    if not isinstance(decoded, BaseSchedule):
+        raise _invalid(key, "schedule", f"does not decode back to a schedule: {decoded!r}")
+    if isinstance(result, rrule):
+        _check_rrule(key, result)
+    return result
+
+
+def _check_rrule(key: str, rule: rrule) -> None:
+    """The leader must be able to find the rule's next run within the search budget."""
+    now = datetime.now(timezone.utc)
+    try:
+        slot_after(rule, now, now, timezone.utc)
+    except ScheduleTooCostly as exc:
+        raise _invalid(key, "schedule", str(exc)) from None
+    except Exception as exc:  # dateutil's ValueError for by-values the rule never reaches
+        raise _invalid(key, "schedule", f"invalid rrule: {exc}") from None
+
+
+def check_expected_version(name: str, expected_version: int | None) -> None:
+    """Raise InvalidEntry unless ``expected_version`` is None or an int >= 0."""
+    if expected_version is None:
+        return
+    if (
+        isinstance(expected_version, bool)
+        or not isinstance(expected_version, int)
+        or expected_version < 0
+    ):
+        raise _invalid(
+            name, "expected_version", f"must be None or an int >= 0, got {expected_version!r}"
+        )
+
+
+# -- values ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EntrySpec:
+    """The definition of one entry.
+
+    Build it from loose input with :meth:`build`, which cleans it up and validates it
+    (raises InvalidEntry); change fields with :meth:`replace`; write it with
+    :meth:`Schedule.put` (which validates it again).
+    """
+
+    name: str
+    task: str
+    schedule: BaseSchedule
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    enabled: bool = True
+    #: no run before this time
+    start_time: datetime | None = None
+    #: no run after this time; the entry then becomes ``expired`` (it is not deleted)
+    expires: datetime | None = None
+    #: after this many runs the entry becomes ``finished``
+    max_runs: int | None = None
+    #: IANA zone of a crontab or rrule (default: the app's timezone)
+    tz: str | None = None
+    #: an entry with no run history runs at once instead of at its next slot
+    run_immediately: bool = False
+    #: a one-off: runs once at this time (the schedule is then derived from it)
+    at: datetime | None = None
+    #: the last run known to the source (a loader), used only when Redis has no run history
+    last_run_at: datetime | None = field(default=None, compare=False)
+
+    @classmethod
+    def build(
+        cls,
+        name: str,
+        task: str,
+        schedule: ScheduleLike | None,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        enabled: bool = True,
+        *,
+        start_time: datetime | None = None,
+        expires: datetime | None = None,
+        max_runs: int | None = None,
+        tz: str | None = None,
+        run_immediately: bool = False,
+        at: datetime | None = None,
+        last_run_at: datetime | None = None,
+    ) -> EntrySpec:
+        """An EntrySpec from loose input, cleaned up and validated (raises InvalidEntry):
+        any accepted schedule form (see :data:`ScheduleLike`), any iterable of ``args``.
+
+        A one-off gives ``at`` instead of ``schedule``. Naive datetimes are taken in the
+        app's timezone when the entry is written.
+        """
+        if at is not None and schedule is not None:
+            raise _invalid(str(name), "at", "a one-off gives `at` instead of a schedule, not both")
+        if at is None and schedule is None:
+            raise _invalid(
+                str(name), "schedule", "missing (give a schedule, or `at` for a one-off)"
+            )
+        once = None if at is None else _once(str(name), at)
+        name = check_name(name)
+        if not isinstance(task, str) or not task.strip():
+            raise _invalid(name, "task", f"must be a non-empty task name, got {task!r}")
+        converted = to_schedule(schedule if once is None else once, name)
+        if type(args) is not tuple and (
+            isinstance(args, str | bytes | Mapping) or not isinstance(args, Iterable)
+        ):
+            raise _invalid(name, "args", f"must be a list or tuple, got {args!r}")
+        args = tuple(args)
+        check_json(name, "args", args)
+        kwargs, options = _mapping(name, "kwargs", kwargs), _mapping(name, "options", options)
+        check_json(name, "kwargs", kwargs)
+        check_options(name, options)  # plain JSON, and what Celery can send
+        if not isinstance(enabled, bool):
+            raise _invalid(name, "enabled", f"must be True or False, got {enabled!r}")
+        spec = cls(
+            name=name,
+            task=task,
+            schedule=converted,
+            args=args,
+            kwargs=kwargs,
+            options=options,
+            enabled=enabled,
+            start_time=start_time,
+            expires=expires,
+            max_runs=max_runs,
+            tz=tz,
+            run_immediately=run_immediately,
+            at=at,
+            last_run_at=last_run_at,
+        )
+        _check_lifecycle(spec)
+        return spec
+
+    def replace(self, **changes: Any) -> EntrySpec:
+        """This spec with ``changes`` (EntrySpec fields, loose input as :meth:`build`
+        takes it), validated again; a one-off's schedule follows its ``at``."""
+        values = {**_fields(self), **changes}
+        if values["at"] is not None:
+            values["schedule"] = None
+        return EntrySpec.build(**values)
+
+    @classmethod
+    def once(
+        cls,
+        name: str,
+        task: str,
+        at: datetime,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        **lifetime: Any,
+    ) -> EntrySpec:
+        """A one-off entry: sent once at ``at``, then ``finished``."""
+        return cls.build(name, task, None, args, kwargs, options, at=at, **lifetime)
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        """The lifetime fields as stored in the entry's ``lifecycle`` hash field."""
+        values = _lifecycle_values(self)
+        if values == _NO_LIFECYCLE_VALUES:  # most entries: no lifetime fields at all
+            return _NO_LIFECYCLE
+        return Lifecycle(*values)
+
+    def in_zone(self, default_tz: tzinfo) -> EntrySpec:
+        """This spec with naive datetimes taken in ``default_tz`` (the app's timezone)."""
+        changes: dict[str, Any] = {}
+        for name, value in zip(_DATETIME_FIELDS, _datetime_values(self), strict=True):
+            if value is not None and value.tzinfo is None:
+                changes[name] = resolve_local(value, default_tz)
+        if not changes:
+            return self
+        return dataclasses.replace(self, **changes)
+
+    def definition(self) -> str:
+        """RedBeat's ``definition`` JSON for this entry (sorted keys)."""
+        return encode_definition(
+            self.name,
+            self.task,
+            self.schedule,
+            self.args,
+            self.kwargs,
+            self.options,
+            self.enabled,
+            schedule_json=_encoded_schedule(self.schedule),
+        )
+
+
+T = TypeVar("T")
+
+
+class _SpecField(Generic[T]):
+    """An :class:`EntryInfo` attribute read from its spec, typed by the spec's own field."""
+
+    def __init__(self, read: Callable[[EntrySpec], T]) -> None:
+        self.read = read
+
+    @overload
+    def __get__(self, info: None, owner: type[Any]) -> _SpecField[T]: ...
+
+    @overload
+    def __get__(self, info: EntryInfo, owner: type[Any]) -> T: ...
+
+    def __get__(self, info: EntryInfo | None, owner: type[Any]) -> _SpecField[T] | T:
+        return self if info is None else self.read(info.spec)
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    """One entry as Redis holds it: its definition (``spec``), version and run state.
+
+    ``version`` is 0 for an entry saved by stock RedBeat. ``next_run_at`` is the entry's
+    score in the schedule ZSET (None when it will never run again); while a manual run is
+    pending (``run_now_at``) that is the request time. Times are aware datetimes. The
+    spec's fields read through (``info.name``, ``info.schedule``, ``info.expires`` ...).
+    """
+
+    #: the definition, e.g. to change one field with :meth:`EntrySpec.replace`
+    spec: EntrySpec
+    version: int
+    last_run_at: datetime | None
+    next_run_at: datetime | None
+    total_run_count: int
+    run_now_at: datetime | None = None
+    #: active, disabled, not_started, expired, finished (``parked`` entries cannot be
+    #: decoded: see ``Schedule.list(on_invalid=...)``)
+    state: str = ACTIVE
+
+    name = _SpecField(lambda spec: spec.name)
+    task = _SpecField(lambda spec: spec.task)
+    schedule = _SpecField(lambda spec: spec.schedule)
+    args = _SpecField(lambda spec: spec.args)
+    kwargs = _SpecField(lambda spec: spec.kwargs)
+    options = _SpecField(lambda spec: spec.options)
+    enabled = _SpecField(lambda spec: spec.enabled)
+    lifecycle = _SpecField(lambda spec: spec.lifecycle)
+    start_time = _SpecField(lambda spec: spec.start_time)
+    expires = _SpecField(lambda spec: spec.expires)
+    max_runs = _SpecField(lambda spec: spec.max_runs)
+    tz = _SpecField(lambda spec: spec.tz)
+    run_immediately = _SpecField(lambda spec: spec.run_immediately)
+    #: the time of a one-off entry; None for a periodic one
+    at = _SpecField(lambda spec: spec.at)
+
+
+def utc_datetime(ts: float | int | None) -> datetime | None:
+    """An aware UTC datetime from a timestamp or ZSET score; None for None and ``-1``."""
+    if ts is None or ts < 0:
+        return None
+    return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+def info_from_stored(
+    stored: StoredEntry, score: float | None, now: datetime | None = None
+) -> EntryInfo:
+    """The EntryInfo of a decoded entry hash and its ZSET score (None: not scheduled).
+
+    ``state`` is computed at ``now`` (default: this machine's clock).
+    """
+    state = state_of(
+        enabled=stored.enabled,
+        lifecycle=stored.lifecycle,
+        stored_state=stored.state,
+        total_run_count=stored.total_run_count,
+        now=now or datetime.now(timezone.utc),
+    )
+    lifecycle = stored.lifecycle
+    spec = EntrySpec(
+        name=stored.name,
+        task=stored.task,
+        schedule=stored.schedule,
+        args=tuple(stored.args),
+        kwargs=stored.kwargs,
+        options=stored.options,
+        enabled=stored.enabled,
+        **_fields(lifecycle),
+    )
+    return EntryInfo(
+        spec,
+        version=int(stored.version),
+        last_run_at=stored.last_run_at,
+        next_run_at=utc_datetime(score),
+        total_run_count=stored.total_run_count,
+        run_now_at=utc_datetime(stored.run_now),
+        state=state,
+    )
+
+
+# -- lifetime fields ------------------------------------------------------------------
+
+_NO_LIFECYCLE = Lifecycle()
+_LIFECYCLE_FIELDS = tuple(f.name for f in dataclasses.fields(Lifecycle))
+_NO_LIFECYCLE_VALUES = tuple(getattr(_NO_LIFECYCLE, name) for name in _LIFECYCLE_FIELDS)
+#: an EntrySpec's lifetime fields, in Lifecycle's order (one C call per entry)
+_lifecycle_values = attrgetter(*_LIFECYCLE_FIELDS)
+_DATETIME_FIELDS = ("start_time", "expires", "at", "last_run_at")
+_datetime_values = attrgetter(*_DATETIME_FIELDS)
+
+
+def _fields(value: Any) -> dict[str, Any]:
+    """A dataclass instance's fields by name."""
+    return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+
+
+def _once(name: str, at: datetime) -> BaseSchedule:
+    """A one-off's schedule is derived from ``at`` (an rrule stock RedBeat runs once)."""
+    if not isinstance(at, datetime):
+        raise _invalid(name, "at", f"must be a datetime, got {at!r}")
+    moment = at if at.tzinfo is not None else at.replace(tzinfo=timezone.utc)
+    return once_schedule(moment)
+
+
+def _mapping(name: str, part: str, value: Mapping[str, Any] | None) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if type(value) is not dict and not isinstance(value, Mapping):
+        raise _invalid(name, part, f"must be a mapping, got {value!r}")
+    return dict(value)
+
+
+def _check_lifecycle(spec: EntrySpec) -> None:
+    name = spec.name
+    for part in _DATETIME_FIELDS:
+        value = getattr(spec, part)
+        if value is not None and not isinstance(value, datetime):
+            raise _invalid(name, part, f"must be a datetime or None, got {value!r}")
+    if spec.max_runs is not None:
+        check_max_runs(name, spec.max_runs)
+        if spec.at is not None and spec.max_runs != 1:
+            raise _invalid(name, "max_runs", "a one-off (`at`) runs once; leave max_runs unset")
+    if spec.tz is not None:
+        check_zone(name, spec.tz)
+        if isinstance(spec.schedule, interval):
+            raise _invalid(
+                name,
+                "tz",
+                "applies to crontab and rrule schedules; an interval does not depend on a "
+                "time zone",
+            )
+    if not isinstance(spec.run_immediately, bool):
+        raise _invalid(
+            name, "run_immediately", f"must be True or False, got {spec.run_immediately!r}"
+        )
+    start, expires = spec.start_time, spec.expires
+    if start is not None and expires is not None and _comparable(expires) <= _comparable(start):
+        raise _invalid(name, "expires", f"must be after start_time ({start.isoformat()})")
+
+
+def _comparable(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)

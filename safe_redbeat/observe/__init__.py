@@ -1,0 +1,1 @@
+"""Logs and the start of monitoring (metrics server, JSON logs) in a beat process."""

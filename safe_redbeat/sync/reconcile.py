@@ -1,0 +1,375 @@
+"""Reconcile a desired set of entries with Redis: by diff, never by wipe.
+
+Used for static ``beat_schedule`` entries and for the user's loader (the database as the
+source of truth). Each source owns the names in one Redis SET; only names a source owns
+can be removed by it, and only after a *complete* load. Lease, fence, pending records and
+run metadata (``meta``) are never touched; an update keeps ``last_run_at``.
+
+Writes go through ``upsert.lua`` / ``remove.lua``: fenced by the lease token when the
+leader reconciles, versioned (compare-and-set on the version read) when any other process
+does (``python -m safe_redbeat sync``), so a concurrent ``Schedule.upsert`` is never
+overwritten with an older definition.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import KW_ONLY, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from celery.utils.log import get_logger
+
+from ..errors import FencedOut, InvalidEntry, Resharding
+from ..model.codec import decode_meta, encode_meta
+from ..model.lifecycle import new_entry_anchor, writer_score
+from ..model.specs import EntrySpec
+from ..model.validation import check_name
+from ..store.connection import sanitize_text
+from ..store.keys import Keys
+from ..store.scripts import Remove, RemoveCode, Scripts, Upsert, UpsertCode
+
+__all__ = ["ReconcileResult", "Reconciler", "removals_held"]
+
+logger = get_logger("safe_redbeat.reconcile")
+
+#: Entries read or written per pipeline; the lease is renewed between chunks.
+CHUNK = 2000
+_MAX_ROUNDS = 5
+
+
+@dataclass
+class ReconcileResult:
+    """What one reconcile did (or, with ``dry_run``, would do)."""
+
+    source: str
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    #: changed by someone else between read and write: left for the next round
+    conflicts: list[str] = field(default_factory=list)
+    #: problems, each naming the entry; any error makes the round incomplete
+    errors: list[str] = field(default_factory=list)
+    #: removals the guard held back (more than ``max_removals``): see ``sync --allow-removals``
+    held: list[str] = field(default_factory=list)
+    #: removals were allowed (the load completed without error)
+    complete: bool = True
+    dry_run: bool = False
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        verb = "would " if self.dry_run else ""
+        text = (
+            f"{self.source}: {verb}create {len(self.created)}, {verb}update "
+            f"{len(self.updated)}, {verb}remove {len(self.removed)}, unchanged "
+            f"{self.unchanged}, conflicts {len(self.conflicts)}, errors {len(self.errors)}"
+            f" in {self.seconds:.2f}s"
+        )
+        if not self.complete:
+            text += " (incomplete load: nothing removed)"
+        if self.held:
+            text += f"; {len(self.held)} removals held (safe-redbeat sync --allow-removals)"
+        return text
+
+    @classmethod
+    def merged(cls, results: Sequence[ReconcileResult]) -> ReconcileResult:
+        """One result for a reconcile done shard by shard (errors said once)."""
+        total = cls(results[0].source, dry_run=results[0].dry_run)
+        for part in results:
+            total.created += part.created
+            total.updated += part.updated
+            total.removed += part.removed
+            total.unchanged += part.unchanged
+            total.conflicts += part.conflicts
+            total.errors += [error for error in part.errors if error not in total.errors]
+            total.held += part.held
+            total.complete = total.complete and part.complete
+            total.seconds += part.seconds
+        return total
+
+    def to_json(self) -> str:
+        data = {
+            "source": self.source,
+            "created": len(self.created),
+            "updated": len(self.updated),
+            "removed": len(self.removed),
+            "unchanged": self.unchanged,
+            "conflicts": len(self.conflicts),
+            "errors": [sanitize_text(error) for error in self.errors[:20]],
+            "complete": self.complete,
+            "removals_held": len(self.held),
+            "held": self.held[:20],
+            "seconds": round(self.seconds, 3),
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        return json.dumps(data, separators=(",", ":"))
+
+
+@dataclass
+class _Change:
+    spec: EntrySpec
+    definition: str
+    #: the version the write expects; None: any (content unchanged, only ownership)
+    version: int | None
+    new: bool
+
+
+@dataclass(eq=False)
+class Reconciler:
+    """Diff one source's desired entries against Redis and apply the difference."""
+
+    client: Any
+    keys: Keys
+    scripts: Scripts
+    app: Any
+    _: KW_ONLY
+    source: str
+    owned_key: str
+
+    def snapshot(self) -> dict[str, int]:
+        """The names this source owns and their versions, read *before* loading.
+
+        Pass it to :meth:`run`: an entry whose version moved while the loader read the
+        database (an application write-through that raced with it) is then left alone,
+        instead of being overwritten with the older row the loader returned; and only names
+        owned in the snapshot can be removed, each only at its snapshot version.
+        """
+        owned = sorted(name for name in self.client.smembers(self.owned_key) if self._entry(name))
+        versions: dict[str, int] = {}
+        for start in range(0, len(owned), CHUNK):
+            chunk = owned[start : start + CHUNK]
+            stored = self.scripts.versions([self.keys.entry(name) for name in chunk])
+            for name, version in zip(chunk, stored, strict=True):
+                number = version.number if version.exists else 0
+                if number is None:
+                    logger.warning(
+                        "%s: entry %r has an unreadable version %r; left alone",
+                        self.source,
+                        name,
+                        version.raw,
+                    )
+                    continue
+                versions[name] = number
+        return versions
+
+    def _entry(self, name: str) -> bool:
+        """Whether an owned name can be an entry's (another program may have added any
+        member): a name such as ``:pending`` would make its removal delete an internal key."""
+        try:
+            check_name(name)
+        except InvalidEntry as exc:
+            reason = exc.problem
+        else:
+            if self.keys.entry(name) != self.keys.lease:
+                return True
+            reason = "its key is the lease key"
+        logger.warning(
+            "%s: %r in %r is not an entry name (%s); left alone",
+            self.source,
+            name,
+            self.owned_key,
+            reason,
+        )
+        return False
+
+    def run(
+        self,
+        specs: Iterable[EntrySpec],
+        *,
+        versions: dict[str, int] | None = None,
+        token: str = "",
+        complete: bool = True,
+        errors: Sequence[str] = (),
+        dry_run: bool = False,
+        renew: Callable[[], None] | None = None,
+        max_removals: int | None = None,
+        hold_removals: bool | None = None,
+    ) -> ReconcileResult:
+        """Apply ``specs``; remove owned names they lack only if ``complete``.
+
+        ``max_removals``: when more owned names would be removed, or ``specs`` is empty,
+        none is (``ReconcileResult.held``); None removes any number. ``hold_removals``
+        overrides that with the caller's verdict over the whole schedule (a sharded
+        schedule reconciles shard by shard, the guard counts every shard:
+        :func:`removals_held`).
+
+        Entries are compared by the SHA1 of their definition inside Redis (``diff.lua``),
+        so an unchanged entry costs no round trip of its own and no write.
+        ``versions`` (from :meth:`snapshot`) are the versions expected by each write;
+        without it, the version read during the diff. ``token`` fences every write by the
+        lease (leader); ``''`` leaves only the version check. Raises FencedOut if Redis
+        rejected a fenced write.
+        """
+        started = time.monotonic()
+        result = ReconcileResult(self.source, errors=list(errors), dry_run=dry_run)
+        zone = self.app.timezone
+        desired = {spec.name: spec.in_zone(zone) for spec in specs}
+        result.complete = complete and not result.errors
+        if versions is None:
+            versions = self.snapshot() if result.complete else {}
+            expect_snapshot = False
+        else:
+            expect_snapshot = True
+        owned = set(versions)
+        changes: list[_Change] = []
+        specs_list = list(desired.values())
+        for start in range(0, len(specs_list), CHUNK):
+            chunk = specs_list[start : start + CHUNK]
+            definitions = [spec.definition() for spec in chunk]
+            differing = self.scripts.diff(
+                [self.keys.entry(spec.name) for spec in chunk],
+                [_digest(d, spec) for d, spec in zip(definitions, chunk, strict=True)],
+            )
+            for index, spec in enumerate(chunk):
+                if index not in differing and spec.name in owned:
+                    result.unchanged += 1
+                    continue
+                # changed, new, or unchanged but not yet owned by this source (the
+                # upsert then only records ownership)
+                current = differing.get(index)
+                if current is not None and not current.is_hash:
+                    result.errors.append(
+                        f"entry {spec.name!r}: its key {self.keys.entry(spec.name)!r} holds "
+                        "another Redis type, not an entry hash; left alone (delete that key "
+                        "and the next reconcile writes the entry)"
+                    )
+                    continue
+                expected: int | None = 0
+                if current is None:
+                    expected = None  # unchanged content: take the version upsert.lua finds
+                elif current.exists:
+                    expected = current.number or 0
+                if expect_snapshot and spec.name in versions:
+                    expected = versions[spec.name]
+                new = current is not None and not current.exists
+                changes.append(_Change(spec, definitions[index], expected, new))
+            if renew is not None:
+                renew()
+        removals = sorted(owned - set(desired)) if result.complete else []
+        if hold_removals is None:
+            hold_removals = removals_held(len(removals), len(owned), max_removals)
+        if removals and hold_removals:
+            result.held, removals = removals, []
+        if dry_run:
+            result.created = [c.spec.name for c in changes if c.new]
+            result.updated = [c.spec.name for c in changes if not c.new and c.version is not None]
+            result.removed = removals
+        else:
+            self._apply(changes, token, result, renew)
+            self._remove(removals, versions, token, result)
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _apply(
+        self,
+        changes: list[_Change],
+        token: str,
+        result: ReconcileResult,
+        renew: Callable[[], None] | None,
+    ) -> None:
+        pending = changes
+        for _round in range(_MAX_ROUNDS):
+            if not pending:
+                break
+            retry: list[_Change] = []
+            for start in range(0, len(pending), CHUNK):
+                chunk = pending[start : start + CHUNK]
+                retry.extend(self._write_chunk(chunk, token, result))
+                if renew is not None:
+                    renew()
+            pending = retry
+        result.conflicts.extend(change.spec.name for change in pending)
+
+    def _write_chunk(
+        self, chunk: list[_Change], token: str, result: ReconcileResult
+    ) -> list[_Change]:
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.time()
+            for change in chunk:
+                pipe.hmget(self.keys.entry(change.spec.name), "meta")
+            (seconds, micros), *metas = pipe.execute()
+        now = datetime.fromtimestamp(seconds + micros / 1e6, tz=timezone.utc)
+        batch = self.scripts.upserts()
+        for change, (meta,) in zip(chunk, metas, strict=True):
+            name = change.spec.name
+            try:
+                last_run_at, runs = decode_meta(self.keys.entry(name), meta)
+            except InvalidEntry:
+                last_run_at, runs = now, 0  # unreadable meta: keep it, schedule from now
+            spec, new_meta = change.spec, encode_meta(None)
+            if meta is None:  # new: counts from now, or from the loader's last run
+                last_run_at = new_entry_anchor(spec.lifecycle, spec.last_run_at, now)
+                new_meta = encode_meta(last_run_at)
+            score = writer_score(spec.schedule, spec.lifecycle, last_run_at, runs, now)
+            self.scripts.upsert(
+                Upsert(
+                    entry_key=self.keys.entry(name),
+                    owner_set=self.owned_key,
+                    definition=change.definition,
+                    score=score,
+                    new_meta=new_meta,
+                    expected_meta=meta,
+                    expected_version=change.version,
+                    fields={"lifecycle": spec.lifecycle.encode()},
+                    owner_name=name,
+                    token=token,
+                ),
+                batch=batch,
+            )
+        replies = batch.execute()
+        if any(reply.code is UpsertCode.FENCED_OUT for reply in replies):
+            raise FencedOut("Redis rejected a reconcile write: the lease is not ours")
+        if any(reply.code is UpsertCode.RETIRED for reply in replies):
+            raise Resharding("the shard was resharded away during the reconcile; run it again")
+        retry = []
+        for change, reply in zip(chunk, replies, strict=True):
+            if reply.code is UpsertCode.WRITTEN:
+                (result.created if change.new else result.updated).append(change.spec.name)
+            elif reply.code is UpsertCode.UNCHANGED:
+                result.unchanged += 1
+            elif reply.code is UpsertCode.VERSION_CONFLICT:
+                result.conflicts.append(change.spec.name)
+            elif reply.code is UpsertCode.META_CHANGED:
+                retry.append(change)
+        return retry
+
+    def _remove(
+        self, names: list[str], versions: dict[str, int], token: str, result: ReconcileResult
+    ) -> None:
+        """Remove each name at the version it had in the snapshot (else: a conflict)."""
+        for start in range(0, len(names), CHUNK):
+            chunk = names[start : start + CHUNK]
+            batch = self.scripts.removals()
+            for name in chunk:
+                call = Remove(self.keys.entry(name), name, [self.owned_key], versions[name], token)
+                self.scripts.remove(call, batch=batch)
+            replies = batch.execute()
+            if any(reply.code is RemoveCode.FENCED_OUT for reply in replies):
+                raise FencedOut("Redis rejected a reconcile write: the lease is not ours")
+            if any(reply.code is RemoveCode.RETIRED for reply in replies):
+                raise Resharding("the shard was resharded away during the reconcile; run it again")
+            for name, reply in zip(chunk, replies, strict=True):
+                if reply.code in (RemoveCode.REMOVED, RemoveCode.NOT_FOUND):
+                    result.removed.append(name)
+                    logger.info("%s: removed entry %r (no longer loaded)", self.source, name)
+                elif reply.code is RemoveCode.VERSION_CONFLICT:
+                    result.conflicts.append(name)
+
+
+def removals_held(removing: int, owned: int, max_removals: int | None) -> bool:
+    """The removal guard: hold a load's removals when it would remove more than
+    ``max_removals`` of the ``owned`` entries, or all of them. None: no limit."""
+    return (
+        removing > 0 and max_removals is not None and (removing > max_removals or removing == owned)
+    )
+
+
+def _digest(definition: str, spec: EntrySpec) -> str:
+    """SHA1 of what ``diff.lua`` compares: the definition, plus the lifecycle field if set."""
+    lifecycle = spec.lifecycle.encode()
+    content = definition + "\n" + lifecycle if lifecycle else definition
+    return hashlib.sha1(content.encode()).hexdigest()
