@@ -22,7 +22,7 @@ from celery.beat import DEFAULT_MAX_INTERVAL
 from redbeat.schedulers import RedBeatScheduler
 
 from safe_redbeat.leader.balance import LIVE_AGE
-from safe_redbeat.model.lifecycle import SLOT_SEARCH_SECONDS
+from safe_redbeat.model.slots import SLOT_SEARCH_SECONDS
 
 from . import reconcile
 from .commands import CommandResult

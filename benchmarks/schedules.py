@@ -21,8 +21,9 @@ from typing import Any
 from celery.schedules import crontab
 from redbeat.schedules import rrule
 
-from safe_redbeat.model.codec import StoredEntry, to_timestamp
-from safe_redbeat.model.lifecycle import Lifecycle, decide
+from safe_redbeat.model.decide import decide
+from safe_redbeat.model.entry import StoredEntry, to_timestamp
+from safe_redbeat.model.lifecycle import Lifecycle
 
 from .stats import Sample
 

@@ -29,7 +29,7 @@ from celery.app.task import Context
 from celery.utils.log import get_logger
 from redbeat.schedulers import ensure_conf, get_redis
 
-from .dispatch.plan import HEADER_SCHEDULED
+from .model.occurrence import HEADER_SCHEDULED
 
 __all__ = ["OncePerOccurrence", "first_execution"]
 

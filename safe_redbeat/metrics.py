@@ -28,7 +28,7 @@ from typing import Any
 from celery.utils.log import get_logger
 
 from . import signals
-from .dispatch.plan import Occurrence
+from .model.occurrence import Occurrence
 
 try:
     from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server

@@ -25,7 +25,8 @@ from redis.exceptions import ResponseError
 from .config import Settings
 from .errors import EntryNotFound, InvalidEntry, Resharding, SafeRedBeatError, VersionConflict
 from .model.codec import decode_entry, decode_meta, encode_meta
-from .model.lifecycle import new_entry_anchor, state_of, writer_score
+from .model.lifecycle import state_of
+from .model.slots import new_entry_anchor, writer_score
 from .model.specs import (
     EntryInfo,
     EntrySpec,

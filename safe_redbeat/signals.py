@@ -30,7 +30,7 @@ from typing import Any
 
 from celery.utils.dispatch import Signal
 
-from .dispatch.plan import Occurrence
+from .model.occurrence import Occurrence
 
 __all__ = [
     "ACQUIRED",

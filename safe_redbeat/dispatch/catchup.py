@@ -18,10 +18,14 @@ from typing import Any
 from celery.utils.log import get_logger
 
 from ..errors import InvalidEntry
-from ..model.codec import StoredEntry, decode_entry, encode_meta
-from ..model.lifecycle import EXPIRED, NEVER, TERMINAL, first_slot, zone_of
+from ..model.codec import decode_entry, encode_meta
+from ..model.entry import StoredEntry
+from ..model.lifecycle import EXPIRED, TERMINAL, zone_of
+from ..model.occurrence import Occurrence, task_id_for
+from ..model.slots import first_slot
 from ..store.keys import Keys
-from .plan import ClaimOp, Occurrence, task_id_for
+from ..store.wire import NEVER
+from .plan import ClaimOp
 
 __all__ = ["coalesce", "coalesce_ops", "read_entries"]
 

@@ -28,8 +28,8 @@ from redbeat.schedulers import RedBeatScheduler
 
 from ..errors import InvalidEntry
 from ..model.codec import decode_entry
+from ..model.occurrence import Occurrence
 from ..store.keys import Keys
-from .plan import Occurrence
 
 __all__ = ["patched_hook", "prepare"]
 

@@ -31,10 +31,10 @@ from .. import signals
 from ..config import Settings
 from ..errors import FencedOut
 from ..leader.backoff import Backoff
+from ..model.occurrence import Occurrence
 from ..store.keys import Keys
 from ..store.scripts import Move, MoveCode, Scripts
 from . import hooks
-from .plan import Occurrence
 from .publisher import Publisher, SendReport
 
 __all__ = ["DeadLetter", "Outbox", "read_dead_letters"]

@@ -1,175 +1,40 @@
-"""Plan, claim and describe the occurrences of one batch of due entries.
+"""Plan and claim the occurrences of one batch of due entries.
 
-An *occurrence* is one entry at one scheduled time: the entry's ZSET score when it was
-claimed. Its task id is derived from both (uuid5), so any leader that sends the same
-occurrence sends the same id, and a worker-side guard can drop a second copy.
+For each entry read as due, :func:`plan_batch` decides (:mod:`..model.decide`) what
+``claim.lua`` should do: claim an occurrence (:mod:`..model.occurrence`) and move the
+score, move the score only, or park a malformed entry. :func:`settle_claim` reads the
+script's answer.
 """
 
 from __future__ import annotations
 
-import json
-import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ..errors import FencedOut, InvalidEntry
-from ..model.codec import StoredEntry, encode_meta, meta_encoder, to_timestamp
-from ..model.lifecycle import decide, writer_score
-from ..model.validation import check_options, check_text
-from ..store.scripts import ClaimCode, ClaimResult
+from ..errors import FencedOut
+from ..model.codec import encode_meta, meta_encoder
+from ..model.decide import decide
+from ..model.entry import StoredEntry, to_timestamp
+from ..model.occurrence import Occurrence, task_id_for
+from ..model.slots import writer_score
+from ..store.scripts import Claim, ClaimCode, ClaimResult
+from ..store.wire import PARK
 
-__all__ = [
-    "HEADER_ENTRY",
-    "HEADER_FENCE",
-    "HEADER_PERIODIC_TASK_NAME",
-    "HEADER_SCHEDULED",
-    "ClaimOp",
-    "Occurrence",
-    "Plan",
-    "Settled",
-    "plan_batch",
-    "settle_claim",
-    "task_id_for",
-]
-
-#: Message headers set on every task we send.
-HEADER_FENCE = "safe_redbeat_fence"
-HEADER_SCHEDULED = "safe_redbeat_scheduled"
-HEADER_ENTRY = "safe_redbeat_entry"
-#: django-celery-beat's header naming the periodic task (read by django-celery-results)
-HEADER_PERIODIC_TASK_NAME = "periodic_task_name"
-
-_TASK_ID_NAMESPACE = uuid.UUID("6f1c1d56-3f43-4a52-9d1e-6a0f2f6b7c15")
-
-#: ``ClaimOp.run_now`` of an operation that parks a malformed entry
-PARKED = "-"
-
-# claim.lua's per operation result codes
-CLAIMED = ClaimCode.CLAIMED
-SCORE_MOVED = ClaimCode.SCORE_MOVED
-GONE = ClaimCode.GONE
-VERSION_CHANGED = ClaimCode.VERSION_CHANGED
-
-
-def task_id_for(entry_key: str, scheduled: int, kind: str = "") -> str:
-    """Deterministic task id of the occurrence of ``entry_key`` scheduled at ``scheduled``.
-
-    ``entry_key`` is the entry's key in the unsharded layout (``Keys.task_key``), so a
-    reshard does not change the ids. ``kind`` separates occurrences that are not part of
-    the schedule (``"run_now"``).
-    """
-    return str(uuid.uuid5(_TASK_ID_NAMESPACE, f"{entry_key}\x00{scheduled}{kind}"))
+__all__ = ["ClaimOp", "Plan", "Settled", "park", "plan_batch", "settle_claim"]
 
 
 @dataclass(frozen=True)
-class Occurrence:
-    """A claimed occurrence: everything needed to publish it, now or after a crash."""
+class ClaimOp(Claim):
+    """A :class:`~safe_redbeat.store.scripts.Claim` with the occurrence it records."""
 
-    task_id: str
-    entry: str
-    task: str
-    args: list[Any]
-    kwargs: dict[str, Any]
-    options: dict[str, Any]
-    scheduled: int
-    fence: int
-
-    #: publish attempts that failed on this message itself (not on the broker)
-    attempts: int = 0
-    #: the last such failure, one line
-    last_error: str = ""
-    #: the record exactly as stored in Redis (compare-and-set needs the stored text)
-    raw: str = field(default="", compare=False, repr=False)
-
-    def to_json(self) -> str:
-        data: dict[str, Any] = {
-            "entry": self.entry,
-            "task": self.task,
-            "args": self.args,
-            "kwargs": self.kwargs,
-            "options": self.options,
-            "scheduled": self.scheduled,
-            "fence": self.fence,
-        }
-        if self.attempts:
-            data["attempts"] = self.attempts
-            data["last_error"] = self.last_error
-        return json.dumps(data, separators=(",", ":"), sort_keys=True)
-
-    @property
-    def record(self) -> str:
-        """The pending record as Redis holds it."""
-        return self.raw or self.to_json()
-
-    @classmethod
-    def from_json(cls, task_id: str, raw: str) -> Occurrence:
-        """Decode a pending or dead-letter record; ValueError naming what is wrong."""
-        try:
-            check_text(task_id, "task id", task_id)
-            check_text(task_id, "record", raw)
-            data = json.loads(raw)
-        except (ValueError, InvalidEntry) as exc:
-            raise ValueError(f"not a JSON record ({exc})") from None
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        entry, task = data.get("entry"), data.get("task")
-        if not isinstance(entry, str) or not isinstance(task, str) or not task:
-            raise ValueError("'entry' and 'task' must be strings")
-        args, kwargs = data.get("args") or [], data.get("kwargs") or {}
-        options = data.get("options") or {}
-        if not isinstance(args, list) or not isinstance(kwargs, dict):
-            raise ValueError("'args' must be an array and 'kwargs' an object")
-        if not isinstance(options, dict):
-            raise ValueError("'options' must be an object")
-        try:
-            check_options(entry, options)
-        except InvalidEntry as exc:
-            raise ValueError(str(exc)) from None
-        return cls(
-            task_id=task_id,
-            entry=entry,
-            task=task,
-            args=args,
-            kwargs=kwargs,
-            options=options,
-            scheduled=_whole(data, "scheduled"),
-            fence=_whole(data, "fence"),
-            attempts=_whole(data, "attempts", 0),
-            last_error=str(data.get("last_error") or ""),
-            raw=raw,
-        )
-
-    def failed(self, error: str) -> Occurrence:
-        """This occurrence after one more failed publish attempt."""
-        return replace(self, attempts=self.attempts + 1, last_error=error, raw="")
-
-    def headers(self, sender_fence: int) -> dict[str, Any]:
-        return {
-            "celery_beat_task": True,
-            HEADER_FENCE: sender_fence,
-            HEADER_SCHEDULED: self.scheduled,
-            HEADER_ENTRY: self.entry,
-            HEADER_PERIODIC_TASK_NAME: self.entry,
-        }
-
-
-@dataclass(frozen=True)
-class ClaimOp:
-    """One operation of ``claim.lua``: claim an occurrence, or just move a score."""
-
-    key: str
-    expected_score: float
-    expected_version: str
-    new_score: int
-    new_meta: str = ""
     occurrence: Occurrence | None = None
-    #: the ``run_now`` value this claim sends (cleared only if it is still that value);
-    #: ``"-"`` parks the entry without regard to a pending request
-    run_now: str = ""
-    #: a terminal state recorded in the same claim (``finished``, ``expired``), or ''
-    new_state: str = ""
+
+    def __post_init__(self) -> None:
+        if self.occurrence is not None:
+            pending = (self.occurrence.task_id, self.occurrence.record)
+            object.__setattr__(self, "pending", pending)
 
 
 @dataclass
@@ -190,14 +55,7 @@ class Plan:
 
 def park(key: str, score: float, version: str, until: int) -> ClaimOp:
     """Move a malformed entry's slot to ``until``, leaving everything else as it is."""
-    return ClaimOp(key, score, version, until, run_now=PARKED)
-
-
-def _whole(data: dict[str, Any], name: str, default: int | None = None) -> int:
-    value = data.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name!r} must be a whole number, got {value!r}")
-    return value
+    return ClaimOp(key, score, version, until, run_now=PARK)
 
 
 def plan_batch(
@@ -268,8 +126,7 @@ def _plan_entry(
             entry.score,
             entry.version,
             regular,
-            "",
-            occurrence,
+            occurrence=occurrence,
             run_now=entry.run_now_raw or "",
         )
     if not entry.enabled:
@@ -287,7 +144,13 @@ def _plan_entry(
         meta = meta_at_now(count) if at is now else encode_meta(at, count)
     claimed = _occurrence(entry, scheduled, fence, id_prefix) if step.send else None
     return ClaimOp(
-        entry.key, entry.score, entry.version, step.new_score, meta, claimed, new_state=step.state
+        entry.key,
+        entry.score,
+        entry.version,
+        step.new_score,
+        meta,
+        occurrence=claimed,
+        new_state=step.state,
     )
 
 

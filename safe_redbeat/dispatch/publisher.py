@@ -44,7 +44,7 @@ from celery.utils.log import get_logger
 from kombu.exceptions import OperationalError as BrokerError
 
 from ..errors import LeaseLost
-from .plan import Occurrence
+from ..model.occurrence import Occurrence
 
 __all__ = ["BROKER_ERRORS", "Publisher", "SendReport", "broker_fault"]
 

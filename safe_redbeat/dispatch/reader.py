@@ -15,9 +15,11 @@ from redis.exceptions import ResponseError
 
 from .. import signals
 from ..errors import InvalidEntry
-from ..model.codec import StoredEntry, decode_entry
+from ..model.codec import decode_entry
+from ..model.entry import StoredEntry
 from ..store.keys import Keys
 from ..store.scripts import Scripts
+from ..store.wire import NEVER
 from .plan import ClaimOp, park
 
 __all__ = ["DueBatch", "DueReader"]
@@ -93,7 +95,7 @@ class DueReader:
         ):
             if definition is None and meta is None and version is None and run_now is None:
                 # a ZSET member without its hash: the claim script drops the member
-                batch.ops.append(ClaimOp(key, score, "0", -1))
+                batch.ops.append(ClaimOp(key, score, "0", NEVER))
                 continue
             try:
                 batch.entries.append(

@@ -19,9 +19,10 @@ from celery.utils.log import get_logger
 
 from .. import signals, wiring
 from ..errors import FencedOut
+from ..model.occurrence import Occurrence
 from ..store.keys import Keys
 from .catchup import coalesce
-from .plan import ClaimOp, Occurrence, Plan, plan_batch, settle_claim
+from .plan import ClaimOp, Plan, plan_batch, settle_claim
 from .publisher import SendReport
 from .reader import DueBatch
 

@@ -7,12 +7,10 @@ Times are computed against a ``now`` passed in (Redis server time), never the lo
 
 from __future__ import annotations
 
-import calendar
 import json
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,11 +18,11 @@ from celery.schedules import BaseSchedule, maybe_schedule
 from redbeat.decoder import RedBeatJSONDecoder, RedBeatJSONEncoder
 
 from ..errors import InvalidEntry
+from .entry import StoredEntry
 from .lifecycle import Lifecycle, decode_state
 from .validation import check_json, check_options, check_text
 
 __all__ = [
-    "StoredEntry",
     "decode_entry",
     "decode_meta",
     "decode_timestamp",
@@ -32,10 +30,7 @@ __all__ = [
     "encode_meta",
     "encode_schedule",
     "meta_encoder",
-    "to_timestamp",
 ]
-
-NEVER = -1
 
 # One instance each: json.loads/dumps(cls=...) would build a new one per call, which
 # costs a few microseconds per entry on every tick. Both are stateless.
@@ -47,37 +42,6 @@ def _loads(raw: str | bytes) -> Any:
     if isinstance(raw, str):
         return _DECODER.decode(raw)
     return json.loads(raw, cls=RedBeatJSONDecoder)
-
-
-def to_timestamp(dt: datetime) -> int:
-    """Whole UTC seconds since the epoch, as RedBeat scores them."""
-    return calendar.timegm(dt.utctimetuple())
-
-
-@dataclass
-class StoredEntry:
-    """One entry read from Redis, decoded and validated."""
-
-    key: str
-    name: str
-    task: str
-    schedule: BaseSchedule
-    args: list[Any]
-    kwargs: dict[str, Any]
-    options: dict[str, Any]
-    enabled: bool
-    last_run_at: datetime | None
-    total_run_count: int
-    version: str
-    score: float
-    meta_raw: str | None = field(default=None, repr=False)
-    #: a pending "run now" request: the Redis time (whole seconds) it was made at
-    run_now: int | None = None
-    #: ``run_now`` as stored: the claim clears the request only if it still holds this
-    run_now_raw: str | None = field(default=None, repr=False)
-    #: lifetime fields (hash field ``lifecycle``) and recorded state (field ``state``)
-    lifecycle: Lifecycle = field(default_factory=Lifecycle)
-    state: str = ""
 
 
 def _fail(key: str, field_name: str, problem: str) -> InvalidEntry:

@@ -24,17 +24,10 @@ from redbeat.decoder import RedBeatJSONDecoder, RedBeatJSONEncoder
 from redbeat.schedules import rrule
 
 from ..errors import InvalidEntry, ScheduleTooCostly
-from .codec import StoredEntry, encode_definition, encode_schedule
-from .lifecycle import (
-    ACTIVE,
-    Lifecycle,
-    check_max_runs,
-    check_zone,
-    once_schedule,
-    resolve_local,
-    slot_after,
-    state_of,
-)
+from .codec import encode_definition, encode_schedule
+from .entry import StoredEntry
+from .lifecycle import ACTIVE, Lifecycle, check_max_runs, check_zone, once_schedule, state_of
+from .slots import resolve_local, slot_after
 from .validation import check_json, check_name, check_options
 
 __all__ = [

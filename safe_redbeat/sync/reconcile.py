@@ -25,7 +25,7 @@ from celery.utils.log import get_logger
 
 from ..errors import FencedOut, InvalidEntry, Resharding
 from ..model.codec import decode_meta, encode_meta
-from ..model.lifecycle import new_entry_anchor, writer_score
+from ..model.slots import new_entry_anchor, writer_score
 from ..model.specs import EntrySpec
 from ..model.validation import check_name
 from ..store.connection import sanitize_text

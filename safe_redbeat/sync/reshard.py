@@ -33,8 +33,8 @@ from typing import Any
 
 from celery.utils.log import get_logger
 
-from ..dispatch.plan import Occurrence
 from ..errors import SafeRedBeatError
+from ..model.occurrence import Occurrence
 from ..store.connection import check_cluster_keys
 from ..store.keys import Keys
 from ..store.layout import Layout, check_shards, read_layout

@@ -15,8 +15,8 @@ from typing import Any
 
 import redis
 
-from safe_redbeat.dispatch.plan import HEADER_ENTRY, HEADER_FENCE, HEADER_SCHEDULED
 from safe_redbeat.leader.lease import Holder, parse_token
+from safe_redbeat.model.occurrence import HEADER_ENTRY, HEADER_FENCE, HEADER_SCHEDULED
 from testbed.beat import PRIORITY_SEP, REPO_ROOT, BeatProcess, Message
 from tests.chaos.model import LeaseSample, ReplicaExit, Sent
 from tests.support import KEYS

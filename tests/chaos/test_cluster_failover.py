@@ -23,7 +23,7 @@ from collections import defaultdict
 import pytest
 import redis
 
-from safe_redbeat.dispatch.plan import HEADER_ENTRY, HEADER_FENCE, HEADER_SCHEDULED
+from safe_redbeat.model.occurrence import HEADER_ENTRY, HEADER_FENCE, HEADER_SCHEDULED
 from testbed.beat import BeatCluster, Message, QueueAuditor
 from testbed.cluster import LocalCluster
 

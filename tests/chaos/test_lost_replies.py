@@ -15,7 +15,7 @@ import redis
 from celery import Celery
 
 from safe_redbeat import SafeRedBeatScheduler
-from safe_redbeat.dispatch.plan import task_id_for
+from safe_redbeat.model.occurrence import task_id_for
 from testbed.beat import QueueAuditor
 from tests.support import inprocess
 from tests.support.inprocess import FakeClock, celery_app

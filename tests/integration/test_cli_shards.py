@@ -17,7 +17,7 @@ import redis
 from celery import Celery
 
 from safe_redbeat import SafeRedBeatScheduler, Schedule
-from safe_redbeat.dispatch.plan import Occurrence
+from safe_redbeat.model.occurrence import Occurrence
 from safe_redbeat.store.layout import Layout
 from tests.integration.test_cli import HEALTH_KEYS, STATUS_KEYS, cli, cli_json, env_for
 from tests.support import KEYS

@@ -25,8 +25,8 @@ from redis.crc import key_slot
 
 from safe_redbeat import ConfigurationError, SafeRedBeatScheduler, Schedule, VersionConflict
 from safe_redbeat.config import Settings
-from safe_redbeat.dispatch.plan import HEADER_ENTRY, HEADER_SCHEDULED, task_id_for
 from safe_redbeat.leader.lease import Lease
+from safe_redbeat.model.occurrence import HEADER_ENTRY, HEADER_SCHEDULED, task_id_for
 from safe_redbeat.store.connection import scheduler_client
 from safe_redbeat.store.keys import Keys
 from safe_redbeat.store.scripts import Adopt, Registered, Scripts

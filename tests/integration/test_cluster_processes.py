@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from safe_redbeat.dispatch.plan import HEADER_ENTRY, HEADER_FENCE, HEADER_SCHEDULED
 from safe_redbeat.leader.lease import parse_token
+from safe_redbeat.model.occurrence import HEADER_ENTRY, HEADER_FENCE, HEADER_SCHEDULED
 from testbed.beat import (
     BeatCluster,
     BeatProcess,

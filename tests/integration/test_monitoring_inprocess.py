@@ -20,8 +20,8 @@ from prometheus_client import CollectorRegistry
 
 from safe_redbeat import SafeRedBeatScheduler, Schedule, signals
 from safe_redbeat.dispatch.hooks import patched_hook
-from safe_redbeat.dispatch.plan import task_id_for
 from safe_redbeat.metrics import SchedulerMetrics
+from safe_redbeat.model.occurrence import task_id_for
 from safe_redbeat.observe import jsonlog
 from safe_redbeat.store.layout import Layout
 from testbed.beat import QueueAuditor

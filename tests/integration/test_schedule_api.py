@@ -36,8 +36,8 @@ from safe_redbeat import (
     Schedule,
     VersionConflict,
 )
-from safe_redbeat.dispatch.plan import task_id_for
 from safe_redbeat.model.codec import encode_meta
+from safe_redbeat.model.occurrence import task_id_for
 from safe_redbeat.store.scripts import source
 from testbed.beat import BeatCluster, QueueAuditor
 from testbed.redis_server import RedisServer

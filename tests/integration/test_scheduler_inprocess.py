@@ -15,7 +15,7 @@ from celery import Celery
 from redbeat.schedulers import RedBeatSchedulerEntry
 
 from safe_redbeat import SafeRedBeatScheduler
-from safe_redbeat.dispatch.plan import Occurrence, task_id_for
+from safe_redbeat.model.occurrence import Occurrence, task_id_for
 from testbed.beat import QueueAuditor
 from tests.support import KEYS
 from tests.support.inprocess import FAST, FakeClock, add_due, celery_app

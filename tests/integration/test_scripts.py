@@ -7,8 +7,8 @@ import json
 import pytest
 import redis
 
-from safe_redbeat.dispatch.plan import CLAIMED, GONE, SCORE_MOVED, VERSION_CHANGED
 from safe_redbeat.leader.lease import parse_token
+from safe_redbeat.store.scripts import ClaimCode
 from safe_redbeat.store.scripts import Registered as Scripts
 from tests.support import KEYS
 
@@ -105,11 +105,11 @@ def test_an_occurrence_is_claimed_once_and_leaves_a_pending_record(
     key = seed_entry(redis_client, "a", 100)
     token = acquire(scripts)
     op = ["100", "0", "200", '{"m":1}', 'id1 {"entry":"a"}']
-    assert claim(scripts, token, op, keys=[key]) == [1, CLAIMED]
+    assert claim(scripts, token, op, keys=[key]) == [1, ClaimCode.CLAIMED]
     assert redis_client.zscore(KEYS.schedule, key) == 200
     assert redis_client.hget(key, "meta") == '{"m":1}'
     assert redis_client.hget(KEYS.pending, "id1") == '{"entry":"a"}'
-    assert claim(scripts, token, op, keys=[key]) == [1, SCORE_MOVED]
+    assert claim(scripts, token, op, keys=[key]) == [1, ClaimCode.SCORE_MOVED]
     assert redis_client.hlen(KEYS.pending) == 1
 
 
@@ -120,7 +120,7 @@ def test_claim_rejects_a_definition_that_changed_since_it_was_read(
     token = acquire(scripts)
     assert claim(scripts, token, ["100", "2", "200", "", "id1 {}"], keys=[key]) == [
         1,
-        VERSION_CHANGED,
+        ClaimCode.VERSION_CHANGED,
     ]
     assert redis_client.zscore(KEYS.schedule, key) == 100
     assert not redis_client.exists(KEYS.pending)
@@ -130,7 +130,7 @@ def test_claim_drops_a_slot_whose_hash_is_gone(scripts: Scripts, redis_client: r
     redis_client.zadd(KEYS.schedule, {"redbeat:ghost": 100})
     token = acquire(scripts)
     codes = claim(scripts, token, ["100", "0", "-1", "", ""], keys=["redbeat:ghost"])
-    assert codes == [1, GONE]
+    assert codes == [1, ClaimCode.GONE]
     assert redis_client.zscore(KEYS.schedule, "redbeat:ghost") is None
 
 

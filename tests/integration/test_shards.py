@@ -12,8 +12,8 @@ import redis
 from celery import Celery
 
 from safe_redbeat import SafeRedBeatScheduler, Schedule
-from safe_redbeat.dispatch.plan import task_id_for
 from safe_redbeat.errors import Resharding
+from safe_redbeat.model.occurrence import task_id_for
 from safe_redbeat.store.keys import Keys
 from safe_redbeat.store.layout import Layout, shard_of
 from testbed.beat import QueueAuditor

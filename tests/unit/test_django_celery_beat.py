@@ -11,8 +11,8 @@ import pytest
 
 pytest.importorskip("django_celery_beat")
 
-from safe_redbeat.model.codec import to_timestamp
-from safe_redbeat.model.lifecycle import writer_score
+from safe_redbeat.model.entry import to_timestamp
+from safe_redbeat.model.slots import writer_score
 from safe_redbeat.sync.loader import parse_specs
 from tests.support import django_project
 

@@ -20,7 +20,7 @@ from celery.schedules import crontab
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from safe_redbeat.model.lifecycle import resolve_local, slot_after
+from safe_redbeat.model.slots import resolve_local, slot_after
 
 UTC = timezone.utc
 YEAR = 2026

@@ -9,15 +9,10 @@ import pytest
 from celery.schedules import crontab, schedule
 
 from safe_redbeat.errors import InvalidEntry
-from safe_redbeat.model.codec import StoredEntry, to_timestamp
-from safe_redbeat.model.lifecycle import (
-    EXPIRED,
-    FINISHED,
-    Lifecycle,
-    decide,
-    once_schedule,
-    writer_score,
-)
+from safe_redbeat.model.decide import decide
+from safe_redbeat.model.entry import StoredEntry, to_timestamp
+from safe_redbeat.model.lifecycle import EXPIRED, FINISHED, Lifecycle, once_schedule
+from safe_redbeat.model.slots import writer_score
 from safe_redbeat.model.specs import EntrySpec
 
 NOW = datetime(2026, 6, 1, 14, 0, 0, tzinfo=timezone.utc)

@@ -7,10 +7,11 @@ from typing import Any
 
 from celery.schedules import crontab, schedule
 
-from safe_redbeat.dispatch.plan import Plan, plan_batch, task_id_for
+from safe_redbeat.dispatch.plan import Plan, plan_batch
 from safe_redbeat.leader.lease import parse_token
-from safe_redbeat.model.codec import StoredEntry, to_timestamp
+from safe_redbeat.model.entry import StoredEntry, to_timestamp
 from safe_redbeat.model.lifecycle import Lifecycle
+from safe_redbeat.model.occurrence import task_id_for
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 

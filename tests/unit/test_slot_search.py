@@ -14,8 +14,10 @@ from redbeat.schedules import rrule
 
 from safe_redbeat.dispatch.plan import plan_batch
 from safe_redbeat.errors import ScheduleTooCostly
-from safe_redbeat.model.codec import StoredEntry, to_timestamp
-from safe_redbeat.model.lifecycle import Lifecycle, decide, resolve_local, slot_after
+from safe_redbeat.model.decide import decide
+from safe_redbeat.model.entry import StoredEntry, to_timestamp
+from safe_redbeat.model.lifecycle import Lifecycle
+from safe_redbeat.model.slots import resolve_local, slot_after
 
 UTC = timezone.utc
 NOW = datetime(2026, 6, 1, 14, 0, 7, tzinfo=UTC)

@@ -16,20 +16,18 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from functools import cache, lru_cache
 from importlib.resources import files
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 
 import redis
 from redis.cluster import RedisCluster
 
 from ..keys import Keys
 
-if TYPE_CHECKING:
-    from ...dispatch.plan import ClaimOp
-
 __all__ = [
     "AcquireResult",
     "Adopt",
     "Batch",
+    "Claim",
     "ClaimCode",
     "ClaimResult",
     "Client",
@@ -236,6 +234,25 @@ class Due:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """One operation of ``claim.lua``: claim an occurrence (record it pending and move the
+    score), or only move the score."""
+
+    key: str
+    expected_score: float
+    expected_version: str
+    new_score: int
+    new_meta: str = ""
+    #: ``(task id, record)`` of the occurrence to record pending; None: only a move
+    pending: tuple[str, str] | None = None
+    #: the ``run_now`` value this claim sends (cleared only if it is still that value);
+    #: :data:`~safe_redbeat.store.wire.PARK` parks the entry whatever it holds
+    run_now: str = ""
+    #: a terminal state recorded in the same claim (``finished``, ``expired``), or ''
+    new_state: str = ""
+
+
+@dataclass(frozen=True)
 class Upsert:
     """One ``upsert.lua`` call: create or update an entry's definition."""
 
@@ -357,13 +374,11 @@ class Scripts:
             pending=int(pending),
         )
 
-    def claim(self, token: str, ops: Sequence[ClaimOp]) -> ClaimResult:
+    def claim(self, token: str, ops: Sequence[Claim]) -> ClaimResult:
         """Claim occurrences (record them pending) and move scores, fenced by ``token``."""
         argv: list[str] = [token]
         for op in ops:
-            record = ""
-            if op.occurrence is not None:
-                record = f"{op.occurrence.task_id} {op.occurrence.record}"
+            record = "" if op.pending is None else f"{op.pending[0]} {op.pending[1]}"
             argv += [
                 _score_text(op.expected_score),
                 op.expected_version,

@@ -1,0 +1,129 @@
+"""What the leader does with one due, enabled entry: send it, move it, or retire it.
+
+Rules (README, "When entries run"): an entry with no run history runs at its next slot,
+counted from when it was created (Celery's ``ScheduleEntry``): writers record the creation
+time as ``meta.last_run_at`` with ``total_run_count`` 0; an entry found without any (stock
+RedBeat, another language) is anchored at the leader's ``now``. ``run_immediately`` opts
+out. After an outage a missed entry runs once (``catch_up="run_once"``) or skips late
+occurrences (``"skip"``). ``max_runs``, ``expires`` and one-offs end an entry in the same
+fenced claim that sends its last run.
+
+Everything here is pure: time comes in as arguments.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+
+from ..store.wire import NEVER
+from .entry import StoredEntry
+from .lifecycle import EXPIRED, FINISHED, TERMINAL, Lifecycle, zone_of
+from .slots import first_slot, score_of
+
+__all__ = ["Step", "decide"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """What the leader does with one due, enabled entry (see :func:`decide`)."""
+
+    send: bool = False
+    new_score: int = NEVER
+    #: ``(last_run_at, total_run_count)`` to write as ``meta``; None leaves it alone
+    meta: tuple[datetime, int] | None = None
+    #: a terminal state to record in the same claim; ``''`` records nothing
+    state: str = ""
+    #: the occurrence was not sent because of ``catch_up="skip"``
+    skipped: bool = False
+    #: seconds until the entry is due, when it is not due yet
+    next_due_in: float | None = None
+
+
+def decide(
+    entry: StoredEntry,
+    now: datetime,
+    *,
+    catch_up: str = "run_once",
+    grace: float = 60.0,
+) -> Step:
+    """Send, move or retire one enabled entry read as due at ``now``.
+
+    Claimed occurrences are scheduled at the entry's score (their task id derives from
+    it); ``meta`` then records ``now`` as the last run.
+    """
+    lc = entry.lifecycle
+    runs = entry.total_run_count
+    if entry.state in TERMINAL:
+        return Step(new_score=NEVER)
+    if lc.at is not None:
+        return _decide_once(entry, lc, now, catch_up, grace)
+    if lc.max_runs is not None and runs >= lc.max_runs:
+        return Step(new_score=NEVER, state=FINISHED)
+    schedule = entry.schedule
+    zone = zone_of(lc, schedule.tz)
+    now_epoch = now.timestamp()
+    last = entry.last_run_at
+    anchor: tuple[datetime, int] | None = None
+    slot: float | None
+    if last is None and not lc.run_immediately:
+        # no run history: counted from now, as if created now (Celery's ScheduleEntry)
+        anchor = (now, runs)
+        slot = first_slot(schedule, lc, now, now, zone)
+    elif last is None:
+        start = lc.start_time
+        slot = now_epoch if start is None or start <= now else start.timestamp()
+    else:
+        slot = first_slot(schedule, lc, last, now, zone)
+    expires = None if lc.expires is None else lc.expires.timestamp()
+    if slot is None:
+        return Step(new_score=NEVER, meta=anchor)
+    if expires is not None and slot > expires:
+        return Step(new_score=NEVER, meta=anchor, state=EXPIRED)
+    if slot > now_epoch:
+        return Step(new_score=score_of(slot), meta=anchor, next_due_in=slot - now_epoch)
+    if expires is not None and now_epoch > expires + grace:
+        return Step(new_score=NEVER, state=EXPIRED)
+    scheduled = int(entry.score)
+    following = first_slot(schedule, lc, now, now, zone)
+    state = ""
+    new_score = score_of(following)
+    if following is not None and expires is not None and following > expires:
+        new_score, state = NEVER, EXPIRED
+    elif new_score != NEVER and new_score <= scheduled:
+        new_score = scheduled + 1
+    if catch_up == "skip" and now_epoch - scheduled > grace:
+        return Step(new_score=new_score, meta=(now, runs), state=state, skipped=True)
+    if lc.max_runs is not None and runs + 1 >= lc.max_runs:
+        new_score, state = NEVER, FINISHED
+    return Step(send=True, new_score=new_score, meta=(now, runs + 1), state=state)
+
+
+def _decide_once(
+    entry: StoredEntry, lc: Lifecycle, now: datetime, catch_up: str, grace: float
+) -> Step:
+    assert lc.at is not None
+    if entry.total_run_count >= 1:
+        return Step(new_score=NEVER, state=FINISHED)
+    at = lc.at.timestamp()
+    now_epoch = now.timestamp()
+    last = entry.last_run_at
+    if now_epoch < at:
+        # record when it was first seen, so a late read knows it existed before its time
+        anchor = (now, 0) if last is None and not lc.run_immediately else None
+        return Step(new_score=math.floor(at), meta=anchor, next_due_in=at - now_epoch)
+    if (lc.expires is not None and at > lc.expires.timestamp()) or (
+        lc.start_time is not None and at < lc.start_time.timestamp()
+    ):
+        return Step(new_score=NEVER, state=EXPIRED)
+    if not lc.run_immediately:
+        created = now_epoch if last is None else last.timestamp()
+        if created >= at:
+            # created, or re-seeded after data loss, after its time: not re-run unless
+            # that was within the grace (or asked for with run_immediately)
+            if created - at > grace:
+                return Step(new_score=NEVER, state=EXPIRED)
+        elif catch_up == "skip" and now_epoch - at > grace:
+            return Step(new_score=NEVER, meta=(now, 0), state=EXPIRED, skipped=True)
+    return Step(send=True, new_score=NEVER, meta=(now, 1), state=FINISHED)
