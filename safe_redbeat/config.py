@@ -16,12 +16,15 @@ from typing import Any
 
 from .errors import ConfigurationError
 
-__all__ = ["CATCH_UP_POLICIES", "Settings"]
+__all__ = ["CATCH_UP_POLICIES", "LOG_FORMATS", "Settings", "default_instance_name"]
 
 PREFIX = "safe_redbeat_"
 #: The most shards a schedule may have (``safe_redbeat_shards``).
 MAX_SHARDS = 256
 _UNSET = object()
+
+#: ``safe_redbeat_log_format``: the scheduler's own lines as text, or as JSON objects.
+LOG_FORMATS = ("text", "json")
 
 #: ``run_once``: after an outage, a missed entry runs once now (Celery's behaviour).
 #: ``skip``: an occurrence later than ``catch_up_grace_seconds`` is skipped, not sent.
@@ -82,6 +85,13 @@ class Settings:
     #: once (layout.py). Used when Redis holds no layout yet; afterwards the layout stored
     #: in Redis wins and ``safe-redbeat reshard --to K`` changes it.
     shards: int = 1
+    #: Serve Prometheus ``/metrics`` on this port from each replica (the ``metrics`` extra);
+    #: None: off, 0: any free port.
+    metrics_port: int | None = None
+    #: Address the metrics server binds.
+    metrics_addr: str = "0.0.0.0"
+    #: ``"json"``: the scheduler's own lines and events as JSON objects (see jsonlog.py).
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_named", bool(self.instance_name))
@@ -183,6 +193,24 @@ class Settings:
                 f"got {self.loader_max_removals!r}",
                 PREFIX + "loader_max_removals",
             )
+        port = self.metrics_port
+        if port is not None and not 0 <= port <= 65535:
+            raise ConfigurationError(
+                f"{PREFIX}metrics_port must be a TCP port number (0-65535) or None (off), "
+                f"got {port!r}",
+                PREFIX + "metrics_port",
+            )
+        if not self.metrics_addr:
+            raise ConfigurationError(
+                f"{PREFIX}metrics_addr must be an address to bind, got {self.metrics_addr!r}",
+                PREFIX + "metrics_addr",
+            )
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigurationError(
+                f"{PREFIX}log_format must be one of {', '.join(LOG_FORMATS)}, "
+                f"got {self.log_format!r}",
+                PREFIX + "log_format",
+            )
         if self.catch_up not in CATCH_UP_POLICIES:
             raise ConfigurationError(
                 f"{PREFIX}catch_up must be one of {', '.join(CATCH_UP_POLICIES)}, "
@@ -192,7 +220,9 @@ class Settings:
 
 
 #: Settings that may be None (unset, then derived); the type of their values otherwise.
-_OPTIONAL = {"socket_timeout": float, "loader_max_removals": int}
+_OPTIONAL = {"socket_timeout": float, "loader_max_removals": int, "metrics_port": int}
+#: Settings whose value must already be an int (no "9808" from a string)
+_STRICT_INT = {"metrics_port"}
 
 
 def _kind(field_name: str) -> type:
@@ -212,6 +242,8 @@ def _coerce(name: str, value: Any, kind: type) -> Any:
         return value
     if isinstance(value, bool) or value is None:
         raise ConfigurationError(f"{name} must be a number, got {value!r}", name)
+    if name[len(PREFIX) :] in _STRICT_INT and not isinstance(value, int):
+        raise ConfigurationError(f"{name} must be an integer, got {value!r}", name)
     try:
         number = float(value)
     except (TypeError, ValueError):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from enum import Enum
+
 __all__ = [
     "ConfigurationError",
     "EntryNotFound",
     "FencedOut",
     "InvalidEntry",
     "LeaseLost",
+    "LossCause",
     "Resharding",
     "SafeRedBeatError",
     "ScheduleTooCostly",
@@ -30,16 +33,37 @@ class ConfigurationError(SafeRedBeatError, ValueError):
         self.settings = settings
 
 
-class LeaseLost(SafeRedBeatError):
-    """This replica no longer holds the lease; ``reason`` says how it was found out."""
+class LossCause(str, Enum):
+    """Why a lease was lost, as a short code (a metric label, a signal argument)."""
 
-    def __init__(self, reason: str) -> None:
+    #: the lease key is gone: deleted, expired, or Redis lost its data
+    KEY_GONE = "key_gone"
+    #: another replica (or a stock RedBeat) holds it
+    TAKEN = "taken"
+    #: Redis rejected a fenced write: the lease key no longer holds our token
+    FENCED = "fenced"
+    #: Redis did not answer until the renew deadline passed
+    REDIS_UNREACHABLE = "redis_unreachable"
+    #: no renewal succeeded before the renew deadline (a paused process, slow Redis)
+    RENEW_DEADLINE = "renew_deadline"
+    OTHER = "other"
+
+
+class LeaseLost(SafeRedBeatError):
+    """This replica no longer holds the lease; ``reason`` says how it was found out,
+    ``cause`` names it as a :class:`LossCause`."""
+
+    def __init__(self, reason: str, cause: LossCause = LossCause.OTHER) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.cause = cause
 
 
 class FencedOut(LeaseLost):
     """Redis rejected a write because the lease key no longer holds our token."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, LossCause.FENCED)
 
 
 class InvalidEntry(SafeRedBeatError, ValueError):

@@ -209,8 +209,8 @@ class _StateCollector(Collector):
     def collect(self) -> Iterable[Any]:
         scheduler = self.metrics.scheduler
         leading = scheduler is not None and bool(scheduler.is_leader)
-        lease = scheduler.lease if leading else None
         led = _led_shards(scheduler) if leading else []
+        lease = led[0].leadership.lease if led else None
         yield _gauge("safe_redbeat_is_leader", "1 while this replica leads a shard.", int(leading))
         yield _gauge("safe_redbeat_shards_led", "Shards this replica leads.", len(led))
         yield _gauge(

@@ -19,10 +19,9 @@ from functools import partial
 from typing import Any, TypeVar
 
 from celery.utils.log import get_logger
-from redbeat.schedulers import REDBEAT_REDIS_KEY, ensure_conf
+from redbeat.schedulers import REDBEAT_REDIS_KEY
 from redis.exceptions import ResponseError
 
-from .config import Settings
 from .errors import EntryNotFound, InvalidEntry, Resharding, SafeRedBeatError, VersionConflict
 from .model.codec import decode_entry, decode_meta, encode_meta
 from .model.lifecycle import state_of
@@ -36,7 +35,8 @@ from .model.specs import (
     info_from_stored,
     utc_datetime,
 )
-from .store.connection import check_cluster_keys, scheduler_client
+from .store.binding import Binding
+from .store.connection import check_cluster_keys
 from .store.keys import Keys
 from .store.layout import Layout, read_layout
 from .store.scripts import Remove, RemoveCode, RunNowCode, Scripts, Upsert, UpsertCode
@@ -117,15 +117,16 @@ class Schedule:
     """
 
     def __init__(self, app: Any, *, client: Any = None) -> None:
-        ensure_conf(app)
+        self.binding = binding = Binding.of(app, client=client)
         self.app = app
-        self.keys = Keys.from_app(app)
+        self.settings = binding.settings
+        self.keys = binding.keys
         self._owns_client = client is None
-        if client is None:
-            client = scheduler_client(app, Settings.from_app(app).socket_timeout_seconds)
+        client = binding.client()
+        if self._owns_client:
             shared = getattr(app, REDBEAT_REDIS_KEY, None)  # set by RedBeat's get_redis
             self._owns_client = client is not getattr(shared, "wrapped_connection", shared)
-        if Settings.from_app(app).shards == 1:
+        if self.settings.shards == 1:
             check_cluster_keys(app, self.keys, client)
         self.client: Any = client
         self._shelves: dict[str, Shelf] = {}

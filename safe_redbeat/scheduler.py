@@ -1,10 +1,11 @@
 """SafeRedBeatScheduler: RedBeat with a fenced lease, claimed dispatch and no crash on loss.
 
-The Celery adapter: it wires the parts together and runs one tick. What a tick does, in
-order: decide which shards this replica leads (:mod:`.balance`), then for each of them keep
-its lease (:mod:`.leadership`) and dispatch what is due (:mod:`.shard`: read, republish
-pending, plan, claim, publish and acknowledge). With one shard, the default, that is one
-lease over the whole schedule. See ``docs/architecture.md``.
+The Celery adapter. It binds the app once (:mod:`.store.binding`: settings, keys, the
+Redis client), gives each shard what it needs (:class:`~.dispatch.shard.ShardContext`),
+and runs one tick: decide which shards this replica leads (:mod:`.leader.balance`), then
+for each of them keep its lease and dispatch what is due (:mod:`.dispatch.shard`: read,
+republish pending, plan, claim, publish and acknowledge). With one shard, the default,
+that is one lease over the whole schedule. See ``docs/architecture.md``.
 """
 
 from __future__ import annotations
@@ -19,24 +20,20 @@ from celery.beat import Scheduler
 from celery.utils.log import get_logger
 from redbeat.schedulers import RedBeatScheduler
 
-from . import signals, wiring
-from .config import Settings
-from .dispatch.shard import Shard
+from . import signals
+from .dispatch.publisher import Publisher
+from .dispatch.shard import Shard, ShardContext
 from .errors import LeaseLost
 from .leader.balance import Balancer
 from .leader.heartbeat import remove_heartbeat
-from .leader.lease import Lease
-from .store.connection import CLIENT_ERRORS
-from .store.keys import Keys
+from .store.binding import Binding
+from .store.connection import CLIENT_ERRORS, check_cluster_keys
+from .store.keys import isolates
 from .store.layout import Layout
-from .sync.loader import LoaderSlot
 
 __all__ = ["SafeRedBeatScheduler"]
 
 logger = get_logger("safe_redbeat")
-
-#: Errors that mean "Redis is not answering"; never allowed to escape ``tick()``.
-REDIS_ERRORS: tuple[type[BaseException], ...] = CLIENT_ERRORS
 
 
 class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
@@ -65,27 +62,58 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         rng: random.Random | None = None,
         **kwargs: Any,
     ) -> None:
-        self.safe_settings = s = Settings.from_app(app)
+        self.binding = binding = Binding.of(app, lock_key=lock_key)
+        self.safe_settings = s = binding.settings
         self._monotonic = monotonic
-        self._client: Any = None
         self._closed = False
-        self._loader_slot = LoaderSlot()  # one loader call in flight, whichever shard asks
         super().__init__(app, lock_key=lock_key, lock_timeout=lock_timeout, **kwargs)
-        self.keys: Keys = wiring.keys(app, lock_key, s.shards)
+        self.keys = binding.keys
+        self._check_keys(app)
         # RedBeat's beat_init handler blocks until it takes the lock; it skips a
         # scheduler without a lock_key. The lease below replaces it.
         self.lock_key = None
         self.lock_timeout = s.lease_seconds
+        context = ShardContext(
+            app=app,
+            settings=s,
+            client=binding.client,
+            publisher=lambda: self.publisher,
+            build_entry=self._maybe_entry,
+            keep_alive=self._keep_alive,
+            signal_sender=self,
+            recheck_seconds=float(self.max_interval),
+            monotonic=monotonic,
+        )
         self.balancer = Balancer(
             self,
             s,
             self.keys,
-            client=lambda: self.client,
-            make_shard=lambda index, keys: Shard(self, index, keys),
+            client=binding.client,
+            make_shard=lambda index, layout: Shard(context, index, layout),
             app=app,
+            where=binding.url,
             monotonic=monotonic,
             rng=rng,
         )
+
+    def _check_keys(self, app: Any) -> None:
+        """Say at start-up what the keys' names risk (nothing is written here)."""
+        keys = self.keys
+        if not isolates(keys.prefix):
+            logger.warning(
+                "beat: redbeat_key_prefix %r does not end with ':' or holds '::': another app "
+                "on this Redis could share its keys; use a prefix like 'app:' "
+                "(docs/storage-format.md)",
+                keys.prefix,
+            )
+        if not app.redbeat_conf.lock_key:
+            logger.warning(
+                "beat: redbeat_lock_key is unset; RedBeat would run unlocked, "
+                "safe_redbeat always leases %r",
+                keys.lease,
+            )
+        if self.safe_settings.shards == 1:
+            check_cluster_keys(app, keys)
 
     # -- one tick -----------------------------------------------------------------------
 
@@ -112,17 +140,22 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             leadership.renew_if_due()
             delay = shard.dispatch()
         except LeaseLost as exc:
-            leadership.demote(exc.reason)
+            leadership.demote(exc.reason, exc.cause)
             self.balancer.poll_soon()  # the lease may be free: try again at the next tick
             return self.balancer.poll_delay()
-        except REDIS_ERRORS as exc:
+        except CLIENT_ERRORS as exc:
             if leadership.held:
                 # A claim whose reply was lost, or a failed ack, leaves pending records
                 # no new leader republishes while we keep the lease: republish them.
                 shard.outbox.retry_now()
-            return leadership.on_redis_error(exc, self._redis_url)
+            return leadership.on_redis_error(exc, self.binding.url)
         leadership.on_redis_answer()
         return delay
+
+    def _keep_alive(self, busy: Shard) -> None:
+        """While ``busy``'s dispatch takes long: stop if closed, keep the others going."""
+        self._exit_if_closed()
+        self.balancer.keep_others(busy)
 
     def _exit_if_closed(self) -> None:
         # Celery's SIGTERM handler calls close() and then raises SystemExit in whatever
@@ -133,10 +166,10 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
 
     def close(self) -> None:
         self._closed = True
-        if self._client is not None:
+        if self.binding.has_client:
             try:
-                remove_heartbeat(self._client, self.keys, self.balancer.token)
-            except REDIS_ERRORS as exc:
+                remove_heartbeat(self.binding.client(), self.keys, self.balancer.token)
+            except CLIENT_ERRORS as exc:
                 logger.debug("beat: heartbeat not removed: %s", exc)
         self.balancer.release_all("closing")
         Scheduler.close(self)
@@ -159,13 +192,31 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             for entry in shard.reader.read().entries
         }
 
-    info = property(wiring.info)
+    @property
+    def info(self) -> str:
+        """The lines ``celery beat`` prints at start-up."""
+        s = self.safe_settings
+        return "\n".join(
+            [
+                f"       . redis -> {self.binding.url}",
+                f"       . lease -> `{self.keys.lease}` lease {s.lease_seconds}s, "
+                f"renew deadline {s.renew_seconds}s, retry {s.retry_seconds}s",
+                f"       . shards -> {s.shards} configured (the layout stored in Redis wins)",
+                f"       . instance -> {s.instance_name}",
+            ]
+        )
 
-    # -- wiring (built on first use: Redis may not answer yet; see :mod:`.wiring`) ------
+    # -- parts --------------------------------------------------------------------------
 
-    client = property(wiring.client)
-    _redis_url = property(wiring.redis_url)
-    publisher = cached_property(wiring.publisher)
+    @property
+    def client(self) -> Any:
+        """The replica's Redis client (made on first use: Redis may not answer yet)."""
+        return self.binding.client()
+
+    @cached_property
+    def publisher(self) -> Publisher:
+        """One publisher, on Celery's producer, for every shard."""
+        return Publisher(self.app, lambda: self.producer)
 
     @property
     def layout(self) -> Layout:
@@ -176,12 +227,6 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
     def shards(self) -> list[Shard]:
         """Every shard of the layout (led by this replica or not), by index."""
         return self.balancer.shards
-
-    @property
-    def lease(self) -> Lease:
-        """The lease of the first shard this replica leads (else of shard 0)."""
-        led = self.balancer.led()
-        return (led[0] if led else self.shards[0]).leadership.lease
 
     @property
     def is_leader(self) -> bool:

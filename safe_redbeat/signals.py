@@ -30,6 +30,7 @@ from typing import Any
 
 from celery.utils.dispatch import Signal
 
+from .errors import LossCause
 from .model.occurrence import Occurrence
 
 __all__ = [
@@ -40,7 +41,6 @@ __all__ = [
     "dead",
     "entry_parked",
     "leadership_changed",
-    "lost_cause",
     "occurrence_dead",
     "occurrence_sent",
     "occurrences_sent",
@@ -97,27 +97,18 @@ reconciled = Signal(name="safe_redbeat.reconciled")
 #: the fence each sender acquired last, per shard
 _fences: weakref.WeakKeyDictionary[Any, dict[int, int | None]] = weakref.WeakKeyDictionary()
 
-_CAUSES = (
-    ("lease key is gone", "key_gone"),
-    ("held by", "taken"),
-    ("rejected a claim", "fenced"),
-    ("Redis unreachable", "redis_unreachable"),
-    ("renew deadline", "renew_deadline"),
-)
-
-
-def lost_cause(reason: str) -> str:
-    """A short, bounded code for the text of a lease loss (a metric label)."""
-    for needle, cause in _CAUSES:
-        if needle in reason:
-            return cause
-    return "other"
-
 
 def leadership(
-    sender: Any, change: str, fence: int | None, reason: str | None = None, *, shard: int = 0
+    sender: Any,
+    change: str,
+    fence: int | None,
+    reason: str | None = None,
+    *,
+    cause: LossCause | None = None,
+    instance: str,
+    shard: int = 0,
 ) -> None:
-    """Send :data:`leadership_changed` (``cause`` derived from ``reason``).
+    """Send :data:`leadership_changed`.
 
     A lease found lost is already forgotten locally; the fence it had is the one this
     sender acquired last.
@@ -133,8 +124,8 @@ def leadership(
         change=change,
         fence=fence,
         reason=reason,
-        cause=None if reason is None else lost_cause(reason),
-        instance=sender.safe_settings.instance_name,
+        cause=None if cause is None else cause.value,
+        instance=instance,
         shard=shard,
     )
 

@@ -23,7 +23,6 @@ from typing import Any
 from celery.utils.log import get_logger
 from redis.exceptions import RedisError
 
-from .config import Settings
 from .errors import InvalidEntry, Resharding
 from .model.specs import EntrySpec
 from .schedule import Schedule, Shelf
@@ -112,7 +111,7 @@ def sync_once(
     rejected and reported as a conflict, never applied over the newer one. Removals beyond
     ``safe_redbeat_loader_max_removals`` are held unless ``allow_removals``.
     """
-    settings = Settings.from_app(schedules.app)
+    settings = schedules.settings
     statics = static_names(schedules.app)
     try:
         layout = _layout(schedules)

@@ -13,7 +13,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..config import Settings
 from ..schedule import Schedule
-from ..store.connection import check_cluster_keys, sanitize_url, scheduler_client
+from ..store.binding import Binding
+from ..store.connection import check_cluster_keys
 from ..store.keys import Keys
 from ..store.layout import InvalidLayout, Layout, read_layout
 from ..store.scripts import Scripts
@@ -108,17 +109,17 @@ def open_context(app_name: str, timeout: float | None) -> Context:
     """Load the app; ``timeout`` (default ``safe_redbeat_socket_timeout``) bounds every
     Redis call. No connection is made yet."""
     app = load_app(app_name)
-    settings = Settings.from_app(app)
-    url = sanitize_url(app.redbeat_conf.redis_url)
-    keys = Keys.from_app(app)
-    check_cluster_keys(app, keys)  # ConfigurationError: reported as a configuration error
+    binding = Binding.of(app, socket_timeout=timeout)
+    check_cluster_keys(app, binding.keys)  # ConfigurationError: a configuration error
     try:
-        client = scheduler_client(
-            app, settings.socket_timeout_seconds if timeout is None else timeout
-        )
+        client = binding.client()
     except ValueError as exc:  # e.g. an unknown URL scheme
-        raise CLIError(EXIT_APP, "configuration", f"redbeat_redis_url {url}: {exc}") from None
-    return Context(app=app, settings=settings, keys=keys, client=client, url=url)
+        raise CLIError(
+            EXIT_APP, "configuration", f"redbeat_redis_url {binding.url}: {exc}"
+        ) from None
+    return Context(
+        app=app, settings=binding.settings, keys=binding.keys, client=client, url=binding.url
+    )
 
 
 def redis_error(exc: RedisError, url: str) -> CLIError:

@@ -1,10 +1,9 @@
-"""``reshard --to K``: move the schedule to a layout of K shards (see safe_redbeat.reshard)."""
+"""``reshard --to K``: move the schedule to a layout of K shards (see safe_redbeat.sync.reshard)."""
 
 from __future__ import annotations
 
 import argparse
 
-from ..config import Settings
 from ..sync.reshard import reshard
 from .context import EXIT_OK, Context
 from .output import emit
@@ -13,7 +12,7 @@ __all__ = ["cmd_reshard"]
 
 
 def cmd_reshard(ctx: Context, args: argparse.Namespace) -> int:
-    settings = Settings.from_app(ctx.app)
+    settings = ctx.settings
     wait = args.wait if args.wait is not None else settings.lease_seconds + settings.retry_seconds
     report = reshard(
         ctx.client,

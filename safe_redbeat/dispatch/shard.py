@@ -4,54 +4,139 @@ With one shard (the default) this is the whole schedule. Everything in here is b
 the shard's keys: its lease and fence, its entries, pending records and seed marker, so
 every guarantee that holds for the schedule holds for each shard on its own.
 
+A shard gets what it needs from the replica as a :class:`ShardContext` (client, app,
+settings, clock, publisher, loader slot, a keep-alive callback) and builds its parts from
+it on first use (Redis may not answer yet): lease and leadership, reader, outbox, seeder.
+
 What dispatch does, in order: read due (:mod:`.reader`), republish what is pending
-(:mod:`.outbox`), plan (:mod:`.dispatch`), claim (``claim.lua``), publish and acknowledge
+(:mod:`.outbox`), plan (:mod:`.plan`), claim (``claim.lua``), publish and acknowledge
 (:mod:`.outbox`, :mod:`.publisher`). See ``docs/architecture.md``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import Any
 
 from celery.utils.log import get_logger
 
-from .. import signals, wiring
+from .. import signals
+from ..config import Settings
 from ..errors import FencedOut
+from ..leader.leadership import Leadership
+from ..leader.lease import Lease
 from ..model.occurrence import Occurrence
 from ..store.keys import Keys
+from ..store.layout import Layout
+from ..store.scripts import Scripts
+from ..sync.loader import LoaderSlot
+from ..sync.seeding import Seeder
 from .catchup import coalesce
+from .outbox import Outbox
 from .plan import ClaimOp, Plan, plan_batch, settle_claim
-from .publisher import SendReport
-from .reader import DueBatch
+from .publisher import Publisher, SendReport
+from .reader import DueBatch, DueReader
 
-if TYPE_CHECKING:
-    from ..scheduler import SafeRedBeatScheduler
-
-__all__ = ["Shard"]
+__all__ = ["Shard", "ShardContext"]
 
 logger = get_logger("safe_redbeat")
 
 
-class Shard:
-    """Shard ``index`` of the schedule, worked by ``scheduler`` (its Celery adapter)."""
+@dataclass(frozen=True)
+class ShardContext:
+    """What a shard gets from the replica that works it, and nothing more of it."""
 
-    def __init__(self, scheduler: SafeRedBeatScheduler, index: int, keys: Keys) -> None:
-        self.scheduler = scheduler
+    app: Any
+    settings: Settings
+    #: the replica's Redis client, made on first use (Redis may not answer yet)
+    client: Callable[[], Any]
+    #: the replica's publisher: one Celery producer for every shard
+    publisher: Callable[[], Publisher]
+    #: a ``beat_schedule`` item as a Celery entry (the scheduler's ``_maybe_entry``)
+    build_entry: Callable[[str, Any], Any]
+    #: the replica's upkeep while this shard's dispatch takes long: stop (SystemExit) if
+    #: the replica was closed, renew its other leases and its heartbeat when due
+    keep_alive: Callable[[Shard], None]
+    #: the sender of the signals of this shard's parts (the scheduler, see signals.py)
+    signal_sender: Any
+    #: how long a disabled or parked entry waits before it is read again
+    recheck_seconds: float
+    monotonic: Callable[[], float] = time.monotonic
+    #: one loader call in flight, whichever shard of the replica asks
+    loader_slot: LoaderSlot = field(default_factory=LoaderSlot)
+
+
+class Shard:
+    """Shard ``index`` of ``layout``, worked by one replica (``context``)."""
+
+    def __init__(self, context: ShardContext, index: int, layout: Layout) -> None:
+        self.context = context
         self.index = index
-        self.keys = keys
+        self.layout = layout
+        self.keys: Keys = layout.keys(index)
 
     def __repr__(self) -> str:
         return f"<Shard {self.index} {self.keys.prefix!r}>"
 
-    # -- parts (built on first use: Redis may not answer yet; see :mod:`.wiring`) ------
+    # -- parts (built on first use: Redis may not answer yet) --------------------------
 
-    scripts = cached_property(wiring.scripts)
-    leadership = cached_property(wiring.leadership)
-    reader = cached_property(wiring.reader)
-    outbox = cached_property(wiring.outbox)
-    seeder = cached_property(wiring.seeder)
+    @cached_property
+    def scripts(self) -> Scripts:
+        return Scripts(self.context.client(), self.keys)
+
+    @cached_property
+    def leadership(self) -> Leadership:
+        c = self.context
+        return Leadership(
+            c.signal_sender,
+            c.settings,
+            self.keys,
+            lease=lambda: Lease(
+                c.client(), self.keys, c.settings, scripts=self.scripts, monotonic=c.monotonic
+            ),
+            on_elected=self.on_elected,
+            shard=self.index,
+            monotonic=c.monotonic,
+        )
+
+    @cached_property
+    def reader(self) -> DueReader:
+        c = self.context
+        return DueReader(
+            c.client(),
+            self.keys,
+            self.scripts,
+            c.app,
+            batch_size=c.settings.batch_size,
+            park_seconds=c.recheck_seconds,
+        )
+
+    @cached_property
+    def outbox(self) -> Outbox:
+        c = self.context
+        return Outbox(
+            c.client(), self.keys, self.scripts, c.publisher(), c.settings, monotonic=c.monotonic
+        )
+
+    @cached_property
+    def seeder(self) -> Seeder:
+        c = self.context
+        return Seeder(
+            c.app,
+            c.client(),
+            self.keys,
+            self.scripts,
+            c.settings,
+            build_entry=c.build_entry,
+            monotonic=c.monotonic,
+            loader_slot=c.loader_slot,
+            shard=self.index,
+            shards=self.layout.shards,
+            owned_keys=tuple(keys.loaded for keys in self.layout.all_keys()),
+        )
 
     # -- dispatch -----------------------------------------------------------------------
 
@@ -62,7 +147,7 @@ class Shard:
 
     def _dispatch_due(self) -> float:
         """Read due → republish pending → (plan → claim → publish + ack) per batch."""
-        s = self.scheduler.safe_settings
+        s = self.context.settings
         batch = self._read_due()
         if not batch.seeded:
             self.reseed("the seed marker is gone: Redis lost data or keys were deleted")
@@ -75,7 +160,7 @@ class Shard:
             )
             if report.refused:
                 return self._wait_for_broker()
-            coalesce(self.scheduler.client, self.keys, self.scheduler.app, report.sent, self._claim)
+            self._coalesce(report.sent)
         elif batch.pending and self.outbox.refusing:
             # claim nothing new while the broker refuses what is pending: after the
             # outage each entry runs once, not once per period it lasted
@@ -84,7 +169,7 @@ class Shard:
             plan = self._plan(batch)
             claimed = self._claim(plan.ops) if plan.ops else []
             signals.batch_claimed.send(
-                self.scheduler, claimed=len(claimed), skipped=len(plan.skipped)
+                self.context.signal_sender, claimed=len(claimed), skipped=len(plan.skipped)
             )
             for name in plan.skipped:
                 logger.info("beat: skipped a missed occurrence of %r (catch_up=skip)", name)
@@ -94,7 +179,7 @@ class Shard:
                 break
             self._keep_leading()
             batch = self._read_due()
-        waits = [float(self.scheduler.max_interval), self.leadership.renew_in()]
+        waits = [self.context.recheck_seconds, self.leadership.renew_in()]
         if batch.upcoming is not None:
             waits.append(max(float(batch.upcoming) - batch.now.timestamp(), 0.0))
         if plan.next_due_in is not None:
@@ -109,12 +194,12 @@ class Shard:
         return self.reader.read()
 
     def _plan(self, batch: DueBatch) -> Plan:
-        s = self.scheduler.safe_settings
+        s = self.context.settings
         plan = plan_batch(
             batch.entries,
             now=batch.now,
             fence=self.leadership.fence(),
-            disabled_recheck_seconds=self.scheduler.max_interval,
+            disabled_recheck_seconds=self.context.recheck_seconds,
             catch_up=s.catch_up,
             catch_up_grace_seconds=s.catch_up_grace_seconds,
             id_prefix=self.keys.task_key(""),
@@ -146,24 +231,26 @@ class Shard:
         a republish after an outage: the slots that passed meanwhile are skipped
         (:func:`.catchup.coalesce`), so the late message is the entry's one run for it.
         """
-        started = self.scheduler._monotonic()
+        monotonic = self.context.monotonic
+        started = monotonic()
         report = self.outbox.publish(
             claimed,
             fence=self.leadership.fence(),
             token=self.leadership.token(),
             keep_leading=self._keep_leading,
         )
-        late = self.scheduler._monotonic() - started > self.scheduler.safe_settings.retry_seconds
-        if late and report.sent:
-            coalesce(self.scheduler.client, self.keys, self.scheduler.app, report.sent, self._claim)
+        if report.sent and monotonic() - started > self.context.settings.retry_seconds:
+            self._coalesce(report.sent)
         return report
 
     def _keep_leading(self) -> None:
         """Between batches and publish chunks: stop if closed, renew this shard's lease,
         and keep the replica's other leases and heartbeat while this shard takes long."""
-        self.scheduler._exit_if_closed()
+        self.context.keep_alive(self)
         self.leadership.renew_if_due()
-        self.scheduler.balancer.keep_others(self)
+
+    def _coalesce(self, sent: Sequence[Occurrence]) -> None:
+        coalesce(self.context.client(), self.keys, self.context.app, sent, self._claim)
 
     # -- leadership events ------------------------------------------------------------
 

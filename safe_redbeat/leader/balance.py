@@ -24,22 +24,37 @@ import math
 import random
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from celery.utils.log import get_logger
 
+from ..config import Settings
 from ..errors import ConfigurationError, LeaseLost
 from ..store.connection import CLIENT_ERRORS, check_cluster_keys
 from ..store.keys import Keys
 from ..store.layout import InvalidLayout, Layout, read_layout
 from .backoff import FailureRun
 from .heartbeat import Heartbeat, new_token, prune_heartbeats, write_heartbeat
+from .leadership import Leadership
 
-if TYPE_CHECKING:
-    from ..config import Settings
-    from ..dispatch.shard import Shard
+__all__ = ["Balancer", "Shard"]
 
-__all__ = ["Balancer"]
+
+class Shard(Protocol):
+    """What the balancer needs of a shard the replica works."""
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def keys(self) -> Keys: ...
+
+    @property
+    def leadership(self) -> Leadership: ...
+
+
+S = TypeVar("S", bound=Shard)
+
 
 logger = get_logger("safe_redbeat")
 
@@ -51,23 +66,27 @@ STEADY_POLLS = 2
 COOL_DOWN = 3.0
 
 
-class Balancer:
-    """The shards of ``layout`` one replica works; ``make_shard`` builds one by index."""
+class Balancer(Generic[S]):
+    """The shards of ``layout`` one replica works; ``make_shard`` builds shard ``i`` of a
+    layout. ``signal_sender`` sends the signals of its failures; ``where`` (the Redis URL,
+    without password) is named in their log lines."""
 
     def __init__(
         self,
-        sender: Any,
+        signal_sender: Any,
         settings: Settings,
         base: Keys,
         *,
         client: Callable[[], Any],
-        make_shard: Callable[[int, Keys], Shard],
+        make_shard: Callable[[int, Layout], S],
+        where: str = "Redis",
         app: Any,
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         token: str = "",
     ) -> None:
-        self.sender = sender
+        self.signal_sender = signal_sender
+        self.where = where
         #: this replica process' own token (heartbeat.new_token): how replicas are counted
         self.token = token or new_token()
         self.settings = settings
@@ -78,13 +97,15 @@ class Balancer:
         self.monotonic = monotonic
         self.rng = rng or random.Random()
         self.layout = Layout(base)
-        self.shards: list[Shard] = [make_shard(0, base)]
+        self.shards: list[S] = [make_shard(0, self.layout)]
         #: the layout is being changed (or unusable): lead nothing
         self.paused = False
         #: shards this replica aims at, and live replicas counted at the last poll
         self.target = 1
         self.live = 1
-        self.failures = FailureRun(sender, settings.retry_seconds, settings.backoff_max_seconds)
+        self.failures = FailureRun(
+            signal_sender, settings.retry_seconds, settings.backoff_max_seconds
+        )
         self._next_poll = 0.0
         self._next_heartbeat = 0.0
         self._free_polls: dict[int, int] = {}
@@ -98,7 +119,7 @@ class Balancer:
 
     # -- what the tick asks ------------------------------------------------------------
 
-    def led(self) -> list[Shard]:
+    def led(self) -> list[S]:
         """The shards this replica holds the lease of, in index order."""
         return [shard for shard in self.shards if shard.leadership.held]
 
@@ -125,7 +146,7 @@ class Balancer:
             try:
                 self._poll()
             except CLIENT_ERRORS as exc:
-                self._next_poll = self.monotonic() + self.failures.failed(exc, self._where())
+                self._next_poll = self.monotonic() + self.failures.failed(exc, self.where)
             else:
                 self.failures.answered()
                 self._next_poll = self.monotonic() + self.poll_delay()
@@ -160,7 +181,7 @@ class Balancer:
             return
         self._next_heartbeat = now + s.retry_seconds
 
-    def keep_others(self, busy: Shard) -> None:
+    def keep_others(self, busy: S) -> None:
         """Renew the leases of the led shards other than ``busy`` (whose dispatch takes
         long) when due, and write the heartbeat when due. A lost lease demotes only its
         shard; a Redis error is left for that shard's next turn."""
@@ -170,7 +191,7 @@ class Balancer:
             try:
                 shard.leadership.renew_if_due()
             except LeaseLost as exc:
-                shard.leadership.demote(exc.reason)
+                shard.leadership.demote(exc.reason, exc.cause)
             except CLIENT_ERRORS as exc:
                 logger.debug("beat: renewal of %r failed (%s); retried at its turn", shard, exc)
         self.heartbeat()
@@ -252,7 +273,7 @@ class Balancer:
                 )
                 self.release_all("the shard layout changed")
                 self.layout = layout
-                self.shards = [self._make_shard(i, k) for i, k in enumerate(layout.all_keys())]
+                self.shards = [self._make_shard(i, layout) for i in range(layout.shards)]
                 self._free_polls.clear()
                 self._handed.clear()
                 self._next_heartbeat = 0.0
@@ -320,12 +341,12 @@ class Balancer:
             if (held < self.target or steady) and self._take(shard):
                 held += 1
 
-    def _take(self, shard: Shard) -> bool:
+    def _take(self, shard: S) -> bool:
         """Try to lead ``shard`` (seeding it when elected); False if someone else holds it."""
         try:
             return shard.leadership.try_acquire()
         except LeaseLost as exc:  # lost while seeding right after the acquisition
-            shard.leadership.demote(exc.reason)
+            shard.leadership.demote(exc.reason, exc.cause)
             return False
 
     def _hand_over(self) -> None:
@@ -363,6 +384,3 @@ class Balancer:
         if what not in self._said:
             self._said.add(what)
             log(message, *args)
-
-    def _where(self) -> str:
-        return str(getattr(self.sender, "_redis_url", "Redis"))

@@ -16,7 +16,7 @@ from celery.utils.log import get_logger
 
 from .. import signals
 from ..config import Settings
-from ..errors import LeaseLost
+from ..errors import LeaseLost, LossCause
 from ..store.connection import CLIENT_ERRORS
 from ..store.keys import Keys
 from .backoff import FailureRun
@@ -28,8 +28,8 @@ logger = get_logger("safe_redbeat")
 
 
 class Leadership:
-    """One replica's leadership of shard ``shard``; ``sender`` (the scheduler) is the
-    sender of its signals.
+    """One replica's leadership of shard ``shard``; ``signal_sender`` (the scheduler, as
+    :mod:`~safe_redbeat.signals` documents) sends its signals.
 
     ``lease`` builds the :class:`Lease` on first use (it needs a Redis client, which may not
     be reachable yet); ``on_elected`` runs after each acquisition, before dispatching.
@@ -37,7 +37,7 @@ class Leadership:
 
     def __init__(
         self,
-        sender: Any,
+        signal_sender: Any,
         settings: Settings,
         keys: Keys,
         *,
@@ -46,7 +46,7 @@ class Leadership:
         shard: int = 0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.sender = sender
+        self.signal_sender = signal_sender
         self.settings = settings
         self.keys = keys
         self._make_lease = lease
@@ -55,7 +55,9 @@ class Leadership:
         self.monotonic = monotonic
         self._lease: Lease | None = None
         #: Redis errors in a row while working this shard
-        self.failures = FailureRun(sender, settings.retry_seconds, settings.backoff_max_seconds)
+        self.failures = FailureRun(
+            signal_sender, settings.retry_seconds, settings.backoff_max_seconds
+        )
         #: monotonic time before which the shard is not worked again (backing off)
         self.resume_at = 0.0
         self._last_holder: str | None = None
@@ -107,7 +109,7 @@ class Leadership:
             self.settings.instance_name,
             lease.fence,
         )
-        signals.leadership(self.sender, signals.ACQUIRED, lease.fence, shard=self.shard)
+        self._say(signals.ACQUIRED, lease.fence)
         self._last_holder = None
         self._on_elected()
         return True
@@ -122,7 +124,8 @@ class Leadership:
             if self.monotonic() >= self.lease.deadline():
                 self.lease.drop()
                 raise LeaseLost(
-                    f"no renewal for {self.settings.renew_seconds}s (renew deadline passed): {exc}"
+                    f"no renewal for {self.settings.renew_seconds}s (renew deadline passed): {exc}",
+                    LossCause.RENEW_DEADLINE,
                 ) from exc
             raise
 
@@ -130,7 +133,7 @@ class Leadership:
         """Seconds until the next planned renewal (0 if due)."""
         return max(self.lease.renew_at() - self.monotonic(), 0.0)
 
-    def demote(self, reason: str) -> None:
+    def demote(self, reason: str, cause: LossCause = LossCause.OTHER) -> None:
         """Stop leading (the lease was lost); Redis is not touched."""
         lease = self._lease
         fence = lease.fence if lease is not None else None
@@ -142,7 +145,7 @@ class Leadership:
             reason,
             self.keys.lease,
         )
-        signals.leadership(self.sender, signals.LOST, fence, reason, shard=self.shard)
+        self._say(signals.LOST, fence, reason, cause)
         self._last_holder = None
 
     def release(self, why: str = "closing") -> None:
@@ -158,7 +161,24 @@ class Leadership:
             return
         if released:
             logger.info("beat: released the lease (fence %s): %s (%r)", fence, why, self.keys.lease)
-            signals.leadership(self.sender, signals.RELEASED, fence, shard=self.shard)
+            self._say(signals.RELEASED, fence)
+
+    def _say(
+        self,
+        change: str,
+        fence: int | None,
+        reason: str | None = None,
+        cause: LossCause | None = None,
+    ) -> None:
+        signals.leadership(
+            self.signal_sender,
+            change,
+            fence,
+            reason,
+            cause=cause,
+            instance=self.settings.instance_name,
+            shard=self.shard,
+        )
 
     # -- delays and failures ----------------------------------------------------------
 
@@ -173,7 +193,10 @@ class Leadership:
         if lease is not None and lease.held:
             now = self.monotonic()
             if now >= lease.deadline():
-                self.demote(f"Redis unreachable past the renew deadline ({exc})")
+                self.demote(
+                    f"Redis unreachable past the renew deadline ({exc})",
+                    LossCause.REDIS_UNREACHABLE,
+                )
             else:
                 delay = min(delay, max(lease.deadline() - now, 0.05))
         self.resume_at = self.monotonic() + delay

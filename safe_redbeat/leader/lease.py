@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Settings
-from ..errors import LeaseLost
+from ..errors import LeaseLost, LossCause
 from ..store.keys import Keys
 from ..store.scripts import RenewCode, Scripts
 
@@ -140,9 +140,13 @@ class Lease:
             return
         if result.code is RenewCode.GONE:
             self.drop()
-            raise LeaseLost("the lease key is gone (deleted, expired or Redis lost its data)")
+            raise LeaseLost(
+                "the lease key is gone (deleted, expired or Redis lost its data)",
+                LossCause.KEY_GONE,
+            )
         self.drop()
-        raise LeaseLost(f"the lease is held by {parse_token(str(result.current)).describe()}")
+        holder = parse_token(str(result.current)).describe()
+        raise LeaseLost(f"the lease is held by {holder}", LossCause.TAKEN)
 
     def release(self) -> bool:
         """Give the lease up if it is still ours; True if Redis deleted it."""

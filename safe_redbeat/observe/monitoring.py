@@ -1,11 +1,9 @@
 """Monitoring switched on by settings when ``celery beat`` starts the scheduler.
 
-``safe_redbeat_metrics_port`` (default None, off)
-    Serve Prometheus ``/metrics`` on this port from each replica (the ``metrics`` extra).
-``safe_redbeat_metrics_addr`` (default ``"0.0.0.0"``)
-    Address the metrics server binds.
-``safe_redbeat_log_format`` (default ``"text"``)
-    ``"json"``: the scheduler's own lines as JSON objects (see jsonlog.py).
+``safe_redbeat_metrics_port`` (default None, off) serves Prometheus ``/metrics`` from each
+replica (the ``metrics`` extra) on ``safe_redbeat_metrics_addr``;
+``safe_redbeat_log_format = "json"`` writes the scheduler's own lines as JSON objects
+(see jsonlog.py). They are read with the other settings (:class:`~safe_redbeat.Settings`).
 
 :func:`setup` runs from Celery's ``beat_init`` signal, i.e. once in the process that runs
 the scheduler (never for the throw-away instance Celery builds for its banner).
@@ -20,51 +18,21 @@ from typing import Any
 from celery.signals import beat_init
 from celery.utils.log import get_logger
 
+from ..config import Settings
 from ..errors import ConfigurationError
 
-__all__ = ["LOG_FORMATS", "Monitoring", "MonitoringSettings", "setup"]
+__all__ = ["Monitoring", "setup"]
 
 logger = get_logger("safe_redbeat")
 
-LOG_FORMATS = ("text", "json")
 PORT = "safe_redbeat_metrics_port"
-ADDR = "safe_redbeat_metrics_addr"
-LOG_FORMAT = "safe_redbeat_log_format"
-
-
-@dataclass(frozen=True)
-class MonitoringSettings:
-    metrics_port: int | None = None
-    metrics_addr: str = "0.0.0.0"
-    log_format: str = "text"
-
-    @classmethod
-    def from_app(cls, app: Any) -> MonitoringSettings:
-        conf = app.conf
-        port = conf.get(PORT)
-        if port is not None and (
-            isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535
-        ):
-            raise ConfigurationError(
-                f"{PORT} must be a TCP port number (0-65535) or None (off), got {port!r}", PORT
-            )
-        addr = conf.get(ADDR, "0.0.0.0")
-        if not isinstance(addr, str) or not addr:
-            raise ConfigurationError(f"{ADDR} must be an address to bind, got {addr!r}", ADDR)
-        log_format = conf.get(LOG_FORMAT, "text")
-        if log_format not in LOG_FORMATS:
-            raise ConfigurationError(
-                f"{LOG_FORMAT} must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}",
-                LOG_FORMAT,
-            )
-        return cls(metrics_port=port, metrics_addr=addr, log_format=log_format)
 
 
 @dataclass
 class Monitoring:
     """What :func:`setup` started for one scheduler."""
 
-    settings: MonitoringSettings
+    settings: Settings
     server: Any = None  # safe_redbeat.metrics.MetricsServer
 
     def close(self) -> None:
@@ -75,9 +43,9 @@ class Monitoring:
 
 def setup(scheduler: Any) -> Monitoring:
     """Start the metrics server and JSON logs as configured for ``scheduler``'s app."""
-    settings = MonitoringSettings.from_app(scheduler.app)
+    settings: Settings = scheduler.safe_settings
     monitoring = Monitoring(settings)
-    instance = scheduler.safe_settings.instance_name
+    instance = settings.instance_name
     if settings.log_format == "json":
         from . import jsonlog
 

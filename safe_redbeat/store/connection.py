@@ -27,7 +27,6 @@ from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import SentinelConnectionPool
 
-from ..config import Settings
 from ..errors import ConfigurationError
 from .keys import Keys
 
@@ -72,14 +71,17 @@ def sanitize_text(text: str, limit: int = 500) -> str:
     return masked if len(masked) <= limit else masked[: limit - 3] + "..."
 
 
-def scheduler_client(app: Any, socket_timeout: float) -> Any:
+def scheduler_client(app: Any, socket_timeout: float, *, unsharded: Keys | None = None) -> Any:
     """A Redis client for the scheduler: RedBeat's settings, bounded socket timeouts,
-    undecodable bytes kept as surrogates (:data:`ENCODING_ERRORS`).
+    undecodable bytes kept as surrogates (:data:`ENCODING_ERRORS`). On Redis Cluster the
+    ``unsharded`` keys (a schedule of one shard) are checked to share one slot.
 
     RedBeat's ``RetryingConnection`` wrapper is removed: the scheduler decides itself when
     to retry (it must not block the tick for the wrapper's retry period).
     """
     if is_cluster(app):
+        if unsharded is not None:  # each shard of a sharded layout has a hash tag
+            check_cluster_keys(app, unsharded)
         return _cluster_client(app, socket_timeout)
     client = get_redis(app)
     client = getattr(client, "wrapped_connection", client)
@@ -158,8 +160,6 @@ def _cluster_client(app: Any, socket_timeout: float) -> RedisCluster:
     """
     conf = ensure_conf(app)
     options = dict(conf.redbeat_redis_options or {})
-    if Settings.from_app(app).shards == 1:  # each shard of a sharded layout has a hash tag
-        check_cluster_keys(app, Keys.from_app(app))
     kwargs = {k: v for k, v in options.items() if k not in REDBEAT_OWN_OPTIONS}
     kwargs.pop("retry", None)
     kwargs.pop("cluster_error_retry_attempts", None)

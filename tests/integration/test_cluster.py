@@ -202,7 +202,7 @@ def test_lease_and_fenced_claims_on_the_cluster(
         leader.tick()
         standby.tick()
         assert leader.is_leader and not standby.is_leader
-        fence = leader.lease.fence
+        fence = leader.shards[0].leadership.lease.fence
         ttl = check.pttl(keys.lease)
         clock.now += 1.0
         time.sleep(0.2)
@@ -233,7 +233,7 @@ def test_lease_and_fenced_claims_on_the_cluster(
         check.delete(keys.lease)
         clock.now += 1.0
         standby.tick()
-        assert standby.is_leader and standby.lease.fence > fence
+        assert standby.is_leader and standby.shards[0].leadership.lease.fence > fence
         standby.close()  # releases
         assert check.exists(keys.lease) == 0
     finally:

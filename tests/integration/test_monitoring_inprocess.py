@@ -75,7 +75,7 @@ def test_signals_fire_once_per_event(
     scheduler.tick()
     acquired = recorder.events["leadership_changed"]
     assert [(e["change"], e["fence"], e["cause"]) for e in acquired] == [
-        ("acquired", scheduler.lease.fence, None)
+        ("acquired", scheduler.shards[0].leadership.lease.fence, None)
     ]
     assert acquired[0]["sender"] is scheduler and acquired[0]["instance"]
 
@@ -87,7 +87,7 @@ def test_signals_fire_once_per_event(
     for event in sent:
         assert event["republished"] is False
         assert event["task_id"] == task_id_for(f"redbeat:{event['entry']}", event["scheduled"])
-        assert event["fence"] == scheduler.lease.fence
+        assert event["fence"] == scheduler.shards[0].leadership.lease.fence
         assert 0 <= event["sent_at"] - event["scheduled"] < 300
     batches = recorder.events["occurrences_sent"]
     assert [len(b["occurrences"]) for b in batches] == [3]
@@ -143,7 +143,7 @@ def test_metrics_follow_the_scheduler(app: Celery, redis_client: redis.Redis) ->
         assert value("safe_redbeat_is_leader") == 0
         scheduler.tick()
         assert value("safe_redbeat_is_leader") == 1
-        assert value("safe_redbeat_fence") == scheduler.lease.fence
+        assert value("safe_redbeat_fence") == scheduler.shards[0].leadership.lease.fence
         assert value("safe_redbeat_lease_seconds_left") == pytest.approx(2.0)  # renew deadline
         add_due(app, ["a", "b", "c"])
         redis_client.hset("redbeat:broken", mapping={"definition": "{not json", "meta": "{}"})

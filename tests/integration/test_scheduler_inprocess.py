@@ -59,13 +59,13 @@ def test_lock_loss_never_raises_and_the_replica_reacquires(
     clock = FakeClock()
     scheduler = make(app, clock)
     scheduler.tick()
-    first = scheduler.lease.fence
+    first = scheduler.shards[0].leadership.lease.fence
     redis_client.delete(KEYS.lease)
     clock.now += 1  # renewal due
     delay = scheduler.tick()  # finds out, demotes
     assert not scheduler.is_leader and 0 < delay <= 0.5
     scheduler.tick()  # reacquires
-    assert scheduler.is_leader and scheduler.lease.fence != first
+    assert scheduler.is_leader and scheduler.shards[0].leadership.lease.fence != first
 
 
 def test_a_paused_leader_reverifies_before_claiming(app: Celery, redis_client: redis.Redis) -> None:
@@ -117,13 +117,14 @@ def test_a_long_tick_renews_between_batches(
     scheduler.tick()
     add_due(app, [f"e{i}" for i in range(45)])
     renewals = []
-    real_renew = scheduler.lease.renew
+    lease = scheduler.shards[0].leadership.lease
+    real_renew = lease.renew
 
     def counting_renew() -> None:
         renewals.append(clock.now)
         real_renew()
 
-    monkeypatch.setattr(scheduler.lease, "renew", counting_renew)
+    monkeypatch.setattr(lease, "renew", counting_renew)
     real_apply = scheduler.publisher._apply
 
     def slow_apply(occurrence: Occurrence, fence: int) -> Any:
@@ -178,7 +179,7 @@ def test_replicas_publish_heartbeats_with_their_role(
     standby.tick()
     replicas = {r.heartbeat.instance: r for r in read_heartbeats(redis_client, leader.keys)}
     assert replicas["pod-a"].heartbeat.role == "leader"
-    assert replicas["pod-a"].heartbeat.fence == leader.lease.fence
+    assert replicas["pod-a"].heartbeat.fence == leader.shards[0].leadership.lease.fence
     assert replicas["pod-b"].heartbeat.role == "standby"
     assert all(0 <= r.age < 1 for r in replicas.values())
     leader.close()

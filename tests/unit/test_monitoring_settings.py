@@ -1,4 +1,4 @@
-"""Monitoring settings: checked once, errors name the setting."""
+"""Monitoring settings: read with the others, checked once, errors name the setting."""
 
 from __future__ import annotations
 
@@ -8,19 +8,20 @@ import pytest
 from celery import Celery
 
 from safe_redbeat import ConfigurationError
+from safe_redbeat.config import Settings
+from safe_redbeat.errors import FencedOut, LeaseLost, LossCause
 from safe_redbeat.metrics import _state
-from safe_redbeat.observe.monitoring import MonitoringSettings
-from safe_redbeat.signals import lost_cause
 
 
-def settings(**conf: Any) -> MonitoringSettings:
+def settings(**conf: Any) -> Settings:
     app = Celery("monitoring-settings", set_as_current=False)
     app.conf.update(conf)
-    return MonitoringSettings.from_app(app)
+    return Settings.from_app(app)
 
 
 def test_defaults_are_off() -> None:
-    assert settings() == MonitoringSettings(None, "0.0.0.0", "text")
+    found = settings()
+    assert (found.metrics_port, found.metrics_addr, found.log_format) == (None, "0.0.0.0", "text")
     assert settings(safe_redbeat_metrics_port=0).metrics_port == 0  # any free port
 
 
@@ -40,17 +41,18 @@ def test_bad_values_name_the_setting(name: str, value: Any) -> None:
     assert info.value.settings == (name,) and name in str(info.value)
 
 
-def test_loss_causes_are_a_bounded_set() -> None:
-    assert lost_cause("the lease key is gone (deleted, expired or Redis lost its data)") == (
-        "key_gone"
-    )
-    assert lost_cause("the lease is held by x (host h, pid 1, fence 2)") == "taken"
-    assert lost_cause("no renewal for 10.0s (renew deadline passed): boom") == "renew_deadline"
-    assert lost_cause("Redis rejected a claim: the lease key no longer holds our token") == (
-        "fenced"
-    )
-    assert lost_cause("Redis unreachable past the renew deadline (x)") == "redis_unreachable"
-    assert lost_cause("something new") == "other"
+def test_loss_causes_are_a_bounded_set_carried_by_the_error() -> None:
+    assert [cause.value for cause in LossCause] == [
+        "key_gone",
+        "taken",
+        "fenced",
+        "redis_unreachable",
+        "renew_deadline",
+        "other",
+    ]
+    assert FencedOut("rejected").cause is LossCause.FENCED
+    assert LeaseLost("gone", LossCause.KEY_GONE).cause is LossCause.KEY_GONE
+    assert LeaseLost("something new").cause is LossCause.OTHER
 
 
 @pytest.mark.parametrize(
