@@ -29,6 +29,7 @@ from celery.utils.log import get_logger
 
 from . import signals
 from .model.occurrence import Occurrence
+from .store.rows import EntryRows
 
 try:
     from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -314,11 +315,7 @@ def count_entries(client: Any, keys: Any, *, page: int = 1000) -> dict[str, int]
         chunk = [member for member, _score in _take(members, page)]
         if not chunk:
             return counts
-        with client.pipeline(transaction=False) as pipe:
-            for member in chunk:
-                pipe.hget(member, "definition")
-            definitions = pipe.execute()
-        for raw in definitions:
+        for raw in EntryRows(client, keys, None).definitions(chunk):
             counts[_state(raw)] += 1
 
 

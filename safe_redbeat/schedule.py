@@ -12,7 +12,7 @@ module writes, and entries saved by stock RedBeat are read here with version 0.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
@@ -20,12 +20,9 @@ from typing import Any, TypeVar
 
 from celery.utils.log import get_logger
 from redbeat.schedulers import REDBEAT_REDIS_KEY
-from redis.exceptions import ResponseError
 
 from .errors import EntryNotFound, InvalidEntry, Resharding, SafeRedBeatError, VersionConflict
-from .model.codec import decode_entry, decode_meta, encode_meta
 from .model.lifecycle import state_of
-from .model.slots import new_entry_anchor, writer_score
 from .model.specs import (
     EntryInfo,
     EntrySpec,
@@ -39,14 +36,12 @@ from .store.binding import Binding
 from .store.connection import check_cluster_keys
 from .store.keys import Keys
 from .store.layout import Layout, read_layout
+from .store.rows import EntryRows, Row, plan_write
 from .store.scripts import Remove, RemoveCode, RunNowCode, Scripts, Upsert, UpsertCode
 
 __all__ = ["EntryInfo", "EntrySpec", "MalformedEntry", "Schedule", "ScheduleLike"]
 
 logger = get_logger("safe_redbeat.schedule")
-
-#: Fields of an entry hash read by ``get`` and ``list``.
-_FIELDS = ("definition", "meta", "version", "run_now", "lifecycle", "state")
 
 T = TypeVar("T")
 
@@ -69,11 +64,13 @@ class MalformedEntry:
 
 @dataclass(frozen=True)
 class Shelf:
-    """One shard of the schedule as seen from outside the beat loop: its keys and scripts."""
+    """One shard of the schedule as seen from outside the beat loop: its keys, scripts
+    and entry rows."""
 
     index: int
     keys: Keys
     scripts: Scripts
+    rows: EntryRows
 
 
 @dataclass(frozen=True)
@@ -86,18 +83,6 @@ class _Place:
 
 class _Retired(Exception):
     """A write found its shard retired by ``reshard``: read the layout again."""
-
-
-@dataclass(frozen=True)
-class _State:
-    """What a write depends on, read just before it: run metadata, score, Redis' clock."""
-
-    now: datetime
-    meta: str | None
-    run_now: str | None
-    score: float | None
-    #: the recorded terminal state ('' if none)
-    state: str = ""
 
 
 # -- the API ---------------------------------------------------------------------------
@@ -336,16 +321,10 @@ class Schedule:
         hash cannot be decoded."""
         _check_key(name, self.keys)  # before Redis is asked anything
         place = self._place(name, self.layout())
-        key = place.key
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.hmget(key, *_FIELDS)
-            pipe.zscore(place.shelf.keys.schedule, key)
-            pipe.time()
-            fields, score, (seconds, micros) = pipe.execute()
-        if fields[0] is None:
+        row, now, wrong_type = place.shelf.rows.read_one(place.key)
+        if wrong_type or row.definition is None:
             raise EntryNotFound(name)
-        now = datetime.fromtimestamp(seconds + micros / 1e6, tz=timezone.utc)
-        return self._info(key, name, fields, score, now)
+        return self._info(row, now)
 
     def list(self, pattern: str = "*", *, page_size: int = 500) -> Iterator[EntryInfo]:
         """Entries whose name matches the glob ``pattern``, read page by page.
@@ -380,25 +359,16 @@ class Schedule:
             members = [(key, score) for key, score in page if key not in seen]
             seen.update(key for key, _score in members)
             if members:
-                with self.client.pipeline(transaction=False) as pipe:
-                    pipe.time()
-                    for key, _score in members:
-                        pipe.hmget(key, *_FIELDS)
-                    # a member naming a key of another type answers WRONGTYPE: skipped
-                    (seconds, micros), *replies = pipe.execute(raise_on_error=False)
-                rows = [
-                    (None,) * len(_FIELDS) if isinstance(row, ResponseError) else row
-                    for row in replies
-                ]
-                now = datetime.fromtimestamp(seconds + micros / 1e6, tz=timezone.utc)
-                for (key, score), fields in zip(members, rows, strict=True):
-                    if fields[0] is None:
-                        continue  # deleted meanwhile, or a slot the leader drops
-                    name = keys.name_of(key)
+                rows = EntryRows(self.client, keys, self.app).read(
+                    [key for key, _score in members], scores=[score for _key, score in members]
+                )
+                for row in rows.rows:
+                    if row.definition is None:
+                        continue  # deleted meanwhile, another type, or a slot the leader drops
                     try:
-                        yield self._info(key, name, fields, score, now)
+                        yield self._info(row, rows.now)
                     except InvalidEntry as exc:
-                        yield MalformedEntry(name, exc.field, exc.problem)
+                        yield MalformedEntry(row.name, exc.field, exc.problem)
             if int(cursor) == 0:
                 return
 
@@ -416,7 +386,9 @@ class Schedule:
     def _shelf(self, index: int, keys: Keys) -> Shelf:
         shelf = self._shelves.get(keys.prefix)
         if shelf is None:
-            shelf = self._shelves[keys.prefix] = Shelf(index, keys, Scripts(self.client, keys))
+            shelf = self._shelves[keys.prefix] = Shelf(
+                index, keys, Scripts(self.client, keys), EntryRows(self.client, keys, self.app)
+            )
         return shelf
 
     # -- internals ---------------------------------------------------------------------
@@ -443,86 +415,35 @@ class Schedule:
                 continue
         raise Resharding(f"the shard of {name!r} keeps moving; {name!r} was not written")
 
-    def _info(
-        self,
-        key: str,
-        name: str,
-        fields: Sequence[str | None],
-        score: float | None,
-        now: datetime,
-    ) -> EntryInfo:
-        definition, meta, version, run_now, lifecycle, state = fields
-        stored = decode_entry(
-            key,
-            name,
-            -1.0 if score is None else float(score),
-            definition,
-            meta,
-            version,
-            app=self.app,
-            run_now_raw=run_now,
-            lifecycle_raw=lifecycle,
-            state_raw=state,
-        )
-        return info_from_stored(stored, None if score is None else float(score), now)
+    def _info(self, row: Row, now: datetime) -> EntryInfo:
+        return info_from_stored(row.decode(self.app), row.score, now)
 
-    def _read(self, place: _Place) -> _State:
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.time()
-            pipe.hmget(place.key, "meta", "run_now", "state")
-            pipe.zscore(place.shelf.keys.schedule, place.key)
-            (seconds, micros), fields, score = pipe.execute(raise_on_error=False)
-        if isinstance(fields, ResponseError):  # WRONGTYPE: a key that is not an entry
+    def _read(self, place: _Place) -> tuple[Row, datetime]:
+        row, now, wrong_type = place.shelf.rows.read_one(place.key)
+        if wrong_type:  # a key that is not an entry
             raise InvalidEntry(
                 place.key,
                 "key",
                 "holds another Redis type, not an entry hash; nothing was written (delete "
                 "that key first if it is not needed)",
             )
-        if isinstance(score, ResponseError):
-            raise score
-        meta, run_now, recorded = fields
-        now = datetime.fromtimestamp(seconds + micros / 1e6, tz=timezone.utc)
-        return _State(
-            now=now.astimezone(self.app.timezone),
-            meta=meta,
-            run_now=run_now,
-            score=None if score is None else float(score),
-            state=recorded or "",
-        )
-
-    def _score(
-        self, spec: EntrySpec, state: _State, last_run_at: datetime | None, runs: int
-    ) -> int:
-        """Next due timestamp at Redis' ``now``, never later than a pending manual run."""
-        score = writer_score(spec.schedule, spec.lifecycle, last_run_at, runs, state.now)
-        if state.run_now:
-            requested = int(float(state.run_now))
-            if score < 0 or requested < score:
-                score = requested  # upsert.lua does the same, atomically
-        return score
+        return row, now
 
     def _write(self, place: _Place, *, spec: EntrySpec, version: int | None) -> EntryInfo:
         key, expected_version = place.key, version
         definition = spec.definition()
         fields = {"lifecycle": spec.lifecycle.encode()}
         for _attempt in range(_MAX_ATTEMPTS):
-            state = self._read(place)
-            last_run_at, total_run_count = decode_meta(key, state.meta)
-            new_meta = encode_meta(None)
-            if state.meta is None:
-                # a new entry: its schedule counts from now (or the source's last run)
-                last_run_at = new_entry_anchor(spec.lifecycle, spec.last_run_at, state.now)
-                new_meta = encode_meta(last_run_at)
-            score = self._score(spec, state, last_run_at, total_run_count)
+            row, now = self._read(place)
+            plan = plan_write(spec, row.meta, now, key=key, run_now=row.run_now)
             result = place.shelf.scripts.upsert(
                 Upsert(
                     entry_key=key,
                     owner_set=place.shelf.keys.statics,
                     definition=definition,
-                    score=score,
-                    new_meta=new_meta,
-                    expected_meta=state.meta,
+                    score=plan.score,
+                    new_meta=plan.new_meta,
+                    expected_meta=row.meta,
                     expected_version=expected_version,
                     fields=fields,
                 )
@@ -536,22 +457,22 @@ class Schedule:
                 raise VersionConflict(spec.name, expected_version, version)
             if code is UpsertCode.WRITTEN:
                 logger.info("schedule: wrote entry %r (version %s)", spec.name, version)
-                next_run = utc_datetime(score)
+                next_run = utc_datetime(plan.score)
             else:
-                next_run = utc_datetime(state.score)
+                next_run = utc_datetime(row.score)
             return EntryInfo(
                 spec,
                 version=version,
-                last_run_at=last_run_at,
+                last_run_at=plan.last_run_at,
                 next_run_at=next_run,
-                total_run_count=total_run_count,
-                run_now_at=utc_datetime(int(float(state.run_now))) if state.run_now else None,
+                total_run_count=plan.total_run_count,
+                run_now_at=utc_datetime(int(float(row.run_now))) if row.run_now else None,
                 state=state_of(
                     enabled=spec.enabled,
                     lifecycle=spec.lifecycle,
-                    stored_state=state.state if code is UpsertCode.UNCHANGED else "",
-                    total_run_count=total_run_count,
-                    now=state.now,
+                    stored_state=(row.state or "") if code is UpsertCode.UNCHANGED else "",
+                    total_run_count=plan.total_run_count,
+                    now=now,
                 ),
             )
         raise SafeRedBeatError(

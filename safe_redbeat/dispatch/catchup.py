@@ -18,12 +18,13 @@ from typing import Any
 from celery.utils.log import get_logger
 
 from ..errors import InvalidEntry
-from ..model.codec import decode_entry, encode_meta
+from ..model.codec import encode_meta
 from ..model.entry import StoredEntry
 from ..model.lifecycle import EXPIRED, TERMINAL, zone_of
 from ..model.occurrence import Occurrence, task_id_for
 from ..model.slots import first_slot
 from ..store.keys import Keys
+from ..store.rows import EntryRows
 from ..store.wire import NEVER
 from .plan import ClaimOp
 
@@ -31,45 +32,21 @@ __all__ = ["coalesce", "coalesce_ops", "read_entries"]
 
 logger = get_logger("safe_redbeat")
 
-_FIELDS = ("definition", "meta", "version", "run_now", "lifecycle", "state")
-
 
 def read_entries(
     client: Any, keys: Keys, app: Any, entry_keys: Sequence[str]
 ) -> tuple[datetime, list[StoredEntry]]:
     """Redis' ``now`` and the decodable entries among ``entry_keys`` (one round trip)."""
-    with client.pipeline(transaction=False) as pipe:
-        pipe.time()
-        for key in entry_keys:
-            pipe.hmget(key, *_FIELDS)
-            pipe.zscore(keys.schedule, key)
-        (seconds, micros), *replies = pipe.execute()
-    now = datetime.fromtimestamp(seconds + micros / 1e6, tz=timezone.utc)
-    now = now.astimezone(app.timezone)
+    rows = EntryRows(client, keys, app).read(entry_keys, with_scores=True)
     entries = []
-    for key, fields, score in zip(entry_keys, replies[::2], replies[1::2], strict=True):
-        definition, meta, version, run_now, lifecycle, state = fields
-        if definition is None or score is None:
+    for row in rows.rows:
+        if row.definition is None or row.score is None:
             continue
         try:
-            entries.append(
-                decode_entry(
-                    key,
-                    keys.name_of(key),
-                    float(score),
-                    definition,
-                    meta,
-                    version,
-                    app=app,
-                    nowfun=lambda: now,
-                    run_now_raw=run_now,
-                    lifecycle_raw=lifecycle,
-                    state_raw=state,
-                )
-            )
+            entries.append(row.decode(app, rows.now))
         except InvalidEntry:
             continue  # the reader reports and parks it
-    return now, entries
+    return rows.now, entries
 
 
 def regular_keys(keys: Keys, republished: Iterable[Occurrence]) -> list[str]:

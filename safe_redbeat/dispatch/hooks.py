@@ -30,6 +30,7 @@ from ..errors import InvalidEntry
 from ..model.codec import decode_entry
 from ..model.occurrence import Occurrence
 from ..store.keys import Keys
+from ..store.rows import EntryRows
 
 __all__ = ["patched_hook", "prepare"]
 
@@ -162,15 +163,10 @@ def _schedules(
 ) -> dict[str, Any]:
     """Each entry's schedule object, read in one pipeline (hooks need it, e.g. Sentry)."""
     names = sorted({o.entry for o in occurrences})
-    with client.pipeline(transaction=False) as pipe:
-        for name in names:
-            pipe.hget(keys.entry(name), "definition")
-        # a key of another type answers WRONGTYPE: that entry has no schedule to give
-        definitions = pipe.execute(raise_on_error=False)
+    # a key of another type holds no definition: that entry has no schedule to give
+    definitions = EntryRows(client, keys, app).definitions([keys.entry(name) for name in names])
     schedules: dict[str, Any] = {}
     for name, definition in zip(names, definitions, strict=True):
-        if isinstance(definition, Exception):
-            continue
         try:
             stored = decode_entry(keys.entry(name), name, 0.0, definition, None, None, app=app)
         except InvalidEntry:

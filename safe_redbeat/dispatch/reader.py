@@ -11,13 +11,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 from celery.utils.log import get_logger
-from redis.exceptions import ResponseError
 
 from .. import signals
 from ..errors import InvalidEntry
-from ..model.codec import decode_entry
 from ..model.entry import StoredEntry
 from ..store.keys import Keys
+from ..store.rows import EntryRows
 from ..store.scripts import Scripts
 from ..store.wire import NEVER
 from .plan import ClaimOp, park
@@ -81,44 +80,23 @@ class DueReader:
         batch.upcoming = read.upcoming[1] if read.upcoming else None
         if not due:
             return batch
-        with self.client.pipeline(transaction=False) as pipe:
-            for key, _score in due:
-                pipe.hmget(key, *_FIELDS)
-            # a member naming a key of another type answers WRONGTYPE: no entry there
-            rows = [_fields(row) for row in pipe.execute(raise_on_error=False)]
-
-        def nowfun() -> datetime:
-            return batch.now
-
-        for (key, score), (definition, meta, version, run_now, *life) in zip(
-            due, rows, strict=True
-        ):
-            if definition is None and meta is None and version is None and run_now is None:
+        rows = EntryRows(self.client, self.keys, self.app).read(
+            [key for key, _score in due], scores=[score for _key, score in due], now=batch.now
+        )
+        for row in rows.rows:
+            score = float(row.score or 0.0)
+            if not row.exists:
                 # a ZSET member without its hash: the claim script drops the member
-                batch.ops.append(ClaimOp(key, score, "0", NEVER))
+                batch.ops.append(ClaimOp(row.key, score, "0", NEVER))
                 continue
             try:
-                batch.entries.append(
-                    decode_entry(
-                        key,
-                        self.keys.name_of(key),
-                        score,
-                        definition,
-                        meta,
-                        version,
-                        app=self.app,
-                        nowfun=nowfun,
-                        run_now_raw=run_now,
-                        lifecycle_raw=life[0],
-                        state_raw=life[1],
-                    )
-                )
+                batch.entries.append(row.decode(self.app, batch.now))
             except Exception as exc:  # InvalidEntry; anything else is a decoder bug
                 problem = exc.problem if isinstance(exc, InvalidEntry) else repr(exc)
                 field_name = exc.field if isinstance(exc, InvalidEntry) else "?"
-                self.report(key, f"{field_name}: {problem}", (definition, meta, version, run_now))
+                self.report(row.key, f"{field_name}: {problem}", row.fields[:4])
                 parked_until = now_ts + int(self.park_seconds)
-                batch.ops.append(park(key, score, version or "0", parked_until))
+                batch.ops.append(park(row.key, score, row.fields[2] or "0", parked_until))
         return batch
 
     def report(self, key: str, problem: str, content: object = None) -> None:
@@ -138,12 +116,3 @@ class DueReader:
             key,
             self.park_seconds,
         )
-
-
-#: The entry hash fields the leader reads.
-_FIELDS = ("definition", "meta", "version", "run_now", "lifecycle", "state")
-
-
-def _fields(row: Any) -> Any:
-    """An HMGET reply, or Nones for a key that holds no hash (a ResponseError)."""
-    return (None,) * len(_FIELDS) if isinstance(row, ResponseError) else row

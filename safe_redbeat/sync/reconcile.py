@@ -24,12 +24,11 @@ from typing import Any
 from celery.utils.log import get_logger
 
 from ..errors import FencedOut, InvalidEntry, Resharding
-from ..model.codec import decode_meta, encode_meta
-from ..model.slots import new_entry_anchor, writer_score
 from ..model.specs import EntrySpec
 from ..model.validation import check_name
 from ..store.connection import sanitize_text
 from ..store.keys import Keys
+from ..store.rows import EntryRows, plan_write
 from ..store.scripts import Remove, RemoveCode, Scripts, Upsert, UpsertCode
 
 __all__ = ["ReconcileResult", "Reconciler", "removals_held"]
@@ -287,31 +286,19 @@ class Reconciler:
     def _write_chunk(
         self, chunk: list[_Change], token: str, result: ReconcileResult
     ) -> list[_Change]:
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.time()
-            for change in chunk:
-                pipe.hmget(self.keys.entry(change.spec.name), "meta")
-            (seconds, micros), *metas = pipe.execute()
-        now = datetime.fromtimestamp(seconds + micros / 1e6, tz=timezone.utc)
+        entry_keys = [self.keys.entry(change.spec.name) for change in chunk]
+        now, metas = EntryRows(self.client, self.keys, self.app).metas(entry_keys)
         batch = self.scripts.upserts()
-        for change, (meta,) in zip(chunk, metas, strict=True):
-            name = change.spec.name
-            try:
-                last_run_at, runs = decode_meta(self.keys.entry(name), meta)
-            except InvalidEntry:
-                last_run_at, runs = now, 0  # unreadable meta: keep it, schedule from now
-            spec, new_meta = change.spec, encode_meta(None)
-            if meta is None:  # new: counts from now, or from the loader's last run
-                last_run_at = new_entry_anchor(spec.lifecycle, spec.last_run_at, now)
-                new_meta = encode_meta(last_run_at)
-            score = writer_score(spec.schedule, spec.lifecycle, last_run_at, runs, now)
+        for change, key, meta in zip(chunk, entry_keys, metas, strict=True):
+            spec, name = change.spec, change.spec.name
+            plan = plan_write(spec, meta, now, key=key)
             self.scripts.upsert(
                 Upsert(
-                    entry_key=self.keys.entry(name),
+                    entry_key=key,
                     owner_set=self.owned_key,
                     definition=change.definition,
-                    score=score,
-                    new_meta=new_meta,
+                    score=plan.score,
+                    new_meta=plan.new_meta,
                     expected_meta=meta,
                     expected_version=change.version,
                     fields={"lifecycle": spec.lifecycle.encode()},

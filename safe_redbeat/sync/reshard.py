@@ -38,6 +38,7 @@ from ..model.occurrence import Occurrence
 from ..store.connection import check_cluster_keys
 from ..store.keys import Keys
 from ..store.layout import Layout, check_shards, read_layout
+from ..store.rows import EntryRows
 from ..store.scripts import Adopt, Scripts
 
 __all__ = ["RESHARD_CHUNK", "ReshardReport", "reshard"]
@@ -193,16 +194,14 @@ def _describe(holders: dict[str, Any]) -> str:
 def _copy_shard(client: Any, keys: Keys, target: Layout, report: ReshardReport) -> None:
     """Copy one old shard's entries, owner sets, pending records and dead letters."""
     scripts = {k.prefix: Scripts(client, k) for k in target.all_keys()}
+    rows = EntryRows(client, keys, None)
     for members in _zchunks(client, keys.schedule):
-        with client.pipeline(transaction=False) as pipe:
-            for key, _score in members:
-                pipe.hgetall(key)
-            hashes = pipe.execute(raise_on_error=False)
+        hashes = rows.hashes([key for key, _score in members])
         any_scripts = next(iter(scripts.values()))
         batch = any_scripts.adoptions()
         queued = 0
         for (key, score), fields in zip(members, hashes, strict=True):
-            if not isinstance(fields, dict) or not fields:
+            if fields is None:
                 report.skipped += 1  # a slot without a hash (or another type): not an entry
                 continue
             name = keys.name_of(key)
