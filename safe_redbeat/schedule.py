@@ -16,13 +16,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from celery.utils.log import get_logger
 from redbeat.schedulers import REDBEAT_REDIS_KEY
 
 from .errors import EntryNotFound, InvalidEntry, Resharding, SafeRedBeatError, VersionConflict
-from .model.lifecycle import state_of
+from .model.lifecycle import Lifetime, state_of
 from .model.specs import (
     EntryInfo,
     EntrySpec,
@@ -38,6 +38,9 @@ from .store.keys import Keys
 from .store.layout import Layout, read_layout
 from .store.rows import EntryRows, Row, plan_write
 from .store.scripts import Remove, RemoveCode, RunNowCode, Scripts, Upsert, UpsertCode
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["EntryInfo", "EntrySpec", "MalformedEntry", "Schedule", "ScheduleLike"]
 
@@ -142,12 +145,7 @@ class Schedule:
         options: Mapping[str, Any] | None = None,
         enabled: bool = True,
         expected_version: int | None = None,
-        *,
-        start_time: datetime | None = None,
-        expires: datetime | None = None,
-        max_runs: int | None = None,
-        tz: str | None = None,
-        run_immediately: bool = False,
+        **lifetime: Unpack[Lifetime],
     ) -> EntryInfo:
         """Create or update an entry; return it as written.
 
@@ -158,24 +156,12 @@ class Schedule:
         to the last run.
 
         A new entry runs at its next slot (an interval one interval from now), or at once
-        with ``run_immediately``. Lifetime: ``start_time`` (no run before it), ``expires``
-        (no run after it), ``max_runs``; ``tz`` is a crontab's or rrule's IANA zone. Naive
-        datetimes are taken in the app's timezone.
+        with ``run_immediately``. Lifetime (:class:`~safe_redbeat.model.lifecycle.
+        Lifecycle`'s fields): ``start_time`` (no run before it; an interval's first run),
+        ``expires`` (no run after it), ``max_runs``; ``tz`` is a crontab's or rrule's IANA
+        zone. Naive datetimes are taken in the app's timezone.
         """
-        spec = EntrySpec.build(
-            name,
-            task,
-            schedule,
-            args,
-            kwargs,
-            options,
-            enabled,
-            start_time=start_time,
-            expires=expires,
-            max_runs=max_runs,
-            tz=tz,
-            run_immediately=run_immediately,
-        )
+        spec = EntrySpec.build(name, task, schedule, args, kwargs, options, enabled, **lifetime)
         return self._put(spec, expected_version)
 
     def once(

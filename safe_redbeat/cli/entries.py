@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import EntryNotFound, InvalidEntry, SafeRedBeatError, VersionConflict
-from ..model.lifecycle import PARKED
+from ..model.lifecycle import LIFETIME_FIELDS, PARKED
 from ..model.specs import EntryInfo, EntrySpec, ScheduleLike
 from ..schedule import MalformedEntry
 from .context import (
@@ -67,7 +67,7 @@ def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
                 e.name,
                 e.state,
                 e.task,
-                "once" if e.at is not None else schedule_text(e.schedule),
+                "once" if e.lifecycle.at is not None else schedule_text(e.schedule),
                 e.version,
                 when(e.next_run_at),
                 when(last_run(e)),
@@ -106,6 +106,11 @@ def _spec(args: argparse.Namespace, base: EntryInfo | None) -> EntrySpec:
         options = dict(args.options)
     if args.queue is not None:
         options["queue"] = args.queue
+    given = {
+        name: getattr(args, name)
+        for name in LIFETIME_FIELDS
+        if getattr(args, name, None) not in (None, False)
+    }
     if base is None:
         if schedule is None and args.at is None:  # argparse already requires one of them
             raise CLIError(EXIT_USAGE, "usage", "add needs --every, --cron or --at")
@@ -117,30 +122,21 @@ def _spec(args: argparse.Namespace, base: EntryInfo | None) -> EntrySpec:
             args.kwargs,
             options,
             enabled=not args.disabled,
-            start_time=args.start_time,
-            expires=args.expires,
-            max_runs=args.max_runs,
-            tz=args.tz,
-            run_immediately=args.now,
-            at=args.at,
+            **given,
         )
-    at = base.at if schedule is None else None
-    if args.at is not None:
-        at = args.at
+    lifetime = {name: getattr(base.lifecycle, name) for name in LIFETIME_FIELDS}
+    if schedule is not None:
+        lifetime["at"] = None  # a periodic schedule replaces a one-off
+    lifetime.update(given)
     return EntrySpec.build(
         base.name,
         base.task if args.task is None else args.task,
-        None if at is not None else base.schedule if schedule is None else schedule,
+        None if lifetime["at"] is not None else base.schedule if schedule is None else schedule,
         base.args if args.args is None else args.args,
         base.kwargs if args.kwargs is None else args.kwargs,
         options,
         enabled=base.enabled if args.enabled is None else args.enabled,
-        start_time=base.start_time if args.start_time is None else args.start_time,
-        expires=base.expires if args.expires is None else args.expires,
-        max_runs=base.max_runs if args.max_runs is None else args.max_runs,
-        tz=base.tz if args.tz is None else args.tz,
-        run_immediately=base.run_immediately,
-        at=at,
+        **lifetime,
     )
 
 

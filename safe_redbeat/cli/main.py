@@ -23,6 +23,7 @@ from ..errors import (
     SafeRedBeatError,
     VersionConflict,
 )
+from ..model.lifecycle import COUNT, FLAG, TIME, ZONE, lifetime_fields
 from .context import (
     EXIT_APP,
     EXIT_CONFLICT,
@@ -57,20 +58,18 @@ EXIT_CODES = (
     "3 Redis unreachable or failing, 4 app or configuration, 5 entry not found, "
     "6 version conflict, 7 invalid entry, 8 resharding (a move under way or refused)"
 )
+#: what ``update`` can change: the definition's options and every lifetime field but the
+#: first-run flag (``add --now``)
 UPDATE_FIELDS = (
     "task",
     "every",
     "cron",
-    "at",
     "args",
     "kwargs",
     "options",
     "queue",
     "enabled",
-    "start_time",
-    "expires",
-    "max_runs",
-    "tz",
+    *(f.name for f in lifetime_fields() if f.metadata["kind"] != FLAG),
 )
 
 
@@ -159,40 +158,38 @@ def _expected_version(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: how the CLI reads a lifetime field of each kind: parser and metavar
+_LIFETIME_INPUT: dict[str, tuple[Callable[[str], Any], str]] = {
+    TIME: (_when, "WHEN"),
+    COUNT: (_count, "N"),
+    ZONE: (str, "ZONE"),
+}
+
+
 def _entry_fields(parser: argparse.ArgumentParser, *, add: bool) -> None:
     parser.add_argument("name", metavar="NAME")
     parser.add_argument("--task", required=add, help="task name, e.g. proj.tasks.report")
     schedule = parser.add_mutually_exclusive_group(required=add)  # --every, --cron, --at
     schedule.add_argument("--every", type=_positive, metavar="SECONDS", help="interval")
     schedule.add_argument("--cron", metavar="EXPR", help='cron expression, e.g. "0 3 * * *"')
-    schedule.add_argument(
-        "--at", type=_when, metavar="WHEN", help="a one-off: run once at WHEN (ISO 8601)"
-    )
     parser.add_argument("--args", type=_json_of(list, "array"), metavar="JSON")
     parser.add_argument("--kwargs", type=_json_of(dict, "object"), metavar="JSON")
     parser.add_argument(
         "--options", type=_json_of(dict, "object"), metavar="JSON", help="apply_async options"
     )
     parser.add_argument("--queue", metavar="Q", help="set options.queue")
-    parser.add_argument(
-        "--start", dest="start_time", type=_when, metavar="WHEN", help="no run before WHEN"
-    )
-    parser.add_argument(
-        "--expires", type=_when, metavar="WHEN", help="no run after WHEN; then `expired`"
-    )
-    parser.add_argument(
-        "--max-runs", type=_count, metavar="N", help="after N runs the entry is `finished`"
-    )
-    parser.add_argument(
-        "--tz", metavar="ZONE", help="IANA zone of --cron (default: the app's timezone)"
-    )
+    for spec in lifetime_fields():  # one option per lifetime field
+        kind, name = spec.metadata["kind"], spec.name
+        flag = spec.metadata["flag"] or "--" + name.replace("_", "-")
+        where = schedule if name == "at" else parser  # a one-off replaces the schedule
+        if kind == FLAG:
+            if add:
+                where.add_argument(flag, dest=name, action="store_true", help=spec.metadata["help"])
+            continue
+        parse, metavar = _LIFETIME_INPUT[kind]
+        where.add_argument(flag, dest=name, type=parse, metavar=metavar, help=spec.metadata["help"])
     if add:
         parser.add_argument("--disabled", action="store_true", help="create it disabled")
-        parser.add_argument(
-            "--now",
-            action="store_true",
-            help="run it at the leader's next tick instead of at its next slot",
-        )
         return
     state = parser.add_mutually_exclusive_group()
     state.add_argument("--enabled", dest="enabled", action="store_true", default=None)

@@ -14,7 +14,7 @@ from celery.schedules import schedule as interval
 from redbeat.decoder import RedBeatJSONEncoder
 
 from ..errors import InvalidEntry
-from ..model.lifecycle import PARKED
+from ..model.lifecycle import FLAG, PARKED, TIME, lifetime_fields
 from ..model.specs import CRONTAB_FIELDS, EntryInfo
 
 __all__ = [
@@ -98,8 +98,8 @@ def schedule_text(value: BaseSchedule) -> str:
 
 def zone_name(info: EntryInfo) -> str:
     """The zone an entry's times are shown in: its ``tz``, else the app's timezone."""
-    if info.tz:
-        return info.tz
+    if info.lifecycle.tz:
+        return info.lifecycle.tz
     zone = getattr(info.schedule, "tz", None)
     return str(getattr(zone, "key", None) or zone or "UTC")
 
@@ -155,7 +155,7 @@ def entry_json(info: EntryInfo) -> dict[str, Any]:
 
 def entry_text(info: EntryInfo) -> str:
     zone = zone_name(info)
-    schedule = "once" if info.at is not None else schedule_text(info.schedule)
+    schedule = "once" if info.lifecycle.at is not None else schedule_text(info.schedule)
     pairs: list[tuple[str, object]] = [
         ("name", info.name),
         ("state", info.state),
@@ -170,18 +170,26 @@ def entry_text(info: EntryInfo) -> str:
         ("last run", when(last_run(info)) if info.total_run_count else "never"),
         ("run count", info.total_run_count),
     ]
-    lifetime: list[tuple[str, object]] = [
-        ("at", info.at),
-        ("start", info.start_time),
-        ("expires", info.expires),
-    ]
-    pairs += [(label, local_when(v, zone)) for label, v in lifetime if isinstance(v, datetime)]
-    if info.max_runs is not None:
-        pairs.append(("max runs", info.max_runs))
-    if info.tz is not None:
-        pairs.append(("time zone", info.tz))
-    if info.run_immediately:
-        pairs.append(("first run", "at once (run_immediately)"))
+    pairs += [(label, value) for label, value in _lifetime_pairs(info, zone)]
     if info.run_now_at is not None:
         pairs.append(("run now", f"requested {when(info.run_now_at)}"))
     return "\n".join(f"{label + ':':<11}{value}" for label, value in pairs)
+
+
+def _lifetime_pairs(info: EntryInfo, zone: str) -> list[tuple[str, object]]:
+    """``show``'s lines for the lifetime fields that are set: times first, as declared."""
+    times: list[tuple[str, object]] = []
+    others: list[tuple[str, object]] = []
+    for spec in lifetime_fields():
+        value = getattr(info.lifecycle, spec.name)
+        label, kind = spec.metadata["label"], spec.metadata["kind"]
+        if value is None or value is False:
+            continue
+        if kind == TIME and isinstance(value, datetime):
+            times.append((label, local_when(value, zone)))
+        elif kind == FLAG:
+            others.append((label, f"at once ({spec.name})"))
+        else:
+            others.append((label, value))
+    order = {"at": 0, "start": 1, "expires": 2}
+    return sorted(times, key=lambda pair: order.get(str(pair[0]), 3)) + others

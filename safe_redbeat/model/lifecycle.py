@@ -12,10 +12,10 @@ Everything here is pure: time comes in as arguments.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import Field, dataclass, field, fields, replace
 from datetime import datetime, timezone, tzinfo
-from typing import Any
+from typing import Any, TypedDict
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from redbeat.schedules import rrule
@@ -33,9 +33,11 @@ __all__ = [
     "STATES",
     "TERMINAL",
     "Lifecycle",
+    "Lifetime",
     "check_max_runs",
     "check_zone",
     "decode_state",
+    "lifetime_fields",
     "once_schedule",
     "state_of",
     "zone_of",
@@ -59,37 +61,81 @@ _UTC = timezone.utc
 # -- the value --------------------------------------------------------------------------
 
 
+#: How a lifetime field is checked, stored and shown (the ``kind`` of its metadata).
+TIME, COUNT, ZONE, FLAG = "time", "count", "zone", "flag"
+
+
+def _meta(kind: str, label: str, help: str, flag: str = "") -> dict[str, str]:
+    """A lifetime field's metadata: ``kind`` (how it is checked and stored), ``label``
+    (``show``), ``help`` and ``flag`` (the CLI option; default ``--<name>``)."""
+    return {"kind": kind, "label": label, "help": help, "flag": flag}
+
+
 @dataclass(frozen=True)
 class Lifecycle:
-    """An entry's lifetime fields; all optional. Datetimes are aware (UTC once stored)."""
+    """An entry's lifetime fields; all optional. Datetimes are aware (UTC once stored).
 
-    start_time: datetime | None = None
-    expires: datetime | None = None
-    max_runs: int | None = None
-    tz: str | None = None
-    run_immediately: bool = False
+    The one declaration of the lifetime fields: the ``lifecycle`` hash field, loader items,
+    ``beat_schedule`` entries, :class:`~safe_redbeat.model.specs.EntrySpec`,
+    ``Schedule.upsert``, the CLI's options and ``show`` all derive theirs from it
+    (:data:`LIFETIME_FIELDS`, :func:`lifetime_fields`); :class:`Lifetime` types them as
+    keyword arguments.
+    """
+
+    start_time: datetime | None = field(
+        default=None, metadata=_meta(TIME, "start", "no run before WHEN", "--start")
+    )
+    expires: datetime | None = field(
+        default=None, metadata=_meta(TIME, "expires", "no run after WHEN; then `expired`")
+    )
+    max_runs: int | None = field(
+        default=None, metadata=_meta(COUNT, "max runs", "after N runs the entry is `finished`")
+    )
+    tz: str | None = field(
+        default=None,
+        metadata=_meta(ZONE, "time zone", "IANA zone of --cron (default: the app's timezone)"),
+    )
+    run_immediately: bool = field(
+        default=False,
+        metadata=_meta(
+            FLAG, "first run", "run at the leader's next tick instead of at its next slot", "--now"
+        ),
+    )
     #: a one-off entry: runs once at this time (``max_runs`` is then 1)
-    at: datetime | None = None
+    at: datetime | None = field(
+        default=None, metadata=_meta(TIME, "at", "a one-off: run once at WHEN (ISO 8601)")
+    )
 
     @property
     def is_default(self) -> bool:
         return self == _DEFAULT
+
+    @classmethod
+    def build(cls, key: str, **values: Any) -> Lifecycle:
+        """Lifetime fields from loose input, checked (InvalidEntry naming the field).
+
+        Naive datetimes are kept as they are: the writer takes them in the app's timezone.
+        """
+        unknown = sorted(set(values) - set(LIFETIME_FIELDS))
+        if unknown:
+            raise InvalidEntry(key, unknown[0], f"is not a lifetime field ({_KNOWN})")
+        for name, value in values.items():
+            if value is not None:
+                _check(key, name, _KINDS[name], value, name)
+        start, expires = values.get("start_time"), values.get("expires")
+        if start is not None and expires is not None and _aware(expires) <= _aware(start):
+            raise InvalidEntry(key, "expires", f"must be after start_time ({start.isoformat()})")
+        return cls(**values) if values else _DEFAULT
 
     def encode(self) -> str:
         """The ``lifecycle`` hash field: sorted JSON, ``''`` when every field is default."""
         if self.is_default:
             return ""
         data: dict[str, Any] = {}
-        for name in ("at", "expires", "start_time"):
+        for name in LIFETIME_FIELDS:
             value = getattr(self, name)
-            if value is not None:
-                data[name] = _epoch_number(value)
-        if self.max_runs is not None:
-            data["max_runs"] = self.max_runs
-        if self.tz is not None:
-            data["tz"] = self.tz
-        if self.run_immediately:
-            data["run_immediately"] = True
+            if value != _DEFAULTS[name]:
+                data[name] = _epoch_number(value) if _KINDS[name] == TIME else value
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @classmethod
@@ -106,45 +152,74 @@ class Lifecycle:
         unknown = sorted(set(data) - set(LIFETIME_FIELDS))
         if unknown:
             raise InvalidEntry(key, "lifecycle", f"unknown fields {unknown}")
-        times: dict[str, datetime | None] = {}
-        for name in ("at", "expires", "start_time"):
-            times[name] = _decode_time(key, name, data.get(name))
-        max_runs = data.get("max_runs")
-        if max_runs is not None:
-            check_max_runs(key, max_runs, f"lifecycle.{'max_runs'}")
-        tz = data.get("tz")
-        if tz is not None:
-            check_zone(key, tz, "lifecycle.tz")
-        run_immediately = data.get("run_immediately", False)
-        if not isinstance(run_immediately, bool):
-            raise InvalidEntry(
-                key, "lifecycle.run_immediately", f"must be true or false, got {run_immediately!r}"
-            )
-        return cls(
-            start_time=times["start_time"],
-            expires=times["expires"],
-            max_runs=max_runs,
-            tz=tz,
-            run_immediately=run_immediately,
-            at=times["at"],
-        )
+        values: dict[str, Any] = {}
+        for name, value in data.items():
+            if _KINDS[name] == TIME:
+                values[name] = _decode_time(key, name, value)
+            elif value is not None:
+                values[name] = _check(key, name, _KINDS[name], value, f"lifecycle.{name}")
+        return cls(**values)
+
+    def in_zone(self, zone: tzinfo, resolve: Callable[[datetime, tzinfo], datetime]) -> Lifecycle:
+        """These fields with naive datetimes taken in ``zone`` (by ``resolve``)."""
+        changes: dict[str, Any] = {
+            name: resolve(value, zone)
+            for name in _TIME_FIELDS
+            if (value := getattr(self, name)) is not None and value.tzinfo is None
+        }
+        return replace(self, **changes) if changes else self
 
     def to_json(self) -> dict[str, Any]:
         """ISO 8601 form for the CLI's ``--json``."""
         return {
-            "start_time": _iso(self.start_time),
-            "expires": _iso(self.expires),
-            "max_runs": self.max_runs,
-            "tz": self.tz,
-            "run_immediately": self.run_immediately,
-            "at": _iso(self.at),
+            name: _iso(getattr(self, name)) if _KINDS[name] == TIME else getattr(self, name)
+            for name in _JSON_ORDER
         }
+
+
+class Lifetime(TypedDict, total=False):
+    """The lifetime fields as keyword arguments (``EntrySpec.build``, ``Schedule.upsert``);
+    the same names and types as :class:`Lifecycle` (a unit test holds them equal)."""
+
+    start_time: datetime | None
+    expires: datetime | None
+    max_runs: int | None
+    tz: str | None
+    run_immediately: bool
+    at: datetime | None
 
 
 _DEFAULT = Lifecycle()
 #: The lifetime fields, by name: loader items, ``beat_schedule`` entries, the CLI and
 #: ``Schedule.upsert`` take exactly these (and derive their lists from here).
 LIFETIME_FIELDS: tuple[str, ...] = tuple(sorted(f.name for f in fields(Lifecycle)))
+_KINDS = {f.name: f.metadata["kind"] for f in fields(Lifecycle)}
+_DEFAULTS = {f.name: f.default for f in fields(Lifecycle)}
+_TIME_FIELDS = tuple(name for name in LIFETIME_FIELDS if _KINDS[name] == TIME)
+_JSON_ORDER = tuple(f.name for f in fields(Lifecycle))
+_KNOWN = ", ".join(LIFETIME_FIELDS)
+
+
+def lifetime_fields() -> tuple[Field[Any], ...]:
+    """The lifetime fields with their metadata (``kind``, ``label``, ``help``, ``flag``)."""
+    return fields(Lifecycle)
+
+
+def _check(key: str, name: str, kind: str, value: Any, where: str) -> Any:
+    if kind == TIME:
+        if not isinstance(value, datetime):
+            raise InvalidEntry(key, where, f"must be a datetime or None, got {value!r}")
+    elif kind == COUNT:
+        check_max_runs(key, value, where)
+    elif kind == ZONE:
+        check_zone(key, value, where)
+    elif not isinstance(value, bool):
+        raise InvalidEntry(key, where, f"must be True or False, got {value!r}")
+    return value
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=_UTC)
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -15,8 +15,7 @@ import math
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
-from operator import attrgetter
-from typing import Any, Generic, TypeAlias, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, overload
 
 from celery.schedules import BaseSchedule, crontab, solar
 from celery.schedules import schedule as interval
@@ -26,9 +25,14 @@ from redbeat.schedules import rrule
 from ..errors import InvalidEntry, ScheduleTooCostly
 from .codec import encode_definition, encode_schedule
 from .entry import StoredEntry
-from .lifecycle import ACTIVE, Lifecycle, check_max_runs, check_zone, once_schedule, state_of
+from .lifecycle import ACTIVE, LIFETIME_FIELDS, Lifecycle, Lifetime, once_schedule, state_of
 from .slots import resolve_local, slot_after
 from .validation import check_json, check_name, check_options
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+_NO_LIFECYCLE = Lifecycle()
 
 __all__ = [
     "CRONTAB_FIELDS",
@@ -262,7 +266,8 @@ class EntrySpec:
 
     Build it from loose input with :meth:`build`, which cleans it up and validates it
     (raises InvalidEntry); change fields with :meth:`replace`; write it with
-    :meth:`Schedule.put` (which validates it again).
+    :meth:`Schedule.put` (which validates it again). Its lifetime fields are one
+    :class:`~safe_redbeat.model.lifecycle.Lifecycle` (``spec.lifecycle.start_time``).
     """
 
     name: str
@@ -272,18 +277,8 @@ class EntrySpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     enabled: bool = True
-    #: no run before this time
-    start_time: datetime | None = None
-    #: no run after this time; the entry then becomes ``expired`` (it is not deleted)
-    expires: datetime | None = None
-    #: after this many runs the entry becomes ``finished``
-    max_runs: int | None = None
-    #: IANA zone of a crontab or rrule (default: the app's timezone)
-    tz: str | None = None
-    #: an entry with no run history runs at once instead of at its next slot
-    run_immediately: bool = False
-    #: a one-off: runs once at this time (the schedule is then derived from it)
-    at: datetime | None = None
+    #: when the entry may run: start time, expiry, most runs, zone, one-off time
+    lifecycle: Lifecycle = _NO_LIFECYCLE
     #: the last run known to the source (a loader), used only when Redis has no run history
     last_run_at: datetime | None = field(default=None, compare=False)
 
@@ -298,20 +293,17 @@ class EntrySpec:
         options: Mapping[str, Any] | None = None,
         enabled: bool = True,
         *,
-        start_time: datetime | None = None,
-        expires: datetime | None = None,
-        max_runs: int | None = None,
-        tz: str | None = None,
-        run_immediately: bool = False,
-        at: datetime | None = None,
         last_run_at: datetime | None = None,
+        **lifetime: Unpack[Lifetime],
     ) -> EntrySpec:
         """An EntrySpec from loose input, cleaned up and validated (raises InvalidEntry):
-        any accepted schedule form (see :data:`ScheduleLike`), any iterable of ``args``.
+        any accepted schedule form (see :data:`ScheduleLike`), any iterable of ``args``,
+        the lifetime fields as keyword arguments (:class:`Lifecycle`'s names).
 
         A one-off gives ``at`` instead of ``schedule``. Naive datetimes are taken in the
         app's timezone when the entry is written.
         """
+        at = lifetime.get("at")
         if at is not None and schedule is not None:
             raise _invalid(str(name), "at", "a one-off gives `at` instead of a schedule, not both")
         if at is None and schedule is None:
@@ -334,7 +326,11 @@ class EntrySpec:
         check_options(name, options)  # plain JSON, and what Celery can send
         if not isinstance(enabled, bool):
             raise _invalid(name, "enabled", f"must be True or False, got {enabled!r}")
-        spec = cls(
+        if last_run_at is not None and not isinstance(last_run_at, datetime):
+            raise _invalid(name, "last_run_at", f"must be a datetime or None, got {last_run_at!r}")
+        lifecycle = Lifecycle.build(name, **lifetime)
+        _check_with_schedule(name, lifecycle, converted)
+        return cls(
             name=name,
             task=task,
             schedule=converted,
@@ -342,21 +338,20 @@ class EntrySpec:
             kwargs=kwargs,
             options=options,
             enabled=enabled,
-            start_time=start_time,
-            expires=expires,
-            max_runs=max_runs,
-            tz=tz,
-            run_immediately=run_immediately,
-            at=at,
+            lifecycle=lifecycle,
             last_run_at=last_run_at,
         )
-        _check_lifecycle(spec)
-        return spec
 
     def replace(self, **changes: Any) -> EntrySpec:
-        """This spec with ``changes`` (EntrySpec fields, loose input as :meth:`build`
-        takes it), validated again; a one-off's schedule follows its ``at``."""
-        values = {**_fields(self), **changes}
+        """This spec with ``changes`` (its fields, or lifetime fields by name, as loose
+        input as :meth:`build` takes it), validated again; a one-off's schedule follows
+        its ``at``."""
+        values: dict[str, Any] = {
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+            **{name: getattr(self.lifecycle, name) for name in LIFETIME_FIELDS},
+        }
+        values.pop("lifecycle")
+        values.update(changes)
         if values["at"] is not None:
             values["schedule"] = None
         return EntrySpec.build(**values)
@@ -375,23 +370,15 @@ class EntrySpec:
         """A one-off entry: sent once at ``at``, then ``finished``."""
         return cls.build(name, task, None, args, kwargs, options, at=at, **lifetime)
 
-    @property
-    def lifecycle(self) -> Lifecycle:
-        """The lifetime fields as stored in the entry's ``lifecycle`` hash field."""
-        values = _lifecycle_values(self)
-        if values == _NO_LIFECYCLE_VALUES:  # most entries: no lifetime fields at all
-            return _NO_LIFECYCLE
-        return Lifecycle(*values)
-
     def in_zone(self, default_tz: tzinfo) -> EntrySpec:
         """This spec with naive datetimes taken in ``default_tz`` (the app's timezone)."""
-        changes: dict[str, Any] = {}
-        for name, value in zip(_DATETIME_FIELDS, _datetime_values(self), strict=True):
-            if value is not None and value.tzinfo is None:
-                changes[name] = resolve_local(value, default_tz)
-        if not changes:
+        lifecycle = self.lifecycle.in_zone(default_tz, resolve_local)
+        last = self.last_run_at
+        if last is not None and last.tzinfo is None:
+            last = resolve_local(last, default_tz)
+        if lifecycle is self.lifecycle and last is self.last_run_at:
             return self
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, lifecycle=lifecycle, last_run_at=last)
 
     def definition(self) -> str:
         """RedBeat's ``definition`` JSON for this entry (sorted keys)."""
@@ -433,7 +420,7 @@ class EntryInfo:
     ``version`` is 0 for an entry saved by stock RedBeat. ``next_run_at`` is the entry's
     score in the schedule ZSET (None when it will never run again); while a manual run is
     pending (``run_now_at``) that is the request time. Times are aware datetimes. The
-    spec's fields read through (``info.name``, ``info.schedule``, ``info.expires`` ...).
+    spec's fields read through (``info.name``, ``info.schedule``, ``info.lifecycle`` ...).
     """
 
     #: the definition, e.g. to change one field with :meth:`EntrySpec.replace`
@@ -454,14 +441,8 @@ class EntryInfo:
     kwargs = _SpecField(lambda spec: spec.kwargs)
     options = _SpecField(lambda spec: spec.options)
     enabled = _SpecField(lambda spec: spec.enabled)
+    #: the lifetime fields (``info.lifecycle.expires``; ``.at`` of a one-off)
     lifecycle = _SpecField(lambda spec: spec.lifecycle)
-    start_time = _SpecField(lambda spec: spec.start_time)
-    expires = _SpecField(lambda spec: spec.expires)
-    max_runs = _SpecField(lambda spec: spec.max_runs)
-    tz = _SpecField(lambda spec: spec.tz)
-    run_immediately = _SpecField(lambda spec: spec.run_immediately)
-    #: the time of a one-off entry; None for a periodic one
-    at = _SpecField(lambda spec: spec.at)
 
 
 def utc_datetime(ts: float | int | None) -> datetime | None:
@@ -485,7 +466,6 @@ def info_from_stored(
         total_run_count=stored.total_run_count,
         now=now or datetime.now(timezone.utc),
     )
-    lifecycle = stored.lifecycle
     spec = EntrySpec(
         name=stored.name,
         task=stored.task,
@@ -494,7 +474,7 @@ def info_from_stored(
         kwargs=stored.kwargs,
         options=stored.options,
         enabled=stored.enabled,
-        **_fields(lifecycle),
+        lifecycle=stored.lifecycle,
     )
     return EntryInfo(
         spec,
@@ -508,19 +488,6 @@ def info_from_stored(
 
 
 # -- lifetime fields ------------------------------------------------------------------
-
-_NO_LIFECYCLE = Lifecycle()
-_LIFECYCLE_FIELDS = tuple(f.name for f in dataclasses.fields(Lifecycle))
-_NO_LIFECYCLE_VALUES = tuple(getattr(_NO_LIFECYCLE, name) for name in _LIFECYCLE_FIELDS)
-#: an EntrySpec's lifetime fields, in Lifecycle's order (one C call per entry)
-_lifecycle_values = attrgetter(*_LIFECYCLE_FIELDS)
-_DATETIME_FIELDS = ("start_time", "expires", "at", "last_run_at")
-_datetime_values = attrgetter(*_DATETIME_FIELDS)
-
-
-def _fields(value: Any) -> dict[str, Any]:
-    """A dataclass instance's fields by name."""
-    return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
 
 
 def _once(name: str, at: datetime) -> BaseSchedule:
@@ -539,33 +506,13 @@ def _mapping(name: str, part: str, value: Mapping[str, Any] | None) -> dict[str,
     return dict(value)
 
 
-def _check_lifecycle(spec: EntrySpec) -> None:
-    name = spec.name
-    for part in _DATETIME_FIELDS:
-        value = getattr(spec, part)
-        if value is not None and not isinstance(value, datetime):
-            raise _invalid(name, part, f"must be a datetime or None, got {value!r}")
-    if spec.max_runs is not None:
-        check_max_runs(name, spec.max_runs)
-        if spec.at is not None and spec.max_runs != 1:
-            raise _invalid(name, "max_runs", "a one-off (`at`) runs once; leave max_runs unset")
-    if spec.tz is not None:
-        check_zone(name, spec.tz)
-        if isinstance(spec.schedule, interval):
-            raise _invalid(
-                name,
-                "tz",
-                "applies to crontab and rrule schedules; an interval does not depend on a "
-                "time zone",
-            )
-    if not isinstance(spec.run_immediately, bool):
+def _check_with_schedule(name: str, lifecycle: Lifecycle, schedule: BaseSchedule) -> None:
+    """The lifetime rules that depend on the schedule."""
+    if lifecycle.at is not None and lifecycle.max_runs not in (None, 1):
+        raise _invalid(name, "max_runs", "a one-off (`at`) runs once; leave max_runs unset")
+    if lifecycle.tz is not None and isinstance(schedule, interval):
         raise _invalid(
-            name, "run_immediately", f"must be True or False, got {spec.run_immediately!r}"
+            name,
+            "tz",
+            "applies to crontab and rrule schedules; an interval does not depend on a time zone",
         )
-    start, expires = spec.start_time, spec.expires
-    if start is not None and expires is not None and _comparable(expires) <= _comparable(start):
-        raise _invalid(name, "expires", f"must be after start_time ({start.isoformat()})")
-
-
-def _comparable(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)

@@ -21,16 +21,15 @@ from typing import Any
 from celery.utils.imports import symbol_by_name
 
 from ..errors import InvalidEntry
+from ..model.lifecycle import LIFETIME_FIELDS
 from ..model.specs import EntrySpec
 
 __all__ = ["Load", "LoaderBusy", "LoaderError", "LoaderSlot", "call_loader", "parse_specs"]
 
 SPEC_FIELDS = frozenset({"name", "task", "schedule", "args", "kwargs", "options", "enabled"})
-#: Lifetime fields a mapping may carry besides :data:`SPEC_FIELDS` (``at``: a one-off).
-LIFETIME_FIELDS = frozenset(
-    {"start_time", "expires", "max_runs", "tz", "run_immediately", "at", "last_run_at"}
-)
-ITEM_FIELDS = SPEC_FIELDS | LIFETIME_FIELDS
+#: What a loader item (a mapping) may carry: the definition, the lifetime fields (``at``:
+#: a one-off) and the source's ``last_run_at``.
+ITEM_FIELDS = SPEC_FIELDS | frozenset(LIFETIME_FIELDS) | {"last_run_at"}
 
 
 class LoaderError(Exception):
@@ -197,5 +196,5 @@ def _to_spec(item: Any, index: int) -> EntrySpec:
         kwargs=item.get("kwargs"),
         options=item.get("options"),
         enabled=item.get("enabled", True),
-        **{key: item[key] for key in fields & LIFETIME_FIELDS},
+        **{key: item[key] for key in fields - SPEC_FIELDS},
     )

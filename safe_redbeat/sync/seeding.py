@@ -19,13 +19,13 @@ from celery.utils.log import get_logger
 from .. import signals
 from ..config import Settings
 from ..errors import LeaseLost
+from ..model.lifecycle import LIFETIME_FIELDS
 from ..model.specs import EntrySpec
 from ..store.connection import CLIENT_ERRORS, sanitize_text
 from ..store.keys import Keys
 from ..store.layout import shard_of
 from ..store.scripts import Scripts
 from .loader import (
-    LIFETIME_FIELDS,
     LoaderBusy,
     LoaderError,
     LoaderSlot,
@@ -178,7 +178,7 @@ class Seeder:
                 # lifetime fields (safe_redbeat's own keys) are not Celery entry arguments
                 lifetime: dict[str, Any] = {}
                 if isinstance(spec, Mapping):
-                    lifetime = {k: spec[k] for k in LIFETIME_FIELDS - {"at"} if k in spec}
+                    lifetime = {k: spec[k] for k in LIFETIME_FIELDS if k != "at" and k in spec}
                     spec = {k: v for k, v in spec.items() if k not in lifetime}
                 entry = self.build_entry(name, spec)
                 specs.append(

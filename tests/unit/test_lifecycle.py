@@ -142,3 +142,18 @@ def test_entry_spec_checks_lifetime_fields() -> None:
     assert (
         once.lifecycle.at == NOW and once.definition() == EntrySpec.once("e", "t", NOW).definition()
     )
+
+
+def test_the_lifetime_fields_are_declared_once() -> None:
+    """Keyword arguments (``Lifetime``), the CLI, loader items and ``show`` derive their
+    lists from ``Lifecycle``; the typed keyword form must name the same fields."""
+    from dataclasses import fields
+
+    from safe_redbeat.model.lifecycle import LIFETIME_FIELDS, Lifetime
+    from safe_redbeat.sync.loader import ITEM_FIELDS
+
+    assert set(Lifetime.__annotations__) == {f.name for f in fields(Lifecycle)}
+    assert set(LIFETIME_FIELDS) <= ITEM_FIELDS
+    spec = EntrySpec.build("e", "t", 60, start_time=NOW, max_runs=2)
+    assert spec.lifecycle == Lifecycle(start_time=NOW, max_runs=2)
+    assert spec.replace(max_runs=3).lifecycle.max_runs == 3

@@ -36,7 +36,6 @@ from safe_redbeat.errors import InvalidEntry
 from safe_redbeat.sync import loader as core_loader
 
 __all__ = [
-    "LIFECYCLE_FIELDS",
     "Rejected",
     "load_rows",
     "row_to_entry",
@@ -44,9 +43,6 @@ __all__ = [
 ]
 
 logger = get_logger("safe_redbeat.contrib.django_celery_beat")
-
-#: Keys of the loader's lifecycle contract this adapter emits.
-LIFECYCLE_FIELDS = ("start_time", "expires", "max_runs", "tz", "at", "last_run_at")
 
 _MESSAGE_OPTIONS = ("queue", "exchange", "routing_key", "priority")
 _SCHEDULE_FIELDS = ("interval", "crontab", "solar", "clocked")
