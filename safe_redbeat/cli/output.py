@@ -14,6 +14,8 @@ from celery.schedules import schedule as interval
 from redbeat.decoder import RedBeatJSONEncoder
 
 from ..errors import InvalidEntry
+from ..leader.heartbeat import ReplicaStatus
+from ..leader.lease import Holder
 from ..model.lifecycle import PARKED
 from ..model.specs import CRONTAB_FIELDS, EntryInfo
 from ..store.keys import Keys
@@ -23,14 +25,18 @@ __all__ = [
     "emit",
     "entry_json",
     "entry_text",
+    "holder_json",
     "iso",
     "last_run",
+    "layout_json",
     "local_when",
     "parked_json",
+    "replica_json",
     "schedule_json",
     "schedule_text",
     "seconds",
     "status_text",
+    "stored_json",
     "table",
     "when",
     "zone_name",
@@ -188,6 +194,54 @@ def entry_text(info: EntryInfo) -> str:
     if info.run_now_at is not None:
         pairs.append(("run now", f"requested {when(info.run_now_at)}"))
     return "\n".join(f"{label + ':':<11}{value}" for label, value in pairs)
+
+
+def holder_json(holder: Holder | None, beat: ReplicaStatus | None) -> dict[str, Any] | None:
+    """A lease holder, with the age of its heartbeat ``beat`` (None: none is live)."""
+    if holder is None:
+        return None
+    return {
+        "instance": holder.name,
+        "host": holder.host or None,
+        "pid": holder.pid,
+        "fence": holder.fence,
+        "heartbeat_age": None if beat is None else round(beat.age, 3),
+    }
+
+
+def replica_json(r: ReplicaStatus, shared: frozenset[str], *, shard_info: bool) -> dict[str, Any]:
+    """A live replica (``shared``: the instance names several use; ``shard_info``: which
+    shards it leads)."""
+    beat = r.heartbeat
+    data: dict[str, Any] = {
+        "instance": beat.instance,
+        "role": beat.role,
+        "age": round(r.age, 3),
+        "fence": beat.fence,
+        "leading_for": beat.leading_for,
+        "host": beat.host,
+        "pid": beat.pid,
+        "token": beat.token,
+        #: another live replica uses the same instance name (an ERROR in both logs)
+        "shared_name": beat.instance in shared,
+    }
+    if shard_info:
+        data.update(shards=list(beat.shards), shard_count=beat.shard_count)
+    return data
+
+
+def layout_json(layout: Layout) -> dict[str, Any]:
+    return {"shards": layout.shards, "moving_to": layout.moving_to}
+
+
+def stored_json(raw: str | None) -> Any:
+    """A value Redis keeps as JSON text (None if absent; ``{"unreadable": ...}``)."""
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return {"unreadable": raw[:200]}
 
 
 def status_text(status: dict[str, Any]) -> str:
