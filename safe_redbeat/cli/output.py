@@ -14,20 +14,29 @@ from celery.schedules import schedule as interval
 from redbeat.decoder import RedBeatJSONEncoder
 
 from ..errors import InvalidEntry
+from ..leader.heartbeat import ReplicaStatus
+from ..leader.lease import Holder
 from ..model.lifecycle import FLAG, PARKED, TIME, lifetime_fields
 from ..model.specs import CRONTAB_FIELDS, EntryInfo
+from ..store.keys import Keys
+from ..store.layout import Layout
 
 __all__ = [
     "emit",
     "entry_json",
     "entry_text",
+    "holder_json",
     "iso",
     "last_run",
+    "layout_json",
     "local_when",
     "parked_json",
+    "replica_json",
     "schedule_json",
     "schedule_text",
     "seconds",
+    "status_text",
+    "stored_json",
     "table",
     "when",
     "zone_name",
@@ -174,6 +183,211 @@ def entry_text(info: EntryInfo) -> str:
     if info.run_now_at is not None:
         pairs.append(("run now", f"requested {when(info.run_now_at)}"))
     return "\n".join(f"{label + ':':<11}{value}" for label, value in pairs)
+
+
+def holder_json(holder: Holder | None, beat: ReplicaStatus | None) -> dict[str, Any] | None:
+    """A lease holder, with the age of its heartbeat ``beat`` (None: none is live)."""
+    if holder is None:
+        return None
+    return {
+        "instance": holder.name,
+        "host": holder.host or None,
+        "pid": holder.pid,
+        "fence": holder.fence,
+        "heartbeat_age": None if beat is None else round(beat.age, 3),
+    }
+
+
+def replica_json(r: ReplicaStatus, shared: frozenset[str], *, shard_info: bool) -> dict[str, Any]:
+    """A live replica (``shared``: the instance names several use; ``shard_info``: which
+    shards it leads)."""
+    beat = r.heartbeat
+    data: dict[str, Any] = {
+        "instance": beat.instance,
+        "role": beat.role,
+        "age": round(r.age, 3),
+        "fence": beat.fence,
+        "leading_for": beat.leading_for,
+        "host": beat.host,
+        "pid": beat.pid,
+        "token": beat.token,
+        #: another live replica uses the same instance name (an ERROR in both logs)
+        "shared_name": beat.instance in shared,
+    }
+    if shard_info:
+        data.update(shards=list(beat.shards), shard_count=beat.shard_count)
+    return data
+
+
+def layout_json(layout: Layout) -> dict[str, Any]:
+    return {"shards": layout.shards, "moving_to": layout.moving_to}
+
+
+def stored_json(raw: str | None) -> Any:
+    """A value Redis keeps as JSON text (None if absent; ``{"unreadable": ...}``)."""
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return {"unreadable": raw[:200]}
+
+
+def status_text(status: dict[str, Any]) -> str:
+    """The text of ``status``: the leader, or the layout and a table of the shards; then
+    the replicas, the counts and what is due (over all shards)."""
+    by_shard = "shards" in status
+    lines = [f"Redis:          {status['redis_url']} (prefix {status['key_prefix']!r})"]
+    lines += _shard_lines(status) if by_shard else _leader_lines(status["leader"])
+    replicas = status["replicas"]
+    lines.append(f"Replicas:       {len(replicas)} live")
+    if replicas:
+        middle = ("SHARDS", "LAST TICK") if by_shard else ("LAST TICK", "FENCE")
+        rows = [
+            (r["instance"], r["role"], *_replica_cells(r, by_shard), r["host"], r["pid"])
+            for r in replicas
+        ]
+        lines.append(table(("INSTANCE", "ROLE", *middle, "HOST", "PID"), rows, "  "))
+    lines += _shared_lines(replicas) + _count_lines(status)
+    if not by_shard:
+        lines.append(f"Last reconcile: {_reconcile_text(status['last_reconcile'])}")
+    return "\n".join(lines)
+
+
+def _replica_cells(r: dict[str, Any], by_shard: bool) -> tuple[object, object]:
+    tick = f"{seconds(r['age'])} ago"
+    return (",".join(map(str, r["shards"])) or "-", tick) if by_shard else (tick, r["fence"])
+
+
+def _leader_lines(leader: dict[str, Any] | None) -> list[str]:
+    if leader is None:
+        return ["Leader:         none (the lease is free)"]
+    who = leader["instance"]
+    if leader["fence"] is None:
+        who += " (not a safe_redbeat lease token, e.g. stock RedBeat)"
+    else:
+        who += f" (host {leader['host']}, pid {leader['pid']})"
+    return [
+        f"Leader:         {who}",
+        f"Fence:          {'-' if leader['fence'] is None else leader['fence']}",
+        f"Lease TTL:      {seconds(leader['lease_ttl'])}",
+        f"Leading for:    {seconds(leader['leading_for'])}",
+    ]
+
+
+def _shard_lines(status: dict[str, Any]) -> list[str]:
+    layout, shards = status["layout"], status["shards"]
+    described = Layout(Keys("", ""), layout["shards"], layout["moving_to"]).describe()
+    if layout["moving_to"] is not None:
+        described += " (being resharded: no shard is led until the move ends)"
+    unled = [s["index"] for s in shards if s["leader"] is None]
+    without = f"; without a leader: {', '.join(map(str, unled))}" if unled else ""
+    now = datetime.now(timezone.utc)
+    rows: list[tuple[object, ...]] = [
+        (
+            s["index"],
+            *_holder_cells(s),
+            seconds(s["lease_ttl"]),
+            s["entries"],
+            s["pending"],
+            s["dead"],
+            seconds(s["lag"]),
+            _reconcile_short(s["last_reconcile"], now),
+        )
+        for s in shards
+    ]
+    rows.append(("total", "", "", "", status["entries"], status["pending"], status["dead"],
+                 seconds(status["lag"]), ""))  # fmt: skip
+    headers = ("SHARD", "LEADER", "FENCE", "LEASE TTL", "ENTRIES", "PENDING", "DEAD", "LAG",
+               "LAST RECONCILE")  # fmt: skip
+    return [
+        f"Layout:         {described}",
+        f"Shards:         {len(shards) - len(unled)} of {len(shards)} led{without}",
+        table(headers, rows, "  "),
+    ]
+
+
+def _holder_cells(shard: dict[str, Any]) -> tuple[str, object]:
+    leader = shard["leader"]
+    if shard["retired"]:
+        return "retired", "-"
+    if leader is None:
+        return "none", "-"
+    if leader["fence"] is None:
+        return leader["instance"] + " (not a safe_redbeat lease)", "-"
+    return leader["instance"], leader["fence"]
+
+
+def _reconcile_text(data: Any) -> str:
+    if not isinstance(data, dict):
+        return "-"
+    if "unreadable" in data:
+        return f"unreadable: {data['unreadable']!r}"
+    counts = ", ".join(
+        f"{k} {data.get(k, 0)}" for k in ("created", "updated", "removed", "unchanged", "conflicts")
+    )
+    errors = data.get("errors") or []
+    text = f"{data.get('source', '?')}: {counts}, errors {len(errors)} at {data.get('at', '?')}"
+    if data.get("complete") is False:
+        text += " (incomplete load: nothing removed)"
+    if held := data.get("removals_held"):
+        text += f"; removals held: {held} (safe-redbeat sync --allow-removals)"
+    return text
+
+
+def _reconcile_short(data: Any, now: datetime) -> str:
+    """One shard's last reconcile in a table cell: ``loader 4.2s ago``, plus problems."""
+    if not isinstance(data, dict):
+        return "-"
+    if "unreadable" in data:
+        return "unreadable"
+    try:
+        at = datetime.fromisoformat(str(data.get("at")))
+        text = f"{data.get('source', '?')} {seconds((now - at).total_seconds())} ago"
+    except (TypeError, ValueError):
+        text = f"{data.get('source', '?')} at {data.get('at', '?')}"
+    problems = [f"errors {len(data.get('errors') or [])}"] if data.get("errors") else []
+    if data.get("complete") is False:
+        problems.append("incomplete")
+    if data.get("removals_held"):
+        problems.append(f"removals held {data['removals_held']}")
+    return ", ".join([text, *problems])
+
+
+def _shared_lines(replicas: list[dict[str, Any]]) -> list[str]:
+    """A warning per instance name that several live replicas use."""
+    shared: dict[str, int] = {}
+    for r in replicas:
+        if r.get("shared_name"):
+            shared[r["instance"]] = shared.get(r["instance"], 0) + 1
+    return [
+        f"WARNING: {count} live replicas use the instance name {name!r}: give each its own "
+        "safe_redbeat_instance_name (or leave it unset)"
+        for name, count in sorted(shared.items())
+    ]
+
+
+def _count_lines(status: dict[str, Any]) -> list[str]:
+    """Entries, pending, dead letters and what is due next (totals over the shards)."""
+    dead = status["dead"]
+    lines = [
+        f"Entries:        {status['entries']} ({status['not_scheduled']} will not run again)",
+        f"Pending:        {status['pending']} (claimed, not yet published)",
+        f"Dead letters:   {dead}" + (" (safe-redbeat dead list)" if dead else ""),
+    ]
+    due = status["next_due"]
+    if not due:
+        return [*lines, "Next due:       nothing scheduled"]
+    rows = [
+        (
+            d["name"],
+            d["due"].replace("T", " ").replace("+00:00", " UTC"),
+            seconds(d["due_in"]) if d["due_in"] >= 0 else f"overdue {seconds(-d['due_in'])}",
+            d.get("state", "-"),
+        )
+        for d in due
+    ]
+    return [*lines, "Next due:", table(("NAME", "DUE", "IN", "STATE"), rows, "  ")]
 
 
 def _lifetime_pairs(info: EntryInfo, zone: str) -> list[tuple[str, object]]:
