@@ -115,7 +115,7 @@ class SafeLoader(_Contender):
         self.reconciler = Reconciler(
             self.schedule.client,
             self.schedule.keys,
-            self.schedule.shelves()[0].scripts,
+            self.schedule.shards()[0].scripts,
             self.app,
             source="loader",
             owned_key=self.schedule.keys.loaded,

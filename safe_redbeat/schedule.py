@@ -33,16 +33,16 @@ from .model.specs import (
     utc_datetime,
 )
 from .store.binding import Binding
-from .store.connection import check_cluster_keys
 from .store.keys import Keys
 from .store.layout import Layout, read_layout
 from .store.rows import EntryRows, Row, plan_write
-from .store.scripts import Remove, RemoveCode, RunNowCode, Scripts, Upsert, UpsertCode
+from .store.scripts import Remove, RemoveCode, RunNowCode, Upsert, UpsertCode
+from .store.shard import ShardStore
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-__all__ = ["EntryInfo", "EntrySpec", "MalformedEntry", "Schedule", "ScheduleLike"]
+__all__ = ["EntryInfo", "EntrySpec", "MalformedEntry", "Schedule", "ScheduleLike", "ShardStore"]
 
 logger = get_logger("safe_redbeat.schedule")
 
@@ -66,21 +66,10 @@ class MalformedEntry:
 
 
 @dataclass(frozen=True)
-class Shelf:
-    """One shard of the schedule as seen from outside the beat loop: its keys, scripts
-    and entry rows."""
-
-    index: int
-    keys: Keys
-    scripts: Scripts
-    rows: EntryRows
-
-
-@dataclass(frozen=True)
-class _Place:
+class _EntryKey:
     """Where the entry called ``name`` lives: its shard, and its hash key."""
 
-    shelf: Shelf
+    shard: ShardStore
     key: str
 
 
@@ -114,10 +103,9 @@ class Schedule:
         if self._owns_client:
             shared = getattr(app, REDBEAT_REDIS_KEY, None)  # set by RedBeat's get_redis
             self._owns_client = client is not getattr(shared, "wrapped_connection", shared)
-        if self.settings.shards == 1:
-            check_cluster_keys(app, self.keys, client)
+        binding.check_cluster_keys(client)
         self.client: Any = client
-        self._shelves: dict[str, Shelf] = {}
+        self._shards: dict[str, ShardStore] = {}
 
     def __repr__(self) -> str:
         return f"<Schedule prefix={self.keys.prefix!r}>"
@@ -261,8 +249,8 @@ class Schedule:
         """
         check_expected_version(name, expected_version)
 
-        def request(place: _Place) -> Any:
-            found = place.shelf.scripts.run_now(place.key, expected_version=expected_version)
+        def request(place: _EntryKey) -> Any:
+            found = place.shard.scripts.run_now(place.key, expected_version=expected_version)
             if found.code is RunNowCode.RETIRED:
                 raise _Retired
             return found
@@ -284,10 +272,10 @@ class Schedule:
         """
         check_expected_version(name, expected_version)
 
-        def remove(place: _Place) -> Any:
-            keys = place.shelf.keys
+        def remove(place: _EntryKey) -> Any:
+            keys = place.shard.keys
             owners = [keys.statics, keys.loaded]
-            found = place.shelf.scripts.remove(Remove(place.key, name, owners, expected_version))
+            found = place.shard.scripts.remove(Remove(place.key, name, owners, expected_version))
             if found.code is RemoveCode.RETIRED:
                 raise _Retired
             return found
@@ -307,7 +295,7 @@ class Schedule:
         hash cannot be decoded."""
         _check_key(name, self.keys)  # before Redis is asked anything
         place = self._place(name, self.layout())
-        row, now, wrong_type = place.shelf.rows.read_one(place.key)
+        row, now, wrong_type = place.shard.rows.read_one(place.key)
         if wrong_type or row.definition is None:
             raise EntryNotFound(name)
         return self._info(row, now)
@@ -331,8 +319,8 @@ class Schedule:
         """Like :meth:`list`, with a :class:`MalformedEntry` for each undecodable entry."""
         if page_size < 1:
             raise ValueError(f"page_size must be positive, got {page_size!r}")
-        for shelf in self.shelves():
-            yield from self._scan_shard(shelf.keys, pattern, page_size)
+        for shard in self.shards():
+            yield from self._scan_shard(shard.keys, pattern, page_size)
 
     def _scan_shard(
         self, keys: Keys, pattern: str, page_size: int
@@ -364,28 +352,26 @@ class Schedule:
         """The shard layout stored in Redis (one GET; absent: one shard, RedBeat's keys)."""
         return read_layout(self.client, self.keys)
 
-    def shelves(self, layout: Layout | None = None) -> tuple[Shelf, ...]:
+    def shards(self, layout: Layout | None = None) -> tuple[ShardStore, ...]:
         """Every shard of ``layout`` (default: the one in use), by index."""
         layout = layout or self.layout()
-        return tuple(self._shelf(index, keys) for index, keys in enumerate(layout.all_keys()))
+        return tuple(self._shard(index, keys) for index, keys in enumerate(layout.all_keys()))
 
-    def _shelf(self, index: int, keys: Keys) -> Shelf:
-        shelf = self._shelves.get(keys.prefix)
-        if shelf is None:
-            shelf = self._shelves[keys.prefix] = Shelf(
-                index, keys, Scripts(self.client, keys), EntryRows(self.client, keys, self.app)
-            )
-        return shelf
+    def _shard(self, index: int, keys: Keys) -> ShardStore:
+        shard = self._shards.get(keys.prefix)
+        if shard is None:
+            shard = self._shards[keys.prefix] = ShardStore.of(self.client, self.app, index, keys)
+        return shard
 
     # -- internals ---------------------------------------------------------------------
 
-    def _place(self, name: str, layout: Layout) -> _Place:
+    def _place(self, name: str, layout: Layout) -> _EntryKey:
         index = layout.shard_of(name)
         keys = layout.keys(index)
         _check_key(name, keys)
-        return _Place(self._shelf(index, keys), keys.entry(name))
+        return _EntryKey(self._shard(index, keys), keys.entry(name))
 
-    def _on_shard(self, name: str, write: Callable[[_Place], T]) -> T:
+    def _on_shard(self, name: str, write: Callable[[_EntryKey], T]) -> T:
         """``write`` on the entry's shard; read the layout again if a move retired it."""
         _check_key(name, self.keys)  # before Redis is asked anything
         for _attempt in range(3):
@@ -404,8 +390,8 @@ class Schedule:
     def _info(self, row: Row, now: datetime) -> EntryInfo:
         return info_from_stored(row.decode(self.app), row.score, now)
 
-    def _read(self, place: _Place) -> tuple[Row, datetime]:
-        row, now, wrong_type = place.shelf.rows.read_one(place.key)
+    def _read(self, place: _EntryKey) -> tuple[Row, datetime]:
+        row, now, wrong_type = place.shard.rows.read_one(place.key)
         if wrong_type:  # a key that is not an entry
             raise InvalidEntry(
                 place.key,
@@ -415,17 +401,17 @@ class Schedule:
             )
         return row, now
 
-    def _write(self, place: _Place, *, spec: EntrySpec, version: int | None) -> EntryInfo:
+    def _write(self, place: _EntryKey, *, spec: EntrySpec, version: int | None) -> EntryInfo:
         key, expected_version = place.key, version
         definition = spec.definition()
         fields = {"lifecycle": spec.lifecycle.encode()}
         for _attempt in range(_MAX_ATTEMPTS):
             row, now = self._read(place)
             plan = plan_write(spec, row.meta, now, key=key, run_now=row.run_now)
-            result = place.shelf.scripts.upsert(
+            result = place.shard.scripts.upsert(
                 Upsert(
                     entry_key=key,
-                    owner_set=place.shelf.keys.statics,
+                    owner_set=place.shard.keys.statics,
                     definition=definition,
                     score=plan.score,
                     new_meta=plan.new_meta,

@@ -27,7 +27,7 @@ from .errors import LeaseLost
 from .leader.balance import Balancer
 from .leader.heartbeat import remove_heartbeat
 from .store.binding import Binding
-from .store.connection import CLIENT_ERRORS, check_cluster_keys
+from .store.connection import CLIENT_ERRORS
 from .store.keys import isolates
 from .store.layout import Layout
 
@@ -112,8 +112,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
                 "safe_redbeat always leases %r",
                 keys.lease,
             )
-        if self.safe_settings.shards == 1:
-            check_cluster_keys(app, keys)
+        self.binding.check_cluster_keys()
 
     # -- one tick -----------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 
 from .errors import InvalidEntry, Resharding
 from .model.specs import EntrySpec
-from .schedule import Schedule, Shelf
+from .schedule import Schedule, ShardStore
 from .store.connection import sanitize_url
 from .store.layout import Layout
 from .sync.loader import LoaderError, call_loader, parse_specs, resolve
@@ -37,14 +37,14 @@ __all__ = ["remove_after_commit", "sync_once", "upsert_after_commit"]
 logger = get_logger("safe_redbeat.writethrough")
 
 
-def _reconciler(schedules: Schedule, shelf: Shelf) -> Reconciler:
+def _reconciler(schedules: Schedule, shard: ShardStore) -> Reconciler:
     return Reconciler(
         schedules.client,
-        shelf.keys,
-        shelf.scripts,
+        shard.keys,
+        shard.scripts,
         schedules.app,
         source="loader",
-        owned_key=shelf.keys.loaded,
+        owned_key=shard.keys.loaded,
     )
 
 
@@ -73,8 +73,8 @@ def upsert_after_commit(schedules: Schedule, entry: EntrySpec | Mapping[str, Any
     (spec,) = load.specs
     try:
         layout = _layout(schedules)
-        shelf = schedules.shelves(layout)[layout.shard_of(spec.name)]
-        result = _reconciler(schedules, shelf).run(load.specs, complete=False)
+        shard = schedules.shards(layout)[layout.shard_of(spec.name)]
+        result = _reconciler(schedules, shard).run(load.specs, complete=False)
     except (RedisError, OSError, Resharding) as exc:
         logger.warning(
             "write-through of %r to %s failed (%s); the next reconcile repairs it",
@@ -117,7 +117,7 @@ def sync_once(
         layout = _layout(schedules)
     except Resharding as exc:
         return ReconcileResult("loader", errors=[str(exc)], complete=False, dry_run=dry_run)
-    reconcilers = [_reconciler(schedules, shelf) for shelf in schedules.shelves(layout)]
+    reconcilers = [_reconciler(schedules, shard) for shard in schedules.shards(layout)]
     snapshots = [reconciler.snapshot() for reconciler in reconcilers]  # before the load
     try:
         items = call_loader(

@@ -14,7 +14,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..config import Settings
 from ..schedule import Schedule
 from ..store.binding import Binding
-from ..store.connection import check_cluster_keys
 from ..store.keys import Keys
 from ..store.layout import InvalidLayout, Layout, read_layout
 from ..store.scripts import Scripts
@@ -110,7 +109,7 @@ def open_context(app_name: str, timeout: float | None) -> Context:
     Redis call. No connection is made yet."""
     app = load_app(app_name)
     binding = Binding.of(app, socket_timeout=timeout)
-    check_cluster_keys(app, binding.keys)  # ConfigurationError: a configuration error
+    binding.check_cluster_keys()  # ConfigurationError: reported as a configuration error
     try:
         client = binding.client()
     except ValueError as exc:  # e.g. an unknown URL scheme

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..dispatch.outbox import DeadLetter, read_dead_letters
-from ..schedule import Shelf
+from ..schedule import ShardStore
 from ..store.scripts import Move, MoveCode
 from .context import (
     EXIT_NOT_FOUND,
@@ -56,17 +56,17 @@ def _row(letter: DeadLetter, shard: int | None) -> dict[str, Any]:
 
 def cmd_dead(ctx: Context, args: argparse.Namespace) -> int:
     layout = ctx.layout()
-    shelves = ctx.schedule().shelves(layout)
+    shards = ctx.schedule().shards(layout)
     found = [
-        (shelf, letter) for shelf in shelves for letter in read_dead_letters(ctx.client, shelf.keys)
+        (shard, letter) for shard in shards for letter in read_dead_letters(ctx.client, shard.keys)
     ]
     if args.action == "list":
-        many = len(shelves) > 1
-        rows = [_row(letter, shelf.index if many else None) for shelf, letter in found]
-        shard = ("SHARD",) if many else ()
+        many = len(shards) > 1
+        rows = [_row(letter, shard.index if many else None) for shard, letter in found]
+        shard_column = ("SHARD",) if many else ()
         text = (
             table(
-                (*shard, "TASK ID", "ENTRY", "SCHEDULED", "ATTEMPTS", "LAST ERROR"),
+                (*shard_column, "TASK ID", "ENTRY", "SCHEDULED", "ATTEMPTS", "LAST ERROR"),
                 [
                     (
                         *([r["shard"]] if many else []),
@@ -95,13 +95,13 @@ def cmd_dead(ctx: Context, args: argparse.Namespace) -> int:
         )
     wanted = set(args.task_ids or ())
     chosen = found if args.all else [(s, t) for s, t in found if t.task_id in wanted]
-    missing = wanted - {letter.task_id for _shelf, letter in chosen}
+    missing = wanted - {letter.task_id for _shard, letter in chosen}
     if missing and not args.all:
         raise CLIError(
             EXIT_NOT_FOUND, "not_found", f"no dead letter with task id {sorted(missing)[0]!r}"
         )
     moves: dict[int, list[Move]] = {}
-    for shelf, letter in chosen:
+    for shard, letter in chosen:
         new = ""
         if args.action == "retry":
             if letter.occurrence is None:
@@ -113,11 +113,11 @@ def cmd_dead(ctx: Context, args: argparse.Namespace) -> int:
                 )
             fresh = dataclasses.replace(letter.occurrence, attempts=0, last_error="", raw="")
             new = fresh.to_json()
-        moves.setdefault(shelf.index, []).append(Move(letter.task_id, letter.raw, new))
+        moves.setdefault(shard.index, []).append(Move(letter.task_id, letter.raw, new))
     done: list[str] = []
     changed: list[str] = []
     for index, shard_moves in moves.items():
-        codes = _move(shelves[index], args.action, shard_moves)
+        codes = _move(shards[index], args.action, shard_moves)
         for move, code in zip(shard_moves, codes, strict=True):
             (done if code is MoveCode.DONE else changed).append(move.task_id)
     verb = "retried" if args.action == "retry" else "dropped"
@@ -128,8 +128,8 @@ def cmd_dead(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _move(shelf: Shelf, action: str, moves: list[Move]) -> list[MoveCode]:
+def _move(shard: ShardStore, action: str, moves: list[Move]) -> list[MoveCode]:
     """Retry (dead -> pending) or drop ``moves`` within one shard's keys."""
-    keys = shelf.keys
+    keys = shard.keys
     destination = keys.pending if action == "retry" else keys.dead
-    return list(shelf.scripts.move(keys.dead, destination, moves).codes)
+    return list(shard.scripts.move(keys.dead, destination, moves).codes)

@@ -14,8 +14,9 @@ from typing import Any
 from redbeat.schedulers import ensure_conf
 
 from ..config import Settings
-from .connection import sanitize_url, scheduler_client
+from .connection import check_cluster_keys, sanitize_url, scheduler_client
 from .keys import Keys
+from .layout import Layout
 
 __all__ = ["Binding"]
 
@@ -55,6 +56,17 @@ class Binding:
         return sanitize_url(self.app.redbeat_conf.redis_url)
 
     @property
+    def configured_layout(self) -> Layout:
+        """The layout ``safe_redbeat_shards`` asks for (the one in Redis wins when it runs)."""
+        return Layout(self.keys, self.settings.shards)
+
+    def check_cluster_keys(self, client: Any = None) -> None:
+        """On Redis Cluster, the keys of each shard of the configured layout share a slot
+        (with one shard: the prefix needs a hash tag); ConfigurationError otherwise."""
+        for keys in self.configured_layout.all_keys():
+            check_cluster_keys(self.app, keys, client)
+
+    @property
     def has_client(self) -> bool:
         return self._client is not None
 
@@ -62,7 +74,6 @@ class Binding:
         """The Redis client, made on first use (Redis may not answer yet)."""
         if self._client is None:
             timeout = self.socket_timeout or self.settings.socket_timeout_seconds
-            # with one shard every key of the schedule needs the prefix' hash tag
-            unsharded = self.keys if self.settings.shards == 1 else None
-            self._client = scheduler_client(self.app, timeout, unsharded=unsharded)
+            shards = self.configured_layout.all_keys()
+            self._client = scheduler_client(self.app, timeout, shards=shards)
         return self._client

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -71,17 +72,17 @@ def sanitize_text(text: str, limit: int = 500) -> str:
     return masked if len(masked) <= limit else masked[: limit - 3] + "..."
 
 
-def scheduler_client(app: Any, socket_timeout: float, *, unsharded: Keys | None = None) -> Any:
+def scheduler_client(app: Any, socket_timeout: float, *, shards: Sequence[Keys] = ()) -> Any:
     """A Redis client for the scheduler: RedBeat's settings, bounded socket timeouts,
     undecodable bytes kept as surrogates (:data:`ENCODING_ERRORS`). On Redis Cluster the
-    ``unsharded`` keys (a schedule of one shard) are checked to share one slot.
+    keys of each of ``shards`` are checked to share one slot.
 
     RedBeat's ``RetryingConnection`` wrapper is removed: the scheduler decides itself when
     to retry (it must not block the tick for the wrapper's retry period).
     """
     if is_cluster(app):
-        if unsharded is not None:  # each shard of a sharded layout has a hash tag
-            check_cluster_keys(app, unsharded)
+        for keys in shards:
+            check_cluster_keys(app, keys)
         return _cluster_client(app, socket_timeout)
     client = get_redis(app)
     client = getattr(client, "wrapped_connection", client)

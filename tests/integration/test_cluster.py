@@ -155,7 +155,7 @@ def test_every_script_call_hashes_all_its_keys_to_the_prefix_slot(
     schedule = Schedule(app)
     try:
         recorder.wrap(scheduler.shards[0].scripts)
-        recorder.wrap(schedule.shelves()[0].scripts)
+        recorder.wrap(schedule.shards()[0].scripts)
         scheduler.tick()  # acquire, seed statics and the loader (versions, diff, upsert)
         assert scheduler.is_leader
         schedule.upsert("api", task="noop", schedule=1)
@@ -167,9 +167,9 @@ def test_every_script_call_hashes_all_its_keys_to_the_prefix_slot(
         scheduler.tick()  # renew, reconcile (remove), due, claim
         schedule.delete("api")
         scheduler.close()  # release
-        shelf = schedule.shelves()[0]  # reshard's copy into a shard (its keys: one slot)
-        batch = shelf.scripts.adoptions()
-        shelf.scripts.adopt(Adopt(keys.entry("copied"), 5, {"version": "1"}), batch=batch)
+        shard = schedule.shards()[0]  # reshard's copy into a shard (its keys: one slot)
+        batch = shard.scripts.adoptions()
+        shard.scripts.adopt(Adopt(keys.entry("copied"), 5, {"version": "1"}), batch=batch)
         assert batch.execute() == [True]
     finally:
         loaders.RESULT = []

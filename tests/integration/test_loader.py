@@ -259,7 +259,7 @@ def test_a_snapshot_leaves_alone_only_the_entries_whose_version_is_unreadable(
         reconciler = Reconciler(
             schedules.client,
             schedules.keys,
-            schedules.shelves()[0].scripts,
+            schedules.shards()[0].scripts,
             app,
             source="loader",
             owned_key=schedules.keys.loaded,
@@ -295,14 +295,14 @@ def test_a_row_whose_key_holds_another_type_is_reported_and_the_rest_is_written(
     raw.set("redbeat:squatter", b"someone else's string")
     raw.rpush("redbeat:listed", b"x")
     with Schedule(app) as schedules:
-        shelf = schedules.shelves()[0]
+        shard = schedules.shards()[0]
         reconciler = Reconciler(
             schedules.client,
-            shelf.keys,
-            shelf.scripts,
+            shard.keys,
+            shard.scripts,
             app,
             source="loader",
-            owned_key=shelf.keys.loaded,
+            owned_key=shard.keys.loaded,
         )
         result = reconciler.run(parse_specs([row("a"), row("squatter"), row("listed")]).specs)
         assert result.created == ["a"]

@@ -53,8 +53,8 @@ class WriteBack:
         schedules = self.schedules
         loaded = {  # the loader's entries, in every shard of the layout
             str(name)
-            for shelf in schedules.shelves()
-            for name in schedules.client.smembers(shelf.keys.loaded)
+            for shard in schedules.shards()
+            for name in schedules.client.smembers(shard.keys.loaded)
         }
         ran = {
             info.name: (info.last_run_at, info.total_run_count)
