@@ -118,7 +118,7 @@ class SafeLoader(_Contender):
             self.schedule.shards()[0].scripts,
             self.app,
             source="loader",
-            owned_key=self.schedule.keys.loaded,
+            owned_key=self.schedule.keys.loader,
         )
 
     def close(self) -> None:

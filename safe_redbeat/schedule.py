@@ -274,7 +274,7 @@ class Schedule:
 
         def remove(place: _EntryKey) -> Any:
             keys = place.shard.keys
-            owners = [keys.statics, keys.loaded]
+            owners = [keys.statics, keys.loader]
             found = place.shard.scripts.remove(Remove(place.key, name, owners, expected_version))
             if found.code is RemoveCode.RETIRED:
                 raise _Retired

@@ -121,7 +121,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         self._exit_if_closed()
         started = time.perf_counter()
         try:
-            delays = [self.balancer.upkeep()]
+            delays = [self.balancer.poll_if_due()]
             delays.extend(self._work(shard) for shard in self.balancer.led())
         finally:
             duration = time.perf_counter() - started

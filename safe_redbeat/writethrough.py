@@ -44,7 +44,7 @@ def _reconciler(schedules: Schedule, shard: ShardStore) -> Reconciler:
         shard.scripts,
         schedules.app,
         source="loader",
-        owned_key=shard.keys.loaded,
+        owned_key=shard.keys.loader,
     )
 
 

@@ -38,6 +38,19 @@ EXIT_INVALID = 7
 #: The schedule is being resharded, or a reshard could not start (a lease not released).
 EXIT_RESHARD = 8
 
+#: What each exit code means, in the words ``--help`` prints.
+EXIT_MEANINGS = {
+    EXIT_OK: "ok",
+    EXIT_UNHEALTHY: "unhealthy (health) or load errors (sync)",
+    EXIT_USAGE: "usage",
+    EXIT_REDIS: "Redis unreachable or failing",
+    EXIT_APP: "app or configuration",
+    EXIT_NOT_FOUND: "entry not found",
+    EXIT_CONFLICT: "version conflict",
+    EXIT_INVALID: "invalid entry",
+    EXIT_RESHARD: "resharding (a move under way or refused)",
+}
+
 
 class CLIError(Exception):
     """Reported as one line on stderr; ``kind`` and ``extra`` also go to ``--json``."""

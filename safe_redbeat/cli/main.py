@@ -28,6 +28,7 @@ from .context import (
     EXIT_APP,
     EXIT_CONFLICT,
     EXIT_INVALID,
+    EXIT_MEANINGS,
     EXIT_NOT_FOUND,
     EXIT_RESHARD,
     CLIError,
@@ -53,11 +54,7 @@ __all__ = ["build_parser", "main"]
 
 Command = Callable[[Context, argparse.Namespace], int]
 
-EXIT_CODES = (
-    "exit codes: 0 ok, 1 unhealthy (health) or load errors (sync), 2 usage, "
-    "3 Redis unreachable or failing, 4 app or configuration, 5 entry not found, "
-    "6 version conflict, 7 invalid entry, 8 resharding (a move under way or refused)"
-)
+EXIT_CODES = "exit codes: " + ", ".join(f"{code} {text}" for code, text in EXIT_MEANINGS.items())
 #: what ``update`` can change: the definition's options and every lifetime field but the
 #: first-run flag (``add --now``)
 UPDATE_FIELDS = (

@@ -63,7 +63,7 @@ def plan_batch(
     *,
     now: datetime,
     fence: int,
-    disabled_recheck_seconds: float,
+    recheck_seconds: float,
     catch_up: str = "run_once",
     catch_up_grace_seconds: float = 60.0,
     id_prefix: str | None = None,
@@ -71,13 +71,13 @@ def plan_batch(
     """Decide, for each due entry read from Redis, what the claim script should do.
 
     An entry whose schedule fails to compute (whatever it raises) is parked
-    ``disabled_recheck_seconds`` ahead and listed in ``Plan.parked``; the others go on.
+    ``recheck_seconds`` ahead and listed in ``Plan.parked``; the others go on.
     Task ids derive from ``id_prefix`` + name (``Keys.task_key``), else the entry's key.
     """
     plan = Plan()
     now_ts = to_timestamp(now)
     meta_at_now = meta_encoder(now)
-    park_until = now_ts + int(disabled_recheck_seconds)
+    park_until = now_ts + int(recheck_seconds)
     for entry in entries:
         try:
             op = _plan_entry(

@@ -1,6 +1,6 @@
 """Reading due entries: one batch in two round trips, whatever its size.
 
-Malformed entries are reported once (per content) and parked ``park_seconds`` ahead by the
+Malformed entries are reported once (per content) and parked ``recheck_seconds`` ahead by the
 claim script, never deleted; a schedule slot whose hash is gone is dropped by it.
 """
 
@@ -56,7 +56,7 @@ class DueReader:
     app: Any
     _: KW_ONLY
     batch_size: int
-    park_seconds: float
+    recheck_seconds: float
     _reported: dict[str, str] = field(default_factory=dict, init=False)
 
     def forget_reported(self) -> None:
@@ -95,7 +95,7 @@ class DueReader:
                 problem = exc.problem if isinstance(exc, InvalidEntry) else repr(exc)
                 field_name = exc.field if isinstance(exc, InvalidEntry) else "?"
                 self.report(row.key, f"{field_name}: {problem}", row.fields[:4])
-                parked_until = now_ts + int(self.park_seconds)
+                parked_until = now_ts + int(self.recheck_seconds)
                 batch.ops.append(park(row.key, score, row.fields[2] or "0", parked_until))
         return batch
 
@@ -114,5 +114,5 @@ class DueReader:
             self.keys.name_of(key),
             problem,
             key,
-            self.park_seconds,
+            self.recheck_seconds,
         )

@@ -111,7 +111,7 @@ class Shard:
             self.scripts,
             c.app,
             batch_size=c.settings.batch_size,
-            park_seconds=c.recheck_seconds,
+            recheck_seconds=c.recheck_seconds,
         )
 
     @cached_property
@@ -135,14 +135,14 @@ class Shard:
             loader_slot=c.loader_slot,
             shard=self.index,
             shards=self.layout.shards,
-            owned_keys=tuple(keys.loaded for keys in self.layout.all_keys()),
+            owned_keys=tuple(keys.loader for keys in self.layout.all_keys()),
         )
 
     # -- dispatch -----------------------------------------------------------------------
 
     def dispatch(self) -> float:
         """Keep the seed, then dispatch what is due; the seconds until the next tick."""
-        self.seeder.upkeep(self.leadership.token(), self.leadership.renew_if_due)
+        self.seeder.keep_seeded(self.leadership.token(), self.leadership.renew_if_due)
         return self._dispatch_due()
 
     def _dispatch_due(self) -> float:
@@ -199,7 +199,7 @@ class Shard:
             batch.entries,
             now=batch.now,
             fence=self.leadership.fence(),
-            disabled_recheck_seconds=self.context.recheck_seconds,
+            recheck_seconds=self.context.recheck_seconds,
             catch_up=s.catch_up,
             catch_up_grace_seconds=s.catch_up_grace_seconds,
             id_prefix=self.keys.task_key(""),

@@ -135,7 +135,7 @@ class Balancer(Generic[S]):
         """Poll at the next tick (a lease was just lost)."""
         self._next_poll = 0.0
 
-    def upkeep(self) -> float:
+    def poll_if_due(self) -> float:
         """Poll when due (layout, replicas, leases; take and hand over); seconds to the next.
 
         A replica that leads nothing polls at every tick: its ticks are paced by the delay
@@ -168,10 +168,10 @@ class Balancer(Generic[S]):
                 Heartbeat(
                     instance=s.instance_name,
                     role="leader" if led else "standby",
-                    fence=first.fence if first is not None else None,
                     leading_for=round(now - first.acquired_at, 3) if first is not None else 0.0,
                     ttl=max(s.lease_seconds, 3 * s.retry_seconds),
                     shards=tuple(shard.index for shard in led),
+                    fences=tuple(shard.leadership.lease.fence or 0 for shard in led),
                     shard_count=self.layout.shards,
                     token=self.token,
                 ),

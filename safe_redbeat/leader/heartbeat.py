@@ -47,18 +47,23 @@ class Heartbeat:
 
     instance: str
     role: str  # "leader" or "standby"
-    fence: int | None
-    #: seconds this replica has led (0 for a standby)
+    #: seconds this replica has led (its first shard; 0 for a standby)
     leading_for: float
     ttl: float
-    #: the shards this replica leads, and how many the layout it works has
+    #: the shards this replica leads, their fences, and how many the layout has
     shards: tuple[int, ...] = ()
+    fences: tuple[int, ...] = ()
     shard_count: int = 1
     #: the process that makes the heartbeat, looked up then (not at import: forks)
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
     #: the replica process' own token (:func:`new_token`): what tells replicas apart
     token: str = ""
+
+    @property
+    def fence(self) -> int | None:
+        """The fence of the first shard it leads (None for a standby)."""
+        return self.fences[0] if self.fences else None
 
 
 @dataclass(frozen=True)
@@ -137,14 +142,13 @@ def _decode(raw: Any, pttl: Any, token: str) -> ReplicaStatus | None:
         return None
     try:
         data = json.loads(raw)
-        fence = data.get("fence")
         heartbeat = Heartbeat(
             instance=str(data["instance"]),
             role=str(data["role"]),
-            fence=None if fence is None else int(fence),
             leading_for=float(data["leading_for"]),
             ttl=float(data["ttl"]),
             shards=_shards(data.get("shards")),
+            fences=_shards(data.get("fences")),
             shard_count=int(data.get("shard_count") or 1),
             host=str(data.get("host", "")),
             pid=int(data.get("pid") or 0),

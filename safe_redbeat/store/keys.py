@@ -85,7 +85,7 @@ class Keys:
         return self.prefix + ":dead"
 
     @property
-    def loaded(self) -> str:
+    def loader(self) -> str:
         """SET of entry names the loader owns (only these can be removed by it)."""
         return self.prefix + ":loader"
 

@@ -212,7 +212,7 @@ def _copy_shard(client: Any, keys: Keys, target: Layout, report: ReshardReport) 
         report.entries += copied
         report.skipped += queued - copied
     with client.pipeline(transaction=False) as pipe:
-        for owned in ("statics", "loaded"):
+        for owned in ("statics", "loader"):
             for name in client.smembers(getattr(keys, owned)):
                 pipe.sadd(getattr(target.keys_for(str(name)), owned), name)
         pipe.execute()
@@ -255,7 +255,7 @@ def _delete_shard(client: Any, keys: Keys) -> None:
     for key in (
         keys.schedule,
         keys.statics,
-        keys.loaded,
+        keys.loader,
         keys.pending,
         keys.dead,
         keys.seeded,

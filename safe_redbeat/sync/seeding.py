@@ -74,7 +74,7 @@ class Seeder:
         self.client.set(self.keys.seeded, "1")
         self.reseed_needed = False
 
-    def upkeep(self, token: str, renew: Callable[[], None]) -> None:
+    def keep_seeded(self, token: str, renew: Callable[[], None]) -> None:
         """Seed again if entries vanished, else reconcile every ``reconcile_seconds``."""
         if self.reseed_needed:
             self.seed(token, renew, "entries vanished from Redis (evicted or deleted)")
@@ -109,7 +109,7 @@ class Seeder:
         )
 
     def _load(self, token: str, renew: Callable[[], None], reserved: set[str]) -> ReconcileResult:
-        reconciler = self._reconciler("loader", self.keys.loaded)
+        reconciler = self._reconciler("loader", self.keys.loader)
         versions = reconciler.snapshot()  # before the loader reads the database
         try:
             items = call_loader(
@@ -148,7 +148,7 @@ class Seeder:
         """The names the loader owns in every shard (this one's from its snapshot)."""
         owned = set(mine)
         for key in self.owned_keys:
-            if key != self.keys.loaded:
+            if key != self.keys.loader:
                 owned.update(self.client.sscan_iter(key, count=1000))
         return owned
 

@@ -137,7 +137,7 @@ def test_every_script_call_hashes_all_its_keys_to_the_prefix_slot(
     keys = Keys.from_app(app)
     slot = key_slot(keys.schedule.encode())
     fixed = [
-        keys.lease, keys.schedule, keys.statics, keys.fence, keys.pending, keys.loaded,
+        keys.lease, keys.schedule, keys.statics, keys.fence, keys.pending, keys.loader,
         keys.seeded, keys.reconcile, keys.replica("beat-0"), keys.entry("any:name{x}"),
         keys.dead,
     ]  # fmt: skip

@@ -40,7 +40,7 @@ def project(redis_url: str) -> Iterator[Path]:
     from django.test import override_settings
 
     from examples.django_celery_beat import celery_app
-    from safe_redbeat.contrib.django_celery_beat.writethrough import close_schedules
+    from safe_redbeat.contrib.django_celery_beat.row_signals import close_schedules
 
     with override_settings(SAFE_REDBEAT_WRITE_THROUGH=False):
         django_project.clear_tables()
@@ -288,10 +288,10 @@ def test_write_back_reads_the_loader_s_entries_of_every_shard(
     for name in names:
         interval_task(name, 60)  # written through into the row's shard
         keys = layout.keys_for(name)
-        assert redis_client.sismember(keys.loaded, name)
+        assert redis_client.sismember(keys.loader, name)
         ran = datetime(2026, 1, 1, tzinfo=timezone.utc)
         redis_client.hset(keys.entry(name), "meta", encode_meta(ran, 4))
-    assert not redis_client.exists(KEYS.loaded)
+    assert not redis_client.exists(KEYS.loader)
     with Schedule(celery_app) as schedule:
         assert WriteBack(schedule).flush() == len(names)
     rows = PeriodicTask.objects.filter(name__in=names)

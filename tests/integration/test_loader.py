@@ -262,7 +262,7 @@ def test_a_snapshot_leaves_alone_only_the_entries_whose_version_is_unreadable(
             schedules.shards()[0].scripts,
             app,
             source="loader",
-            owned_key=schedules.keys.loaded,
+            owned_key=schedules.keys.loader,
         )
         reconciler.run(parse_specs([*good, *odd]).specs)
         for i, version in enumerate(ODD_VERSIONS):
@@ -302,7 +302,7 @@ def test_a_row_whose_key_holds_another_type_is_reported_and_the_rest_is_written(
             shard.scripts,
             app,
             source="loader",
-            owned_key=shard.keys.loaded,
+            owned_key=shard.keys.loader,
         )
         result = reconciler.run(parse_specs([row("a"), row("squatter"), row("listed")]).specs)
         assert result.created == ["a"]

@@ -116,12 +116,12 @@ def test_a_loader_row_named_like_celerys_own_entry_leaves_the_reconcile_complete
         report = redis_client.get(KEYS.reconcile)
         assert report is not None and '"complete":true' in report, report
         assert redis_client.smembers(KEYS.statics) == {"celery.backend_cleanup"}
-        assert "celery.backend_cleanup" not in redis_client.smembers(KEYS.loaded)
+        assert "celery.backend_cleanup" not in redis_client.smembers(KEYS.loader)
         # sync and write-through agree with the leader: the static entry is not theirs
         result = sync_once(schedules, LOADER)
         assert result.complete and "celery.backend_cleanup" not in result.created
         assert upsert_after_commit(schedules, cleanup)
-        assert "celery.backend_cleanup" not in redis_client.smembers(KEYS.loaded)
+        assert "celery.backend_cleanup" not in redis_client.smembers(KEYS.loader)
         # a row deleted from the table (raw SQL, no signal) is removed at the next round
         loaders.RESULT = [*rows(2), cleanup]
         assert sync_once(schedules, LOADER).removed == ["job-2"]

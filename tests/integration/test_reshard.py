@@ -80,7 +80,7 @@ def test_one_to_three_and_back_keeps_versions_run_history_and_pending_records(
             schedule.upsert(name, "noop", 3600)
         schedule.update("tenant-7", enabled=False)
     redis_client.hset(KEYS.entry("tenant-3"), "meta", encode_meta(ran, 41))
-    redis_client.sadd(KEYS.loaded, "tenant-5")
+    redis_client.sadd(KEYS.loader, "tenant-5")
     redis_client.hset(KEYS.pending, "tid-1", '{"entry":"tenant-9","not":"decodable"}')
     before = entries_of(redis_client, Layout(KEYS))
     assert len(before) == len(NAMES)
@@ -93,7 +93,7 @@ def test_one_to_three_and_back_keeps_versions_run_history_and_pending_records(
     assert redis_client.get(KEYS.layout) == '{"shards":3}'
     assert redis_client.get(KEYS.lease) == "retired 3"
     assert not redis_client.exists(KEYS.schedule, KEYS.entry("tenant-3"), KEYS.pending)
-    assert redis_client.sismember(three.keys_for("tenant-5").loaded, "tenant-5")
+    assert redis_client.sismember(three.keys_for("tenant-5").loader, "tenant-5")
     assert redis_client.hget(three.keys(0).pending, "tid-1")  # undecodable: kept, shard 0
     for _ in range(6):
         replicas.step()

@@ -57,7 +57,7 @@ def test_every_key_of_a_tagged_prefix_shares_one_slot(prefix: str) -> None:
     app = make_app(redbeat_redis_options={"cluster": True}, redbeat_key_prefix=prefix)
     keys = Keys.from_app(app)
     names = [
-        keys.lease, keys.schedule, keys.statics, keys.fence, keys.pending, keys.loaded,
+        keys.lease, keys.schedule, keys.statics, keys.fence, keys.pending, keys.loader,
         keys.seeded, keys.reconcile, keys.replica("pod-1"), keys.entry("report{daily}"),
         keys.entry("x}"),
     ]  # fmt: skip

@@ -48,7 +48,7 @@ def internal(keys: Keys) -> set[str]:
         keys.fence,
         keys.pending,
         keys.dead,
-        keys.loaded,
+        keys.loader,
         keys.seeded,
         keys.layout,
         keys.reconcile,

@@ -27,7 +27,7 @@ def test_keys_follow_redbeats_layout(prefix: str) -> None:
     assert keys.schedule == conf.schedule_key == prefix + ":schedule"
     assert keys.statics == conf.statics_key
     assert keys.lease == conf.lock_key == prefix + ":lock"
-    added = [keys.fence, keys.pending, keys.loaded, keys.seeded, keys.reconcile]
+    added = [keys.fence, keys.pending, keys.loader, keys.seeded, keys.reconcile]
     assert added == [
         prefix + suffix for suffix in (":fence", ":pending", ":loader", ":seeded", ":reconcile")
     ]

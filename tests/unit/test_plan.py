@@ -45,7 +45,7 @@ def entry(
 
 
 def plan(*entries: StoredEntry, **kwargs: Any) -> Plan:
-    return plan_batch(entries, now=NOW, fence=7, disabled_recheck_seconds=300, **kwargs)
+    return plan_batch(entries, now=NOW, fence=7, recheck_seconds=300, **kwargs)
 
 
 def test_a_due_entry_is_claimed_with_a_deterministic_task_id() -> None:

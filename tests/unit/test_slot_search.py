@@ -133,7 +133,7 @@ def test_a_rule_that_costs_too_much_is_refused_and_parks_only_its_entry() -> Non
         [stored("costly", costly), stored("good", good)],
         now=NOW,
         fence=1,
-        disabled_recheck_seconds=300,
+        recheck_seconds=300,
     )
     assert [key for key, _problem in plan.parked] == ["redbeat:costly"]
     assert "ScheduleTooCostly" in plan.parked[0][1]

@@ -18,9 +18,9 @@ class SafeRedBeatDjangoConfig(AppConfig):  # type: ignore[misc]  # django is unt
     def ready(self) -> None:
         from celery.signals import beat_init
 
-        from . import writethrough
+        from . import row_signals
 
-        writethrough.connect()
+        row_signals.connect()
         beat_init.connect(_start_write_back, weak=False, dispatch_uid="safe_redbeat_write_back")
 
 

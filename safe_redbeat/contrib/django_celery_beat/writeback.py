@@ -54,7 +54,7 @@ class WriteBack:
         loaded = {  # the loader's entries, in every shard of the layout
             str(name)
             for shard in schedules.shards()
-            for name in schedules.client.smembers(shard.keys.loaded)
+            for name in schedules.client.smembers(shard.keys.loader)
         }
         ran = {
             info.name: (info.last_run_at, info.total_run_count)

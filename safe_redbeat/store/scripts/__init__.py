@@ -154,8 +154,6 @@ class AcquireResult:
     #: our token if acquired, else the value the lease key holds
     value: str
     fence: int | None = None
-    #: milliseconds the current holder's lease has left (not acquired)
-    pttl: int | None = None
 
 
 @dataclass(frozen=True)
@@ -348,7 +346,7 @@ class Scripts:
         )
         if int(ok) == 1:
             return AcquireResult(True, str(value), fence=int(extra))
-        return AcquireResult(False, str(value), pttl=int(extra))
+        return AcquireResult(False, str(value))
 
     def renew(self, token: str, lease_ms: int) -> RenewResult:
         code, current = self.raw.renew(keys=[self.keys.lease], args=[token, lease_ms])

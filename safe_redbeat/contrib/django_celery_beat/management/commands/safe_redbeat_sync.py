@@ -18,7 +18,7 @@ from safe_redbeat.store.connection import sanitize_url
 from safe_redbeat.writethrough import sync_once
 
 from ... import LOADER_PATH
-from ...writethrough import celery_app, schedules_for
+from ...row_signals import celery_app, schedules_for
 
 
 class Command(BaseCommand):  # type: ignore[misc]  # django is untyped
