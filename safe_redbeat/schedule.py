@@ -12,7 +12,7 @@ module writes, and entries saved by stock RedBeat are read here with version 0.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
@@ -22,8 +22,9 @@ from celery.utils.log import get_logger
 from redbeat.schedulers import REDBEAT_REDIS_KEY
 
 from .errors import EntryNotFound, InvalidEntry, Resharding, SafeRedBeatError, VersionConflict
-from .model.lifecycle import Lifetime, state_of
+from .model.lifecycle import state_of
 from .model.specs import (
+    EntryFields,
     EntryInfo,
     EntrySpec,
     ScheduleLike,
@@ -36,7 +37,7 @@ from .store.binding import Binding
 from .store.keys import Keys
 from .store.layout import Layout, read_layout
 from .store.rows import EntryRows, Row, plan_write
-from .store.scripts import Remove, RemoveCode, RunNowCode, Upsert, UpsertCode
+from .store.scripts import Remove, Upsert, UpsertCode
 from .store.shard import ShardStore
 
 if TYPE_CHECKING:
@@ -128,12 +129,9 @@ class Schedule:
         name: str,
         task: str,
         schedule: ScheduleLike,
-        args: Iterable[Any] = (),
-        kwargs: Mapping[str, Any] | None = None,
-        options: Mapping[str, Any] | None = None,
-        enabled: bool = True,
+        *,
         expected_version: int | None = None,
-        **lifetime: Unpack[Lifetime],
+        **fields: Unpack[EntryFields],
     ) -> EntryInfo:
         """Create or update an entry; return it as written.
 
@@ -144,46 +142,32 @@ class Schedule:
         to the last run.
 
         A new entry runs at its next slot (an interval one interval from now), or at once
-        with ``run_immediately``. Lifetime (:class:`~safe_redbeat.model.lifecycle.
-        Lifecycle`'s fields): ``start_time`` (no run before it; an interval's first run),
+        with ``run_immediately``. The other fields by name (:class:`~safe_redbeat.model.
+        specs.EntryFields`): ``args``, ``kwargs``, ``options``, ``enabled``, and the lifetime
+        fields: ``start_time`` (no run before it; an interval's first run),
         ``expires`` (no run after it), ``max_runs``; ``tz`` is a crontab's or rrule's IANA
         zone. Naive datetimes are taken in the app's timezone.
         """
-        spec = EntrySpec.build(name, task, schedule, args, kwargs, options, enabled, **lifetime)
-        return self._put(spec, expected_version)
+        return self._put(EntrySpec.build(name, task, schedule, **fields), expected_version)
 
     def once(
         self,
         name: str,
         task: str,
         at: datetime,
-        args: Iterable[Any] = (),
-        kwargs: Mapping[str, Any] | None = None,
-        options: Mapping[str, Any] | None = None,
         *,
-        enabled: bool = True,
         expected_version: int | None = None,
-        run_immediately: bool = False,
-        tz: str | None = None,
+        **fields: Any,
     ) -> EntryInfo:
-        """Create or update a one-off entry: sent once at ``at``, then ``finished``.
+        """Create or update a one-off entry: sent once at ``at``, then ``finished``; the
+        other fields as :meth:`upsert` takes them (``args``, ``kwargs``, ``options``,
+        ``enabled``, ``run_immediately``, ``tz`` ...).
 
         Sent exactly once, also when the leader is killed or replaced mid-dispatch. If
         ``at`` passed more than ``safe_redbeat_catch_up_grace_seconds`` before the entry
         was written, it is not sent (it becomes ``expired``) unless ``run_immediately``.
         """
-        spec = EntrySpec.once(
-            name,
-            task,
-            at,
-            args,
-            kwargs,
-            options,
-            enabled=enabled,
-            run_immediately=run_immediately,
-            tz=tz,
-        )
-        return self._put(spec, expected_version)
+        return self._put(EntrySpec.once(name, task, at, **fields), expected_version)
 
     def put(self, spec: EntrySpec, *, expected_version: int | None = None) -> EntryInfo:
         """:meth:`upsert` of a ready :class:`EntrySpec`."""
@@ -247,19 +231,11 @@ class Schedule:
         The schedule, ``last_run_at`` and the version stay as they are. Requests made before
         the leader picks one up are sent once. A disabled entry is sent too.
         """
-        check_expected_version(name, expected_version)
-
-        def request(place: _EntryKey) -> Any:
-            found = place.shard.scripts.run_now(place.key, expected_version=expected_version)
-            if found.code is RunNowCode.RETIRED:
-                raise _Retired
-            return found
-
-        result = self._on_shard(name, request)
-        if result.code is RunNowCode.NOT_FOUND:
-            raise EntryNotFound(name)
-        if result.code is RunNowCode.VERSION_CONFLICT:
-            raise VersionConflict(name, expected_version, result.version)
+        result = self._versioned(
+            name,
+            expected_version,
+            lambda place: place.shard.scripts.run_now(place.key, expected_version=expected_version),
+        )
         requested = datetime.fromtimestamp(_known(result.requested_at), tz=timezone.utc)
         logger.info("schedule: requested a manual run of %r", name)
         return requested
@@ -270,23 +246,35 @@ class Schedule:
         The name stops being owned by ``beat_schedule`` or the loader. Runs already claimed
         by the leader are still sent.
         """
-        check_expected_version(name, expected_version)
 
         def remove(place: _EntryKey) -> Any:
             keys = place.shard.keys
             owners = [keys.statics, keys.loader]
-            found = place.shard.scripts.remove(Remove(place.key, name, owners, expected_version))
-            if found.code is RemoveCode.RETIRED:
+            return place.shard.scripts.remove(Remove(place.key, name, owners, expected_version))
+
+        result = self._versioned(name, expected_version, remove)
+        logger.info("schedule: deleted entry %r (version %s)", name, result.version)
+        return _known(result.version)
+
+    def _versioned(
+        self, name: str, expected_version: int | None, call: Callable[[_EntryKey], Any]
+    ) -> Any:
+        """``call`` (a versioned script: ``run_now``, ``remove``) on the entry's shard; its
+        answer, or EntryNotFound / VersionConflict for what its code says."""
+        check_expected_version(name, expected_version)
+
+        def attempt(place: _EntryKey) -> Any:
+            found = call(place)
+            if found.code.name == "RETIRED":
                 raise _Retired
             return found
 
-        result = self._on_shard(name, remove)
-        if result.code is RemoveCode.NOT_FOUND:
+        result = self._on_shard(name, attempt)
+        if result.code.name == "NOT_FOUND":
             raise EntryNotFound(name)
-        if result.code is RemoveCode.VERSION_CONFLICT:
+        if result.code.name == "VERSION_CONFLICT":
             raise VersionConflict(name, expected_version, result.version)
-        logger.info("schedule: deleted entry %r (version %s)", name, result.version)
-        return _known(result.version)
+        return result
 
     # -- reads -------------------------------------------------------------------------
 

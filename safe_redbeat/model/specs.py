@@ -34,8 +34,21 @@ if TYPE_CHECKING:
 
 _NO_LIFECYCLE = Lifecycle()
 
+
+class EntryFields(Lifetime, total=False):
+    """An entry's fields besides its name, task and schedule, as keyword arguments
+    (``EntrySpec.build``, ``Schedule.upsert``): message arguments and options, whether it
+    is enabled, and the lifetime fields."""
+
+    args: Iterable[Any]
+    kwargs: Mapping[str, Any] | None
+    options: Mapping[str, Any] | None
+    enabled: bool
+
+
 __all__ = [
     "CRONTAB_FIELDS",
+    "EntryFields",
     "EntryInfo",
     "EntrySpec",
     "ScheduleLike",
@@ -288,22 +301,24 @@ class EntrySpec:
         name: str,
         task: str,
         schedule: ScheduleLike | None,
-        args: Iterable[Any] = (),
-        kwargs: Mapping[str, Any] | None = None,
-        options: Mapping[str, Any] | None = None,
-        enabled: bool = True,
         *,
         last_run_at: datetime | None = None,
-        **lifetime: Unpack[Lifetime],
+        **fields: Unpack[EntryFields],
     ) -> EntrySpec:
         """An EntrySpec from loose input, cleaned up and validated (raises InvalidEntry):
-        any accepted schedule form (see :data:`ScheduleLike`), any iterable of ``args``,
-        the lifetime fields as keyword arguments (:class:`Lifecycle`'s names).
+        any accepted schedule form (see :data:`ScheduleLike`), and the other fields by
+        name (:class:`EntryFields`): ``args`` (any iterable), ``kwargs``, ``options``,
+        ``enabled`` and the lifetime fields (:class:`Lifecycle`'s names).
 
         A one-off gives ``at`` instead of ``schedule``. Naive datetimes are taken in the
         app's timezone when the entry is written.
         """
-        at = lifetime.get("at")
+        lifetime: dict[str, Any] = dict(fields)
+        args: Any = lifetime.pop("args", ())
+        kwargs: Any = lifetime.pop("kwargs", None)
+        options: Any = lifetime.pop("options", None)
+        enabled: Any = lifetime.pop("enabled", True)
+        at: Any = lifetime.get("at")
         if at is not None and schedule is not None:
             raise _invalid(str(name), "at", "a one-off gives `at` instead of a schedule, not both")
         if at is None and schedule is None:
@@ -328,7 +343,7 @@ class EntrySpec:
             raise _invalid(name, "enabled", f"must be True or False, got {enabled!r}")
         if last_run_at is not None and not isinstance(last_run_at, datetime):
             raise _invalid(name, "last_run_at", f"must be a datetime or None, got {last_run_at!r}")
-        lifecycle = Lifecycle.build(name, **lifetime)
+        lifecycle = Lifecycle.build(name, **lifetime)  # names checked there
         _check_with_schedule(name, lifecycle, converted)
         return cls(
             name=name,
@@ -357,18 +372,10 @@ class EntrySpec:
         return EntrySpec.build(**values)
 
     @classmethod
-    def once(
-        cls,
-        name: str,
-        task: str,
-        at: datetime,
-        args: Iterable[Any] = (),
-        kwargs: Mapping[str, Any] | None = None,
-        options: Mapping[str, Any] | None = None,
-        **lifetime: Any,
-    ) -> EntrySpec:
-        """A one-off entry: sent once at ``at``, then ``finished``."""
-        return cls.build(name, task, None, args, kwargs, options, at=at, **lifetime)
+    def once(cls, name: str, task: str, at: datetime, **fields: Any) -> EntrySpec:
+        """A one-off entry: sent once at ``at``, then ``finished`` (the other fields as
+        :meth:`build` takes them)."""
+        return cls.build(name, task, None, at=at, **fields)
 
     def in_zone(self, default_tz: tzinfo) -> EntrySpec:
         """This spec with naive datetimes taken in ``default_tz`` (the app's timezone)."""

@@ -184,10 +184,10 @@ class Seeder:
                         name,
                         entry.task,
                         entry.schedule,
-                        entry.args or (),
-                        entry.kwargs or {},
-                        entry.options or {},
-                        getattr(entry, "enabled", True),
+                        args=entry.args or (),
+                        kwargs=entry.kwargs or {},
+                        options=entry.options or {},
+                        enabled=getattr(entry, "enabled", True),
                         **lifetime,
                     )
                 )

@@ -18,12 +18,8 @@
 -- return {0, false}    fenced out;
 -- return {-1, version} version conflict, nothing removed.
 local lease = redis.call('GET', KEYS[3])
-if ARGV[1] ~= '' and lease ~= ARGV[1] then
-    return {0, false}
-end
-if lease and string.sub(lease, 1, 8) == 'retired ' then
-    return {-3, false}
-end
+if ARGV[1] ~= '' and lease ~= ARGV[1] then return {0, false} end
+if lease and string.sub(lease, 1, 8) == 'retired ' then return {-3, false} end
 local function disown()
     for i = 4, #KEYS do
         redis.call('SREM', KEYS[i], ARGV[3])
@@ -35,9 +31,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
     return {2, false}
 end
 local version = tonumber(redis.call('HGET', KEYS[1], 'version') or '0') or 0
-if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= version then
-    return {-1, version}
-end
+if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= version then return {-1, version} end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], KEYS[1])
 disown()

@@ -18,19 +18,13 @@
 -- return {0, false}    fenced out: the lease is not ours;
 -- return {-1, version} version conflict: nothing written, version is Redis' current one.
 local lease = redis.call('GET', KEYS[3])
-if ARGV[1] ~= '' and lease ~= ARGV[1] then
-    return {0, false}
-end
-if lease and string.sub(lease, 1, 8) == 'retired ' then
-    return {-3, false}
-end
+if ARGV[1] ~= '' and lease ~= ARGV[1] then return {0, false} end
+if lease and string.sub(lease, 1, 8) == 'retired ' then return {-3, false} end
 if redis.call('HEXISTS', KEYS[1], 'definition') == 0 then
     return {2, false}
 end
 local version = tonumber(redis.call('HGET', KEYS[1], 'version') or '0') or 0
-if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= version then
-    return {-1, version}
-end
+if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= version then return {-1, version} end
 local now = redis.call('TIME')[1]
 redis.call('HSET', KEYS[1], 'run_now', now)
 redis.call('ZADD', KEYS[2], now, KEYS[1])

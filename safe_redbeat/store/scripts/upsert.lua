@@ -29,12 +29,8 @@
 -- return {-1, version} version conflict: nothing written, version is Redis' current one;
 -- return {-2, version} meta changed since read: recompute the score and call again.
 local lease = redis.call('GET', KEYS[3])
-if ARGV[1] ~= '' and lease ~= ARGV[1] then
-    return {0, false}
-end
-if lease and string.sub(lease, 1, 8) == 'retired ' then
-    return {-3, false}
-end
+if ARGV[1] ~= '' and lease ~= ARGV[1] then return {0, false} end
+if lease and string.sub(lease, 1, 8) == 'retired ' then return {-3, false} end
 if ARGV[8] ~= '' then
     redis.call('SADD', KEYS[4], ARGV[8])
 end
