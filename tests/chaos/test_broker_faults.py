@@ -22,12 +22,14 @@ import redis
 from celery import Celery
 
 from safe_redbeat import SafeRedBeatScheduler
+from safe_redbeat.model.occurrence import Occurrence
 from testbed.beat import QueueAuditor
 from testbed.redis_server import RedisServer
 from tests.chaos.harness import broker_scenario, run_chaos
 from tests.chaos.model import BROKER_PAUSE, BROKER_REFUSE_ONE, BROKER_STOP, RunData
 from tests.chaos.oracle import Report, broker_findings, broker_table, markdown_table
 from tests.chaos.workload import REFUSED_ENTRY
+from tests.support import KEYS
 from tests.support.inprocess import add_due, celery_app
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.timeout(180)]
@@ -210,6 +212,66 @@ def test_a_publish_that_hangs_past_the_next_slot_is_that_slots_run(
                 for m in followers
             )
             + f"; the late one was scheduled {late[0].headers['safe_redbeat_scheduled']}"
+        )
+    finally:
+        scheduler.close()
+        client.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="safe_redbeat plans the claims of a tick with the clock and scores it read before "
+    "the tick's republish, however long that republish hung",
+)
+def test_an_entry_claimed_after_a_republish_that_hung_runs_once_for_it(
+    app: Celery, broker: RedisServer, redis_client: redis.Redis
+) -> None:
+    """A tick reads what is due, then republishes what is pending (a claim another leader
+    left); the broker is frozen, so the republish hangs for 2.5 s. Then the tick claims
+    and sends an entry every 1 s that was due when it read: that is the entry's run for the
+    outage, and its next slot must be a period after it, not a slot that passed while the
+    republish hung. Seen in the broker-pause chaos run: a standby took over during the
+    pause, its republish hung, and each entry of period 1 s it claimed afterwards ran
+    again about 0.5 s later under another task id."""
+    period = 1
+    client = redis.Redis(host="127.0.0.1", port=broker.port, decode_responses=True)
+    auditor = QueueAuditor(client)
+    scheduler = SafeRedBeatScheduler(app=app)
+    try:
+        scheduler.tick()
+        assert scheduler.is_leader
+        add_due(app, ["e"], every=period)
+        scheduler.tick()  # the first run: sent at once
+        assert [m.headers["safe_redbeat_entry"] for m in auditor.drain()] == ["e"]
+        left = Occurrence("left-pending", "p", "noop", [], {}, {}, int(time.time()), 1)
+        redis_client.hset(KEYS.pending, left.task_id, left.to_json())
+        due = redis_client.zscore(KEYS.schedule, KEYS.entry("e"))
+        assert due is not None
+        time.sleep(max(due + 1 - time.time(), 0))  # e is due
+
+        os.kill(broker.pid, signal.SIGSTOP)
+        resume = threading.Timer(2.5, os.kill, (broker.pid, signal.SIGCONT))
+        resume.start()
+        scheduler.tick()  # reads e due; the republish hangs until SIGCONT; then e is sent
+        resume.join()
+        sent = auditor.drain()
+        assert sorted(m.headers["safe_redbeat_entry"] for m in sent) == ["e", "p"], sent
+        (run,) = [m for m in sent if m.headers["safe_redbeat_entry"] == "e"]
+        after = time.monotonic()
+
+        followers = []
+        while time.monotonic() - after < period / 2:
+            scheduler.tick()
+            followers += [m for m in auditor.drain() if m.headers["safe_redbeat_entry"] == "e"]
+            time.sleep(0.05)
+        assert followers == [], (
+            f"{len(followers)} more run(s) of 'e' within half a period of its run after the "
+            f"republish hung: "
+            + ", ".join(
+                f"scheduled {m.headers['safe_redbeat_scheduled']} (task {m.task_id[:8]})"
+                for m in followers
+            )
+            + f"; that run was scheduled {run.headers['safe_redbeat_scheduled']}"
         )
     finally:
         scheduler.close()
