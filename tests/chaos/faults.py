@@ -300,13 +300,6 @@ def sentinel_failover(h: Harness) -> FaultRecord:
 # -- the broker ---------------------------------------------------------------------------
 
 
-def mid_second() -> None:
-    """Sleep until the middle of a wall-clock second. Entries are due on whole seconds and
-    the leader publishes right after them, so a broker fault then does not fall between a
-    publish and the auditor's last look at the queue."""
-    time.sleep((0.5 - time.time()) % 1.0)
-
-
 def _pending_details(pending: list[Outboxed]) -> dict[str, Any]:
     per_entry: dict[str | None, int] = {}
     for record in pending:
@@ -378,7 +371,6 @@ def broker_pause(h: Harness) -> FaultRecord:
     writes go on (``CLIENT UNPAUSE``) right after the SIGCONT."""
     seconds = h.config.lease + h.rng.uniform(0.5, 1.5)
     holder = current_holder(h.admin, h.lease_key)
-    mid_second()
     with h.auditor.hold():
         held = h.auditor.pause_writes(seconds + 10.0)
         started = held.at
