@@ -839,6 +839,11 @@ def shard_problems(report: Report) -> list[str]:
 _Occ = tuple[int, float, list[Sent]]
 
 
+def _senders(data: RunData, copies: Sequence[Sent]) -> list[str]:
+    """The replicas that sent ``copies`` (their ``origin`` where unknown), first first."""
+    return list(dict.fromkeys(data.origins.get(c.origin, c.origin) for c in copies))
+
+
 def _check_broker(
     report: Report,
     data: RunData,
@@ -910,6 +915,7 @@ def _check_broker(
                                 "first_sent": round(occ[1], 3),
                                 "copies": len(occ[2]),
                                 "task_ids": sorted({c.task_id for c in occ[2]}),
+                                "senders": _senders(data, occ[2]),
                             }
                             for occ in sorted(runs.values(), key=lambda x: x[0])
                         ],
@@ -1057,9 +1063,11 @@ def broker_findings(report: Report, limit: int = 10) -> dict[str, list[str]]:
 
     def run(r: dict[str, Any]) -> str:
         copies = f", {r['copies']} copies" if r["copies"] > 1 else ""
+        senders = ", ".join(x for x in r.get("senders", ()) if x)
+        by = f" by {senders}" if senders else ""
         return (
             f"scheduled {t(r['scheduled'])} sent {t(r['first_sent'])} "
-            f"(task {ids(r['task_ids'])}{copies})"
+            f"(task {ids(r['task_ids'])}{copies}{by})"
         )
 
     found: dict[str, list[str]] = {}

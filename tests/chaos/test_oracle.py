@@ -367,9 +367,14 @@ def test_a_held_message_dated_by_the_auditors_clock_makes_a_false_burst() -> Non
 def test_a_slot_sent_moments_after_a_hung_publish_is_a_burst_of_the_pause() -> None:
     """Exact dating hides no real burst: +24 claimed and sent right after the hung +21
     (under its own task id) is a second run for the pause."""
-    report = analyze(_frozen(T0 + 20.5, sent("e", T0 + 24, T0 + 24.9)))
+    data = _frozen(T0 + 20.5, sent("e", T0 + 24, T0 + 24.9))
+    data.origins = {"gen1@host": "replica-1"}
+    report = analyze(data)
     (burst,) = report.outage_bursts
     assert [r["scheduled"] for r in burst["runs"]] == [T0 + 21, T0 + 24]
+    # the sentence names the replica that sent each run
+    (line,) = broker_findings(report)["bursts"]
+    assert "scheduled t+24.0s sent t+24.9s (task e-100002 by replica-1)" in line
 
 
 def test_what_the_broker_held_is_the_oldest_end_of_each_list() -> None:
