@@ -276,3 +276,78 @@ def test_an_entry_claimed_after_a_republish_that_hung_runs_once_for_it(
     finally:
         scheduler.close()
         client.close()
+
+
+@pytest.fixture
+def short_lease_app(redis_url: str, broker: RedisServer) -> Iterator[Celery]:
+    # a lease shorter than the hang: it expires while the publish hangs
+    with celery_app(
+        "hung-publish-short-lease",
+        redis_url,
+        safe_redbeat_lease_seconds=2.0,
+        safe_redbeat_renew_seconds=1.5,
+        safe_redbeat_retry_seconds=0.5,
+        safe_redbeat_backoff_max_seconds=1.0,
+        safe_redbeat_socket_timeout=1.0,
+    ) as app:
+        app.conf.broker_url = broker.url
+        yield app
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="safe_redbeat skips the slots that passed during a hung publish only while the "
+    "publisher still holds its lease",
+)
+def test_a_publish_that_hangs_past_the_lease_is_still_that_slots_run(
+    short_lease_app: Celery, broker: RedisServer, redis_client: redis.Redis
+) -> None:
+    """As ``test_a_publish_that_hangs_past_the_next_slot_is_that_slots_run``, but the hang
+    (3.5 s) outlasts the lease (2 s) too: when the late publish returns, the lease is gone,
+    so the slot that passed meanwhile is not skipped; the replica leads again at once and
+    sends that slot moments after the late message, under another task id. Seen in the
+    broker-pause chaos run (seed 5): the leader's lease expired while its publish hung and
+    no standby took it first."""
+    app = short_lease_app
+    period = 2
+    client = redis.Redis(host="127.0.0.1", port=broker.port, decode_responses=True)
+    auditor = QueueAuditor(client)
+    scheduler = SafeRedBeatScheduler(app=app)
+    try:
+        scheduler.tick()
+        assert scheduler.is_leader
+        add_due(app, ["e"], every=period)
+        scheduler.tick()  # the first run: sent at once
+        assert len(auditor.drain()) == 1
+        due = redis_client.zscore(KEYS.schedule, KEYS.entry("e"))
+        assert due is not None
+        while time.time() < due - 0.1:  # keep the lease; e is not due before its score
+            scheduler.tick()
+            time.sleep(0.1)
+        time.sleep(max(due + 1 - time.time(), 0))  # the score is the slot, floored
+
+        os.kill(broker.pid, signal.SIGSTOP)
+        resume = threading.Timer(3.5, os.kill, (broker.pid, signal.SIGCONT))
+        resume.start()
+        scheduler.tick()  # claims the slot; its publish hangs until SIGCONT
+        resume.join()
+        late = auditor.drain()
+        assert [m.headers["safe_redbeat_entry"] for m in late] == ["e"], late
+        hung_until = time.monotonic()
+
+        followers = []
+        while time.monotonic() - hung_until < period / 2:
+            scheduler.tick()
+            followers += auditor.drain()
+            time.sleep(0.05)
+        assert followers == [], (
+            f"{len(followers)} more run(s) of 'e' within half a period of its late publish: "
+            + ", ".join(
+                f"scheduled {m.headers['safe_redbeat_scheduled']} (task {m.task_id[:8]})"
+                for m in followers
+            )
+            + f"; the late one was scheduled {late[0].headers['safe_redbeat_scheduled']}"
+        )
+    finally:
+        scheduler.close()
+        client.close()
