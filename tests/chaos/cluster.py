@@ -369,6 +369,46 @@ def queue_lists(queue: str) -> list[str]:
     return [queue] + [f"{queue}{PRIORITY_SEP}{step}" for step in range(1, 10)]
 
 
+@dataclass(frozen=True)
+class Held:
+    """What the broker's queues held at one point of the broker's own command order: its
+    writes paused (``CLIENT PAUSE WRITE``), by queue list, oldest first. ``at``: just
+    after the pause took effect (every message here was pushed before it)."""
+
+    at: float
+    lists: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        return sum(len(items) for items in self.lists.values())
+
+
+def split_held(
+    taken: Sequence[tuple[str, list[str]]], held: dict[str, list[str]]
+) -> tuple[list[tuple[str, list[str]]], list[tuple[str, list[str]]], bool]:
+    """Split one drain (``taken``: each queue list as LRANGE returns it, newest first) into
+    the messages ``held`` had (each list's, oldest first) and the later ones; and whether
+    they were found.
+
+    A publish is an LPUSH and only the auditor takes messages, so what the broker held is
+    the right end of each list, in the same order. Where a list does not end so, nothing
+    is taken for held: every message is dated by the auditor's clock, which can only add
+    runs to an outage, never hide one."""
+    lists = dict(taken)
+    early: list[tuple[str, list[str]]] = []
+    late: list[tuple[str, list[str]]] = []
+    for name, items in taken:
+        mine = held.get(name, [])
+        cut = len(items) - len(mine)
+        if cut < 0 or list(reversed(items[cut:])) != mine:
+            return [], list(taken), False
+        early.append((name, items[cut:]))
+        late.append((name, items[:cut]))
+    if any(items and name not in lists for name, items in held.items()):
+        return [], list(taken), False
+    return early, late, True
+
+
 class AuditorThread:
     """Drains the broker queues every ``interval`` seconds into compact ``Sent`` records.
 
@@ -426,6 +466,44 @@ class AuditorThread:
             at = time.time()
             self._record([(queue, list(taken))], at)
             return at
+
+    def pause_writes(self, timeout: float) -> Held:
+        """Stop every write to the broker (``CLIENT PAUSE WRITE``, ``timeout`` seconds at
+        most) and read what its queues hold then; call it inside :meth:`hold` and end it
+        with :meth:`resume_writes`. A publish from now on waits in the broker, as it does
+        on a frozen one."""
+        self.client.client_pause(max(int(timeout * 1000), 1), all=False)
+        at = time.time()
+        with self.client.pipeline(transaction=False) as pipe:
+            for name in self.lists:
+                pipe.lrange(name, 0, -1)
+            # a key that is no list (broker-refuse-one's SET) holds no message
+            replies = pipe.execute(raise_on_error=False)
+        lists = {
+            name: list(reversed(items))
+            for name, items in zip(self.lists, replies, strict=True)
+            if isinstance(items, list) and items
+        }
+        return Held(at, lists)
+
+    def resume_writes(self, held: Held) -> tuple[float, bool]:
+        """``CLIENT UNPAUSE``, then take every queued message: those ``held`` had arrived
+        at ``held.at``, the others now. When the writes went on, and whether every held
+        message was found (if not, all of them are dated now; see :func:`split_held`)."""
+        self.client.client_unpause()
+        resumed = time.time()
+        try:
+            replies = self.client.eval(DRAIN_SCRIPT, len(self.lists), *self.lists)
+        except redis.RedisError:
+            self.errors += 1
+            return resumed, False  # the next drain takes them, dated then
+        taken = list(zip(self.lists, replies, strict=True))
+        early, late, found = split_held(taken, held.lists)
+        self._record(early, held.at)
+        self._record(late, None)
+        if not found:
+            self.errors += 1
+        return resumed, found
 
     def restore(self, queue: str) -> float:
         """Remove the SET :meth:`refuse` put there; the time it happened."""

@@ -300,13 +300,6 @@ def sentinel_failover(h: Harness) -> FaultRecord:
 # -- the broker ---------------------------------------------------------------------------
 
 
-def mid_second() -> None:
-    """Sleep until the middle of a wall-clock second. Entries are due on whole seconds and
-    the leader publishes right after them, so a broker fault then does not fall between a
-    publish and the auditor's last look at the queue."""
-    time.sleep((0.5 - time.time()) % 1.0)
-
-
 def _pending_details(pending: list[Outboxed]) -> dict[str, Any]:
     per_entry: dict[str | None, int] = {}
     for record in pending:
@@ -370,19 +363,24 @@ def broker_stop(h: Harness) -> FaultRecord:
 def broker_pause(h: Harness) -> FaultRecord:
     """Freeze the broker (SIGSTOP) for longer than the lease, then SIGCONT: a publish hangs
     (kombu's Redis transport has no socket timeout by default), the leader's renew deadline
-    passes, a standby may take over and republish; both go on when the broker does."""
+    passes, a standby may take over and republish; both go on when the broker does.
+
+    Right before the SIGSTOP the broker's writes are paused (``CLIENT PAUSE WRITE``) and its
+    queues read: those messages reached it before the pause, whenever the auditor takes
+    them (after the SIGCONT), and are recorded as arriving at ``started``, the pause. The
+    writes go on (``CLIENT UNPAUSE``) right after the SIGCONT."""
     seconds = h.config.lease + h.rng.uniform(0.5, 1.5)
     holder = current_holder(h.admin, h.lease_key)
-    mid_second()
     with h.auditor.hold():
-        h.broker_paused(True)
-        started = time.time()
+        held = h.auditor.pause_writes(seconds + 10.0)
+        started = held.at
         try:
+            h.broker_paused(True)
             time.sleep(max(started + seconds - time.time(), 0))
             pending = h.outbox("pending")
         finally:
             h.broker_paused(False)
-        recovered = time.time()
+            recovered, found = h.auditor.resume_writes(held)
     after = current_holder(h.admin, h.lease_key)
     return FaultRecord(
         BROKER_PAUSE,
@@ -393,6 +391,8 @@ def broker_pause(h: Harness) -> FaultRecord:
             "paused_seconds": round(recovered - started, 3),
             "leader": None if holder is None else holder.name,
             "leader_after": None if after is None else after.name,
+            "in_broker_at_pause": held.count,
+            "held_messages_found": found,
             **_pending_details(pending),
         },
         pending=pending,

@@ -93,7 +93,9 @@ class WorkloadEntry:
 
 @dataclass(frozen=True)
 class Sent:
-    """One task message as the auditor took it from the broker."""
+    """One task message as the auditor took it from the broker. ``arrived``: when it took
+    it, or, for a message the broker already held when a broker outage began, the outage's
+    start (read from the broker itself; ``tests/chaos/oracle.py`` explains how)."""
 
     task_id: str
     entry: str | None

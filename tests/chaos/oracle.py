@@ -56,10 +56,9 @@ The broker faults (``BROKER_FAULTS``; the broker on a server of its own) add:
   (a) are scheduled inside the outage, ``started <= scheduled <= recovered``, or
   (b) were released by it: scheduled before ``started``, with a copy that reached the
       broker after ``started`` and no later than the end of the fault's failover window.
-      That is an occurrence held back by the outage, or one the broker had taken just
-      before it went away whose acknowledgement failed, republished afterwards under its
-      task id (a message the broker had accepted before it went away counts as arriving
-      then: broker-stop reads the stopped broker's data before any replica can reach it).
+      That is an occurrence held back by the outage (a publish that hung on the frozen
+      broker), or one the broker had taken just before it went away whose acknowledgement
+      failed, republished afterwards under its task id.
 
   The rule is **at most one run per entry per outage**: the occurrence that was pending
   when the broker went away, republished with its task id, or else the entry's one
@@ -67,6 +66,33 @@ The broker faults (``BROKER_FAULTS``; the broker on a server of its own) add:
   is longer than the outage may have none; an entry with a slot inside the outage (a
   whole period plus a second before ``recovered``) must have one (*no catch-up*
   otherwise).
+* *When a copy reached the broker* (``Sent.arrived``) is when the auditor took it from the
+  queue (it drains every 50 ms), except for a message the broker already held when an
+  outage began: the auditor cannot take it before the broker is back, so it is dated
+  ``started``, from the broker itself. Arriving at ``started``, not after it, it is no
+  run of the outage by (b):
+
+  - broker-stop starts the stopped broker's data on a port no replica knows and drains it
+    there;
+  - broker-pause pauses the broker's writes (``CLIENT PAUSE WRITE``) right before the
+    SIGSTOP, reads its queues (LRANGE is no write) and takes the pause as ``started``;
+    after the SIGCONT it resumes them (``CLIENT UNPAUSE``) and drains. A publish is an
+    LPUSH and only the auditor takes messages, so what the broker held is the oldest end
+    of each list, in the same order; it is checked message by message, and where it does
+    not match, every message is dated by the auditor's clock (the fault's
+    ``held_messages_found`` is then false).
+
+  Why pause the writes rather than push a marker onto each queue: a marker pushed just
+  before the SIGSTOP leaves a few milliseconds in which a publish lands behind the marker,
+  and is even acknowledged, before the broker freezes; it would count as reaching the
+  broker during the outage, a run of it, and make a false burst. A marker pushed after the
+  SIGCONT races the publishes the broker held back, and could date one of them before the
+  outage, hiding a real burst. ``CLIENT PAUSE WRITE`` is one point in the broker's own
+  command order: every write before it is in what was read, every write after it is
+  carried out after ``CLIENT UNPAUSE``. For the clients, the write pause is the frozen
+  broker one or two milliseconds early (a write gets no reply either way). Where the
+  dating is in doubt it errs towards counting a run: a false burst can be checked against
+  the replicas' logs, a hidden one cannot.
 * *Piled-up pending*: an entry with more than one pending record just before the broker
   came back: the leader went on claiming while the broker refused.
 * *Lost*: a pending record read during a broker fault (just before the broker came back,
@@ -813,6 +839,11 @@ def shard_problems(report: Report) -> list[str]:
 _Occ = tuple[int, float, list[Sent]]
 
 
+def _senders(data: RunData, copies: Sequence[Sent]) -> list[str]:
+    """The replicas that sent ``copies`` (their ``origin`` where unknown), first first."""
+    return list(dict.fromkeys(data.origins.get(c.origin, c.origin) for c in copies))
+
+
 def _check_broker(
     report: Report,
     data: RunData,
@@ -884,6 +915,7 @@ def _check_broker(
                                 "first_sent": round(occ[1], 3),
                                 "copies": len(occ[2]),
                                 "task_ids": sorted({c.task_id for c in occ[2]}),
+                                "senders": _senders(data, occ[2]),
                             }
                             for occ in sorted(runs.values(), key=lambda x: x[0])
                         ],
@@ -1031,9 +1063,11 @@ def broker_findings(report: Report, limit: int = 10) -> dict[str, list[str]]:
 
     def run(r: dict[str, Any]) -> str:
         copies = f", {r['copies']} copies" if r["copies"] > 1 else ""
+        senders = ", ".join(x for x in r.get("senders", ()) if x)
+        by = f" by {senders}" if senders else ""
         return (
             f"scheduled {t(r['scheduled'])} sent {t(r['first_sent'])} "
-            f"(task {ids(r['task_ids'])}{copies})"
+            f"(task {ids(r['task_ids'])}{copies}{by})"
         )
 
     found: dict[str, list[str]] = {}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from safe_redbeat.store.layout import shard_of
+from tests.chaos.cluster import split_held
 from tests.chaos.model import (
+    BROKER_PAUSE,
     BROKER_REFUSE_ONE,
     BROKER_STOP,
     FaultRecord,
@@ -324,6 +326,82 @@ def test_a_message_taken_before_the_stop_and_republished_after_it_is_the_outages
         run([*before, again, catch_up, *after], specs=spec, faults=[outage(T0 + 20, T0 + 30)])
     )
     assert report.outage_runs_max == 2
+
+
+def _frozen(held_dated: float, *extra: Sent) -> RunData:
+    """The broker frozen from +20.5 to +24.7; e runs every 1 s. Its +20 went out just
+    before the freeze (the auditor takes it only after it, at +24.75), its +21 was claimed
+    and its publish hung until the broker went on (+24.8); the slots that passed meanwhile
+    are skipped, the next run is +25. ``held_dated``: the time +20 is recorded with."""
+    spec = {"e": WorkloadEntry("e", "interval", 1.0, "static")}
+    messages = [
+        *(sent("e", t, t + 0.3) for t in every(1, T0, T0 + 20)),
+        sent("e", T0 + 20, held_dated),
+        sent("e", T0 + 21, T0 + 24.8),
+        *(sent("e", t, t + 0.3) for t in every(1, T0 + 25, T0 + 40)),
+        *extra,
+    ]
+    fault = FaultRecord(BROKER_PAUSE, T0 + 20.5, T0 + 24.7, "broker")
+    return run(messages, specs=spec, faults=[fault], until=T0 + 40)
+
+
+def test_a_message_the_frozen_broker_held_is_no_run_of_the_pause() -> None:
+    """Dated from the broker (what it held when its writes were paused arrived at the
+    pause, ``started``), +20 is before the pause and the hung +21 is e's one run for it."""
+    report = analyze(_frozen(held_dated=T0 + 20.5))
+    assert (report.outage_pairs, report.outage_runs_max) == (1, 1)
+    assert broker_problems(report) == []
+    assert (report.missing, report.dup_different_id, report.early_unexplained) == (0, 0, 0)
+
+
+def test_a_held_message_dated_by_the_auditors_clock_makes_a_false_burst() -> None:
+    """The same run with +20 dated when the auditor took it, after the SIGCONT: it looks
+    released by the pause, and e seems to run twice for it (what the oracle reported before
+    the broker's writes were paused to read what it held)."""
+    report = analyze(_frozen(held_dated=T0 + 24.75))
+    (line,) = broker_findings(report)["bursts"]
+    assert line.startswith("e (every 1s) ran 2 times for one broker-pause (broker away t+20.5s")
+    assert "scheduled t+20.0s sent t+24.8s" in line and "scheduled t+21.0s sent t+24.8s" in line
+
+
+def test_a_slot_sent_moments_after_a_hung_publish_is_a_burst_of_the_pause() -> None:
+    """Exact dating hides no real burst: +24 claimed and sent right after the hung +21
+    (under its own task id) is a second run for the pause."""
+    data = _frozen(T0 + 20.5, sent("e", T0 + 24, T0 + 24.9))
+    data.origins = {"gen1@host": "replica-1"}
+    report = analyze(data)
+    (burst,) = report.outage_bursts
+    assert [r["scheduled"] for r in burst["runs"]] == [T0 + 21, T0 + 24]
+    # the sentence names the replica that sent each run
+    (line,) = broker_findings(report)["bursts"]
+    assert "scheduled t+24.0s sent t+24.9s (task e-100002 by replica-1)" in line
+
+
+def test_what_the_broker_held_is_the_oldest_end_of_each_list() -> None:
+    """A drain after the pause: each list as LRANGE returns it (newest first); the held
+    messages (oldest first) are its right end, in the same order."""
+    held = {"celery": ["a", "b"]}
+    taken = [("celery", ["d", "c", "b", "a"]), ("celery\x06\x163", ["x"])]
+    assert split_held(taken, held) == (
+        [("celery", ["b", "a"]), ("celery\x06\x163", [])],
+        [("celery", ["d", "c"]), ("celery\x06\x163", ["x"])],
+        True,
+    )
+    # nothing held: all of it is later
+    assert split_held(taken, {}) == ([("celery", []), ("celery\x06\x163", [])], taken, True)
+
+
+def test_held_messages_not_found_date_every_message_by_the_auditors_clock() -> None:
+    """Held messages that are not the right end of their list (another order, fewer, a list
+    that is gone): none is taken for held, so none can hide a run of the outage."""
+    held = {"celery": ["a", "b"]}
+    for taken in (
+        [("celery", ["c", "a", "b"])],  # another order
+        [("celery", ["b"])],  # fewer than held
+        [("celery", ["c", "b", "x"])],  # another message at the end
+        [("other", ["b", "a"])],  # the held list not drained at all
+    ):
+        assert split_held(taken, held) == ([], taken, False), taken
 
 
 def test_an_entry_due_during_an_outage_that_never_runs_for_it_has_no_catch_up() -> None:
