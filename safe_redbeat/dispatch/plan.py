@@ -43,6 +43,8 @@ class Plan:
 
     ops: list[ClaimOp] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    #: entries whose slot was skipped: their previous message went out late (``sent_at``)
+    coalesced: list[str] = field(default_factory=list)
     #: (entry key, problem) of entries whose schedule could not be computed: parked
     parked: list[tuple[str, str]] = field(default_factory=list)
     #: Seconds until the earliest selected-but-not-yet-due entry is due.
@@ -136,6 +138,8 @@ def _plan_entry(
         plan.note_next(step.next_due_in)
     if step.skipped:
         plan.skipped.append(entry.name)
+    if step.coalesced:
+        plan.coalesced.append(entry.name)
     if not (step.send or step.meta or step.state) and step.new_score == scheduled:
         return None
     meta = ""

@@ -34,7 +34,7 @@ from ..store.layout import Layout
 from ..store.scripts import Scripts
 from ..sync.loader import LoaderSlot
 from ..sync.seeding import Seeder
-from .catchup import coalesce
+from .catchup import coalesce, regular_keys
 from .outbox import Outbox
 from .plan import ClaimOp, Plan, plan_batch, settle_claim
 from .publisher import Publisher, SendReport
@@ -160,7 +160,11 @@ class Shard:
             )
             if report.refused:
                 return self._wait_for_broker()
+            self._sent_late(report.sent)
             self._coalesce(report.sent)
+            # the republish may have taken long (a broker that hung): plan at Redis' time
+            # now, with the scores the coalescing moved, not from the batch read before it
+            batch = self._read_due()
         elif batch.pending and self.outbox.refusing:
             # claim nothing new while the broker refuses what is pending: after the
             # outage each entry runs once, not once per period it lasted
@@ -173,6 +177,13 @@ class Shard:
             )
             for name in plan.skipped:
                 logger.info("beat: skipped a missed occurrence of %r (catch_up=skip)", name)
+            if plan.coalesced:
+                logger.info(
+                    "beat: %d slots skipped that passed while the previous message of their "
+                    "entry was sent late: that message is their run (%s)",
+                    len(plan.coalesced),
+                    ", ".join(repr(name) for name in plan.coalesced[:5]),
+                )
             if claimed and self._publish_claimed(claimed).refused:
                 return self._wait_for_broker()
             if batch.size < s.batch_size or not plan.ops:
@@ -228,8 +239,9 @@ class Shard:
         """Publish claimed occurrences chunk by chunk, renewing between chunks.
 
         A publish that took longer than ``retry_seconds`` (a broker that hung) is late like
-        a republish after an outage: the slots that passed meanwhile are skipped
-        (:func:`.catchup.coalesce`), so the late message is the entry's one run for it.
+        a republish after an outage: its entries' ``sent_at`` is recorded, and whichever
+        replica claims them next skips the slots that passed meanwhile (``model.decide``),
+        so the late message is the entry's one run for them.
         """
         monotonic = self.context.monotonic
         started = monotonic()
@@ -240,7 +252,7 @@ class Shard:
             keep_leading=self._keep_leading,
         )
         if report.sent and monotonic() - started > self.context.settings.retry_seconds:
-            self._coalesce(report.sent)
+            self._sent_late(report.sent)
         return report
 
     def _keep_leading(self) -> None:
@@ -248,6 +260,9 @@ class Shard:
         and keep the replica's other leases and heartbeat while this shard takes long."""
         self.context.keep_alive(self)
         self.leadership.renew_if_due()
+
+    def _sent_late(self, sent: Sequence[Occurrence]) -> None:
+        self.scripts.sent_late(regular_keys(self.keys, sent))
 
     def _coalesce(self, sent: Sequence[Occurrence]) -> None:
         coalesce(self.context.client(), self.keys, self.context.app, sent, self._claim)

@@ -107,6 +107,7 @@ def decode_entry(
     run_now_raw: str | None = None,
     lifecycle_raw: str | None = None,
     state_raw: str | None = None,
+    sent_at_raw: str | None = None,
 ) -> StoredEntry:
     """Decode an entry hash; raise InvalidEntry naming the key and the bad field.
 
@@ -148,6 +149,7 @@ def decode_entry(
     if run_now_raw:
         run_now = decode_timestamp(key, "run_now", run_now_raw)
     return StoredEntry(
+        sent_at=_sent_at(sent_at_raw),
         lifecycle=Lifecycle.decode(key, lifecycle_raw),
         state=decode_state(key, state_raw),
         run_now=run_now,
@@ -180,6 +182,13 @@ def decode_timestamp(key: str, field_name: str, raw: str) -> int:
     if not math.isfinite(value) or not 0 <= value <= _MAX_NUMBER:
         raise _fail(key, field_name, f"must be a timestamp, got {raw!r}")
     return int(value)
+
+
+def _sent_at(raw: str | None) -> float | None:
+    """``sent_at``: whole Redis seconds; anything else is no record (never parks)."""
+    if raw is None or not _DIGITS.fullmatch(str(raw)):
+        return None
+    return float(raw)
 
 
 def decode_meta(key: str, meta_raw: str | None) -> tuple[datetime | None, int]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone, tzinfo
 
 from ..store.wire import NEVER
 from .entry import StoredEntry
@@ -37,6 +37,9 @@ class Step:
     state: str = ""
     #: the occurrence was not sent because of ``catch_up="skip"``
     skipped: bool = False
+    #: the occurrence was not sent: the entry's previous message went out late, after
+    #: (or within half a period before) this slot, and is its run for it
+    coalesced: bool = False
     #: seconds until the entry is due, when it is not due yet
     next_due_in: float | None = None
 
@@ -95,6 +98,8 @@ def decide(
         new_score = scheduled + 1
     if catch_up == "skip" and now_epoch - scheduled > grace:
         return Step(new_score=new_score, meta=(now, runs), state=state, skipped=True)
+    if _sent_late_for(entry, scheduled, now, zone):
+        return Step(new_score=new_score, meta=(now, runs), state=state, coalesced=True)
     if lc.max_runs is not None and runs + 1 >= lc.max_runs:
         new_score, state = NEVER, FINISHED
     return Step(send=True, new_score=new_score, meta=(now, runs + 1), state=state)
@@ -127,3 +132,21 @@ def _decide_once(
         elif catch_up == "skip" and now_epoch - at > grace:
             return Step(new_score=NEVER, meta=(now, 0), state=EXPIRED, skipped=True)
     return Step(send=True, new_score=NEVER, meta=(now, 1), state=FINISHED)
+
+
+def _sent_late_for(entry: StoredEntry, scheduled: int, now: datetime, zone: tzinfo) -> bool:
+    """Whether the entry's last message, sent late (``sent_at``, recorded after a publish
+    that hung or a republish), is the run of the slot ``scheduled``: the slot came before
+    it, or within half a period after it, and nothing was claimed since.
+
+    As after a late republish (:mod:`~safe_redbeat.dispatch.catchup`), but decided from
+    what Redis holds, so any replica leading next skips it (the one that sent late may
+    have lost its lease meanwhile).
+    """
+    sent_at, last = entry.sent_at, entry.last_run_at
+    if sent_at is None or last is None or last.timestamp() >= sent_at:
+        return False
+    slot_at = datetime.fromtimestamp(scheduled, tz=timezone.utc)
+    following = first_slot(entry.schedule, entry.lifecycle, slot_at, now, zone)
+    half = 0.0 if following is None else (following - scheduled) / 2
+    return scheduled <= sent_at + half

@@ -47,3 +47,5 @@ class StoredEntry:
     #: lifetime fields (hash field ``lifecycle``) and recorded state (field ``state``)
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     state: str = ""
+    #: Redis time (seconds) the entry's last message went out, if it went out late
+    sent_at: float | None = None

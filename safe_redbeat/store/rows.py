@@ -32,7 +32,7 @@ from .keys import Keys
 __all__ = ["FIELDS", "EntryRows", "Row", "Rows", "WritePlan", "plan_write", "redis_now"]
 
 #: The fields of an entry hash that say what it is and when it runs.
-FIELDS = ("definition", "meta", "version", "run_now", "lifecycle", "state")
+FIELDS = ("definition", "meta", "version", "run_now", "lifecycle", "state", "sent_at")
 _NONE = (None,) * len(FIELDS)
 
 
@@ -81,7 +81,7 @@ class Row:
         With ``now`` its schedule tells time by it (the leader's Redis clock); without,
         by the app's clock (an entry handed to the user).
         """
-        definition, meta, version, run_now, lifecycle, state = self.fields
+        definition, meta, version, run_now, lifecycle, state, sent_at = self.fields
         return decode_entry(
             self.key,
             self.name,
@@ -94,6 +94,7 @@ class Row:
             run_now_raw=run_now,
             lifecycle_raw=lifecycle,
             state_raw=state,
+            sent_at_raw=sent_at,
         )
 
 

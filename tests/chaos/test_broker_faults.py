@@ -218,11 +218,6 @@ def test_a_publish_that_hangs_past_the_next_slot_is_that_slots_run(
         client.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="safe_redbeat plans the claims of a tick with the clock and scores it read before "
-    "the tick's republish, however long that republish hung",
-)
 def test_an_entry_claimed_after_a_republish_that_hung_runs_once_for_it(
     app: Celery, broker: RedisServer, redis_client: redis.Redis
 ) -> None:
@@ -294,11 +289,6 @@ def short_lease_app(redis_url: str, broker: RedisServer) -> Iterator[Celery]:
         yield app
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="safe_redbeat skips the slots that passed during a hung publish only while the "
-    "publisher still holds its lease",
-)
 def test_a_publish_that_hangs_past_the_lease_is_still_that_slots_run(
     short_lease_app: Celery, broker: RedisServer, redis_client: redis.Redis
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -157,3 +158,23 @@ def test_the_lifetime_fields_are_declared_once() -> None:
     spec = EntrySpec.build("e", "t", 60, start_time=NOW, max_runs=2)
     assert spec.lifecycle == Lifecycle(start_time=NOW, max_runs=2)
     assert spec.replace(max_runs=3).lifecycle.max_runs == 3
+
+
+def test_a_slot_that_passed_while_the_previous_message_was_sent_late_is_not_sent_again() -> None:
+    """The previous run was claimed at NOW - 5 s and its message went out at NOW - 1 s
+    (``sent_at``: a broker that hung); the slots that came meanwhile are that run's."""
+    every_second = schedule(timedelta(seconds=1))
+    claimed = NOW - timedelta(seconds=5)
+    late = entry(every_second, last=claimed, runs=3, score=T - 4)
+    late = dataclasses.replace(late, sent_at=float(T - 1))
+    step = decide(late, NOW)
+    assert not step.send and step.coalesced and step.new_score > T
+    assert step.meta == (NOW, 3)
+    # once skipped (meta moved past sent_at), the next slot runs as usual
+    after = dataclasses.replace(late, last_run_at=NOW, score=T + 1)
+    assert decide(after, NOW + timedelta(seconds=1)).send
+    # a slot well after the late message is not its run
+    an_hour_ago = NOW - timedelta(hours=1, seconds=5)
+    hourly = entry(last=an_hour_ago, runs=3, score=T - 5)
+    hourly = dataclasses.replace(hourly, sent_at=float(T - 3000))
+    assert decide(hourly, NOW).send

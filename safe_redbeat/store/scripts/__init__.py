@@ -82,6 +82,7 @@ class Registered:
         self.due = client.register_script(source("due"))
         self.move = client.register_script(source("move"))
         self.adopt = client.register_script(source("adopt"))
+        self.sent = client.register_script(source("sent"))
 
 
 # -- reply codes -------------------------------------------------------------------------
@@ -357,6 +358,12 @@ class Scripts:
         return bool(self.raw.release(keys=[self.keys.lease], args=[token]))
 
     # -- dispatch ----------------------------------------------------------------------
+
+    def sent_late(self, entry_keys: Sequence[str]) -> int:
+        """Record Redis' time as ``sent_at`` of each entry whose message went out late."""
+        if not entry_keys:
+            return 0
+        return int(self.raw.sent(keys=list(entry_keys), args=[]))
 
     def due(self, limit: int) -> Due:
         """Redis TIME, the seed marker, at most ``limit`` due entries, the next one due."""
