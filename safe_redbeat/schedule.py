@@ -200,13 +200,10 @@ class Schedule:
             if expected_version is not None and expected_version != current.version:
                 raise VersionConflict(name, expected_version, current.version)
             spec = current.spec if change is None else change(current)
-            if (
-                changes
-                and change is None
-                and all(getattr(spec, field) == value for field, value in changes.items())
-            ):
+            new = spec.replace(**changes)  # validated again
+            if change is None and _same_entry(new, spec):
                 return current  # nothing to change
-            spec = spec.replace(**changes).in_zone(self.app.timezone)  # validated again
+            spec = new.in_zone(self.app.timezone)
             try:
                 return self._on_shard(
                     name, partial(self._write, spec=spec, version=current.version)
@@ -438,6 +435,12 @@ class Schedule:
         raise SafeRedBeatError(
             f"entry {spec.name!r}: its run metadata changed on each of {_MAX_ATTEMPTS} attempts"
         )
+
+
+def _same_entry(one: EntrySpec, other: EntrySpec) -> bool:
+    """The same entry as stored: definition JSON and lifetime fields (schedule objects do
+    not compare by value: RedBeat's rrule inherits Celery's ``__eq__``)."""
+    return one.definition() == other.definition() and one.lifecycle == other.lifecycle
 
 
 def _check_key(name: str, keys: Keys) -> None:

@@ -68,6 +68,7 @@ def coalesce_ops(entries: Iterable[StoredEntry], now: datetime) -> list[ClaimOp]
         lc = entry.lifecycle
         if (
             score < 0
+            or entry.total_run_count < 1  # a new entry of that name: not the one that ran
             or not entry.enabled
             or entry.run_now is not None
             or entry.state in TERMINAL

@@ -122,6 +122,9 @@ def _decide_once(
         lc.start_time is not None and at < lc.start_time.timestamp()
     ):
         return Step(new_score=NEVER, state=EXPIRED)
+    if lc.expires is not None and now_epoch > lc.expires.timestamp() + grace:
+        # missed while no leader ticked, read only after its expiry: as a periodic entry
+        return Step(new_score=NEVER, state=EXPIRED)
     if not lc.run_immediately:
         created = now_epoch if last is None else last.timestamp()
         if created >= at:
@@ -146,6 +149,8 @@ def _sent_late_for(entry: StoredEntry, scheduled: int, now: datetime, zone: tzin
     sent_at, last = entry.sent_at, entry.last_run_at
     if sent_at is None or last is None or last.timestamp() >= sent_at:
         return False
+    if entry.total_run_count < 1:
+        return False  # a new entry of that name: the late message was its predecessor's
     slot_at = datetime.fromtimestamp(scheduled, tz=timezone.utc)
     following = first_slot(entry.schedule, entry.lifecycle, slot_at, now, zone)
     half = 0.0 if following is None else (following - scheduled) / 2
