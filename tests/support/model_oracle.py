@@ -227,6 +227,10 @@ class Oracle:
         self.problems: list[str] = []
         #: seq of the last wipe of the schedule's Redis (claims before it may be lost)
         self.wiped_seq = -1
+        #: (stopped, started again or None) seqs of each broker outage
+        self.outages: list[tuple[int, int | None]] = []
+        #: (from, until or None) seqs of each time the broker refused a queue
+        self.refusals: list[tuple[int, int | None]] = []
 
     # -- time in messages -------------------------------------------------------------
 
@@ -281,6 +285,36 @@ class Oracle:
             life.deleted_seq = seq
             if life.static:
                 self.written(name, life.spec, seq, at, static=True)
+
+    def broker_stopped(self, seq: int) -> None:
+        self.outages.append((seq, None))
+
+    def broker_started(self, seq: int) -> None:
+        if self.outages and self.outages[-1][1] is None:
+            self.outages[-1] = (self.outages[-1][0], seq)
+
+    def refusing(self, seq: int) -> None:
+        self.refusals.append((seq, None))
+
+    def accepting(self, seq: int) -> None:
+        """The broker takes every queue's messages again (the test lifts one refusal at a
+        time; the earliest open one ends)."""
+        for index, (start, end) in enumerate(self.refusals):
+            if end is None:
+                self.refusals[index] = (start, seq)
+                return
+
+    @staticmethod
+    def _overlaps(periods: list[tuple[int, int | None]], first: int, last: int) -> bool:
+        return any(start <= last and (end is None or end >= first) for start, end in periods)
+
+    def broker_down_between(self, first: int, last: int) -> bool:
+        """Whether the broker was stopped at some event from ``first`` to ``last``."""
+        return self._overlaps(self.outages, first, last)
+
+    def refused_between(self, first: int, last: int) -> bool:
+        """Whether the broker refused some queue at some event from ``first`` to ``last``."""
+        return self._overlaps(self.refusals, first, last)
 
     # -- what the test saw --------------------------------------------------------------
 
@@ -397,12 +431,19 @@ class Oracle:
         for earlier, later in pairs:
             assert earlier.sent_at is not None
             if later.scheduled < earlier.sent_at - TOLERANCE:
+                tag = ""
+                if later.claim_seq < (earlier.sent_seq or 0):  # claimed while that one waited
+                    if self.broker_down_between(earlier.claim_seq, later.claim_seq):
+                        tag = "claims-while-broker-down"
+                    elif self.refused_between(earlier.claim_seq, later.claim_seq):
+                        tag = "refusal-is-outage"
                 self.problem(
                     f"{life.name!r} ({life.spec.describe(self.t)}): two runs for one outage: "
                     f"the run scheduled at {self.t(earlier.scheduled)} went out at "
                     f"{self.t(earlier.sent_at)} (task {earlier.task_id}), the one scheduled at "
                     f"{self.t(later.scheduled)} (before that) went out at "
-                    f"{self.t(later.sent_at)} (task {later.task_id})"
+                    f"{self.t(later.sent_at)} (task {later.task_id})",
+                    tag,
                 )
 
     def check_waiting(self, now: float, scores: dict[str, float | None]) -> None:

@@ -328,7 +328,8 @@ class World:
         if stuck:
             self.oracle.problem(
                 f"after settling at {t(self.now)}: pending records of entries whose queue "
-                f"takes messages: {stuck}"
+                f"takes messages: {stuck}",
+                "refusal-is-outage" if self.refused else "",
             )
         overdue: list[str] = []
         for keys in layout.all_keys():
@@ -482,22 +483,22 @@ class World:
     # -- faults ------------------------------------------------------------------------
 
     def broker_stop(self) -> None:
-        self._next("broker stopped")
+        self.oracle.broker_stopped(self._next("broker stopped"))
         self.servers.broker.stop()
 
     def broker_start(self) -> None:
-        self._next("broker started")
+        self.oracle.broker_started(self._next("broker started"))
         self.servers.broker.start()
 
     def refuse(self, name: str) -> None:
         """The broker refuses ``name``'s messages: its queue key holds a SET."""
-        self._next(f"broker refuses {queue_of(name)!r}")
+        self.oracle.refusing(self._next(f"broker refuses {queue_of(name)!r}"))
         self.broker.delete(queue_of(name))
         self.broker.sadd(queue_of(name), "not a list")
         self.refused.add(name)
 
     def accept(self, name: str) -> None:
-        self._next(f"broker accepts {queue_of(name)!r} again")
+        self.oracle.accepting(self._next(f"broker accepts {queue_of(name)!r} again"))
         self.broker.delete(queue_of(name))
         self.refused.discard(name)
 
