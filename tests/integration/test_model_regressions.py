@@ -98,6 +98,34 @@ def test_a_refused_message_does_not_hold_back_the_others(world: World) -> None:
     assert stuck == ["a"]  # only the refused one waits for its next attempt
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="the slot search of an rrule walks every occurrence since its dtstart: a "
+    "MINUTELY rule a week old makes a tick take seconds, past the renew deadline",
+)
+def test_a_tick_with_a_weeks_old_minutely_rrule_stays_within_the_renew_deadline(
+    servers: ModelServers,
+) -> None:
+    # a renew deadline of 2 s (lease 3 s): the slot search of a rule a week old takes
+    # about 3.5 s on a 2-core machine, of one 30 days old about 15 s (past the default 10 s)
+    fast = {
+        "safe_redbeat_lease_seconds": 3.0,
+        "safe_redbeat_renew_seconds": 2.0,
+        "safe_redbeat_retry_seconds": 0.5,
+    }
+    world = World(servers, settings=fast)
+    try:
+        world.tick_all()
+        now = int(world.now)
+        old = Plan("rrule", every=1, freq="MINUTELY", dtstart=now - 7 * 86400)
+        world.upsert("a", Spec(old, run_immediately=True))
+        world.advance(0.5)
+        world.tick(0)  # the leader sends it and computes its next slot
+        assert world.oracle.problems == []  # "tick ... took 3.6s, past the renew deadline"
+    finally:
+        world.close()
+
+
 def test_the_world_starts_clean(world: World) -> None:
     """The fixture itself: statics seeded, nothing sent, nothing broken."""
     world.tick_all()

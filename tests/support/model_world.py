@@ -59,9 +59,6 @@ SETTINGS: dict[str, Any] = {
     "safe_redbeat_backoff_max_seconds": 8.0,
     "safe_redbeat_socket_timeout": 1.0,
 }
-RETRY = SETTINGS["safe_redbeat_retry_seconds"]
-LEASE = SETTINGS["safe_redbeat_lease_seconds"]
-RENEW = SETTINGS["safe_redbeat_renew_seconds"]
 
 #: Names of the entries the test manages (crc32 mod 2: a, b, c in shard 1; d, e in shard 0).
 NAMES = ("a", "b", "c", "d", "e")
@@ -76,8 +73,6 @@ STATICS: dict[str, tuple[Plan, dict[str, Any]]] = {
 BASE = Keys(prefix="redbeat:", lease="redbeat::lock")
 #: Every layout the test can reach: one shard (RedBeat's keys) or two.
 LAYOUTS = (Layout(BASE, 1), Layout(BASE, 2))
-#: After this long of ticking with no fault, nothing may be overdue (a few polls).
-OVERDUE = 2 * RETRY + 1
 
 
 def queue_of(name: str) -> str:
@@ -174,8 +169,14 @@ class World:
         replicas: int = 2,
         seed: int = 0,
         known: frozenset[str] = frozenset(),
+        settings: dict[str, Any] | None = None,
     ) -> None:
+        """``settings``: replica settings instead of :data:`SETTINGS`' (lease ones)."""
         servers.reset()
+        self.settings = {**SETTINGS, **(settings or {})}
+        self.lease = float(self.settings["safe_redbeat_lease_seconds"])
+        self.renew = float(self.settings["safe_redbeat_renew_seconds"])
+        self.retry = float(self.settings["safe_redbeat_retry_seconds"])
         self.servers = servers
         self.clock = servers.clock
         self.monotonic = FakeClock()
@@ -219,7 +220,7 @@ class World:
             task_publish_retry=False,
             broker_connection_retry=False,
             broker_connection_max_retries=0,
-            **SETTINGS,
+            **self.settings,
             **settings,
         )
         self.apps.append(app)
@@ -290,10 +291,10 @@ class World:
         took = time.perf_counter() - started
         self.ticks += 1
         self.slowest_tick = max(self.slowest_tick, took)
-        if took > RENEW:
+        if took > self.renew:
             self.oracle.problem(
                 f"tick of replica {index} at {self.oracle.t(self.now)} took {took:.1f}s, past "
-                f"the renew deadline ({RENEW:g}s)"
+                f"the renew deadline ({self.renew:g}s)"
             )
         self.oracle.observe(seq, self.now, self.pending(), self.drain())
 
@@ -307,7 +308,7 @@ class World:
         if not self.servers.broker.running():
             self.broker_start()
         for _ in range(rounds):
-            self.advance(RETRY)
+            self.advance(self.retry)
             self.tick_all()
         self._check_settled()
 
@@ -331,10 +332,10 @@ class World:
                 f"takes messages: {stuck}",
                 "refusal-is-outage" if self.refused else "",
             )
-        overdue: list[str] = []
+        overdue: list[str] = []  # due more than two polls ago
         for keys in layout.all_keys():
             late: Any = self.client.zrangebyscore(
-                keys.schedule, 0, self.now - OVERDUE, withscores=True
+                keys.schedule, 0, self.now - (2 * self.retry + 1), withscores=True
             )
             overdue.extend(f"{keys.name_of(key)}@{t(score)}" for key, score in late)
             for key in self.client.zrange(keys.schedule, 0, -1):
@@ -512,9 +513,9 @@ class World:
             self.client.delete(keys.lease)
         elif how == "foreign":
             holder = '{"host":"intruder","pid":1,"name":"intruder","nonce":"0"}'
-            self.client.set(keys.lease, f"99999999999999999 {holder}", px=int(LEASE * 1000))
+            self.client.set(keys.lease, f"99999999999999999 {holder}", px=int(self.lease * 1000))
         else:
-            self.client.set(keys.lease, "0f6e3c2a9b8d4e5f", px=int(LEASE * 1000))
+            self.client.set(keys.lease, "0f6e3c2a9b8d4e5f", px=int(self.lease * 1000))
 
     def wipe(self) -> None:
         """FLUSHDB of the schedule's Redis: every key, lease and pending record gone."""
@@ -536,8 +537,8 @@ class World:
                 BASE,
                 to,
                 app=self.manager,
-                wait_seconds=LEASE + 2 * RETRY,
-                poll_seconds=RETRY / 2,
+                wait_seconds=self.lease + 2 * self.retry,
+                poll_seconds=self.retry / 2,
                 say=lambda text: self.log.append(f"  {text}"),
                 monotonic=self.monotonic,
                 sleep=sleep,
