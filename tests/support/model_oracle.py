@@ -335,10 +335,12 @@ class Oracle:
             seen = self.seen.get(task_id) or self._claimed(task_id, entry, scheduled, seq, at)
             seen.sends += 1
             if seen.sends == 2:
+                refused = self.refused_between(seen.sent_seq or seq, seq)
                 self.problem(
                     f"{entry!r}: the occurrence scheduled at {self.t(scheduled)} reached the "
                     f"broker twice with task id {task_id} (first at {self.t(seen.sent_at)}, "
-                    f"again at {self.t(at)}), and nothing in this run can lose an ack"
+                    f"again at {self.t(at)}), and nothing in this run can lose an ack",
+                    "refused-batch-resent" if refused else "",
                 )
             if seen.sent_seq is None:
                 seen.sent_seq, seen.sent_at = seq, at

@@ -57,7 +57,6 @@ SETTINGS: dict[str, Any] = {
     "safe_redbeat_renew_seconds": 10.0,
     "safe_redbeat_retry_seconds": 2.0,
     "safe_redbeat_backoff_max_seconds": 8.0,
-    "safe_redbeat_socket_timeout": 1.0,
 }
 
 #: Names of the entries the test manages (crc32 mod 2: a, b, c in shard 1; d, e in shard 0).
