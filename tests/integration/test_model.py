@@ -7,9 +7,11 @@ through ``Schedule`` (interval, crontab, rrule (one with a dtstart months back),
 ``start_time``, ``expires``, ``max_runs``, ``run_immediately``), updated, enabled,
 disabled, deleted, run now; ticks of either replica; time passing, a little or past the
 lease; the broker stopped and started with its data, or refusing one entry's messages
-(WRONGTYPE); a lease deleted or taken by someone else; the schedule's Redis wiped
-(FLUSHDB); a reshard between one and two shards; and "settle" (the broker answers, the
-replicas tick for a while: then nothing may be overdue, stuck pending or lost).
+(WRONGTYPE); a lease deleted or taken by someone else; a fault inside a publish (broker
+stopped, leader frozen past its lease, lease deleted); a replica killed or stopped and
+started again; the schedule's Redis wiped (FLUSHDB); a reshard between one and two
+shards; and "settle" (the broker answers, the replicas tick for a while: then nothing may
+be overdue, stuck pending or lost).
 
 The rules checked are in :mod:`tests.support.model_oracle`; the steps are in
 :mod:`tests.support.model_world`. A failure prints the steps (Hypothesis), the world's
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -51,6 +53,8 @@ pytestmark = pytest.mark.integration
 
 DAY = 86400
 
+#: every phase but "explain" (it traces every line of a failing run again: minutes)
+PHASES = (Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink)
 settings.register_profile(
     "model-ci",
     max_examples=40,
@@ -58,6 +62,7 @@ settings.register_profile(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     print_blob=True,
+    phases=PHASES,
 )
 settings.register_profile(
     "model-long",
@@ -66,6 +71,7 @@ settings.register_profile(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     print_blob=True,
+    phases=PHASES,
 )
 PROFILE = "model-" + os.environ.get("SAFE_REDBEAT_MODEL", "ci")
 
@@ -82,6 +88,7 @@ KNOWN: frozenset[str] = (
             "claims-while-broker-down",  # test_a_broker_outage_yields_one_catch_up_run
             "refusal-is-outage",  # test_a_refused_message_does_not_hold_back_the_others
             "refused-batch-resent",  # test_a_refused_message_does_not_send_the_rest_of_...
+            "rrule-update-lost",  # test_an_update_to_an_rrule_schedule_is_written
         }
     )
 )
@@ -300,6 +307,17 @@ class ModelMachine(RuleBasedStateMachine):
     def lease(self, how: str, shard: int) -> None:
         """A shard's lease is deleted, or taken by someone else for one lease period."""
         self.w.steal_lease(shard, how)
+
+    @rule(kind=st.sampled_from(["broker-stop", "pause", "lease-delete"]))
+    def mid_publish(self, kind: str) -> None:
+        """A fault inside the next publish: the broker stops, the leader freezes past its
+        lease, or its lease is deleted, between claim and broker."""
+        self.w.arm(kind)
+
+    @rule(replica=st.integers(0, 1), graceful=st.booleans())
+    def restart(self, replica: int, graceful: bool) -> None:
+        """A replica exits (SIGTERM: releases its leases; SIGKILL: they expire) and starts."""
+        self.w.restart(replica, graceful=graceful)
 
     @rule(what=st.sampled_from(["reshard", "reshard", "wipe"]))
     def disaster(self, what: str) -> None:

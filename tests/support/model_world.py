@@ -32,6 +32,7 @@ from celery.schedules import crontab
 from redbeat.schedules import rrule
 
 from safe_redbeat import SafeRedBeatScheduler, Schedule
+from safe_redbeat.dispatch import Occurrence
 from safe_redbeat.errors import EntryNotFound, InvalidEntry, SafeRedBeatError
 from safe_redbeat.keys import Keys
 from safe_redbeat.layout import Layout, read_layout
@@ -188,25 +189,42 @@ class World:
         self.client: redis.Redis = servers.schedule.client()
         self.broker: redis.Redis = servers.broker.client()
         self.apps: list[Celery] = []
-        self.replicas: list[SafeRedBeatScheduler] = []
-        statics = {name: beat for name, (_plan, beat) in STATICS.items()}
-        for index in range(replicas):
-            app = self._app(
-                f"model-{index}",
-                beat_schedule=statics,
-                safe_redbeat_instance_name=f"replica-{index}",
-                safe_redbeat_shards=shards,
-                safe_redbeat_catch_up=catch_up,
-            )
-            self.replicas.append(
-                SafeRedBeatScheduler(
-                    app=app, monotonic=self.monotonic, rng=random.Random(seed + index)
-                )
-            )
+        self.shards = shards
+        self.catch_up = catch_up
+        self.seed = seed
+        #: a fault to inject inside the next publish (see :meth:`arm`)
+        self.armed = ""
+        self.generations: dict[int, int] = {}
+        self.replicas: list[SafeRedBeatScheduler] = [
+            self._replica(index) for index in range(replicas)
+        ]
         self.manager = self._app("model-manager")
         self.schedule = Schedule(self.manager)
         for name, (plan, _beat) in STATICS.items():
             self.oracle.written(name, Spec(plan), 0, self.clock.now, static=True)
+
+    def _replica(self, index: int, generation: int = 0) -> SafeRedBeatScheduler:
+        """Replica ``index`` (a new process each ``generation``, same instance name)."""
+        app = self._app(
+            f"model-{index}-{generation}",
+            beat_schedule={name: beat for name, (_plan, beat) in STATICS.items()},
+            safe_redbeat_instance_name=f"replica-{index}",
+            safe_redbeat_shards=self.shards,
+            safe_redbeat_catch_up=self.catch_up,
+        )
+        rng = random.Random(self.seed * 100 + index * 10 + generation)
+        scheduler = SafeRedBeatScheduler(app=app, monotonic=self.monotonic, rng=rng)
+        publisher = scheduler.publisher
+        apply = publisher._apply
+
+        def armed_apply(occurrence: Occurrence, fence: int) -> str | None:
+            if self.armed:
+                kind, self.armed = self.armed, ""
+                self._mid_publish(kind, occurrence)
+            return apply(occurrence, fence)
+
+        publisher._apply = armed_apply
+        return scheduler
 
     def _app(self, name: str, **settings: Any) -> Celery:
         app = Celery(name, set_as_current=False)
@@ -279,6 +297,7 @@ class World:
     def tick(self, index: int) -> None:
         """One tick of replica ``index``; then look at Redis and the broker."""
         seq = self._next(f"tick replica {index}")
+        at = self.now  # a pause inside the tick moves the clock: claims may be before it
         started = time.perf_counter()
         try:
             self.replicas[index].tick()
@@ -295,7 +314,7 @@ class World:
                 f"tick of replica {index} at {self.oracle.t(self.now)} took {took:.1f}s, past "
                 f"the renew deadline ({self.renew:g}s)"
             )
-        self.oracle.observe(seq, self.now, self.pending(), self.drain())
+        self.oracle.observe(seq, at, self.pending(), self.drain())
 
     def tick_all(self) -> None:
         for index in range(len(self.replicas)):
@@ -304,6 +323,9 @@ class World:
     def settle(self, rounds: int = 12) -> None:
         """The broker answers again; every replica ticks each ``retry_seconds`` for
         ``rounds`` polls. Then nothing may be overdue, stuck or lost."""
+        if self.armed:
+            self._next(f"disarmed: {self.armed}")
+            self.armed = ""
         if not self.servers.broker.running():
             self.broker_start()
         for _ in range(rounds):
@@ -423,7 +445,7 @@ class World:
         except InvalidEntry as exc:
             self.log.append(f"  refused: {exc}")
             return
-        self.oracle.written(name, spec, seq, self.now)
+        self._written(name, spec, seq, "upsert")
 
     def update(self, name: str, **changes: Any) -> None:
         """``Schedule.update`` with Spec fields (``plan`` for the schedule)."""
@@ -448,7 +470,25 @@ class World:
         if life is None:
             self.oracle.problem(f"update of {name!r} at {self.oracle.t(self.now)} found an entry")
             return
-        self.oracle.written(name, replace(life.spec, **changes), seq, self.now)
+        tag = ""
+        if "plan" in changes and changes["plan"].kind == "rrule":
+            tag = "rrule-update-lost"  # test_an_update_to_an_rrule_schedule_is_written
+        self._written(name, replace(life.spec, **changes), seq, "update", tag)
+
+    def _written(self, name: str, spec: Spec, seq: int, what: str, tag: str = "") -> None:
+        """After a write that did not fail: Redis holds what was written (read back), and
+        the model has it from now on. If not, the model keeps what Redis still has."""
+        wanted = entry_spec(name, spec)
+        stored = self.schedule.get(name).spec
+        if (stored.definition(), stored.lifecycle) != (wanted.definition(), wanted.lifecycle):
+            self.oracle.problem(
+                f"{what} of {name!r} at {self.oracle.t(self.now)} did not fail, and Redis does "
+                f"not hold it: {stored.definition()} {stored.lifecycle}, not "
+                f"{wanted.definition()} {wanted.lifecycle}",
+                tag,
+            )
+            return
+        self.oracle.written(name, spec, seq, self.now)
 
     def enable(self, name: str, enabled: bool = True) -> None:
         self.update(name, enabled=enabled)
@@ -515,6 +555,39 @@ class World:
             self.client.set(keys.lease, f"99999999999999999 {holder}", px=int(self.lease * 1000))
         else:
             self.client.set(keys.lease, "0f6e3c2a9b8d4e5f", px=int(self.lease * 1000))
+
+    def restart(self, index: int, *, graceful: bool) -> None:
+        """Replica ``index`` exits (``graceful``: as on SIGTERM, releasing its leases; else
+        as on SIGKILL: leases and heartbeat stay until they expire) and a new process with
+        the same instance name starts."""
+        self._next(f"replica {index} {'stops' if graceful else 'is killed'} and starts again")
+        old = self.replicas[index]
+        if graceful:
+            old.close()
+        elif old._client is not None:
+            old._client.close()  # its connections die with it; nothing is released
+        old.app.close()
+        self.generations[index] = self.generations.get(index, 0) + 1
+        self.replicas[index] = self._replica(index, self.generations[index])
+
+    def arm(self, kind: str) -> None:
+        """Inject ``kind`` inside the next publish of any replica, before its message goes
+        into the broker batch: ``broker-stop``, ``pause`` (the clock jumps past the lease:
+        a leader frozen mid-publish) or ``lease-delete`` (of the message's shard)."""
+        self._next(f"armed: {kind} inside the next publish")
+        self.armed = kind
+
+    def _mid_publish(self, kind: str, occurrence: Occurrence) -> None:
+        if kind == "broker-stop":
+            if self.servers.broker.running():
+                self.broker_stop()
+        elif kind == "pause":
+            self._next(f"paused mid-publish of {occurrence.entry!r} for {self.lease + 1:g}s")
+            self.advance(self.lease + 1)
+        else:
+            shard = self.layout().shard_of(occurrence.entry)
+            self._next(f"mid-publish of {occurrence.entry!r}:")
+            self.steal_lease(shard, "delete")
 
     def wipe(self) -> None:
         """FLUSHDB of the schedule's Redis: every key, lease and pending record gone."""
