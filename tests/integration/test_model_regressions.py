@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redbeat.schedules import rrule
 
 from tests.support.model_oracle import Plan, Spec
-from tests.support.model_world import BASE, ModelServers, World
+from tests.support.model_world import BASE, ModelServers, World, utc
 
 pytestmark = pytest.mark.integration
 
@@ -144,6 +145,23 @@ def test_a_refused_message_does_not_send_the_rest_of_its_batch_twice(world: Worl
     sends = {s.task_id: s.sends for s in world.oracle.seen.values() if s.entry == "b"}
     assert set(sends.values()) == {1}  # the second run of 'b' reached the broker twice
     assert world.oracle.problems == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Schedule.update(schedule=<rrule>) writes nothing when the entry has a crontab or "
+    "another rrule: RedBeat's rrule inherits celery's schedule.__eq__ (compares run_every), so "
+    "the two compare equal and update() returns 'nothing to change'",
+)
+def test_an_update_to_an_rrule_schedule_is_written(world: World) -> None:
+    now = utc(int(world.now))
+    schedule = world.schedule
+    schedule.upsert("a", "model.a", "*/1 * * * *")
+    info = schedule.update("a", schedule=rrule("MINUTELY", dtstart=now, interval=5))
+    assert info.version == 2  # 1: nothing was written
+    assert isinstance(schedule.get("a").spec.schedule, rrule)
+    info = schedule.update("a", schedule=rrule("HOURLY", dtstart=now, interval=2))
+    assert info.version == 3
 
 
 def test_the_world_starts_clean(world: World) -> None:
