@@ -319,7 +319,7 @@ class ModelMachine(RuleBasedStateMachine):
         """A replica exits (SIGTERM: releases its leases; SIGKILL: they expire) and starts."""
         self.w.restart(replica, graceful=graceful)
 
-    @rule(what=st.sampled_from(["reshard", "reshard", "wipe"]))
+    @rule(what=st.sampled_from(["reshard", "reshard", "reshard", "wipe"]))
     def disaster(self, what: str) -> None:
         """A reshard between one and two shards, or the schedule's Redis wiped (FLUSHDB)."""
         w = self.w
