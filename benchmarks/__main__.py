@@ -18,13 +18,22 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
-from . import commands, dispatch, failover, memory, reconcile, scaling, startup
+from . import commands, dispatch, failover, memory, reconcile, scaling, schedules, startup
 from .env import Env
 from .profiles import FULL, QUICK, TINY, Profile
 from .report import Results, command_line, machine_info, text, write_docs
 
 DOCS_DIR = Path(__file__).resolve().parents[1] / "docs"
-BENCHMARKS = ("dispatch", "commands", "startup", "memory", "reconcile", "failover", "scaling")
+BENCHMARKS = (
+    "dispatch",
+    "commands",
+    "startup",
+    "schedules",
+    "memory",
+    "reconcile",
+    "failover",
+    "scaling",
+)
 T = TypeVar("T")
 
 
@@ -91,6 +100,10 @@ def run(profile: Profile, command: str, only: tuple[str, ...] = BENCHMARKS) -> R
             r.startup = step(
                 "start to first dispatch",
                 lambda: startup.run(env, p.startup_sizes, p.startup_repetitions, timeout),
+            )
+        if "schedules" in only:
+            r.schedules = step(
+                "schedule arithmetic", lambda: schedules.run(p.repetitions, p.schedule_stock_limit)
             )
         if "memory" in only:
             r.memory = step(

@@ -37,6 +37,8 @@ class Profile:
     scaling_repetitions: int = 3
     #: also with the schedule on a local Redis Cluster (after one Redis)
     scaling_cluster: bool = True
+    #: schedule arithmetic: a stock RedBeat call that takes longer is stopped
+    schedule_stock_limit: float = 5.0
 
     @property
     def failover(self) -> bool:
@@ -106,4 +108,5 @@ TINY = replace(
     breakdown_n=50,
     scaling_n=60,
     scaling_shards=(1, 2),
+    schedule_stock_limit=0.5,
 )

@@ -22,6 +22,7 @@ from celery.beat import DEFAULT_MAX_INTERVAL
 from redbeat.schedulers import RedBeatScheduler
 
 from safe_redbeat.balance import LIVE_AGE
+from safe_redbeat.lifecycle import SLOT_SEARCH_SECONDS
 
 from . import reconcile
 from .commands import CommandResult
@@ -53,6 +54,7 @@ from .profiles import Profile
 from .reconcile import ReconcileBench
 from .scaling import CLUSTER_PREFIX, LEAD, LOOP_INTERVAL, STOCK, ScalingResult, series_of
 from .scaling import STOCK_SETTINGS as SCALING_STOCK_SETTINGS
+from .schedules import AGE, ScheduleResult
 from .startup import StartupResult
 
 TEMPLATE = Path(__file__).with_name("report.md")
@@ -75,6 +77,7 @@ class Results:
     breakdown: Breakdown | None = None
     commands: list[CommandResult] = field(default_factory=list)
     startup: list[StartupResult] = field(default_factory=list)
+    schedules: list[ScheduleResult] = field(default_factory=list)
     memory: list[MemoryResult] = field(default_factory=list)
     reconcile: list[ReconcileBench] = field(default_factory=list)
     failover: list[FailoverResult] = field(default_factory=list)
@@ -181,6 +184,11 @@ def targets(results: Results) -> list[Target]:
         ok = many.median < 1.0 and many.median <= 1.5 * few.median + 0.005
         detail = f"{small.stored}: {few.fmt(1, 1000)} ms, {large.stored}: {many.fmt(1, 1000)} ms"
         found.append(Target(name, ok, detail))
+    if results.schedules:
+        worst = max(results.schedules, key=lambda r: r.safe_sample().median)
+        name = "decide() on crontabs and on rrules a year old < 1 ms each"
+        detail = f"slowest: {worst.name}, {worst.safe_sample().median * 1000:.3f} ms"
+        found.append(Target(name, worst.safe_sample().median < 0.001, detail))
     found.append(_reconcile_target(results.reconcile))
     budget = DEFAULTS.lease_seconds + DEFAULTS.retry_seconds
     for fault, limit, name in (
@@ -311,6 +319,17 @@ def startup_table(results: list[StartupResult]) -> str:
     return table(["entries stored (1 due)", "RedBeat ms", "safe_redbeat ms"], rows)
 
 
+def schedules_table(results: list[ScheduleResult]) -> str:
+    rows = []
+    for r in results:
+        stock = f"> {r.limit * 1000:g} (stopped)" if r.stock is None else f"{r.stock * 1000:.3f}"
+        ratio = "-" if r.stock is None else f"{r.stock / r.safe_sample().median:.0f}"
+        rows.append([r.name, stock, r.safe_sample().fmt(4, 1000), ratio])
+    return table(
+        ["schedule (due now)", "RedBeat ms/call", "safe_redbeat ms/call", "RedBeat/safe"], rows
+    )
+
+
 def memory_table(results: list[MemoryResult]) -> str:
     rows = [
         [m.contender, str(m.n), f"{m.per_entry:.1f}"]
@@ -410,6 +429,7 @@ def text(results: Results) -> str:
         ("Dispatch cost per due entry (median (min-max))", r.dispatch, dispatch_table),
         ("Redis commands for the dispatching tick(s)", r.commands, commands_table),
         ("Construct + first tick until the first dispatch", r.startup, startup_table),
+        ("Deciding one due entry (no Redis)", r.schedules, schedules_table),
         ("Redis memory per entry after one run", r.memory, memory_table),
         (
             "Loader reconcile against RedBeat's wipe-and-save (median (min-max))",
@@ -476,6 +496,12 @@ def placeholders(results: Results, plot_name: str | None) -> dict[str, object]:
         "stock_n": stock.n,
         "commands_table": commands_table(results.commands),
         "startup_table": startup_table(results.startup),
+        "schedules_table": schedules_table(results.schedules)
+        if results.schedules
+        else NOT_MEASURED,
+        "schedule_age": AGE.days,
+        "stock_limit": f"{results.profile.schedule_stock_limit:g}",
+        "slot_budget": f"{SLOT_SEARCH_SECONDS:g}",
         "memory_interval": f"{profile.memory_interval:g}",
         "memory_table": memory_table(results.memory),
         "change_every": reconcile.CHANGE_EVERY,

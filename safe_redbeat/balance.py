@@ -31,7 +31,7 @@ from celery.utils.log import get_logger
 from .backoff import FailureRun
 from .connection import CLIENT_ERRORS, check_cluster_keys
 from .errors import ConfigurationError, LeaseLost
-from .heartbeat import Heartbeat, read_heartbeats, write_heartbeat
+from .heartbeat import Heartbeat, new_token, prune_heartbeats, write_heartbeat
 from .keys import Keys
 from .layout import InvalidLayout, Layout, read_layout
 
@@ -65,8 +65,11 @@ class Balancer:
         app: Any,
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        token: str = "",
     ) -> None:
         self.sender = sender
+        #: this replica process' own token (heartbeat.new_token): how replicas are counted
+        self.token = token or new_token()
         self.settings = settings
         self.base = base
         self._client = client
@@ -90,6 +93,8 @@ class Balancer:
         self._handed: dict[int, float] = {}
         self._said: set[str] = set()
         self._led_before: tuple[int, ...] = ()
+        #: tokens of other live replicas found using this replica's instance name
+        self._namesakes: set[str] = set()
 
     # -- what the tick asks ------------------------------------------------------------
 
@@ -147,6 +152,7 @@ class Balancer:
                     ttl=max(s.lease_seconds, 3 * s.retry_seconds),
                     shards=tuple(shard.index for shard in led),
                     shard_count=self.layout.shards,
+                    token=self.token,
                 ),
             )
         except CLIENT_ERRORS as exc:  # the next tick finds out and backs off
@@ -180,13 +186,13 @@ class Balancer:
         self._follow(self._read_layout(client))
         if self.paused:
             return
+        self._count_replicas(client)
         if self.layout.shards == 1:
             # one lease: whoever finds it free takes it, as an unsharded RedBeat would
             shard = self.shards[0]
             if not shard.leadership.held:
                 self._take(shard)
             return
-        self._count_replicas(client)
         free = self._free_shards(client)
         self._take_free(free)
         self._hand_over()
@@ -263,16 +269,34 @@ class Balancer:
         return None
 
     def _count_replicas(self, client: Any) -> None:
-        me = self.settings.instance_name
-        self._others = [
+        """Live replicas by token (never by name), and namesakes of this one."""
+        limit = LIVE_AGE * self.settings.retry_seconds
+        live = [
             found.heartbeat
-            for found in read_heartbeats(client, self.base)
-            if found.heartbeat.instance != me
-            and found.age <= LIVE_AGE * self.settings.retry_seconds
-            and found.heartbeat.shard_count == self.layout.shards
+            for found in prune_heartbeats(client, self.base)
+            if found.heartbeat.token != self.token and found.age <= limit
         ]
+        self._others = [other for other in live if other.shard_count == self.layout.shards]
         self.live = len(self._others) + 1
         self.target = math.ceil(self.layout.shards / self.live)
+        self._check_name(live)
+
+    def _check_name(self, others: list[Heartbeat]) -> None:
+        """One ERROR per other live replica that uses this replica's instance name."""
+        me = self.settings.instance_name
+        namesakes = {other.token: other for other in others if other.instance == me}
+        for token in namesakes.keys() - self._namesakes:
+            other = namesakes[token]
+            logger.error(
+                "beat: another live replica uses this replica's instance name %r (host %s, "
+                "pid %s); give each replica its own safe_redbeat_instance_name, or leave it "
+                "unset (<host>:<pid>). Both still work, told apart by token, but status "
+                "and health cannot tell which is which.",
+                me,
+                other.host,
+                other.pid,
+            )
+        self._namesakes = set(namesakes)
 
     def _free_shards(self, client: Any) -> set[int]:
         """Shards whose lease key is absent (one pipeline of GETs)."""

@@ -28,8 +28,10 @@ _UNSET = object()
 CATCH_UP_POLICIES = ("run_once", "skip")
 
 
-def _default_instance_name() -> str:
-    return os.environ.get("HOSTNAME") or socket.gethostname()
+def default_instance_name() -> str:
+    """``<host>:<pid>``, unique per process like Celery's worker node names; the host is
+    ``$HOSTNAME`` (the pod name on Kubernetes) or the machine's host name."""
+    return f"{os.environ.get('HOSTNAME') or socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,10 @@ class Settings:
     reconcile_seconds: float = 60.0
     #: A loader call that takes longer is abandoned; that round removes nothing.
     loader_timeout_seconds: float = 30.0
-    #: Shown in the lease value and logs; defaults to ``$HOSTNAME`` (the pod name on k8s).
+    #: Shown in the lease value, heartbeats, ``status`` and logs; unset, ``<host>:<pid>``
+    #: (the host being ``$HOSTNAME``, the pod name on Kubernetes). Replicas are told apart
+    #: by a token of their own, not by this name; a name two live replicas share is
+    #: reported as an ERROR by both, in ``status`` and by ``health``.
     instance_name: str = ""
     #: Publish attempts of one message that fail on the message itself (bad options, a task
     #: refusing its arguments) before its record moves to the dead-letter hash.
@@ -79,11 +84,17 @@ class Settings:
     shards: int = 1
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_named", bool(self.instance_name))
         if not self.instance_name:
-            object.__setattr__(self, "instance_name", _default_instance_name())
+            object.__setattr__(self, "instance_name", default_instance_name())
         if self.socket_timeout is None:
             object.__setattr__(self, "socket_timeout", min(5.0, self.renew_seconds / 2))
         self.validate()
+
+    @property
+    def instance_named(self) -> bool:
+        """True if ``safe_redbeat_instance_name`` was set (not the per-process default)."""
+        return bool(getattr(self, "_named", True))
 
     @property
     def socket_timeout_seconds(self) -> float:

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from .entries import StoredEntry, encode_meta, meta_encoder, next_score, to_timestamp
+from .entries import StoredEntry, encode_meta, meta_encoder, to_timestamp
 from .errors import FencedOut, InvalidEntry
-from .lifecycle import decide
+from .lifecycle import decide, writer_score
 from .scripts import ClaimCode, ClaimResult
 from .validation import check_options, check_text
 
@@ -257,7 +257,11 @@ def _plan_entry(
         # a manual run: sent once, the regular schedule and last run stay as they were
         occurrence = _occurrence(entry, entry.run_now, fence, id_prefix, kind="\x00run_now")
         regular = (
-            next_score(entry.schedule, entry.last_run_at, now) if entry.enabled else park_until
+            writer_score(
+                entry.schedule, entry.lifecycle, entry.last_run_at, entry.total_run_count, now
+            )
+            if entry.enabled
+            else park_until
         )
         return ClaimOp(
             entry.key,

@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import MINYEAR, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery.schedules import BaseSchedule, maybe_schedule
@@ -32,8 +32,6 @@ __all__ = [
     "encode_meta",
     "encode_schedule",
     "meta_encoder",
-    "next_score",
-    "next_score_of",
     "to_timestamp",
 ]
 
@@ -80,16 +78,6 @@ class StoredEntry:
     #: lifetime fields (hash field ``lifecycle``) and recorded state (field ``state``)
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     state: str = ""
-
-    def is_due(self) -> tuple[bool, float | None]:
-        """Celery's answer for this entry at the schedule's ``now``.
-
-        The seconds are those until the next occurrence (counted from ``now``, also when
-        due); None when there is none (an ``rrule`` that ended).
-        """
-        last = self.last_run_at or datetime(MINYEAR, 1, 2, tzinfo=self.schedule.tz)
-        due, next_seconds = self.schedule.is_due(last)
-        return bool(due), None if next_seconds is None else float(next_seconds)
 
 
 def _fail(key: str, field_name: str, problem: str) -> InvalidEntry:
@@ -294,31 +282,3 @@ def meta_encoder(last_run_at: datetime) -> Callable[[int], str]:
         return f'{{"last_run_at": {encoded}, "total_run_count": {int(total_run_count)}}}'
 
     return encode
-
-
-def next_score(schedule: BaseSchedule, last_run_at: datetime | None, now: datetime) -> int:
-    """The ZSET score of an entry that last ran at ``last_run_at``, as seen at ``now``.
-
-    Never run, or overdue: ``now``. No more occurrences: ``-1``. Otherwise the due time.
-    """
-    if last_run_at is None:
-        return to_timestamp(now)
-    delta = schedule.remaining_estimate(last_run_at)
-    if delta is None:
-        return NEVER
-    if delta.total_seconds() < 0:
-        return to_timestamp(now)
-    return to_timestamp(now + delta)
-
-
-def next_score_of(
-    schedule: BaseSchedule, last_run_at: datetime | None, now: datetime, app: Any
-) -> int:
-    """:func:`next_score` computed on a private copy of ``schedule``.
-
-    The copy gets ``now`` as its clock; the caller's object (possibly shared, see
-    ``specs.to_schedule``) is left untouched.
-    """
-    copy = maybe_schedule(_loads(json.dumps(schedule, cls=RedBeatJSONEncoder)), app=app)
-    copy.nowfun = lambda: now
-    return next_score(copy, last_run_at, now)

@@ -10,6 +10,7 @@ __all__ = [
     "LeaseLost",
     "Resharding",
     "SafeRedBeatError",
+    "ScheduleTooCostly",
     "VersionConflict",
 ]
 
@@ -81,4 +82,12 @@ class Resharding(SafeRedBeatError):
     """The schedule is being moved to another shard layout (``safe-redbeat reshard``).
 
     Writes are refused until the move ends; retry in a few seconds.
+    """
+
+
+class ScheduleTooCostly(SafeRedBeatError, ValueError):
+    """Computing a schedule's next slot took longer than its budget.
+
+    Raised by the slot search (``lifecycle.slot_after``) so that one entry cannot hold a
+    tick past the renew deadline; the leader parks the entry, a writer refuses it.
     """

@@ -1,9 +1,14 @@
 """Replica heartbeats: who is running, in which role, and when it last ticked.
 
-Each replica writes ``<prefix>:replica:<instance name>`` (a JSON string) with a TTL of
-``ttl`` seconds at most every ``retry_seconds``. The age of the last tick is derived from
-the key's remaining TTL, so it does not depend on any replica's clock. ``status`` and
-``health`` read them; no other service is needed.
+Each replica process has a token of its own (random, made when its scheduler is built) and
+writes ``<prefix>:replica:<token>`` (a JSON string) with a TTL of ``ttl`` seconds at most
+every ``retry_seconds``, and adds the token to the SET ``<prefix>:replicas`` (readers find
+the heartbeats there, without a SCAN of the keyspace; a token whose key expired is
+dropped from it by the next balancer poll). Replicas are told apart by token, never by
+their configurable instance name: two replicas given the same name are still two, and
+:func:`shared_names` finds them. The age of the last tick is derived from the key's
+remaining TTL, so it does not depend on any replica's clock. ``status`` and ``health``
+read them; no other service is needed.
 """
 
 from __future__ import annotations
@@ -12,13 +17,28 @@ import json
 import math
 import os
 import socket
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .keys import Keys
 
-__all__ = ["Heartbeat", "ReplicaStatus", "read_heartbeat", "read_heartbeats", "write_heartbeat"]
+__all__ = [
+    "Heartbeat",
+    "ReplicaStatus",
+    "new_token",
+    "prune_heartbeats",
+    "read_heartbeats",
+    "remove_heartbeat",
+    "shared_names",
+    "write_heartbeat",
+]
+
+
+def new_token() -> str:
+    """A replica process' token: 32 hex digits."""
+    return uuid.uuid4().hex
 
 
 @dataclass(frozen=True)
@@ -37,6 +57,8 @@ class Heartbeat:
     #: the process that makes the heartbeat, looked up then (not at import: forks)
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
+    #: the replica process' own token (:func:`new_token`): what tells replicas apart
+    token: str = ""
 
 
 @dataclass(frozen=True)
@@ -48,33 +70,57 @@ class ReplicaStatus:
 
 def write_heartbeat(client: Any, keys: Keys, heartbeat: Heartbeat) -> None:
     payload = json.dumps(asdict(heartbeat), separators=(",", ":"), sort_keys=True)
-    client.set(keys.replica(heartbeat.instance), payload, px=int(heartbeat.ttl * 1000))
+    with client.pipeline(transaction=False) as pipe:
+        pipe.set(keys.replica(heartbeat.token), payload, px=int(heartbeat.ttl * 1000))
+        pipe.sadd(keys.replica_index, heartbeat.token)
+        pipe.execute()
+
+
+def remove_heartbeat(client: Any, keys: Keys, token: str) -> None:
+    """A replica that stops says so at once (instead of letting its heartbeat expire)."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.delete(keys.replica(token))
+        pipe.srem(keys.replica_index, token)
+        pipe.execute()
+
+
+def _read(client: Any, keys: Keys) -> list[tuple[str, ReplicaStatus | None]]:
+    tokens = sorted(client.smembers(keys.replica_index))
+    if not tokens:
+        return []
+    with client.pipeline(transaction=False) as pipe:
+        for token in tokens:
+            pipe.get(keys.replica(token))
+            pipe.pttl(keys.replica(token))
+        values = pipe.execute(raise_on_error=False)
+    return [
+        (token, _decode(raw, pttl, token))
+        for token, raw, pttl in zip(tokens, values[::2], values[1::2], strict=True)
+    ]
 
 
 def read_heartbeats(client: Any, keys: Keys) -> Iterator[ReplicaStatus]:
-    """Every live replica's last heartbeat (SCAN, never KEYS)."""
-    found = sorted(client.scan_iter(match=keys.replicas(), count=500))
-    if not found:
-        return
-    with client.pipeline(transaction=False) as pipe:
-        for key in found:
-            pipe.get(key)
-            pipe.pttl(key)
-        values = pipe.execute()
-    for raw, pttl in zip(values[::2], values[1::2], strict=True):
-        status = _decode(raw, pttl)
+    """Every live replica's last heartbeat (the index SET, one pipeline)."""
+    for _token, status in _read(client, keys):
         if status is not None:
             yield status
 
 
-def read_heartbeat(client: Any, keys: Keys, instance: str) -> ReplicaStatus | None:
-    """One replica's last heartbeat, or None if it has none (GET + PTTL, no SCAN)."""
-    key = keys.replica(instance)
-    with client.pipeline(transaction=False) as pipe:
-        pipe.get(key)
-        pipe.pttl(key)
-        raw, pttl = pipe.execute()
-    return _decode(raw, pttl)
+def prune_heartbeats(client: Any, keys: Keys) -> list[ReplicaStatus]:
+    """:func:`read_heartbeats`, dropping tokens whose heartbeat expired from the index."""
+    found = _read(client, keys)
+    gone = [token for token, status in found if status is None]
+    if gone:
+        client.srem(keys.replica_index, *gone)
+    return [status for _token, status in found if status is not None]
+
+
+def shared_names(replicas: Iterable[ReplicaStatus]) -> dict[str, list[ReplicaStatus]]:
+    """Instance names that more than one live replica uses, with those replicas."""
+    by_name: dict[str, list[ReplicaStatus]] = {}
+    for replica in replicas:
+        by_name.setdefault(replica.heartbeat.instance, []).append(replica)
+    return {name: found for name, found in by_name.items() if len(found) > 1}
 
 
 def _shards(value: Any) -> tuple[int, ...]:
@@ -85,9 +131,9 @@ def _shards(value: Any) -> tuple[int, ...]:
     return tuple(int(index) for index in value)
 
 
-def _decode(raw: str | None, pttl: int | None) -> ReplicaStatus | None:
+def _decode(raw: Any, pttl: Any, token: str) -> ReplicaStatus | None:
     """A heartbeat as written by :func:`write_heartbeat`; None for anything else."""
-    if raw is None or pttl is None or pttl < 0:
+    if not isinstance(raw, str | bytes) or not isinstance(pttl, int) or pttl < 0:
         return None
     try:
         data = json.loads(raw)
@@ -102,6 +148,7 @@ def _decode(raw: str | None, pttl: int | None) -> ReplicaStatus | None:
             shard_count=int(data.get("shard_count") or 1),
             host=str(data.get("host", "")),
             pid=int(data.get("pid") or 0),
+            token=token,
         )
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
         return None

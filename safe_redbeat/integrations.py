@@ -165,9 +165,12 @@ def _schedules(
     with client.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.hget(keys.entry(name), "definition")
-        definitions = pipe.execute()
+        # a key of another type answers WRONGTYPE: that entry has no schedule to give
+        definitions = pipe.execute(raise_on_error=False)
     schedules: dict[str, Any] = {}
     for name, definition in zip(names, definitions, strict=True):
+        if isinstance(definition, Exception):
+            continue
         try:
             stored = decode_entry(keys.entry(name), name, 0.0, definition, None, None, app=app)
         except InvalidEntry:

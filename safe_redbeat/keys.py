@@ -12,9 +12,34 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Keys"]
+from .errors import ConfigurationError
+
+__all__ = ["Keys", "check_prefix", "isolates"]
 
 _GLOB = re.compile(r"([*?\[\]\\])")
+#: the end of a shard's hash tag (layout.py): ``#<n>/<K>``
+_SHARD_TAG = re.compile(r"#\d+/\d+$")
+
+
+def isolates(prefix: str) -> bool:
+    """Whether apps with ``prefix`` are kept apart from every other such app on one Redis:
+    it ends with ``:`` and holds no ``::`` (docs/storage-format.md)."""
+    return prefix.endswith(":") and "::" not in prefix
+
+
+def check_prefix(prefix: str) -> str:
+    """``prefix`` unless its hash tag has the form of a shard's (layout.py): such a prefix
+    could share keys with a shard of another app's schedule."""
+    start = prefix.find("{")
+    end = prefix.find("}", start + 1) if start != -1 else -1
+    if end != -1 and _SHARD_TAG.search(prefix[start + 1 : end]):
+        raise ConfigurationError(
+            f"redbeat_key_prefix {prefix!r} has a hash tag of the form safe_redbeat gives "
+            "the shards of a schedule ('{...#<n>/<K>}'); its keys could be another app's "
+            "shard keys. Choose another prefix.",
+            "redbeat_key_prefix",
+        )
+    return prefix
 
 
 @dataclass(frozen=True)
@@ -32,7 +57,7 @@ class Keys:
         """Keys as RedBeat names them for ``app`` (RedBeat's config must be loaded)."""
         conf = app.redbeat_conf
         lock_key = conf.lock_key or conf.key_prefix + ":lock"
-        return cls(prefix=conf.key_prefix, lease=lock_key)
+        return cls(prefix=check_prefix(conf.key_prefix), lease=lock_key)
 
     @property
     def schedule(self) -> str:
@@ -79,13 +104,14 @@ class Keys:
         """STRING: JSON summary of the leader's last loader reconcile."""
         return self.prefix + ":reconcile"
 
-    def replica(self, instance: str) -> str:
-        """STRING with a TTL: the heartbeat of one replica (see heartbeat.py)."""
-        return f"{self.prefix}:replica:{instance}"
+    def replica(self, token: str) -> str:
+        """STRING with a TTL: the heartbeat of the replica process ``token`` (heartbeat.py)."""
+        return f"{self.prefix}:replica:{token}"
 
-    def replicas(self) -> str:
-        """SCAN pattern of every replica heartbeat key."""
-        return self.match(":replica:*")
+    @property
+    def replica_index(self) -> str:
+        """SET of the tokens of replicas that wrote a heartbeat (see heartbeat.py)."""
+        return self.prefix + ":replicas"
 
     def match(self, pattern: str) -> str:
         """A SCAN ``MATCH`` pattern: ``pattern`` below the prefix, taken literally."""

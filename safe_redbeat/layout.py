@@ -5,13 +5,17 @@ With ``K`` shards, an entry called ``name`` belongs to shard::
 
     crc32(utf8(name)) mod K        (CRC-32/ISO-HDLC, as zlib, Java, Go and Node compute it)
 
-and every key of shard ``n`` starts with ``{<prefix without braces><n>/<K>}:``: for the
-default prefix ``redbeat:`` and 3 shards, shard 2 keeps its lease at ``{redbeat:2/3}::lock``,
-its schedule at ``{redbeat:2/3}::schedule`` and the entry ``report`` at
-``{redbeat:2/3}:report``. The part in braces is a Redis Cluster hash tag, so one shard's
+and every key of shard ``n`` starts with ``{<prefix>#<n>/<K>}:``, where ``<prefix>`` is
+written with ``%`` as ``%25``, ``{`` as ``%7B`` and ``}`` as ``%7D``: for the default
+prefix ``redbeat:`` and 3 shards, shard 2 keeps its lease at ``{redbeat:#2/3}::lock``, its
+schedule at ``{redbeat:#2/3}::schedule`` and the entry ``report`` at
+``{redbeat:#2/3}:report``. The part in braces is a Redis Cluster hash tag, so one shard's
 keys share a slot (its scripts touch them together) and different shards spread over the
-cluster's primaries. Two layouts never share a key, so a move between them copies from one
-set of keys into another and a replica still working the old layout cannot touch the new.
+cluster's primaries. The tag can be read back (after the last ``#``: the shard and the
+count; before it: the escaped prefix), so no two (prefix, shard, count) share a key: two
+layouts of one app, or two apps with any prefixes on one Redis, never touch each other's
+keys. A prefix that itself looks like a shard's (``{...#<n>/<K>}...``) is refused
+(:func:`.keys.check_prefix`).
 
 The layout in use is stored at ``<prefix>:layout`` (JSON ``{"shards": K}``); absent means
 one shard. ``safe-redbeat reshard --to K`` changes it while replicas run; during the move
@@ -37,6 +41,7 @@ __all__ = [
     "decode_layout",
     "read_layout",
     "shard_of",
+    "shard_prefix",
 ]
 
 
@@ -106,13 +111,21 @@ class Layout:
         return text
 
 
+def _escaped(prefix: str) -> str:
+    return prefix.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+def shard_prefix(prefix: str, index: int, shards: int) -> str:
+    """The key prefix of shard ``index`` of ``shards`` below the app's ``prefix``."""
+    return "{" + f"{_escaped(prefix)}#{index}/{shards}" + "}:"
+
+
 def _shard_keys(base: Keys, shards: int) -> list[Keys]:
     if shards == 1:
         return [base]
-    tag = base.prefix.replace("{", "").replace("}", "")
     found = []
     for index in range(shards):
-        prefix = "{" + f"{tag}{index}/{shards}" + "}:"
+        prefix = shard_prefix(base.prefix, index, shards)
         found.append(Keys(prefix=prefix, lease=prefix + ":lock", id_prefix=base.prefix))
     return found
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone, tzinfo
@@ -32,9 +33,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from celery.schedules import BaseSchedule, crontab
 from celery.schedules import schedule as interval
 from celery.utils.time import remaining
+from dateutil.rrule import DAILY, HOURLY, MINUTELY, MONTHLY, SECONDLY, WEEKLY, YEARLY
 from redbeat.schedules import dateutil_rrule, rrule
 
-from .errors import InvalidEntry
+from .errors import InvalidEntry, ScheduleTooCostly
 
 if TYPE_CHECKING:
     from .entries import StoredEntry
@@ -46,6 +48,7 @@ __all__ = [
     "FINISHED",
     "NOT_STARTED",
     "PARKED",
+    "SLOT_SEARCH_SECONDS",
     "STATES",
     "TERMINAL",
     "Lifecycle",
@@ -79,6 +82,14 @@ _FIELDS = ("at", "expires", "max_runs", "run_immediately", "start_time", "tz")
 _UTC = timezone.utc
 #: crontabs that never match (``30 2 31 2 *``) stop the search after this many days
 _MAX_DAYS = 366 * 8
+#: Longest one slot search may take. Past it the search raises ScheduleTooCostly: the
+#: leader parks that entry (one WARNING) instead of holding its tick past the renew
+#: deadline, and a writer refuses the schedule.
+SLOT_SEARCH_SECONDS = 0.25
+#: the largest shift of a zone's wall clock at a transition (Lord Howe: 30 min, most: 1 h)
+_MAX_SHIFT = timedelta(hours=3)
+#: rrule frequencies whose periods have one length in wall-clock time, in seconds
+_FIXED_PERIOD = {WEEKLY: 7 * 86400, DAILY: 86400, HOURLY: 3600, MINUTELY: 60, SECONDLY: 1}
 
 
 # -- the value --------------------------------------------------------------------------
@@ -283,12 +294,32 @@ def resolve_local(wall: datetime, zone: tzinfo) -> datetime:
     return datetime.fromtimestamp(hi, tz=_UTC)
 
 
-def _crontab_walls(cron: crontab, after: datetime) -> Iterator[datetime]:
+class _Budget:
+    """Wall time left for one slot search (checked every 64 steps)."""
+
+    __slots__ = ("_steps", "_until")
+
+    def __init__(self) -> None:
+        self._until = time.perf_counter() + SLOT_SEARCH_SECONDS
+        self._steps = 0
+
+    def spend(self) -> None:
+        self._steps += 1
+        if not self._steps & 63 and time.perf_counter() > self._until:
+            raise ScheduleTooCostly(
+                f"finding the next run took more than {SLOT_SEARCH_SECONDS} s "
+                f"({self._steps} candidate times); use a rule with fewer occurrences, or "
+                "an rrule with a recent dtstart and no large count"
+            )
+
+
+def _crontab_walls(cron: crontab, after: datetime, budget: _Budget) -> Iterator[datetime]:
     """Naive local times matching ``cron`` strictly after the naive ``after``, in order."""
     minutes = sorted(cron.minute)
     hours = sorted(cron.hour)
     day: date = after.date()
     for _ in range(_MAX_DAYS):
+        budget.spend()
         if (
             day.month in cron.month_of_year
             and day.day in cron.day_of_month
@@ -304,35 +335,94 @@ def _crontab_walls(cron: crontab, after: datetime) -> Iterator[datetime]:
         day += timedelta(days=1)
 
 
-def _rrule_walls(rule: rrule, zone: tzinfo, after: datetime) -> Iterator[datetime]:
-    """The rrule's occurrences as naive local times in ``zone``, strictly after ``after``."""
+def _moved_start(rule: rrule, dtstart: datetime, after: datetime) -> datetime:
+    """A start for ``rule`` one to two intervals before ``after``, with the same occurrences
+    from there on: ``dtstart`` moved by a whole multiple of the rule's interval.
+
+    Moved by whole days, hours, minutes or seconds of wall time, the fields dateutil derives
+    from ``dtstart`` (time of day, weekday, the hours an HOURLY rule can reach) stay as
+    they are; monthly and yearly rules move to the first day of their month or year, with
+    the day derived from ``dtstart`` given explicitly (:func:`_day_defaults`). A rule with
+    a ``count`` counts from its own start and is not moved.
+    """
+    if rule.count is not None or after <= dtstart:
+        return dtstart
+    interval = max(int(rule.interval or 1), 1)
+    period = _FIXED_PERIOD.get(rule.freq)
+    if period is not None:
+        step = timedelta(seconds=period * interval)
+        steps = (after - dtstart) // step - 1
+        return dtstart + steps * step if steps > 0 else dtstart
+    if rule.freq == MONTHLY:
+        months = (after.year - dtstart.year) * 12 + after.month - dtstart.month
+        steps = months // interval - 1
+        if steps <= 0:
+            return dtstart
+        total = dtstart.month - 1 + steps * interval
+        return dtstart.replace(year=dtstart.year + total // 12, month=total % 12 + 1, day=1)
+    if rule.freq == YEARLY:
+        steps = (after.year - dtstart.year) // interval - 1
+        if steps <= 0:
+            return dtstart
+        return dtstart.replace(year=dtstart.year + steps * interval, month=1, day=1)
+    return dtstart
+
+
+def _day_defaults(rule: rrule, dtstart: datetime) -> dict[str, Any]:
+    """``bymonth``/``bymonthday``/``byweekday`` as dateutil derives them from ``dtstart``
+    when the rule names no day at all (so that a moved start does not change them)."""
+    if (
+        rule.byweekno is not None
+        or rule.byyearday is not None
+        or rule.bymonthday is not None
+        or rule.byweekday is not None
+        or rule.byeaster is not None
+    ):
+        return {}
+    if rule.freq == YEARLY:
+        month = rule.bymonth if rule.bymonth is not None else dtstart.month
+        return {"bymonth": month, "bymonthday": dtstart.day}
+    if rule.freq == MONTHLY:
+        return {"bymonthday": dtstart.day}
+    if rule.freq == WEEKLY:
+        return {"byweekday": dtstart.weekday()}
+    return {}
+
+
+def _rrule_walls(rule: rrule, zone: tzinfo, after: datetime, budget: _Budget) -> Iterator[datetime]:
+    """The rrule's occurrences as naive local times in ``zone``, strictly after ``after``.
+
+    The rule is walked once, from a start moved close to ``after`` (:func:`_moved_start`),
+    so the cost does not grow with the rule's age.
+    """
     dtstart = rule.dtstart.astimezone(zone).replace(tzinfo=None)
     until = None if rule.until is None else rule.until.astimezone(zone).replace(tzinfo=None)
+    by: dict[str, Any] = {
+        "bysetpos": rule.bysetpos,
+        "bymonth": rule.bymonth,
+        "bymonthday": rule.bymonthday,
+        "byyearday": rule.byyearday,
+        "byeaster": rule.byeaster,
+        "byweekno": rule.byweekno,
+        "byweekday": rule.byweekday,
+        "byhour": rule.byhour,
+        "byminute": rule.byminute,
+        "bysecond": rule.bysecond,
+    }
+    by.update(_day_defaults(rule, dtstart))
     local = dateutil_rrule(
         rule.freq,
-        dtstart=dtstart,
+        dtstart=_moved_start(rule, dtstart, after),
         interval=rule.interval,
         wkst=rule.wkst,
         count=rule.count,
         until=until,
-        bysetpos=rule.bysetpos,
-        bymonth=rule.bymonth,
-        bymonthday=rule.bymonthday,
-        byyearday=rule.byyearday,
-        byeaster=rule.byeaster,
-        byweekno=rule.byweekno,
-        byweekday=rule.byweekday,
-        byhour=rule.byhour,
-        byminute=rule.byminute,
-        bysecond=rule.bysecond,
+        **by,
     )
-    current = after
-    while True:
-        wall = local.after(current)
-        if wall is None:
-            return
-        yield wall
-        current = wall
+    for wall in local:
+        budget.spend()
+        if wall > after:
+            yield wall
 
 
 def slot_after(
@@ -341,21 +431,25 @@ def slot_after(
     """UTC seconds of the schedule's first slot strictly after ``after``; None: no more.
 
     Crontabs and rrules are evaluated in ``zone`` with the DST policy of
-    :func:`resolve_local`; intervals are zone-free.
+    :func:`resolve_local`; intervals are zone-free. A search that takes longer than
+    :data:`SLOT_SEARCH_SECONDS` raises :class:`~safe_redbeat.errors.ScheduleTooCostly`.
     """
     if isinstance(schedule, interval):
         if not schedule.relative:
             return after.timestamp() + float(schedule.run_every.total_seconds())
         left = remaining(after, schedule.run_every, now, relative=True)
         return float((now + left).timestamp())
+    budget = _Budget()
     walls: Iterator[datetime]
+    wall_after = after.astimezone(zone).replace(tzinfo=None)
     if isinstance(schedule, crontab):
-        walls = _crontab_walls(schedule, after.astimezone(zone).replace(tzinfo=None))
+        walls = _crontab_walls(schedule, wall_after, budget)
     elif isinstance(schedule, rrule):
-        # the local time of `after` minus the largest DST shift: an occurrence in a repeated
-        # hour may lie before `after`'s wall time and still after `after`
-        start = after.astimezone(zone).replace(tzinfo=None) - timedelta(hours=3)
-        walls = _rrule_walls(schedule, zone, start)
+        if after.astimezone(zone).utcoffset() != (after - _MAX_SHIFT).astimezone(zone).utcoffset():
+            # a transition just passed: an occurrence in a repeated hour may lie before
+            # `after`'s wall time and still after `after`
+            wall_after -= _MAX_SHIFT
+        walls = _rrule_walls(schedule, zone, wall_after, budget)
     else:
         left = schedule.remaining_estimate(after)
         return None if left is None else float((now + left).timestamp())
@@ -376,17 +470,16 @@ def first_slot(
 ) -> float | None:
     """:func:`slot_after` ``after``, but never before ``lifecycle.start_time``.
 
-    With a start time, an interval's first slot is the start time itself; a crontab's or
-    rrule's is its first matching time at or after it.
+    With a start time still ahead of ``after``, an interval's first slot is the start time
+    itself (however long the interval); a crontab's or rrule's is its first matching time
+    at or after it.
     """
-    slot = slot_after(schedule, after, now, zone)
     start = lifecycle.start_time
+    if start is not None and isinstance(schedule, interval) and after < start:
+        return start.timestamp()
+    slot = slot_after(schedule, after, now, zone)
     if slot is not None and start is not None and slot < start.timestamp():
-        if isinstance(schedule, interval):
-            base = start - schedule.run_every
-        else:
-            base = start - timedelta(seconds=1)
-        slot = slot_after(schedule, base, now, zone)
+        slot = slot_after(schedule, start - timedelta(seconds=1), now, zone)
     return slot
 
 

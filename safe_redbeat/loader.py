@@ -58,6 +58,8 @@ class Load:
 
     specs: list[EntrySpec] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: rows named like a ``beat_schedule`` entry (or Celery's own): the static one is kept
+    shadowed: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -137,7 +139,13 @@ def call_loader(
 
 
 def parse_specs(items: Iterable[Any], *, reserved: Iterable[str] = ()) -> Load:
-    """Turn loader items into EntrySpecs; each bad item is an error naming it."""
+    """Turn loader items into EntrySpecs; each bad item is an error naming it.
+
+    An item named in ``reserved`` (the static entries, :func:`.seeding.static_names`) is
+    left out and listed in ``Load.shadowed``: the static entry is kept. That is no error,
+    so it does not make the load incomplete (DatabaseScheduler writes Celery's
+    ``celery.backend_cleanup`` into django-celery-beat's table, for one).
+    """
     load = Load()
     seen: set[str] = set()
     reserved_names = set(reserved)
@@ -151,9 +159,7 @@ def parse_specs(items: Iterable[Any], *, reserved: Iterable[str] = ()) -> Load:
             load.errors.append(f"entry {spec.name!r}: returned more than once; first kept")
             continue
         if spec.name in reserved_names:
-            load.errors.append(
-                f"entry {spec.name!r}: also defined in beat_schedule; the static one is kept"
-            )
+            load.shadowed.append(spec.name)  # not an error: what to do is known
             continue
         seen.add(spec.name)
         load.specs.append(spec)

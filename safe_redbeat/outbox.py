@@ -4,9 +4,11 @@ The claim script records each claimed occurrence in ``<prefix>:pending``. The le
 publishes it; a chunk the broker accepted is acknowledged (its records deleted). What
 stays pending is republished with the same task id:
 
-* the broker did not answer: the records stay as they are (no attempt is counted, the
-  message is not at fault) and the leader claims nothing new until the broker answers, so
-  the outbox does not grow with every period of every entry;
+* the broker did not take them (see :mod:`.publisher` for how a broker fault is told
+  from a message's own): the records stay as they are (no attempt is counted, the message
+  is not at fault) and the leader claims nothing new, on any tick, until the broker takes
+  them again, so the outbox holds at most what was due when the broker went away and an
+  outage yields one run per entry (the republish, coalesced by :mod:`.catchup`);
 * the message failed on its own (options Celery rejects, arguments the task refuses): the
   attempt is counted on the record; after ``safe_redbeat_publish_attempts`` the record moves
   to ``<prefix>:dead`` with its last error and one ERROR line. ``safe-redbeat dead`` lists,
@@ -86,6 +88,8 @@ class Outbox:
     monotonic: Callable[[], float] = time.monotonic
     _failures: int = field(default=0, init=False)
     _retry_at: float = field(default=0.0, init=False)
+    #: the last publish was refused by the broker: claim nothing new until it takes one
+    refusing: bool = field(default=False, init=False)
     _dead_full_reported: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -98,6 +102,10 @@ class Outbox:
 
     def should_republish(self, pending: int) -> bool:
         return pending > 0 and self.monotonic() >= self._retry_at
+
+    def retry_in(self) -> float:
+        """Seconds until the next republish is due (0 if it is)."""
+        return max(self._retry_at - self.monotonic(), 0.0)
 
     def publish(
         self,
@@ -113,12 +121,18 @@ class Outbox:
         ack = signals.acking(self, self._ack, fence=fence, republished=republished)
         report = self.publisher.send(occurrences, fence=fence, ack=ack, keep_leading=keep_leading)
         if report.refused:
-            logger.error(
-                "beat: the broker refused %d messages (%s); they stay pending and are sent "
-                "again with the same task ids",
-                len(report.refused),
-                report.broker_error,
-            )
+            if not self.refusing:
+                logger.error(
+                    "beat: the broker refused %d messages (%s); they stay pending and are "
+                    "sent again with the same task ids; nothing new is claimed until then",
+                    len(report.refused),
+                    report.broker_error,
+                )
+            self.refusing = True
+            self._back_off()
+        elif self.refusing and (report.sent or report.failed):
+            logger.info("beat: the broker takes messages again")
+            self.refusing = False
         if report.failed:
             self._settle(report.failed, token)
         return report
@@ -152,12 +166,15 @@ class Outbox:
         )
         if report.sent:
             logger.info("beat: republished %d pending occurrences", len(report.sent))
-        if report.refused or report.failed:
-            self._failures += 1
-            self._retry_at = self.monotonic() + self._backoff.delay(self._failures)
-        else:
+        if report.failed and not report.refused:
+            self._back_off()
+        elif not report.refused:
             self._failures = 0
         return report
+
+    def _back_off(self) -> None:
+        self._failures += 1
+        self._retry_at = self.monotonic() + self._backoff.delay(self._failures)
 
     def _ack(self, sent: Sequence[Occurrence]) -> None:
         # Not fenced on purpose: an ack records a publish that happened. Refusing it

@@ -32,7 +32,7 @@ from .scripts import Remove, RemoveCode, Scripts, Upsert, UpsertCode
 from .specs import EntrySpec
 from .validation import check_name
 
-__all__ = ["ReconcileResult", "Reconciler"]
+__all__ = ["ReconcileResult", "Reconciler", "removals_held"]
 
 logger = get_logger("safe_redbeat.reconcile")
 
@@ -187,11 +187,15 @@ class Reconciler:
         dry_run: bool = False,
         renew: Callable[[], None] | None = None,
         max_removals: int | None = None,
+        hold_removals: bool | None = None,
     ) -> ReconcileResult:
         """Apply ``specs``; remove owned names they lack only if ``complete``.
 
         ``max_removals``: when more owned names would be removed, or ``specs`` is empty,
-        none is (``ReconcileResult.held``); None removes any number.
+        none is (``ReconcileResult.held``); None removes any number. ``hold_removals``
+        overrides that with the caller's verdict over the whole schedule (a sharded
+        schedule reconciles shard by shard, the guard counts every shard:
+        :func:`removals_held`).
 
         Entries are compared by the SHA1 of their definition inside Redis (``diff.lua``),
         so an unchanged entry costs no round trip of its own and no write.
@@ -246,11 +250,9 @@ class Reconciler:
             if renew is not None:
                 renew()
         removals = sorted(owned - set(desired)) if result.complete else []
-        if (
-            removals
-            and max_removals is not None
-            and (len(removals) > max_removals or len(removals) == len(owned))
-        ):
+        if hold_removals is None:
+            hold_removals = removals_held(len(removals), len(owned), max_removals)
+        if removals and hold_removals:
             result.held, removals = removals, []
         if dry_run:
             result.created = [c.spec.name for c in changes if c.new]
@@ -356,6 +358,14 @@ class Reconciler:
                     logger.info("%s: removed entry %r (no longer loaded)", self.source, name)
                 elif reply.code is RemoveCode.VERSION_CONFLICT:
                     result.conflicts.append(name)
+
+
+def removals_held(removing: int, owned: int, max_removals: int | None) -> bool:
+    """The removal guard: hold a load's removals when it would remove more than
+    ``max_removals`` of the ``owned`` entries, or all of them. None: no limit."""
+    return (
+        removing > 0 and max_removals is not None and (removing > max_removals or removing == owned)
+    )
 
 
 def _digest(definition: str, spec: EntrySpec) -> str:

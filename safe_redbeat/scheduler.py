@@ -24,6 +24,7 @@ from .balance import Balancer
 from .config import Settings
 from .connection import CLIENT_ERRORS
 from .errors import LeaseLost
+from .heartbeat import remove_heartbeat
 from .keys import Keys
 from .layout import Layout
 from .lease import Lease
@@ -134,7 +135,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         self._closed = True
         if self._client is not None:
             try:
-                self._client.delete(self.keys.replica(self.safe_settings.instance_name))
+                remove_heartbeat(self._client, self.keys, self.balancer.token)
             except REDIS_ERRORS as exc:
                 logger.debug("beat: heartbeat not removed: %s", exc)
         self.balancer.release_all("closing")

@@ -31,11 +31,11 @@ from .loader import (
     parse_specs,
     resolve,
 )
-from .reconcile import Reconciler, ReconcileResult
+from .reconcile import Reconciler, ReconcileResult, removals_held
 from .scripts import Scripts
 from .specs import EntrySpec
 
-__all__ = ["Seeder", "default_entries"]
+__all__ = ["Seeder", "default_entries", "static_names"]
 
 logger = get_logger("safe_redbeat")
 
@@ -58,9 +58,13 @@ class Seeder:
     #: this seeder's shard of a layout of ``shards``: only the entries it holds are written
     shard: int = 0
     shards: int = 1
+    #: the loader's ownership SET of every shard of the layout: the removal guard counts
+    #: the whole schedule, whichever shard reconciles
+    owned_keys: tuple[str, ...] = ()
     #: set when a claim found entries gone from Redis: seed again at the next tick
     reseed_needed: bool = field(default=False, init=False)
     _next_reconcile: float = field(default=0.0, init=False)
+    _shadowed: frozenset[str] = field(default=frozenset(), init=False)
 
     def seed(self, token: str, renew: Callable[[], None], reason: str = "") -> None:
         """Reconcile everything now, then mark the schedule as seeded."""
@@ -92,7 +96,7 @@ class Seeder:
         if self.settings.loader:
             result = ReconcileResult("loader", complete=False)
             with _contained("loader") as failure:
-                result = self._load(token, renew, reserved={s.name for s in static_specs})
+                result = self._load(token, renew, reserved=static_names(self.app))
             if failure:
                 result.errors.append(failure[0])
             _log(result)
@@ -126,14 +130,37 @@ class Seeder:
             return ReconcileResult("loader", errors=[str(exc)], complete=False)
         # every row is checked (an error anywhere makes the load incomplete in each shard)
         load = parse_specs(items, reserved=reserved)
+        self._say_shadowed(load.shadowed)
+        owned = self._owned_everywhere(versions)
+        removing = len(owned - {spec.name for spec in load.specs})
         return reconciler.run(
             self._mine(load.specs),
             versions=versions,
             token=token,
             errors=load.errors,
             renew=renew,
-            max_removals=self.settings.max_removals(len(versions)),
+            hold_removals=removals_held(
+                removing, len(owned), self.settings.max_removals(len(owned))
+            ),
         )
+
+    def _owned_everywhere(self, mine: Mapping[str, int]) -> set[str]:
+        """The names the loader owns in every shard (this one's from its snapshot)."""
+        owned = set(mine)
+        for key in self.owned_keys:
+            if key != self.keys.loaded:
+                owned.update(self.client.sscan_iter(key, count=1000))
+        return owned
+
+    def _say_shadowed(self, names: list[str]) -> None:
+        shadowed = frozenset(names)
+        if shadowed and shadowed != self._shadowed:
+            logger.warning(
+                "beat: loader rows also defined in beat_schedule (or Celery's own entries): "
+                "%s; the static entries are kept",
+                ", ".join(repr(name) for name in sorted(shadowed)[:10]),
+            )
+        self._shadowed = shadowed
 
     def _mine(self, specs: list[EntrySpec]) -> list[EntrySpec]:
         """The specs of entries this seeder's shard holds."""
@@ -143,8 +170,7 @@ class Seeder:
 
     def static_specs(self) -> tuple[list[EntrySpec], list[str]]:
         """``beat_schedule`` (and Celery's default entries) as EntrySpecs, and errors."""
-        desired: dict[str, Any] = dict(self.app.conf.beat_schedule or {})
-        desired.update(default_entries(self.app, desired))
+        desired = static_entries(self.app)
         specs: list[EntrySpec] = []
         errors: list[str] = []
         for name, spec in desired.items():
@@ -170,6 +196,18 @@ class Seeder:
             except Exception as exc:
                 errors.append(f"static entry {name!r} in beat_schedule is invalid: {exc}")
         return specs, errors
+
+
+def static_entries(app: Any) -> dict[str, Any]:
+    """``beat_schedule`` plus Celery's default entries, by name."""
+    desired: dict[str, Any] = dict(app.conf.beat_schedule or {})
+    desired.update(default_entries(app, desired))
+    return desired
+
+
+def static_names(app: Any) -> set[str]:
+    """Names the static entries hold: a loader row or write-through of one is left out."""
+    return set(static_entries(app))
 
 
 def default_entries(app: Any, desired: dict[str, Any]) -> dict[str, Any]:

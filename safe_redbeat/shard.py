@@ -72,9 +72,13 @@ class Shard:
                 token=self.leadership.token(),
                 keep_leading=self._keep_leading,
             )
-            if report.refused:  # claim nothing new while the broker refuses messages
-                return self.leadership.backoff()
+            if report.refused:
+                return self._wait_for_broker()
             coalesce(self.scheduler.client, self.keys, self.scheduler.app, report.sent, self._claim)
+        elif batch.pending and self.outbox.refusing:
+            # claim nothing new while the broker refuses what is pending: after the
+            # outage each entry runs once, not once per period it lasted
+            return self._wait_for_broker()
         while True:
             plan = self._plan(batch)
             claimed = self._claim(plan.ops) if plan.ops else []
@@ -83,8 +87,9 @@ class Shard:
             )
             for name in plan.skipped:
                 logger.info("beat: skipped a missed occurrence of %r (catch_up=skip)", name)
-            refused = bool(claimed) and bool(self._publish_claimed(claimed).refused)
-            if refused or batch.size < s.batch_size or not plan.ops:
+            if claimed and self._publish_claimed(claimed).refused:
+                return self._wait_for_broker()
+            if batch.size < s.batch_size or not plan.ops:
                 break
             self._keep_leading()
             batch = self._read_due()
@@ -94,6 +99,10 @@ class Shard:
         if plan.next_due_in is not None:
             waits.append(max(plan.next_due_in, 0.0))
         return min(waits)
+
+    def _wait_for_broker(self) -> float:
+        """The tick's delay while the broker refuses: until the next republish, renewing."""
+        return max(min(self.outbox.retry_in(), self.leadership.renew_in()), 0.05)
 
     def _read_due(self) -> DueBatch:
         return self.reader.read()

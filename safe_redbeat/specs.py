@@ -24,7 +24,7 @@ from redbeat.decoder import RedBeatJSONDecoder, RedBeatJSONEncoder
 from redbeat.schedules import rrule
 
 from .entries import StoredEntry, encode_definition, encode_schedule
-from .errors import InvalidEntry
+from .errors import InvalidEntry, ScheduleTooCostly
 from .lifecycle import (
     ACTIVE,
     Lifecycle,
@@ -32,6 +32,7 @@ from .lifecycle import (
     check_zone,
     once_schedule,
     resolve_local,
+    slot_after,
     state_of,
 )
 from .validation import check_json, check_name, check_options
@@ -229,7 +230,20 @@ def _convert_schedule(value: ScheduleLike, key: str) -> BaseSchedule:
         raise _invalid(key, "schedule", f"cannot be stored as RedBeat JSON: {exc}") from None
     if not isinstance(decoded, BaseSchedule):
         raise _invalid(key, "schedule", f"does not decode back to a schedule: {decoded!r}")
+    if isinstance(result, rrule):
+        _check_rrule(key, result)
     return result
+
+
+def _check_rrule(key: str, rule: rrule) -> None:
+    """The leader must be able to find the rule's next run within the search budget."""
+    now = datetime.now(timezone.utc)
+    try:
+        slot_after(rule, now, now, timezone.utc)
+    except ScheduleTooCostly as exc:
+        raise _invalid(key, "schedule", str(exc)) from None
+    except Exception as exc:  # dateutil's ValueError for by-values the rule never reaches
+        raise _invalid(key, "schedule", f"invalid rrule: {exc}") from None
 
 
 def check_expected_version(name: str, expected_version: int | None) -> None:

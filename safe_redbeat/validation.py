@@ -12,9 +12,13 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import kombu.compression
+import kombu.serialization
+
 from .errors import InvalidEntry
 
 __all__ = [
+    "BROKER_INTERNAL_KEYS",
     "MAX_NAME_BYTES",
     "RESERVED_OPTIONS",
     "check_json",
@@ -25,6 +29,7 @@ __all__ = [
 
 #: Longest entry name, in UTF-8 bytes (it is part of a Redis key and of every log line).
 MAX_NAME_BYTES = 512
+
 
 _MAX_JSON_DEPTH = 64
 
@@ -47,6 +52,16 @@ RESERVED_OPTIONS = frozenset(
         "parent_id",
     }
 )
+
+
+#: Keys kombu's Redis transport keeps for itself (``unacked_key`` and friends; bindings are
+#: ``_kombu.binding.<exchange>``): a queue of that name would push onto a hash or a set.
+BROKER_INTERNAL_KEYS = frozenset({"unacked", "unacked_index", "unacked_mutex"})
+_BROKER_INTERNAL_PREFIX = "_kombu."
+#: kombu's separator of a priority queue's key (``<queue>\x06\x16<priority>``)
+_PRIORITY_SEPARATOR = "\x06\x16"
+#: ``delivery_mode`` names kombu knows (an int is taken as is)
+_DELIVERY_MODES = frozenset({"transient", "persistent"})
 
 
 def _is_text(value: str) -> bool:
@@ -88,6 +103,14 @@ def check_name(name: object) -> str:
             "name",
             "must not start with ':' (it would collide with internal keys such as "
             "<prefix>:schedule, <prefix>:lock and <prefix>:pending)",
+        )
+    if "::" in name:
+        raise InvalidEntry(
+            name,
+            "name",
+            "must not contain '::', RedBeat's separator of internal keys: on a Redis shared "
+            "by several apps such a name could be another app's internal key (app 'app:' "
+            "with the name 'x::schedule' is the schedule of app 'app:x:')",
         )
     return name
 
@@ -172,6 +195,7 @@ def check_options(key: str, options: Mapping[str, Any]) -> None:
         value = options.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise InvalidEntry(key, f"options[{name!r}]", f"must be a number, got {value!r}")
+    _check_kombu_options(key, options)
     expires = options.get("expires")
     if expires is not None and (
         isinstance(expires, bool) or not isinstance(expires, int | float | str)
@@ -179,3 +203,53 @@ def check_options(key: str, options: Mapping[str, Any]) -> None:
         raise InvalidEntry(
             key, "options['expires']", f"must be seconds or an ISO 8601 time, got {expires!r}"
         )
+
+
+def _check_kombu_options(key: str, options: Mapping[str, Any]) -> None:
+    """Values kombu refuses when it publishes: each would fail every run of the entry."""
+    compression = options.get("compression")
+    if compression is not None:
+        try:
+            kombu.compression.get_encoder(compression)  # type: ignore[no-untyped-call,unused-ignore]
+        except KeyError:
+            known = ", ".join(sorted(kombu.compression.encoders()))  # type: ignore[no-untyped-call,unused-ignore]
+            raise InvalidEntry(
+                key,
+                "options['compression']",
+                f"unknown compression {compression!r}; kombu here knows {known} "
+                "(or their short names: gzip, bzip2, lzma, ...)",
+            ) from None
+    serializer = options.get("serializer")
+    if serializer is not None and serializer not in kombu.serialization.registry.name_to_type:
+        known = ", ".join(sorted(kombu.serialization.registry.name_to_type))
+        raise InvalidEntry(
+            key, "options['serializer']", f"unknown serializer {serializer!r}; one of {known}"
+        )
+    mode = options.get("delivery_mode")
+    if mode is not None and not (
+        (isinstance(mode, int) and not isinstance(mode, bool) and mode in (1, 2))
+        or mode in _DELIVERY_MODES
+    ):
+        raise InvalidEntry(
+            key,
+            "options['delivery_mode']",
+            f"must be 1, 2, 'transient' or 'persistent', got {mode!r}",
+        )
+    priority = options.get("priority")
+    if priority is not None and not (0 <= priority <= 255 and float(priority).is_integer()):
+        raise InvalidEntry(
+            key, "options['priority']", f"must be an integer from 0 to 255, got {priority!r}"
+        )
+    for name in ("queue", "routing_key"):
+        value = options.get(name)
+        if value is not None and (
+            value in BROKER_INTERNAL_KEYS
+            or value.startswith(_BROKER_INTERNAL_PREFIX)
+            or _PRIORITY_SEPARATOR in value
+        ):
+            raise InvalidEntry(
+                key,
+                f"options[{name!r}]",
+                f"{value!r} names a key the Redis broker keeps for itself (kombu's "
+                f"{', '.join(sorted(BROKER_INTERNAL_KEYS))}, _kombu.*); use another name",
+            )

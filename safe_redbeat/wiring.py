@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from celery.utils.log import get_logger
 
 from .connection import check_cluster_keys, sanitize_url, scheduler_client
-from .keys import Keys
+from .keys import Keys, isolates
 from .leadership import Leadership
 from .lease import Lease
 from .outbox import Outbox
@@ -50,6 +50,12 @@ def keys(app: Any, lock_key: str | None, shards: int) -> Keys:
     unsharded ones only with a hash tag in the prefix (checked here).
     """
     found = Keys.from_app(app)
+    if not isolates(found.prefix):
+        logger.warning(
+            "beat: redbeat_key_prefix %r does not end with ':' or holds '::': another app on "
+            "this Redis could share its keys; use a prefix like 'app:' (docs/storage-format.md)",
+            found.prefix,
+        )
     if lock_key:
         found = replace(found, lease=lock_key)
     elif not app.redbeat_conf.lock_key:
@@ -151,4 +157,5 @@ def seeder(shard: Shard) -> Seeder:
         loader_slot=scheduler._loader_slot,
         shard=shard.index,
         shards=scheduler.layout.shards,
+        owned_keys=tuple(keys.loaded for keys in scheduler.layout.all_keys()),
     )

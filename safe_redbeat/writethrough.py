@@ -28,8 +28,9 @@ from .connection import sanitize_url
 from .errors import InvalidEntry, Resharding
 from .layout import Layout
 from .loader import LoaderError, call_loader, parse_specs, resolve
-from .reconcile import Reconciler, ReconcileResult
+from .reconcile import Reconciler, ReconcileResult, removals_held
 from .schedule import Schedule, Shelf
+from .seeding import static_names
 from .specs import EntrySpec
 
 __all__ = ["remove_after_commit", "sync_once", "upsert_after_commit"]
@@ -58,11 +59,18 @@ def _layout(schedules: Schedule) -> Layout:
 
 def upsert_after_commit(schedules: Schedule, entry: EntrySpec | Mapping[str, Any]) -> bool:
     """Write one loader entry to Redis; False (logged) if it did not get there."""
-    load = parse_specs([entry])
+    load = parse_specs([entry], reserved=static_names(schedules.app))
     if load.errors:
         for error in load.errors:
             logger.error("write-through: %s; not written", error)
         return False
+    if load.shadowed:
+        logger.info(
+            "write-through: %r is also a beat_schedule entry (or Celery's own); the static "
+            "one is kept, nothing written",
+            load.shadowed[0],
+        )
+        return True
     (spec,) = load.specs
     try:
         layout = _layout(schedules)
@@ -105,7 +113,7 @@ def sync_once(
     ``safe_redbeat_loader_max_removals`` are held unless ``allow_removals``.
     """
     settings = Settings.from_app(schedules.app)
-    statics = set(schedules.app.conf.beat_schedule or {})
+    statics = static_names(schedules.app)
     try:
         layout = _layout(schedules)
     except Resharding as exc:
@@ -125,6 +133,12 @@ def sync_once(
     by_shard: list[list[EntrySpec]] = [[] for _ in reconcilers]
     for spec in load.specs:
         by_shard[layout.shard_of(spec.name)].append(spec)
+    # the removal guard counts the whole schedule, not shard by shard
+    owned = {name for versions in snapshots for name in versions}
+    removing = len(owned - {spec.name for spec in load.specs})
+    held = not allow_removals and removals_held(
+        removing, len(owned), settings.max_removals(len(owned))
+    )
     return ReconcileResult.merged(
         [
             reconciler.run(
@@ -132,7 +146,7 @@ def sync_once(
                 versions=versions,
                 errors=load.errors,
                 dry_run=dry_run,
-                max_removals=None if allow_removals else settings.max_removals(len(versions)),
+                hold_removals=held,
             )
             for reconciler, specs, versions in zip(reconcilers, by_shard, snapshots, strict=True)
         ]

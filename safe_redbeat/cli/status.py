@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 from datetime import datetime, timezone
 from typing import Any
 
@@ -18,7 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..config import Settings
 from ..errors import EntryNotFound, InvalidEntry
-from ..heartbeat import ReplicaStatus, read_heartbeat, read_heartbeats
+from ..heartbeat import ReplicaStatus, read_heartbeats, shared_names
 from ..keys import Keys
 from ..layout import Layout
 from ..lease import Holder, parse_token
@@ -64,7 +65,7 @@ def collect_status(ctx: Context) -> dict[str, Any]:
         "redis_url": ctx.url,
         "key_prefix": keys.prefix,
         "leader": _leader(lease, lease_pttl, replicas),
-        "replicas": [_replica_json(r) for r in replicas],
+        "replicas": [_replica_json(r, shared=frozenset(shared_names(replicas))) for r in replicas],
         "entries": int(entries),
         #: entries that will not run again (finished, expired, an rrule that ended)
         "not_scheduled": int(retired),
@@ -101,7 +102,6 @@ def _collect_sharded(ctx: Context, layout: Layout) -> dict[str, Any]:
         (secs, micros), *replies = pipe.execute()
     now = secs + micros / 1e6
     replicas = list(read_heartbeats(client, ctx.keys))
-    ages = {r.heartbeat.instance: r.age for r in replicas}
     shards: list[dict[str, Any]] = []
     due: list[tuple[float, str, Keys]] = []
     for index, keys in enumerate(shard_keys):
@@ -113,7 +113,7 @@ def _collect_sharded(ctx: Context, layout: Layout) -> dict[str, Any]:
             {
                 "index": index,
                 "prefix": keys.prefix,
-                "leader": _shard_leader(lease, ages),
+                "leader": _shard_leader(lease, replicas),
                 "retired": lease is not None and str(lease).startswith(RETIRED),
                 "lease_ttl": round(pttl / 1000, 3) if lease is not None and pttl >= 0 else None,
                 "entries": int(entries),
@@ -134,7 +134,10 @@ def _collect_sharded(ctx: Context, layout: Layout) -> dict[str, Any]:
         #: one lease per shard: see ``shards[].leader``
         "leader": None,
         "shards": shards,
-        "replicas": [_replica_json(r, shard_info=True) for r in replicas],
+        "replicas": [
+            _replica_json(r, shard_info=True, shared=frozenset(shared_names(replicas)))
+            for r in replicas
+        ],
         "entries": sum(s["entries"] for s in shards),
         "not_scheduled": sum(s["not_scheduled"] for s in shards),
         "pending": sum(s["pending"] for s in shards),
@@ -154,22 +157,39 @@ def _collect_sharded(ctx: Context, layout: Layout) -> dict[str, Any]:
     }
 
 
-def _shard_leader(lease: str | None, ages: dict[str, float]) -> dict[str, Any] | None:
+def _shard_leader(lease: str | None, replicas: list[ReplicaStatus]) -> dict[str, Any] | None:
     """The holder of one shard's lease (None: free or retired), from the lease value."""
     if lease is None or str(lease).startswith(RETIRED):
         return None
     holder = parse_token(str(lease))
-    age = ages.get(holder.name) if holder.fence is not None else None
+    beat = holder_beat(holder, replicas)
     return {
         "instance": holder.name,
         "host": holder.host or None,
         "pid": holder.pid,
         "fence": holder.fence,
-        "heartbeat_age": None if age is None else round(age, 3),
+        "heartbeat_age": None if beat is None else round(beat.age, 3),
     }
 
 
-def _replica_json(r: ReplicaStatus, *, shard_info: bool = False) -> dict[str, Any]:
+def holder_beat(holder: Holder | None, replicas: list[ReplicaStatus]) -> ReplicaStatus | None:
+    """The heartbeat of the replica process holding a lease (name, host and pid match)."""
+    if holder is None or holder.fence is None:
+        return None
+    return next(
+        (
+            r
+            for r in replicas
+            if (r.heartbeat.instance, r.heartbeat.host, r.heartbeat.pid)
+            == (holder.name, holder.host, holder.pid)
+        ),
+        None,
+    )
+
+
+def _replica_json(
+    r: ReplicaStatus, *, shard_info: bool = False, shared: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     data: dict[str, Any] = {
         "instance": r.heartbeat.instance,
         "role": r.heartbeat.role,
@@ -178,6 +198,9 @@ def _replica_json(r: ReplicaStatus, *, shard_info: bool = False) -> dict[str, An
         "leading_for": r.heartbeat.leading_for,
         "host": r.heartbeat.host,
         "pid": r.heartbeat.pid,
+        "token": r.heartbeat.token,
+        #: another live replica uses the same instance name (an ERROR in both logs)
+        "shared_name": r.heartbeat.instance in shared,
     }
     if shard_info:
         data.update(shards=list(r.heartbeat.shards), shard_count=r.heartbeat.shard_count)
@@ -202,16 +225,7 @@ def _leader(lease: str | None, pttl: int, replicas: list[ReplicaStatus]) -> dict
     if lease is None:
         return None
     holder = parse_token(str(lease))
-    beat = next(
-        (
-            r
-            for r in replicas
-            if holder.fence is not None
-            and r.heartbeat.instance == holder.name
-            and r.heartbeat.role == "leader"
-        ),
-        None,
-    )
+    beat = holder_beat(holder, replicas)
     return {
         "instance": holder.name,
         "host": holder.host or None,
@@ -340,7 +354,7 @@ def _format_shards(status: dict[str, Any]) -> list[str]:
         lines.append(
             table(("INSTANCE", "ROLE", "SHARDS", "LAST TICK", "HOST", "PID"), replica_rows, "  ")
         )
-    return lines
+    return lines + _shared_lines(replicas)
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -371,9 +385,23 @@ def format_status(status: dict[str, Any]) -> str:
             for r in replicas
         ]
         lines.append(table(("INSTANCE", "ROLE", "LAST TICK", "FENCE", "HOST", "PID"), rows, "  "))
+    lines += _shared_lines(replicas)
     lines += _format_counts(status)
     lines.append(f"Last reconcile: {_reconcile_text(status['last_reconcile'])}")
     return "\n".join(lines)
+
+
+def _shared_lines(replicas: list[dict[str, Any]]) -> list[str]:
+    """A warning per instance name that several live replicas use."""
+    shared: dict[str, int] = {}
+    for r in replicas:
+        if r.get("shared_name"):
+            shared[r["instance"]] = shared.get(r["instance"], 0) + 1
+    return [
+        f"WARNING: {count} live replicas use the instance name {name!r}: give each its own "
+        "safe_redbeat_instance_name (or leave it unset)"
+        for name, count in sorted(shared.items())
+    ]
 
 
 def _format_counts(status: dict[str, Any]) -> list[str]:
@@ -440,8 +468,7 @@ def check_health(
     limit = default_max_age(ctx.settings) if max_age is None else max_age
     layout = ctx.layout()
     if sharded(layout) and (cluster or leader):
-        name = None if cluster else instance or ctx.settings.instance_name
-        return _check_shards(ctx, layout, instance=name, limit=limit)
+        return _check_shards(ctx, layout, check_replica=not cluster, instance=instance, limit=limit)
     lease = ctx.client.get(ctx.keys.lease)
     holder = None if lease is None else parse_token(str(lease))
     result: dict[str, Any] = {
@@ -454,6 +481,7 @@ def check_health(
         "max_age": limit,
         "redis_reachable": True,
     }
+    replicas = list(read_heartbeats(ctx.client, ctx.keys))
     if cluster:
         if holder is None:
             result["reason"] = "no replica holds the lease"
@@ -462,9 +490,13 @@ def check_health(
         if holder.fence is None:
             result["reason"] = f"the lease is held by {holder.describe()}: no heartbeat to check"
             return result
+        status = holder_beat(holder, replicas)
     else:
-        result["instance"] = name = instance or ctx.settings.instance_name
-    status = read_heartbeat(ctx.client, ctx.keys, name)
+        name, status, problem = this_replica(ctx, replicas, instance)
+        result["instance"] = name
+        if problem:
+            result["reason"] = problem
+            return result
     tick = _heartbeat(result, name, status, limit)
     if status is None or tick is None:
         return result
@@ -473,7 +505,7 @@ def check_health(
         result["reason"] = f"{name} is stuck: {tick}"
     elif (cluster or leader) and role != "leader":
         result["reason"] = f"{name} is a {role}, not the leader; {tick}"
-    elif (cluster or leader) and (holder is None or holder.name != name):
+    elif (cluster or leader) and holder_beat(holder, [status]) is None:
         held = "nobody" if holder is None else holder.describe()
         result["reason"] = f"{name} says it leads, but the lease is held by {held}"
     else:
@@ -482,8 +514,48 @@ def check_health(
     return result
 
 
+def this_replica(
+    ctx: Context, replicas: list[ReplicaStatus], instance: str | None
+) -> tuple[str, ReplicaStatus | None, str]:
+    """The replica ``health`` checks: ``(name, its heartbeat, problem)``.
+
+    ``instance`` (``--instance``), else ``safe_redbeat_instance_name`` if set: the live
+    replica of that name, a problem if several use it. Else the replica on this host
+    (``<host>:<pid>`` names, one replica per pod): a problem if there are several.
+    """
+    name = instance or (ctx.settings.instance_name if ctx.settings.instance_named else None)
+    if name is not None:
+        found = [r for r in replicas if r.heartbeat.instance == name]
+        if len(found) > 1:
+            where = ", ".join(f"host {r.heartbeat.host} pid {r.heartbeat.pid}" for r in found)
+            return (
+                name,
+                None,
+                (
+                    f"{len(found)} live replicas use the instance name {name!r} ({where}): give "
+                    "each its own safe_redbeat_instance_name"
+                ),
+            )
+        return name, (found[0] if found else None), ""
+    host = socket.gethostname()
+    found = [r for r in replicas if r.heartbeat.host == host]
+    if len(found) > 1:
+        names = ", ".join(sorted(r.heartbeat.instance for r in found))
+        return (
+            host,
+            None,
+            (
+                f"{len(found)} replicas run on host {host} ({names}): name the one to check "
+                "with --instance"
+            ),
+        )
+    if found:
+        return found[0].heartbeat.instance, found[0], ""
+    return host, None, ""
+
+
 def _check_shards(
-    ctx: Context, layout: Layout, *, instance: str | None, limit: float
+    ctx: Context, layout: Layout, *, check_replica: bool, instance: str | None, limit: float
 ) -> dict[str, Any]:
     """``health --cluster`` (``instance`` None) or ``--role leader`` of a sharded layout.
 
@@ -492,18 +564,16 @@ def _check_shards(
     Unhealthy while ``reshard`` moves the schedule: no replica leads then.
     """
     leases = _shard_leases(ctx, layout)
-    holders = {h.name for h in leases if h is not None and h.fence is not None}
-    if instance is not None:
-        holders.add(instance)
-    beats = {name: read_heartbeat(ctx.client, ctx.keys, name) for name in sorted(holders)}
-    shards = []
-    for index, holder in enumerate(leases):
-        shards.append(_shard_health(index, holder, beats, limit))
+    replicas = list(read_heartbeats(ctx.client, ctx.keys))
+    shards = [
+        _shard_health(index, holder, holder_beat(holder, replicas), limit)
+        for index, holder in enumerate(leases)
+    ]
     result: dict[str, Any] = {
         "healthy": False,
-        "check": "replica" if instance is not None else "cluster",
+        "check": "replica" if check_replica else "cluster",
         "reason": "",
-        "instance": instance,
+        "instance": None,
         "role": None,
         "age": None,
         "max_age": limit,
@@ -515,8 +585,13 @@ def _check_shards(
         f"the schedule is being resharded ({layout.describe()}): no shard is led until the "
         "move ends"
     )
-    if instance is not None:
-        return _check_shard_leader(result, instance, beats.get(instance), limit, moving)
+    if check_replica:
+        name, beat, problem = this_replica(ctx, replicas, instance)
+        result["instance"] = name
+        if problem:
+            result["reason"] = problem
+            return result
+        return _check_shard_leader(result, name, beat, limit, moving, leases)
     ages = [s["age"] for s in shards if s["age"] is not None]
     result["age"] = max(ages) if ages else None
     if layout.moving:
@@ -553,7 +628,7 @@ def _shard_leases(ctx: Context, layout: Layout) -> list[Holder | None]:
 
 
 def _shard_health(
-    index: int, holder: Holder | None, beats: dict[str, ReplicaStatus | None], limit: float
+    index: int, holder: Holder | None, beat: ReplicaStatus | None, limit: float
 ) -> dict[str, Any]:
     found: dict[str, Any] = {
         "index": index,
@@ -569,7 +644,6 @@ def _shard_health(
     if holder.fence is None:
         found["reason"] = f"the lease is held by {holder.describe()}: no heartbeat to check"
         return found
-    beat = beats.get(holder.name)
     if beat is None:
         found["reason"] = f"no heartbeat from its leader {holder.name}"
         return found
@@ -587,13 +661,14 @@ def _check_shard_leader(
     status: ReplicaStatus | None,
     limit: float,
     moving: str,
+    leases: list[Holder | None],
 ) -> dict[str, Any]:
     """``health --role leader`` of a sharded layout: ``name`` leads one shard or more."""
     tick = _heartbeat(result, name, status, limit)
     if status is None or tick is None:
         return result
     role = status.heartbeat.role
-    held = [s["index"] for s in result["shards"] if s["leader"] == name]
+    held = [i for i, holder in enumerate(leases) if holder_beat(holder, [status]) is not None]
     count = len(result["shards"])
     if status.age > limit:
         result["reason"] = f"{name} is stuck: {tick}"

@@ -22,6 +22,7 @@ import pytest
 import redis
 from redbeat.schedulers import RedBeatSchedulerEntry
 
+from safe_redbeat.publisher import Publisher
 from testbed.beat import BeatCluster, BeatProcess, QueueAuditor
 from tests.chaos.cluster import to_sent, wait_for_leader
 from tests.chaos.model import Sent
@@ -30,6 +31,8 @@ from tests.chaos.workload import redbeat_app
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
 ENTRIES = 1000
+#: messages per broker batch (one Redis pipeline)
+PUBLISH_CHUNK = Publisher(None, lambda: None).chunk_size
 EVERY = 8
 LEASE = 3.0
 SETTINGS = {
@@ -197,7 +200,10 @@ def test_leader_frozen_mid_burst_longer_than_the_lease_sends_each_occurrence_und
     assert figures["missing_first_round"] == 0, text
     assert figures["missing_second_round"] == 0, text
     assert takeover and origin_pid(takeover[0]) == standby.pid, f"no takeover: {text}"
-    assert figures["old_leader_sends_after_resume"] <= 1, (
+    # frozen inside a broker batch (a Redis pipeline), the rest of that batch was already
+    # written to its socket: a resumed leader may finish that one batch, no more
+    in_flight = -figures["published_before_fault"] % PUBLISH_CHUNK
+    assert figures["old_leader_sends_after_resume"] <= max(in_flight, 1), (
         f"a resumed leader may finish the one publish it was in, no more: {text}"
     )
     assert leader.alive() and standby.alive(), f"a replica exited: {text}"

@@ -29,6 +29,7 @@ def test_tiny_run_prints_every_table_and_writes_docs(
         "Dispatch cost per due entry",
         "Redis commands for the dispatching tick(s)",
         "Construct + first tick until the first dispatch",
+        "Deciding one due entry (no Redis)",
         "Redis memory per entry after one run",
         "Loader reconcile against RedBeat's wipe-and-save",
         "Sharded dispatch: N due at once, K shards on K beat replicas",

@@ -45,7 +45,17 @@ STATUS_KEYS = {
     "last_reconcile",
 }
 LEADER_KEYS = {"instance", "host", "pid", "fence", "lease_ttl", "leading_for", "heartbeat_age"}
-REPLICA_KEYS = {"instance", "role", "age", "fence", "leading_for", "host", "pid"}
+REPLICA_KEYS = {
+    "instance",
+    "role",
+    "age",
+    "fence",
+    "leading_for",
+    "host",
+    "pid",
+    "token",
+    "shared_name",
+}
 DUE_KEYS = {"name", "due", "due_in", "state"}
 HEALTH_KEYS = {
     "healthy",
@@ -145,12 +155,15 @@ def holder_pid(client: redis.Redis) -> int | None:
 
 def heartbeat(client: redis.Redis, instance: str) -> tuple[dict[str, Any], float] | None:
     """The replica's heartbeat and its age (as the CLI computes it), or None."""
-    key = f"redbeat::replica:{instance}"
-    raw, pttl = client.get(key), client.pttl(key)
-    if raw is None or pttl < 0:
-        return None
-    data = json.loads(str(raw))
-    return data, data["ttl"] - pttl / 1000
+    for token in client.smembers("redbeat::replicas"):
+        key = "redbeat::replica:" + str(token)
+        raw, pttl = client.get(key), client.pttl(key)
+        if raw is None or pttl < 0:
+            continue
+        data = json.loads(str(raw))
+        if data["instance"] == instance:
+            return data, data["ttl"] - pttl / 1000
+    return None
 
 
 def beating(client: redis.Redis, instance: str, role: str) -> bool:

@@ -230,6 +230,33 @@ def test_a_patched_apply_entry_sees_each_occurrence_and_its_headers_are_sent(
     assert len(auditor.drain()) == 0, "the hook must not send by itself"
 
 
+def test_with_a_hook_a_pending_record_whose_entry_key_is_not_a_hash_stalls_nothing(
+    app: Celery, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hook's schedule lookup answered WRONGTYPE for the record's entry key; the tick
+    failed every time, so the good entry was never claimed."""
+    original = Scheduler.apply_entry
+
+    def patched(scheduler: Any, entry: Any, **kwargs: Any) -> Any:
+        return original(scheduler, entry, **kwargs)
+
+    monkeypatch.setattr(Scheduler, "apply_entry", patched)
+    redis_client.set("redbeat:ghost", "a string, not an entry hash")
+    record = {"entry": "ghost", "task": "noop", "args": [], "kwargs": {}, "options": {}}
+    redis_client.hset(KEYS.pending, "ghost-1", json.dumps({**record, "scheduled": 1, "fence": 1}))
+    auditor = QueueAuditor(redis_client)
+    add_due(app, ["good"])
+    scheduler = SafeRedBeatScheduler(app=app, monotonic=FakeClock())
+    try:
+        scheduler.tick()
+        scheduler.tick()
+    finally:
+        scheduler.close()
+    messages = auditor.wait_for(lambda m: len(m) >= 2, timeout=5)
+    assert sorted(m.headers["safe_redbeat_entry"] for m in messages) == ["ghost", "good"]
+    assert redis_client.hlen(KEYS.pending) == 0
+
+
 def test_dead_letters_are_signalled_once_and_counted(
     app: Celery, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

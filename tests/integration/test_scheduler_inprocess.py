@@ -147,7 +147,7 @@ def test_nothing_is_written_before_the_lease_is_held(
     standby.tick()
     assert not standby.is_leader
     written = {str(k) for k in redis_client.keys("*")} - {
-        str(k) for k in redis_client.keys("redbeat::replica:*")
+        str(k) for k in redis_client.keys("redbeat::replica*")
     }
     assert written == {KEYS.lease, "redbeat::statics"}
     assert redis_client.smembers("redbeat::statics") == {"removed-static"}

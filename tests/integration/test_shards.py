@@ -55,16 +55,16 @@ def test_shard_of_is_crc32_of_the_utf8_name_mod_k() -> None:
 def test_each_shard_has_its_own_hash_tag_and_layouts_share_no_key() -> None:
     three, two = Layout(KEYS, 3), Layout(KEYS, 2)
     assert [k.lease for k in three.all_keys()] == [
-        "{redbeat:0/3}::lock",
-        "{redbeat:1/3}::lock",
-        "{redbeat:2/3}::lock",
+        "{redbeat:#0/3}::lock",
+        "{redbeat:#1/3}::lock",
+        "{redbeat:#2/3}::lock",
     ]
     assert (
-        three.keys_for("report").entry("report") == f"{{redbeat:{shard_of('report', 3)}/3}}:report"
+        three.keys_for("report").entry("report") == f"{{redbeat:#{shard_of('report', 3)}/3}}:report"
     )
     assert not {k.prefix for k in three.all_keys()} & {k.prefix for k in two.all_keys()}
     tagged = Layout(Keys("{app}:", "{app}::lock"), 2)
-    assert tagged.keys(1).prefix == "{app:1/2}:"
+    assert tagged.keys(1).prefix == "{%7Bapp%7D:#1/2}:"
 
 
 def test_a_fresh_redis_takes_the_configured_layout_and_one_replica_leads_every_shard(
@@ -153,7 +153,10 @@ def test_a_replica_follows_the_layout_in_redis_not_its_setting(
     scheduler = replica(app, "a")
     scheduler.tick()
     assert scheduler.layout.shards == 2
-    assert [s.keys.prefix for s in scheduler.balancer.led()] == ["{redbeat:0/2}:", "{redbeat:1/2}:"]
+    assert [s.keys.prefix for s in scheduler.balancer.led()] == [
+        "{redbeat:#0/2}:",
+        "{redbeat:#1/2}:",
+    ]
     assert "safe_redbeat_shards = 3 is not used" in caplog.text
     scheduler.close()
 
@@ -212,7 +215,7 @@ def test_a_sharded_replica_never_touches_the_unsharded_keys(
     app.conf.beat_schedule = {"static": {"task": "noop", "schedule": 60.0}}
     scheduler.tick()
     touched: set[Any] = set(redis_client.keys("redbeat:*")) - set(
-        redis_client.keys("redbeat::replica:*")
+        redis_client.keys("redbeat::replica*")
     )
     assert touched == {KEYS.layout}
     owner = layout().keys_for("static")

@@ -233,13 +233,13 @@ class SentinelDeployment:
             "socket_timeout": socket_timeout,
             "socket_connect_timeout": socket_timeout,
         }
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
             self.sentinel_addresses,
             sentinel_kwargs={**bounded, "retry": Retry(NoBackoff(), 0)},
             decode_responses=True,
             **bounded,
         )
-        client: redis.Redis = sentinel.master_for(self.service)  # type: ignore[no-untyped-call]
+        client: redis.Redis = sentinel.master_for(self.service)  # type: ignore[no-untyped-call,unused-ignore]
         return client
 
     def switches(self) -> int:

@@ -11,7 +11,8 @@ import pytest
 
 pytest.importorskip("django_celery_beat")
 
-from safe_redbeat.entries import next_score_of, to_timestamp
+from safe_redbeat.entries import to_timestamp
+from safe_redbeat.lifecycle import writer_score
 from safe_redbeat.loader import parse_specs
 from tests.support import django_project
 
@@ -74,7 +75,7 @@ def test_an_interval_row_runs_when_django_celery_beat_would_run_it(
     row = models.PeriodicTask.objects.create(name="i", task="reports.ping", interval=interval)
     spec = spec_of(row)
     for last in LAST_RUNS:
-        ours = next_score_of(spec.schedule, last, NOW, celery_app())
+        ours = writer_score(spec.schedule, spec.lifecycle, last, 1, NOW)
         assert ours == max(django_next(row, last), to_timestamp(NOW)), (every, period, last)
 
 
@@ -95,7 +96,7 @@ def test_a_crontab_row_runs_when_django_celery_beat_would_run_it(
     row = models.PeriodicTask.objects.create(name="c", task="reports.ping", crontab=cron)
     spec = spec_of(row)
     for last in LAST_RUNS:
-        ours = next_score_of(spec.schedule, last, NOW, celery_app())
+        ours = writer_score(spec.schedule, spec.lifecycle, last, 1, NOW)
         assert ours == max(django_next(row, last), to_timestamp(NOW)), (fields, last)
 
 

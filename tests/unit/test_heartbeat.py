@@ -15,8 +15,8 @@ from tests.support import KEYS
 
 def _write_from_child() -> None:
     client = fakeredis.FakeRedis(decode_responses=True)
-    write_heartbeat(client, KEYS, Heartbeat("child", "standby", None, 0.0, 10.0))
-    written = json.loads(client.get(KEYS.replica("child")) or "{}")
+    write_heartbeat(client, KEYS, Heartbeat("child", "standby", None, 0.0, 10.0, token="t1"))
+    written = json.loads(client.get(KEYS.replica("t1")) or "{}")
     sys.exit(0 if written.get("pid") == os.getpid() else 1)
 
 

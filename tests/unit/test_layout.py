@@ -60,7 +60,7 @@ def test_the_setting_is_checked_at_start(value: object) -> None:
 )
 def test_a_heartbeat_with_garbage_shards_is_not_a_heartbeat(extra: str) -> None:
     raw = '{"instance":"a","role":"leader","fence":1,"leading_for":1.0,"ttl":10.0,' + extra + "}"
-    assert _decode(raw, 5000) is None
+    assert _decode(raw, 5000, "t") is None
     good = '{"instance":"a","role":"leader","fence":1,"leading_for":1.0,"ttl":10.0}'
-    decoded = _decode(good, 5000)
+    decoded = _decode(good, 5000, "t")
     assert decoded is not None and decoded.heartbeat.shards == ()

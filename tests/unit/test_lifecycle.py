@@ -10,7 +10,14 @@ from celery.schedules import crontab, schedule
 
 from safe_redbeat.entries import StoredEntry, to_timestamp
 from safe_redbeat.errors import InvalidEntry
-from safe_redbeat.lifecycle import EXPIRED, FINISHED, Lifecycle, decide, once_schedule
+from safe_redbeat.lifecycle import (
+    EXPIRED,
+    FINISHED,
+    Lifecycle,
+    decide,
+    once_schedule,
+    writer_score,
+)
 from safe_redbeat.specs import EntrySpec
 
 NOW = datetime(2026, 6, 1, 14, 0, 0, tzinfo=timezone.utc)
@@ -93,6 +100,19 @@ def test_start_time_and_expires_bound_the_runs() -> None:
     late = Lifecycle(expires=NOW - timedelta(hours=1))
     gone = decide(entry(last=NOW - timedelta(hours=3), lc=late), NOW)
     assert not gone.send and gone.state == EXPIRED
+
+
+def test_an_intervals_start_time_is_its_first_run_however_long_the_interval() -> None:
+    soon = NOW + timedelta(seconds=60)
+    hourly = Lifecycle(start_time=soon)
+    created = decide(entry(lc=hourly), NOW)  # no run history: anchored now
+    assert not created.send and created.new_score == to_timestamp(soon)
+    anchored = decide(entry(last=NOW - timedelta(seconds=1), lc=hourly), NOW)
+    assert anchored.new_score == to_timestamp(soon)
+    assert writer_score(schedule(timedelta(hours=1)), hourly, NOW, 0, NOW) == to_timestamp(soon)
+    # once it ran at its start time, every interval from that run
+    ran = decide(entry(last=soon, runs=1, lc=hourly), NOW + timedelta(hours=2))
+    assert ran.send and ran.new_score == to_timestamp(NOW + timedelta(hours=3))
 
 
 def test_a_recorded_terminal_state_is_never_sent() -> None:

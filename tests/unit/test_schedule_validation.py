@@ -169,6 +169,44 @@ def test_args_kwargs_and_options_must_be_plain_json(overrides: dict[str, Any], f
     assert error.key == "e"
 
 
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"compression": "zstd-typo"}, "options['compression']"),
+        ({"serializer": "nope"}, "options['serializer']"),
+        ({"delivery_mode": "x"}, "options['delivery_mode']"),
+        ({"delivery_mode": 3}, "options['delivery_mode']"),
+        ({"priority": 3.5}, "options['priority']"),
+        ({"priority": 256}, "options['priority']"),
+        ({"queue": "_kombu.binding.celery"}, "options['queue']"),
+        ({"queue": "unacked"}, "options['queue']"),
+        ({"queue": "unacked_index"}, "options['queue']"),
+        ({"routing_key": "unacked_mutex"}, "options['routing_key']"),
+        ({"queue": "q\x06\x163"}, "options['queue']"),
+    ],
+)
+def test_options_kombu_cannot_send_are_rejected_when_written(
+    options: dict[str, Any], field: str
+) -> None:
+    """Each would fail every publish of the entry (kombu raises, or the queue's key holds
+    a set or hash of the broker's own)."""
+    assert invalid(lambda: spec(options=options)).field == field
+
+
+def test_options_kombu_sends_are_accepted() -> None:
+    spec(
+        options={
+            "compression": "gzip",
+            "serializer": "json",
+            "delivery_mode": "persistent",
+            "priority": 9,
+            "queue": "reports",
+            "routing_key": "reports",
+        }
+    )
+    spec(options={"delivery_mode": 1, "priority": 0.0})
+
+
 def test_deeply_nested_values_are_rejected_not_recursed_forever() -> None:
     value: list[Any] = []
     value.append(value)
