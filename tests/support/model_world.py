@@ -273,6 +273,7 @@ class World:
         )
         for tag, hits in self.oracle.known_hits.items():
             STATS[f"known bug hit: {tag}"] += hits
+        STATS["second sends while a queue was refused"] += self.oracle.resends
         STATS["slowest tick (ms)"] = max(STATS["slowest tick (ms)"], int(self.slowest_tick * 1000))
 
     # -- time --------------------------------------------------------------------------
@@ -350,8 +351,7 @@ class World:
         if stuck:
             self.oracle.problem(
                 f"after settling at {t(self.now)}: pending records of entries whose queue "
-                f"takes messages: {stuck}",
-                "refusal-is-outage" if self.refused else "",
+                f"takes messages: {stuck}"
             )
         overdue: list[str] = []  # due more than two polls ago
         for keys in layout.all_keys():
