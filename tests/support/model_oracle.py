@@ -235,6 +235,8 @@ class Oracle:
         self.refusals: list[tuple[int, int | None]] = []
         #: second sends of one task id while a queue was refused (documented)
         self.resends = 0
+        #: seqs of leaders frozen inside a publish
+        self.pauses: list[int] = []
 
     # -- time in messages -------------------------------------------------------------
 
@@ -442,12 +444,14 @@ class Oracle:
         for earlier, later in pairs:
             assert earlier.sent_at is not None
             if later.scheduled < earlier.sent_at - TOLERANCE:
+                frozen = any(earlier.claim_seq <= p <= later.claim_seq for p in self.pauses)
                 self.problem(
                     f"{life.name!r} ({life.spec.describe(self.t)}): two runs for one outage: "
                     f"the run scheduled at {self.t(earlier.scheduled)} went out at "
                     f"{self.t(earlier.sent_at)} (task {earlier.task_id}), the one scheduled at "
                     f"{self.t(later.scheduled)} (before that) went out at "
-                    f"{self.t(later.sent_at)} (task {later.task_id})"
+                    f"{self.t(later.sent_at)} (task {later.task_id})",
+                    "frozen-republish" if frozen else "",
                 )
 
     def check_waiting(self, now: float, scores: dict[str, float | None]) -> None:

@@ -3,7 +3,8 @@
 * The schedule's Redis runs under libfaketime with a frozen clock the test moves
   (:class:`~testbed.redis_server.ServerClock`): Redis ``TIME`` (the scheduler's "now"),
   lease TTLs and heartbeats follow it, and the replicas' injected monotonic clock moves
-  by the same amounts. Nothing moves on its own, so a run replays exactly.
+  by the same amounts. Nothing moves on its own: a step sees the same times in every
+  run, so a failing sequence replays (the broker's connection handling is real, though).
 * The broker is a Redis of its own (AOF on), so it can go away alone: stopped and started
   again with its data, or refusing one entry's messages (that queue's key holds a SET:
   WRONGTYPE on LPUSH).
@@ -19,8 +20,6 @@ import random
 import time
 import traceback
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,7 +48,6 @@ __all__ = [
     "STATICS",
     "ModelServers",
     "World",
-    "model_servers",
 ]
 
 #: Lease settings of the replicas (the defaults, with a shorter backoff cap).
@@ -145,12 +143,6 @@ class ModelServers:
                 client.flushall()
             finally:
                 client.close()
-
-
-@contextmanager
-def model_servers(workdir: Path) -> Iterator[ModelServers]:
-    with ModelServers(workdir) as servers:
-        yield servers
 
 
 #: What the runs of this process did, summed by :meth:`World.close` (printed by the test).
@@ -582,7 +574,8 @@ class World:
             if self.servers.broker.running():
                 self.broker_stop()
         elif kind == "pause":
-            self._next(f"paused mid-publish of {occurrence.entry!r} for {self.lease + 1:g}s")
+            seq = self._next(f"paused mid-publish of {occurrence.entry!r} for {self.lease + 1:g}s")
+            self.oracle.pauses.append(seq)
             self.advance(self.lease + 1)
         else:
             shard = self.layout().shard_of(occurrence.entry)
