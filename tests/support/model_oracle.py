@@ -235,8 +235,8 @@ class Oracle:
         self.refusals: list[tuple[int, int | None]] = []
         #: second sends of one task id while a queue was refused (documented)
         self.resends = 0
-        #: seqs of leaders frozen inside a publish
-        self.pauses: list[int] = []
+        #: seqs of leases lost inside a publish (the leader frozen past it, or it deleted)
+        self.lost_mid_publish: list[int] = []
 
     # -- time in messages -------------------------------------------------------------
 
@@ -444,14 +444,16 @@ class Oracle:
         for earlier, later in pairs:
             assert earlier.sent_at is not None
             if later.scheduled < earlier.sent_at - TOLERANCE:
-                frozen = any(earlier.claim_seq <= p <= later.claim_seq for p in self.pauses)
+                lost = any(
+                    earlier.claim_seq <= seq <= later.claim_seq for seq in self.lost_mid_publish
+                )
                 self.problem(
                     f"{life.name!r} ({life.spec.describe(self.t)}): two runs for one outage: "
                     f"the run scheduled at {self.t(earlier.scheduled)} went out at "
                     f"{self.t(earlier.sent_at)} (task {earlier.task_id}), the one scheduled at "
                     f"{self.t(later.scheduled)} (before that) went out at "
                     f"{self.t(later.sent_at)} (task {later.task_id})",
-                    "frozen-republish" if frozen else "",
+                    "lease-lost-in-republish" if lost else "",
                 )
 
     def check_waiting(self, now: float, scores: dict[str, float | None]) -> None:

@@ -575,11 +575,11 @@ class World:
                 self.broker_stop()
         elif kind == "pause":
             seq = self._next(f"paused mid-publish of {occurrence.entry!r} for {self.lease + 1:g}s")
-            self.oracle.pauses.append(seq)
+            self.oracle.lost_mid_publish.append(seq)
             self.advance(self.lease + 1)
         else:
             shard = self.layout().shard_of(occurrence.entry)
-            self._next(f"mid-publish of {occurrence.entry!r}:")
+            self.oracle.lost_mid_publish.append(self._next(f"mid-publish of {occurrence.entry!r}:"))
             self.steal_lease(shard, "delete")
 
     def wipe(self) -> None:
