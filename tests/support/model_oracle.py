@@ -473,10 +473,17 @@ class Oracle:
                 continue
             bound = max(first, life.specs[-1].at)
             if score > bound + TOLERANCE:
+                stale = any(
+                    seen.entry == name
+                    and seen.incarnation is not life
+                    and (seen.sent_seq or 0) > life.created_seq
+                    for seen in self.seen.values()
+                )
                 self.problem(
                     f"{name!r} ({spec.describe(self.t)}), written at {self.t(life.created_at)}: "
                     f"its first run should be at {self.t(first)}, Redis has it at "
-                    f"{self.t(score)}"
+                    f"{self.t(score)}",
+                    "old-republish-coalesces-new" if stale else "",
                 )
 
     def unsent(self) -> list[Seen]:
