@@ -226,6 +226,8 @@ class Oracle:
         self.known_hits: dict[str, int] = {}
         self.lives: dict[str, list[Incarnation]] = {}
         self.seen: dict[str, Seen] = {}
+        #: task ids by (entry, scheduled, manual): one each
+        self.ids: dict[tuple[str, int, bool], set[str]] = {}
         self.problems: list[str] = []
         #: seq of the last wipe of the schedule's Redis (claims before it may be lost)
         self.wiped_seq = -1
@@ -362,6 +364,13 @@ class Oracle:
             self.problem(
                 f"{entry!r}: task id {task_id} is not derived from the entry and its "
                 f"scheduled time {self.t(scheduled)}"
+            )
+        ids = self.ids.setdefault((entry, scheduled, manual), set())
+        ids.add(task_id)
+        if len(ids) > 1:
+            self.problem(
+                f"{entry!r}: the {'manual run' if manual else 'occurrence'} at "
+                f"{self.t(scheduled)} was claimed under {len(ids)} task ids: {sorted(ids)}"
             )
         life = self._life_at(entry, seq)
         seen = Seen(task_id, entry, scheduled, manual, seq, at, life)
