@@ -465,19 +465,28 @@ class Oracle:
                     "lease-lost-in-republish" if lost else "",
                 )
 
-    def check_waiting(self, now: float, scores: dict[str, float | None]) -> None:
-        """Entries that never ran and wait for their first slot: the score Redis holds
-        (``scores``, by name) is not later than that slot (or the last write, if later)."""
-        for name, score in scores.items():
+    def check_waiting(
+        self, now: float, scores: dict[str, tuple[float | None, float | None]]
+    ) -> None:
+        """Entries that never ran and wait for their first slot: the score Redis holds is
+        not later than that slot (or the last write, if later). ``scores``: by name, the
+        score and the anchor ``meta.last_run_at`` records (used only for an entry created
+        with ``run_immediately``, which the leader anchors when it reads it without)."""
+        for name, (score, anchor) in scores.items():
             life = self.current(name)
             if life is None or life.static or life.claims or score is None or score < 0:
                 continue
             spec = life.spec
             if not spec.enabled or life.requests:
                 continue
-            if not life.anchored and not spec.run_immediately:
-                continue  # anchored by the leader when it reads it: no upper bound here
-            first = life.first_slot(spec)
+            if life.anchored:
+                first = life.first_slot(spec)
+            elif anchor is not None:  # anchored by the leader: run_immediately is moot
+                first = spec.first_slot(anchor, anchored=True)
+            elif spec.run_immediately:
+                first = life.first_slot(spec)
+            else:
+                continue  # the leader anchors it when it reads it: no bound yet
             if first is None or now >= first:
                 continue
             bound = max(first, life.specs[-1].at)

@@ -32,6 +32,7 @@ from redbeat.schedules import rrule
 
 from safe_redbeat import SafeRedBeatScheduler, Schedule
 from safe_redbeat.dispatch import Occurrence
+from safe_redbeat.entries import decode_meta
 from safe_redbeat.errors import EntryNotFound, InvalidEntry, SafeRedBeatError
 from safe_redbeat.keys import Keys
 from safe_redbeat.layout import Layout, read_layout
@@ -414,15 +415,21 @@ class World:
         """The layout stored in the schedule's Redis."""
         return read_layout(self.client, BASE)
 
-    def scores(self) -> dict[str, float | None]:
-        """The schedule score of each managed name in the layout in use."""
+    def scores(self) -> dict[str, tuple[float | None, float | None]]:
+        """Of each managed name in the layout in use: its schedule score, and the last run
+        (or creation anchor) its ``meta`` records."""
         layout = self.layout()
         with self.client.pipeline(transaction=False) as pipe:
             for name in NAMES:
                 keys = layout.keys_for(name)
                 pipe.zscore(keys.schedule, keys.entry(name))
+                pipe.hget(keys.entry(name), "meta")
             found = pipe.execute()
-        return dict(zip(NAMES, found, strict=True))
+        scores = {}
+        for name, score, meta in zip(NAMES, found[::2], found[1::2], strict=True):
+            last_run_at, _runs = decode_meta(name, meta)
+            scores[name] = (score, None if last_run_at is None else last_run_at.timestamp())
+        return scores
 
     def check(self) -> None:
         """The checks that read Redis after any step."""
