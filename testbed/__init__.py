@@ -1,6 +1,7 @@
 """Real processes for the tests, the benchmarks and the examples (not part of the wheel).
 
-* :mod:`testbed.redis_server` - a throwaway Redis-compatible server on 127.0.0.1
+* :mod:`testbed.redis_server` - a throwaway Redis-compatible server on 127.0.0.1, with
+  a wall clock the test sets when started under libfaketime (``ServerClock``)
 * :mod:`testbed.beat` - real ``celery beat`` replicas of :mod:`testbed.beatapp`, and a
   broker-side view of the messages they sent
 * :mod:`testbed.cluster` - a throwaway Redis Cluster (3 primaries, 1 replica each)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import redis
@@ -102,14 +103,77 @@ def kill_process(proc: subprocess.Popen[bytes] | None, timeout: float | None = N
     proc.wait(timeout)
 
 
+def libfaketime_library() -> str:
+    """The ``libfaketime.so.1`` the ``libfaketime`` package of the test extra ships."""
+    try:
+        path = Path(str(importlib.resources.files("libfaketime"))) / "vendor" / "libfaketime"
+    except ModuleNotFoundError:
+        raise RuntimeError(
+            "the libfaketime package is not installed (pip install libfaketime)"
+        ) from None
+    library = path / "src" / "libfaketime.so.1"
+    if not library.is_file():
+        raise RuntimeError(f"libfaketime ships no library at {library}")
+    return str(library)
+
+
+class ServerClock:
+    """The wall clock of a server started under libfaketime, frozen where the test sets it.
+
+    Redis' ``TIME``, key expiry and TTLs follow it; the server's monotonic clock (its event
+    loop) stays real. ``advance(3600)`` is a jump of an hour; nothing moves on its own, so
+    a run replays exactly. Fractions of a second are kept (microseconds).
+    """
+
+    def __init__(self, path: Path, start: float) -> None:
+        self.path = path
+        self.now = 0.0
+        self.set(start)
+
+    def env(self) -> dict[str, str]:
+        """What the server process needs in its environment."""
+        return {
+            "LD_PRELOAD": libfaketime_library(),
+            "FAKETIME_TIMESTAMP_FILE": str(self.path),
+            "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            "TZ": "UTC",
+        }
+
+    def set(self, epoch: float) -> None:
+        """Freeze the clock at ``epoch`` (UTC seconds); written atomically."""
+        moment = datetime.fromtimestamp(epoch, tz=timezone.utc)
+        text = moment.strftime("%Y-%m-%d %H:%M:%S.%f") + "\n"
+        scratch = self.path.with_name(self.path.name + ".new")
+        scratch.write_text(text)
+        os.replace(scratch, self.path)
+        self.now = epoch
+
+    def advance(self, seconds: float) -> float:
+        """Move the clock forward by ``seconds``; the new time."""
+        if seconds < 0:
+            raise ValueError(f"the clock only moves forward, got {seconds!r}")
+        self.set(round(self.now + seconds, 6))
+        return self.now
+
+
 class RedisServer:
-    """One server process on a fixed port; restartable on that same port."""
+    """One server process on a fixed port; restartable on that same port.
+
+    ``clock``: run the server under libfaketime with this clock (see :class:`ServerClock`).
+    """
 
     def __init__(
-        self, port: int | None = None, *, appendonly: bool = False, workdir: Path | None = None
+        self,
+        port: int | None = None,
+        *,
+        appendonly: bool = False,
+        workdir: Path | None = None,
+        clock: ServerClock | None = None,
     ) -> None:
         self.port: int = port if port is not None else free_port()
         self.appendonly = appendonly
+        self.clock = clock
         self._owns_workdir = workdir is None
         self.workdir = workdir if workdir is not None else Path(tempfile.mkdtemp(prefix="redis-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -147,9 +211,11 @@ class RedisServer:
         if self.appendonly:
             argv += ["--appendfsync", "always"]
         argv += ["--dir", str(self.workdir), "--daemonize", "no"]
+        env = None if self.clock is None else {**os.environ, **self.clock.env()}
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 argv,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
