@@ -82,18 +82,7 @@ TIMEOUT = 3600 if PROFILE == "model-long" else 300
 #: Tags of bugs already reported, each with an xfail regression test in
 #: test_model_regressions.py: the oracle counts their findings without failing.
 #: SAFE_REDBEAT_MODEL_KNOWN=1 fails on them too.
-KNOWN: frozenset[str] = (
-    frozenset()
-    if os.environ.get("SAFE_REDBEAT_MODEL_KNOWN") == "1"
-    else frozenset(
-        {
-            "rrule-update-lost",  # test_an_update_to_an_rrule_schedule_is_written
-            "one-off-after-expiry",  # test_a_one_off_missed_until_after_its_expiry_is_not_sent
-            "lease-lost-in-republish",  # test_a_lease_lost_in_a_republish_leaves_one_catch_up_run
-            "old-republish-coalesces-new",  # test_a_deleted_entry_s_late_republish_...
-        }
-    )
-)
+KNOWN: frozenset[str] = frozenset()  # every bug found so far is fixed
 
 
 # -- what to write ------------------------------------------------------------------------

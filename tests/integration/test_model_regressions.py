@@ -125,12 +125,6 @@ def test_a_refused_message_costs_its_batch_one_resend_at_most(world: World) -> N
     assert len(sends) >= 8  # 'b' kept running meanwhile
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Schedule.update(schedule=<rrule>) writes nothing when the entry has a crontab or "
-    "another rrule: RedBeat's rrule inherits celery's schedule.__eq__ (compares run_every), so "
-    "the two compare equal and update() returns 'nothing to change'",
-)
 def test_an_update_to_an_rrule_schedule_is_written(world: World) -> None:
     now = utc(int(world.now))
     schedule = world.schedule
@@ -142,11 +136,6 @@ def test_an_update_to_an_rrule_schedule_is_written(world: World) -> None:
     assert info.version == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a one-off whose time passed while no leader ticked is sent however long after "
-    "its expires (no check against expires + catch_up_grace_seconds)",
-)
 def test_a_one_off_missed_until_after_its_expiry_is_not_sent(world: World) -> None:
     world.tick_all()
     now = int(world.now)
@@ -157,12 +146,6 @@ def test_a_one_off_missed_until_after_its_expiry_is_not_sent(world: World) -> No
     assert world.client.hget(BASE.entry("a"), "state") == "expired"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a leader that loses its lease while it republishes a pending occurrence (frozen "
-    "past it, or the key deleted) has sent it but cannot make the coalescing claim: the next "
-    "leader sends the slot that passed meanwhile too, two runs for one outage seconds apart",
-)
 @pytest.mark.parametrize("fault", ["pause", "lease-delete"])
 def test_a_lease_lost_in_a_republish_leaves_one_catch_up_run(world: World, fault: str) -> None:
     world.tick_all()
@@ -183,11 +166,6 @@ def test_a_lease_lost_in_a_republish_leaves_one_catch_up_run(world: World, fault
     assert world.oracle.problems == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the late republish of a deleted entry's pending occurrence counts as the catch-up "
-    "run of the new entry of that name: coalescing skips the new entry's first slot",
-)
 def test_a_deleted_entry_s_late_republish_keeps_the_new_entry_s_first_run(world: World) -> None:
     world.tick_all()
     world.upsert("a", Spec(Plan("interval", every=15), run_immediately=True))

@@ -32,7 +32,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from safe_redbeat.dispatch import task_id_for
+from safe_redbeat.model.occurrence import task_id_for
 
 __all__ = [
     "GRACE",

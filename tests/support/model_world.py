@@ -31,13 +31,13 @@ from celery.schedules import crontab
 from redbeat.schedules import rrule
 
 from safe_redbeat import SafeRedBeatScheduler, Schedule
-from safe_redbeat.dispatch import Occurrence
-from safe_redbeat.entries import decode_meta
 from safe_redbeat.errors import EntryNotFound, InvalidEntry, SafeRedBeatError
-from safe_redbeat.keys import Keys
-from safe_redbeat.layout import Layout, read_layout
-from safe_redbeat.reshard import reshard
-from safe_redbeat.specs import EntrySpec, ScheduleLike
+from safe_redbeat.model.codec import decode_meta
+from safe_redbeat.model.occurrence import Occurrence
+from safe_redbeat.model.specs import EntrySpec, ScheduleLike
+from safe_redbeat.store.keys import Keys
+from safe_redbeat.store.layout import Layout, read_layout
+from safe_redbeat.sync.reshard import reshard
 from testbed.beat import Message
 from testbed.redis_server import RedisServer, ServerClock
 from tests.support.inprocess import FakeClock
@@ -563,8 +563,8 @@ class World:
         old = self.replicas[index]
         if graceful:
             old.close()
-        elif old._client is not None:
-            old._client.close()  # its connections die with it; nothing is released
+        elif old.binding.has_client:
+            old.client.close()  # its connections die with it; nothing is released
         old.app.close()
         self.generations[index] = self.generations.get(index, 0) + 1
         self.replicas[index] = self._replica(index, self.generations[index])
