@@ -25,9 +25,9 @@ Profiles (environment variable ``SAFE_REDBEAT_MODEL``):
   tests/integration/test_model.py``), a run on purpose: up to an hour, stops at the
   first failure. ``-s`` prints what the examples did (steps, sends, known bugs hit).
 
-A finding of a bug already reported (each has an xfail test in
-test_model_regressions.py, tagged in :data:`KNOWN`) is counted, not failed, so the run
-goes on to find others; ``SAFE_REDBEAT_MODEL_KNOWN=1`` fails on those too.
+While a bug it found is open, its tag in :data:`KNOWN` has the oracle count its findings
+instead of failing, so a long run goes on to find others (``SAFE_REDBEAT_MODEL_KNOWN=1``
+fails on them too); every bug found so far is fixed and the set is empty.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """Bugs the model test (test_model.py) found, each replayed step by step as a plain test.
 
 Same world as the model test: two in-process replicas, the schedule's Redis with a clock
-the test sets, a broker Redis of its own. A test marked ``xfail(strict=True)`` documents a
-bug not fixed yet: it starts failing the suite (XPASS) once the bug is fixed, and the
-marker goes. The model test leaves such a bug out (``KNOWN`` tags) so it can find others.
+the test sets, a broker Redis of its own. Each test failed before its fix; a bug found
+and not fixed yet is marked ``xfail(strict=True)`` until it is.
 """
 
 from __future__ import annotations
