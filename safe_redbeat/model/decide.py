@@ -17,8 +17,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 
-from ..store.wire import NEVER
-from .entry import StoredEntry
+from .entry import NEVER, StoredEntry
 from .lifecycle import EXPIRED, FINISHED, TERMINAL, Lifecycle, zone_of
 from .slots import first_slot, score_of
 

@@ -15,7 +15,11 @@ from celery.schedules import BaseSchedule
 
 from .lifecycle import Lifecycle
 
-__all__ = ["StoredEntry", "to_timestamp"]
+__all__ = ["NEVER", "StoredEntry", "to_timestamp"]
+
+#: The ZSET score of an entry with no next run (finished, expired, an rrule that ended):
+#: RedBeat's own convention, which the scripts share (``store/wire.py``).
+NEVER = -1
 
 
 def to_timestamp(dt: datetime) -> int:

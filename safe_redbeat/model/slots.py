@@ -23,7 +23,7 @@ from dateutil.rrule import DAILY, HOURLY, MINUTELY, MONTHLY, SECONDLY, WEEKLY, Y
 from redbeat.schedules import dateutil_rrule, rrule
 
 from ..errors import ScheduleTooCostly
-from ..store.wire import NEVER
+from .entry import NEVER
 from .lifecycle import Lifecycle, zone_of
 
 __all__ = [

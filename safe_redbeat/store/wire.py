@@ -6,10 +6,11 @@ docs/storage-format.md describes them for programs in other languages.
 
 from __future__ import annotations
 
+from ..model.entry import NEVER
+
 __all__ = ["MISSING", "NEVER", "PARK", "RETIRED"]
 
-#: ZSET score of an entry with no next run (finished, expired, an rrule that ended).
-NEVER = -1
+# NEVER: the ZSET score of an entry with no next run, RedBeat's own (model/entry.py).
 #: ``run_now`` of a claim operation that parks a malformed entry (``claim.lua``).
 PARK = "-"
 #: What a script answers (and is given) for "no such value": a missing hash, no version.
