@@ -38,7 +38,7 @@ from tests.support.inprocess import FAST, FakeClock
 #: every Lua script the package ships
 NAMES = sorted(
     f.name.removesuffix(".lua")
-    for f in files("safe_redbeat.scripts").iterdir()
+    for f in files("safe_redbeat.store.scripts").iterdir()
     if f.name.endswith(".lua")
 )
 
