@@ -1,5 +1,7 @@
 """Real processes for the tests, the benchmarks and the examples (not part of the wheel).
 
+* :mod:`testbed.process` - what every server process here shares: spawn, PID, log file,
+  wait until ready, stop and kill by PID
 * :mod:`testbed.redis_server` - a throwaway Redis-compatible server on 127.0.0.1, with
   a wall clock the test sets when started under libfaketime (``ServerClock``)
 * :mod:`testbed.beat` - real ``celery beat`` replicas of :mod:`testbed.beatapp`, and a

@@ -29,16 +29,15 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from testbed.redis_server import (
+from testbed.process import (
     HOST,
     START_TIMEOUT,
     STOP_TIMEOUT,
-    RedisServer,
     die_with_parent,
-    find_redis_server,
     free_port,
     kill_process,
 )
+from testbed.redis_server import RedisServer, find_redis_server
 
 SERVICE = "srb-primary"
 #: How long the sentinels may take to see each other, the primary and its replica.
