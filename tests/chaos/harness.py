@@ -23,6 +23,7 @@ import redis
 from safe_redbeat.leader.lease import Holder, parse_token
 from safe_redbeat.store.layout import Layout
 from testbed.redis_server import HOST, RedisServer
+from testbed.sentinel import SentinelDeployment
 from tests.chaos.cluster import (
     AuditorThread,
     LeaseMonitor,
@@ -54,7 +55,6 @@ from tests.chaos.workload import (
     write_dynamic_sharded,
 )
 from tests.support import KEYS
-from tests.support.sentinel import SentinelDeployment
 
 LEASE_KEY = KEYS.lease
 

@@ -23,10 +23,10 @@ import pytest
 from celery import Celery
 
 from safe_redbeat.store.connection import scheduler_client
+from testbed.sentinel import SentinelDeployment
 from tests.chaos.harness import ChaosConfig, run_chaos
 from tests.chaos.model import SENTINEL_FAILOVER
 from tests.chaos.oracle import markdown_table
-from tests.support.sentinel import SentinelDeployment
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.timeout(150)]
 

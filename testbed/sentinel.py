@@ -1,4 +1,4 @@
-"""A throwaway Redis Sentinel deployment for tests (127.0.0.1 only).
+"""A throwaway Redis Sentinel deployment (tests, the chaos harness; 127.0.0.1 only).
 
 One primary, one replica and ``sentinels`` sentinel processes monitoring the primary under
 one service name. :meth:`SentinelDeployment.fail_primary` SIGKILLs the primary and waits
