@@ -7,6 +7,7 @@
 * :mod:`testbed.beat` - real ``celery beat`` replicas of :mod:`testbed.beatapp`, and a
   broker-side view of the messages they sent
 * :mod:`testbed.cluster` - a throwaway Redis Cluster (3 primaries, 1 replica each)
+* :mod:`testbed.settings` - the fast lease settings (``FAST``) the tests and benchmarks use
 * :mod:`testbed.sentinel` - a throwaway Redis Sentinel deployment (a primary, its replica,
   3 sentinels)
 """
