@@ -80,7 +80,7 @@ def rotated(items: tuple[Any, ...], rep: int) -> list[Any]:
 #: sha1 of each shipped Lua script -> its file name, to name EVALSHA calls
 SCRIPTS = {
     hashlib.sha1(f.read_bytes()).hexdigest(): f.name
-    for f in files("safe_redbeat.scripts").iterdir()
+    for f in files("safe_redbeat.store.scripts").iterdir()
     if f.name.endswith(".lua")
 }
 

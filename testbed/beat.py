@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from testbed.redis_server import die_with_parent
+from testbed.process import die_with_parent
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APP_MODULE = "testbed.beatapp"

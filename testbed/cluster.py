@@ -21,10 +21,8 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
@@ -33,15 +31,8 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.retry import Retry
 
-from testbed.redis_server import (
-    HOST,
-    START_TIMEOUT,
-    die_with_parent,
-    find_redis_server,
-    free_port,
-    kill_process,
-    stop_process,
-)
+from testbed.process import HOST, ServerProcess, free_port
+from testbed.redis_server import find_redis_server
 
 #: Slots are 0..16383; primary i serves an equal third.
 SLOTS = 16384
@@ -59,34 +50,24 @@ def unique_prefix() -> str:
     return f"{{t{os.getpid()}-{next(_PREFIXES)}}}:"
 
 
-@dataclass
-class Node:
+class Node(ServerProcess):
     """One cluster node: a server process, its client port and its cluster bus port."""
 
-    workdir: Path
-    binary: str
-    node_timeout_ms: int
-    port: int = field(default_factory=free_port)
-    bus_port: int = field(default_factory=free_port)
-    node_id: str = ""
-    proc: subprocess.Popen[bytes] | None = None
+    kind = "node"
+
+    def __init__(self, workdir: Path, binary: str, node_timeout_ms: int) -> None:
+        port = free_port()
+        super().__init__(
+            binary=binary, port=port, workdir=workdir, log_path=workdir / f"node-{port}.log"
+        )
+        self.node_timeout_ms = node_timeout_ms
+        self.bus_port = free_port()
+        #: ``CLUSTER MYID``, read once the node answers
+        self.node_id = ""
 
     @property
     def name(self) -> str:
         return f"{HOST}:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        if self.proc is None:
-            raise RuntimeError(f"node {self.name} not started")
-        return self.proc.pid
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / f"node-{self.port}.log"
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def client(self, timeout: float = 2.0) -> redis.Redis:
         return redis.Redis(
@@ -98,13 +79,8 @@ class Node:
             retry=Retry(NoBackoff(), 0),
         )
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def spawn(self) -> None:
-        if self.running():
-            raise RuntimeError(f"node {self.name} already running (pid {self.pid})")
-        argv = [
+    def argv(self) -> list[str]:
+        return [
             self.binary, "--port", str(self.port), "--bind", HOST,
             "--save", "", "--appendonly", "no", "--daemonize", "no",
             "--dir", str(self.workdir),
@@ -117,37 +93,12 @@ class Node:
             # a replica's first sync starts at once (the default waits 5 s for more)
             "--repl-diskless-sync-delay", "0",
         ]  # fmt: skip
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent,
-            )
 
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        with self.client(0.5) as probe:
-            while True:
-                if not self.running():
-                    raise RuntimeError(f"node {self.name} exited at start:\n{self.log()[-2000:]}")
-                try:
-                    if probe.ping():
-                        self.node_id = str(probe.execute_command("CLUSTER", "MYID"))
-                        return
-                except redis.RedisError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"node {self.name} not answering:\n{self.log()[-2000:]}")
-                time.sleep(0.02)
-
-    def stop(self) -> None:
-        """SIGTERM by PID, SIGKILL if it is still running after STOP_TIMEOUT."""
-        stop_process(self.proc)
-
-    def kill(self) -> None:
-        kill_process(self.proc)
+    def ready(self, probe: redis.Redis) -> bool:
+        if not probe.ping():
+            return False
+        self.node_id = str(probe.cluster("MYID"))
+        return True
 
 
 class LocalCluster:

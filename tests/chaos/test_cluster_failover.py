@@ -26,18 +26,11 @@ import redis
 from safe_redbeat.model.occurrence import HEADER_ENTRY, HEADER_FENCE, HEADER_SCHEDULED
 from testbed.beat import BeatCluster, Message, QueueAuditor
 from testbed.cluster import LocalCluster
+from testbed.settings import FAST, LEASE, RETRY
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.timeout(150)]
 
-LEASE, RENEW, RETRY, SOCKET_TIMEOUT = 3.0, 2.0, 0.5, 1.0
-SETTINGS = {
-    "safe_redbeat_lease_seconds": LEASE,
-    "safe_redbeat_renew_seconds": RENEW,
-    "safe_redbeat_retry_seconds": RETRY,
-    "safe_redbeat_socket_timeout": SOCKET_TIMEOUT,
-    "safe_redbeat_backoff_max_seconds": 1.0,
-    "redbeat_redis_options": {"cluster": True},
-}
+SETTINGS = {**FAST, "redbeat_redis_options": {"cluster": True}}
 ENTRIES = {f"e{i:03d}": {"task": "noop", "every": 1} for i in range(100)}
 #: backoff after the Redis errors, a catch-up burst of all entries, the auditor's polling
 SLACK = 3.0

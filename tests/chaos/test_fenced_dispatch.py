@@ -24,6 +24,7 @@ from redbeat.schedulers import RedBeatSchedulerEntry
 
 from safe_redbeat.dispatch.publisher import Publisher
 from testbed.beat import BeatCluster, BeatProcess, QueueAuditor
+from testbed.settings import FAST, LEASE
 from tests.chaos.cluster import to_sent, wait_for_leader
 from tests.chaos.model import Sent
 from tests.chaos.workload import redbeat_app
@@ -34,14 +35,6 @@ ENTRIES = 1000
 #: messages per broker batch (one Redis pipeline)
 PUBLISH_CHUNK = Publisher(None, lambda: None).chunk_size
 EVERY = 8
-LEASE = 3.0
-SETTINGS = {
-    "safe_redbeat_lease_seconds": LEASE,
-    "safe_redbeat_renew_seconds": 2.0,
-    "safe_redbeat_retry_seconds": 0.5,
-    "safe_redbeat_socket_timeout": 1.0,
-    "safe_redbeat_backoff_max_seconds": 1.0,
-}
 
 
 @dataclass
@@ -109,10 +102,10 @@ def write_burst(redis_url: str) -> int:
 
 
 def start_pair(beat_procs: BeatCluster, client: redis.Redis) -> tuple[BeatProcess, BeatProcess]:
-    (leader,) = beat_procs.start(settings=SETTINGS, loglevel="INFO")
+    (leader,) = beat_procs.start(settings=FAST, loglevel="INFO")
     holder = wait_for_leader(client, 30)
     assert holder.name == leader.name
-    (standby,) = beat_procs.start(settings=SETTINGS, loglevel="INFO")
+    (standby,) = beat_procs.start(settings=FAST, loglevel="INFO")
     standby.wait_for_log(r"standby; the lease is held by", timeout=30)
     return leader, standby
 

@@ -27,14 +27,13 @@ from redbeat.schedulers import RedBeatSchedulerEntry
 
 from safe_redbeat import Schedule
 from testbed.redis_server import HOST, RedisServer
-from tests.chaos import test_fenced_dispatch as fenced_dispatch
+from testbed.settings import FAST, LEASE
 from tests.chaos.cluster import AuditorThread, Supervisor, wait_for_leader
 from tests.chaos.workload import redbeat_app
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.timeout(240)]
 
-LEASE = 3.0
-SETTINGS = {**fenced_dispatch.SETTINGS, "beat_max_loop_interval": 1}
+SETTINGS = {**FAST, "beat_max_loop_interval": 1}
 BURST = 600
 LEAD = 4.0  # seconds between writing a round's entries and their due time
 

@@ -23,15 +23,15 @@ import pytest
 from celery import Celery
 
 from safe_redbeat.store.connection import scheduler_client
+from testbed.sentinel import SentinelDeployment
+from testbed.settings import BACKOFF_MAX, LEASE, RENEW, RETRY, SOCKET_TIMEOUT
 from tests.chaos.harness import ChaosConfig, run_chaos
 from tests.chaos.model import SENTINEL_FAILOVER
 from tests.chaos.oracle import markdown_table
-from tests.support.sentinel import SentinelDeployment
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.timeout(150)]
 
 LAG = 1.2  # > 1 s: a due second always falls inside it
-LEASE, RETRY, SOCKET_TIMEOUT = 3.0, 0.5, 1.0
 
 
 def test_primary_failover_loses_recent_writes_but_no_occurrence_and_no_task_id(
@@ -46,10 +46,10 @@ def test_primary_failover_loses_recent_writes_but_no_occurrence_and_no_task_id(
         crons=0,
         periods=(1, 2),
         lease=LEASE,
-        renew=2.0,
+        renew=RENEW,
         retry=RETRY,
         socket_timeout=SOCKET_TIMEOUT,
-        backoff_max=1.0,
+        backoff_max=BACKOFF_MAX,
         faults=(SENTINEL_FAILOVER,),
         each_once=True,
         sentinel=True,

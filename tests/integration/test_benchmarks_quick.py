@@ -108,7 +108,7 @@ def test_the_counting_connection_counts_round_trips_and_names_scripts(
     traffic = Traffic()
     url = redis_server.url_for(redis_db)
     client = redis.Redis.from_url(url, connection_class=traffic.connection_class())
-    release = (files("safe_redbeat.scripts") / "release.lua").read_text()
+    release = (files("safe_redbeat.store.scripts") / "release.lua").read_text()
     try:
         client.script_load(release)
         traffic.reset()

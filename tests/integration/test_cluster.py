@@ -38,7 +38,7 @@ from tests.support.inprocess import FAST, FakeClock
 #: every Lua script the package ships
 NAMES = sorted(
     f.name.removesuffix(".lua")
-    for f in files("safe_redbeat.scripts").iterdir()
+    for f in files("safe_redbeat.store.scripts").iterdir()
     if f.name.endswith(".lua")
 )
 
@@ -132,8 +132,8 @@ def test_every_script_call_hashes_all_its_keys_to_the_prefix_slot(
     app: Celery, redis_url: str, redis_cluster: LocalCluster, cluster_prefix: str
 ) -> None:
     """Every Lua script, with KEYS as its Python caller builds them, on one slot: lease,
-    claim, due, upsert, remove, run_now, versions, diff, move, adopt; and every other key
-    of Keys."""
+    claim, due, sent, upsert, remove, run_now, versions, diff, move, adopt; and every other
+    key of Keys."""
     keys = Keys.from_app(app)
     slot = key_slot(keys.schedule.encode())
     fixed = [
@@ -165,6 +165,8 @@ def test_every_script_call_hashes_all_its_keys_to_the_prefix_slot(
         scheduler.client.hset(keys.pending, "junk", "not a record")  # moved to the dead letters
         time.sleep(1.1)  # the 1 s entries fall due by Redis' clock
         scheduler.tick()  # renew, reconcile (remove), due, claim
+        # sent: what a publish that went out late records (sent_at)
+        assert scheduler.shards[0].scripts.sent_late([keys.entry("static")]) == 1
         schedule.delete("api")
         scheduler.close()  # release
         shard = schedule.shards()[0]  # reshard's copy into a shard (its keys: one slot)

@@ -17,16 +17,14 @@ import redis
 pytest.importorskip("django_celery_beat")
 
 from testbed.beat import BeatCluster, BeatProcess, QueueAuditor
+from testbed.settings import FAST
 from tests.support import KEYS, django_project
 
 pytestmark = pytest.mark.integration
 
 
 SETTINGS = {
-    "safe_redbeat_lease_seconds": 3.0,
-    "safe_redbeat_renew_seconds": 2.0,
-    "safe_redbeat_retry_seconds": 0.5,
-    "safe_redbeat_socket_timeout": 1.0,
+    **FAST,
     "safe_redbeat_loader": "safe_redbeat.contrib.django_celery_beat:load",
     # long: what reaches Redis within a test got there by write-through
     "safe_redbeat_reconcile_seconds": 60.0,

@@ -14,18 +14,11 @@ import redis
 
 from testbed.beat import BeatCluster, BeatProcess, Message, QueueAuditor
 from testbed.redis_server import RedisServer
+from testbed.settings import FAST, LEASE, RETRY
 from tests.support import KEYS
 
 pytestmark = pytest.mark.integration
 
-LEASE, RENEW, RETRY = 3.0, 2.0, 0.5
-SETTINGS = {
-    "safe_redbeat_lease_seconds": LEASE,
-    "safe_redbeat_renew_seconds": RENEW,
-    "safe_redbeat_retry_seconds": RETRY,
-    "safe_redbeat_socket_timeout": 1.0,
-    "safe_redbeat_backoff_max_seconds": 1.0,
-}
 EVERY_SECOND = {"tick": {"task": "noop", "every": 1}}
 #: a 1 s entry is sent at most this long after the replica that leads can dispatch
 INTERVAL_SLACK = 1.5
@@ -78,7 +71,7 @@ def auditor(redis_client: redis.Redis) -> QueueAuditor:
 
 
 def start_two(beat_procs: BeatCluster, auditor: QueueAuditor) -> list[BeatProcess]:
-    procs = beat_procs.start(2, settings=SETTINGS, schedule=EVERY_SECOND)
+    procs = beat_procs.start(2, settings=FAST, schedule=EVERY_SECOND)
     auditor.wait_for(lambda msgs: len(msgs) >= 2, timeout=15)
     return procs
 
@@ -181,7 +174,7 @@ def test_redis_restart_without_persistence_no_crash_and_resumes(
     client = own_redis.client(0)
     auditor = QueueAuditor(client)
     try:
-        procs = cluster.start(2, settings=SETTINGS, schedule=EVERY_SECOND)
+        procs = cluster.start(2, settings=FAST, schedule=EVERY_SECOND)
         auditor.wait_for(lambda msgs: len(msgs) >= 2, timeout=15)
         old_fence = fence_of(auditor.messages[-1])
         own_redis.restart()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from redbeat.schedules import rrule
 
+from testbed.settings import FAST
 from tests.support.model_oracle import Plan, Spec
 from tests.support.model_world import BASE, ModelServers, World, utc
 
@@ -89,12 +90,7 @@ def test_a_tick_with_a_weeks_old_minutely_rrule_stays_within_the_renew_deadline(
 ) -> None:
     # a renew deadline of 2 s (lease 3 s): the slot search of a rule a week old takes
     # about 3.5 s on a 2-core machine, of one 30 days old about 15 s (past the default 10 s)
-    fast = {
-        "safe_redbeat_lease_seconds": 3.0,
-        "safe_redbeat_renew_seconds": 2.0,
-        "safe_redbeat_retry_seconds": 0.5,
-    }
-    world = World(servers, settings=fast)
+    world = World(servers, settings=FAST)
     try:
         world.tick_all()
         now = int(world.now)

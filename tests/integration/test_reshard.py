@@ -22,7 +22,7 @@ from safe_redbeat.sync.reshard import reshard
 from testbed.beat import BeatCluster, QueueAuditor
 from tests.integration.test_cli import cli, cli_json, env_for
 from tests.support import KEYS
-from tests.support.inprocess import FakeClock, celery_app
+from tests.support.inprocess import FAST, FakeClock, celery_app
 
 pytestmark = pytest.mark.integration
 
@@ -206,14 +206,8 @@ def test_reshard_next_to_running_beat_replicas_sends_each_occurrence_once(
     beat_procs: BeatCluster, redis_client: redis.Redis
 ) -> None:
     """Two real replicas dispatch 1 s entries while the schedule moves from 1 to 3 shards."""
-    settings = {
-        "safe_redbeat_lease_seconds": 3.0,
-        "safe_redbeat_renew_seconds": 2.0,
-        "safe_redbeat_retry_seconds": 0.5,
-        "safe_redbeat_socket_timeout": 1.0,
-    }
     schedule = {f"every-{i}": {"task": "noop", "every": 1} for i in range(12)}
-    procs = beat_procs.start(2, schedule=schedule, settings=settings)
+    procs = beat_procs.start(2, schedule=schedule, settings=FAST)
     auditor = QueueAuditor(redis_client)
     procs[0].wait_for_log(r"acquired the lease", timeout=20)
     auditor.wait_for(lambda ms: len(ms) >= 24, timeout=15)

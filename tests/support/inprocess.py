@@ -10,14 +10,9 @@ from typing import Any
 from celery import Celery
 from redbeat.schedulers import RedBeatSchedulerEntry
 
-#: Lease settings that make failover take seconds, not tens of seconds.
-FAST = {
-    "safe_redbeat_lease_seconds": 3.0,
-    "safe_redbeat_renew_seconds": 2.0,
-    "safe_redbeat_retry_seconds": 0.5,
-    "safe_redbeat_socket_timeout": 1.0,
-    "safe_redbeat_backoff_max_seconds": 1.0,
-}
+from testbed.settings import FAST
+
+__all__ = ["FAST", "FakeClock", "add_due", "celery_app", "make_app"]
 
 
 class FakeClock:

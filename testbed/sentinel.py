@@ -1,4 +1,4 @@
-"""A throwaway Redis Sentinel deployment for tests (127.0.0.1 only).
+"""A throwaway Redis Sentinel deployment (tests, the chaos harness; 127.0.0.1 only).
 
 One primary, one replica and ``sentinels`` sentinel processes monitoring the primary under
 one service name. :meth:`SentinelDeployment.fail_primary` SIGKILLs the primary and waits
@@ -12,10 +12,8 @@ Valkey both ship it in ``redis-server``/``valkey-server``).
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,16 +27,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from testbed.redis_server import (
-    HOST,
-    START_TIMEOUT,
-    STOP_TIMEOUT,
-    RedisServer,
-    die_with_parent,
-    find_redis_server,
-    free_port,
-    kill_process,
-)
+from testbed.process import HOST, START_TIMEOUT, ServerProcess, free_port
+from testbed.redis_server import RedisServer, find_redis_server
 
 SERVICE = "srb-primary"
 #: How long the sentinels may take to see each other, the primary and its replica.
@@ -52,8 +42,10 @@ def _info(client: redis.Redis, section: str) -> dict[str, Any]:
     return info
 
 
-class SentinelProcess:
+class SentinelProcess(ServerProcess):
     """One sentinel: a config file it may rewrite, a port, a log."""
+
+    kind = "sentinel"
 
     def __init__(
         self,
@@ -65,11 +57,16 @@ class SentinelProcess:
         down_after_ms: int,
         failover_timeout_ms: int,
     ) -> None:
-        self.port = free_port()
-        self.workdir = workdir / f"sentinel-{self.port}"
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        workdir = workdir / f"sentinel-{port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__(
+            binary=find_redis_server(),
+            port=port,
+            workdir=workdir,
+            log_path=workdir / "sentinel.log",
+        )
         self.config_path = self.workdir / "sentinel.conf"
-        self.log_path = self.workdir / "sentinel.log"
         self.config_path.write_text(
             "\n".join(
                 [
@@ -85,56 +82,15 @@ class SentinelProcess:
                 ]
             )
         )
-        self.binary = find_redis_server()
-        self._proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def pid(self) -> int:
-        if self._proc is None:
-            raise RuntimeError("sentinel not started")
-        return self._proc.pid
-
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+    def argv(self) -> list[str]:
+        return [self.binary, str(self.config_path), "--sentinel"]
 
     def client(self) -> redis.Redis:
         return redis.Redis(
             host=HOST, port=self.port, decode_responses=True, socket_timeout=1,
             socket_connect_timeout=1,
         )  # fmt: skip
-
-    def start(self) -> SentinelProcess:
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                [self.binary, str(self.config_path), "--sentinel"],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent,
-            )
-        probe = self.client()
-        deadline = time.monotonic() + START_TIMEOUT
-        try:
-            while True:
-                if not self.running():
-                    raise RuntimeError(f"sentinel exited during startup:\n{self.log()[-2000:]}")
-                try:
-                    if probe.ping():
-                        return self
-                except (redis.ConnectionError, redis.TimeoutError):
-                    pass
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise RuntimeError(f"sentinel not answering PING:\n{self.log()[-2000:]}")
-                time.sleep(0.02)
-        finally:
-            probe.close()
-
-    def kill(self) -> None:
-        kill_process(self._proc, STOP_TIMEOUT)
 
 
 @dataclass
@@ -380,20 +336,20 @@ class SentinelDeployment:
         admin = old.client()
         try:
             if replica_lag > 0:
-                _signal(new, signal.SIGSTOP)
+                new.send_signal(signal.SIGSTOP)
                 admin.client_kill_filter(_type="replica")
                 time.sleep(replica_lag)
             before = snapshot(admin) if snapshot is not None else {}
             primary_offset = int(_info(admin, "replication")["master_repl_offset"])
         except BaseException:
-            _signal(new, signal.SIGCONT)
+            new.send_signal(signal.SIGCONT)
             raise
         finally:
             admin.close()
         old.kill()
         killed_at = time.time()
         if replica_lag > 0:
-            _signal(new, signal.SIGCONT)
+            new.send_signal(signal.SIGCONT)
         client = new.client()
         try:
             # still a replica of the dead primary, so nobody writes to it: once it has
@@ -465,11 +421,6 @@ def _start_node(server: RedisServer) -> None:
         client.config_set("repl-diskless-sync-delay", 0)
     finally:
         client.close()
-
-
-def _signal(server: RedisServer, sig: int) -> None:
-    if server.running():
-        os.kill(server.pid, sig)
 
 
 def _wait(predicate: Callable[[], bool], timeout: float, failure: Callable[[], str]) -> None:
