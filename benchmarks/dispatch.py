@@ -136,12 +136,12 @@ def run(env: Env, sizes: tuple[int, ...], repetitions: int, timeout: float) -> l
 #: (label, function): the phases of the dispatching tick, found on the call stack by their
 #: code object; an indented label is part of the phase above it
 PHASES = (
-    ("read due entries", "safe_redbeat.reader:DueReader.read"),
-    ("  of which decode_entry (JSON, schedule)", "safe_redbeat.entries:decode_entry"),
-    ("plan_batch (is_due, next run, meta, task id)", "safe_redbeat.dispatch:plan_batch"),
-    ("claim (claim.lua)", "safe_redbeat.shard:Shard._claim"),
-    ("publish (send_task in broker batches)", "safe_redbeat.publisher:Publisher.send"),
-    ("  of which ack (HDEL pending)", "safe_redbeat.outbox:Outbox._ack"),
+    ("read due entries", "safe_redbeat.dispatch.reader:DueReader.read"),
+    ("  of which decode_entry (JSON, schedule)", "safe_redbeat.model.codec:decode_entry"),
+    ("plan_batch (is_due, next run, meta, task id)", "safe_redbeat.dispatch.plan:plan_batch"),
+    ("claim (claim.lua)", "safe_redbeat.dispatch.shard:Shard._claim"),
+    ("publish (send_task in broker batches)", "safe_redbeat.dispatch.publisher:Publisher.send"),
+    ("  of which ack (HDEL pending)", "safe_redbeat.dispatch.outbox:Outbox._ack"),
 )
 #: seconds between two samples of the stack (and the GIL switch interval meanwhile)
 SAMPLE_EVERY = 0.0005

@@ -209,8 +209,8 @@ def test_reshard_next_to_running_beat_replicas_sends_each_occurrence_once(
     schedule = {f"every-{i}": {"task": "noop", "every": 1} for i in range(12)}
     procs = beat_procs.start(2, schedule=schedule, settings=FAST)
     auditor = QueueAuditor(redis_client)
-    procs[0].wait_for_log(r"acquired the lease", timeout=20)
-    auditor.wait_for(lambda ms: len(ms) >= 24, timeout=15)
+    # either replica may lead: wait for the messages of two rounds
+    auditor.wait_for(lambda ms: len(ms) >= 24, timeout=30)
     moved_at = time.monotonic()
     report = reshard(redis_client, KEYS, 3, wait_seconds=6)
     assert report.target == 3
