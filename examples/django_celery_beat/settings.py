@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import django
+
 BASE_DIR = Path(__file__).resolve().parent
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "example-only-not-a-secret")
@@ -58,8 +60,14 @@ DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": os.environ.get("EXAMPLE_DB_PATH", str(BASE_DIR / "db.sqlite3")),
-        # beat replicas and the admin share the file: wait for a lock instead of failing
-        "OPTIONS": {"timeout": 20},
+        # beat replicas and the admin share the file: wait for a lock instead of failing,
+        # and (Django 5.1+) take it when a transaction begins, so that two transactions
+        # that read and then write never deadlock (SQLite answers "database is locked"
+        # at once then, without waiting)
+        "OPTIONS": {
+            "timeout": 20,
+            **({"transaction_mode": "IMMEDIATE"} if django.VERSION >= (5, 1) else {}),
+        },
     }
 }
 
