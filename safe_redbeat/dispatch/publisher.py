@@ -61,13 +61,18 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
 )
 
-#: Redis replies that refuse every write of the server, whatever the key.
-_SERVER_REFUSALS: tuple[type[BaseException], ...] = (
-    redis.exceptions.ConnectionError,  # AuthenticationError, BusyLoadingError among them
-    redis.exceptions.TimeoutError,
-    redis.exceptions.ReadOnlyError,
-    redis.exceptions.OutOfMemoryError,
-    redis.exceptions.NoPermissionError,
+#: Redis replies that refuse every write of the server, whatever the key (redis-py names
+#: some of them only in later versions: their codes are below too).
+_SERVER_REFUSALS: tuple[type[BaseException], ...] = tuple(
+    getattr(redis.exceptions, name)
+    for name in (
+        "ConnectionError",  # AuthenticationError, BusyLoadingError among them
+        "TimeoutError",
+        "ReadOnlyError",
+        "OutOfMemoryError",
+        "NoPermissionError",
+    )
+    if hasattr(redis.exceptions, name)
 )
 _SERVER_REFUSAL_CODES = frozenset(
     {

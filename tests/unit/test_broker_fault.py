@@ -28,7 +28,13 @@ def never_asked() -> bool:
     [
         redis.exceptions.ConnectionError("Connection refused"),
         redis.exceptions.TimeoutError("Timeout reading from socket"),
-        redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'"),
+        # older redis-py: a plain ResponseError with the code (newer: OutOfMemoryError)
+        redis.exceptions.ResponseError("OOM command not allowed when used memory > 'maxmemory'"),
+        *(
+            [redis.exceptions.OutOfMemoryError("command not allowed when used memory")]
+            if hasattr(redis.exceptions, "OutOfMemoryError")
+            else []
+        ),
         redis.exceptions.ReadOnlyError("You can't write against a read only replica."),
         redis.exceptions.ResponseError(
             "Command # 2 (LPUSH q x) of pipeline caused error: "
