@@ -31,10 +31,10 @@ class ClaimOp(Claim):
 
     occurrence: Occurrence | None = None
 
-    def __post_init__(self) -> None:
-        if self.occurrence is not None:
-            pending = (self.occurrence.task_id, self.occurrence.record)
-            object.__setattr__(self, "pending", pending)
+    def pending_record(self) -> str:
+        if self.occurrence is None or self.pushes:
+            return ""
+        return f"{self.occurrence.task_id} {self.occurrence.record}"
 
 
 @dataclass
@@ -176,9 +176,15 @@ def _occurrence(
 
 @dataclass
 class Settled:
-    """What a claim did: the occurrences to publish, and slots that pointed at no entry."""
+    """What a claim did: the occurrences to publish, those it enqueued itself, and slots
+    that pointed at no entry."""
 
+    #: claimed and recorded pending: to publish
     claimed: list[Occurrence] = field(default_factory=list)
+    #: claimed and pushed onto their broker queues in the same step (atomic enqueue)
+    enqueued: list[Occurrence] = field(default_factory=list)
+    #: operations whose message the script could not push (nothing written for them)
+    queue_refused: list[ClaimOp] = field(default_factory=list)
     #: entry keys whose hash was gone: ``claim.lua`` dropped their schedule slot
     gone: list[str] = field(default_factory=list)
 
@@ -190,7 +196,9 @@ def settle_claim(ops: Sequence[ClaimOp], result: ClaimResult) -> Settled:
     settled = Settled()
     for op, code in zip(ops, result.codes, strict=True):
         if code is ClaimCode.CLAIMED and op.occurrence is not None:
-            settled.claimed.append(op.occurrence)
+            (settled.enqueued if op.pushes else settled.claimed).append(op.occurrence)
         elif code is ClaimCode.GONE:
             settled.gone.append(op.key)
+        elif code is ClaimCode.QUEUE_REFUSED:
+            settled.queue_refused.append(op)
     return settled
