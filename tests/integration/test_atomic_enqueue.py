@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
-from kombu import Exchange, Queue
 from kombu.common import Broadcast
+from kombu.entity import Exchange, Queue
 
 from safe_redbeat import SafeRedBeatScheduler
 from safe_redbeat.config import Settings
@@ -70,10 +70,10 @@ def pushed_by_celery(app: Celery, client: redis.Redis, o: Occurrence) -> list[tu
     before = set(client.keys("*"))
     with app.producer_or_acquire() as producer:
         send_through_celery(app, producer, o, FENCE)
-    pushed = []
+    pushed: list[tuple[str, Any]] = []
     for key in sorted(set(client.keys("*")) - before):
         if client.type(key) == "list":
-            pushed.extend((key, json.loads(raw)) for raw in client.lrange(key, 0, -1))
+            pushed.extend((str(key), json.loads(raw)) for raw in client.lrange(key, 0, -1))
             client.delete(key)
     return pushed
 
@@ -174,7 +174,7 @@ def test_a_queue_with_x_expires_gets_the_same_expiry_commands(
     app = make_app(
         "expiring",
         redis_url,
-        task_queues=[Queue("short", Exchange("short"), "short", expires=120)],
+        task_queues=[Queue("short", Exchange("short"), "short", expires=120)],  # type: ignore[no-untyped-call]
         task_default_queue="short",
     )
     try:
@@ -194,14 +194,15 @@ def test_a_queue_with_x_expires_gets_the_same_expiry_commands(
 
 
 def test_a_fanout_exchange_is_not_atomic(app: Celery) -> None:
-    app.conf.task_queues = [Broadcast("broadcast")]
+    app.conf.task_queues = [Broadcast("broadcast")]  # type: ignore[no-untyped-call]
     with app.producer_or_acquire() as producer:
         builder = MessageBuilder(app, lambda: producer)
         # undeclared, kombu delivers it nowhere: not atomic either (the publish path
         # then does what Celery does)
         with pytest.raises(NotAtomic, match="no queue list"):
             builder.commands(occurrence(queue="broadcast"), FENCE)
-        Broadcast("broadcast").bind(producer.channel).declare()  # as a worker would
+        queue = Broadcast("broadcast")  # type: ignore[no-untyped-call]
+        queue.bind(producer.channel).declare()  # type: ignore[no-untyped-call]  # as a worker would
         with pytest.raises(NotAtomic, match="fanout"):
             builder.commands(occurrence(queue="broadcast"), FENCE)
 

@@ -48,7 +48,7 @@ def test_a_real_worker_runs_atomically_enqueued_messages(
     expected = set(SCHEDULE) - {"stale"}
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        counts = defaultdict(int)
+        counts: dict[str, int] = defaultdict(int)
         for run in runs(redis_client):
             counts[run["entry"]] += 1
         if all(counts[name] >= ENOUGH for name in expected):
