@@ -49,7 +49,7 @@ from redis.cluster import RedisCluster
 
 from ..config import PREFIX, Settings
 from ..errors import ConfigurationError
-from ..model.occurrence import Occurrence
+from ..model.occurrence import HEADER_FENCE, HEADER_SCHEDULED, Occurrence
 from . import hooks
 from .plan import ClaimOp
 from .publisher import broker_fault, send_through_celery
@@ -152,9 +152,16 @@ def _shared_server(app: Any, client: Any, producer: Any) -> EnqueueMode:
 Command = tuple[str, str, str]
 
 
+#: What changes from one message of an entry version to the next: the task id (in the
+#: headers ``id`` and ``root_id`` and the property ``correlation_id``), safe_redbeat's
+#: fence and slot headers, and kombu's delivery tag.
+_VARYING_HEADERS = ("id", "root_id", HEADER_FENCE, HEADER_SCHEDULED)
+_VARYING_PROPERTIES = ("correlation_id", "delivery_tag")
+
+
 @dataclass(frozen=True)
-class _Markers:
-    """Placeholder values of one template build (random: they occur nowhere else)."""
+class _Values:
+    """The values that vary per message, as they appear in it."""
 
     task_id: str
     fence: int
@@ -162,7 +169,8 @@ class _Markers:
     tag: str
 
     @classmethod
-    def draw(cls) -> _Markers:
+    def markers(cls) -> _Values:
+        """Placeholders: random, so they occur nowhere else in a message."""
         rng = random.SystemRandom()
         return cls(
             str(uuid.uuid4()),
@@ -171,38 +179,68 @@ class _Markers:
             str(uuid.uuid4()),
         )
 
+    def of(self, name: str) -> Any:
+        """The value of a varying header or property."""
+        if name in ("id", "root_id", "correlation_id"):
+            return self.task_id
+        if name == HEADER_FENCE:
+            return self.fence
+        if name == HEADER_SCHEDULED:
+            return self.scheduled
+        return self.tag
+
 
 @dataclass(frozen=True)
 class _Template:
-    """The broker commands of one entry version with placeholders in the messages."""
+    """An entry version's broker commands with placeholders where messages vary.
+
+    ``verified`` once a second message built through Celery equalled the filled template.
+    """
 
     commands: tuple[Command, ...]
-    markers: _Markers
+    markers: _Values
+    verified: bool = False
 
-    def fill(self, task_id: str, fence: int, scheduled: int, tag: str) -> tuple[Command, ...]:
+    def fill(self, values: _Values) -> tuple[Command, ...]:
         m = self.markers
-        return tuple(
-            (
-                verb,
-                key,
-                value.replace(m.task_id, task_id)
-                .replace(str(m.fence), str(fence))
-                .replace(str(m.scheduled), str(scheduled))
-                .replace(m.tag, tag)
-                if verb == "lpush"
-                else value,
-            )
-            for verb, key, value in self.commands
+        pairs = (
+            (m.task_id, values.task_id),
+            (str(m.fence), str(values.fence)),
+            (str(m.scheduled), str(values.scheduled)),
+            (m.tag, values.tag),
         )
+        filled = []
+        for verb, key, value in self.commands:
+            if verb == "lpush":
+                for marker, real in pairs:
+                    value = value.replace(marker, real)
+            filled.append((verb, key, value))
+        return tuple(filled)
+
+
+@dataclass(frozen=True)
+class _Built:
+    commands: tuple[Command, ...]
+    #: the same commands with placeholders (when asked for)
+    template: tuple[Command, ...]
+    #: the delivery tag kombu gave the message
+    tag: str
 
 
 class MessageBuilder:
-    """Builds the broker commands that enqueue an occurrence, as kombu would push it."""
+    """Builds the broker commands that enqueue an occurrence, as kombu would push it.
+
+    Per entry version (``version_key``: the entry key and its stored definition): the
+    first message is built through Celery, and a template is kept beside it; the second is
+    built through Celery too and compared with the filled template; from the third on,
+    the template is filled (no Celery call) if the two agreed. Messages that may vary
+    otherwise (see :meth:`templated`) are built through Celery every time.
+    """
 
     def __init__(self, app: Any, producer: Callable[[], Any]) -> None:
         self.app = app
         self._producer = producer
-        #: (entry key, version) -> its template, or None: built through Celery each time
+        #: version key -> its template, or None: built through Celery each time
         self._templates: dict[tuple[str, str], _Template | None] = {}
 
     def commands(
@@ -212,27 +250,42 @@ class MessageBuilder:
         push it, or whatever Celery and kombu raise for this message."""
         self._check_task(occurrence)
         if version_key is None or not self.templated(occurrence):
-            return self._build(occurrence, fence, None)
-        template = self._templates.get(version_key, _MISSING)
-        if template is _MISSING:
-            template = self._template(occurrence)
+            return self._build(occurrence, fence).commands
+        known = self._templates.get(version_key, _MISSING)
+        if isinstance(known, _Template) and known.verified:
+            values = _Values(occurrence.task_id, fence, occurrence.scheduled, _new_tag())
+            return known.fill(values)
+        if known is None:  # its messages vary: always built
+            return self._build(occurrence, fence).commands
+        markers = _Values.markers()
+        built = self._build(occurrence, fence, markers)
+        if known is _MISSING:
             if len(self._templates) >= _MAX_TEMPLATES:
                 self._templates.clear()
-            self._templates[version_key] = template
-        if template is None:
-            return self._build(occurrence, fence, None)
-        assert isinstance(template, _Template)
-        return template.fill(occurrence.task_id, fence, occurrence.scheduled, str(uuid.uuid4()))
+            self._templates[version_key] = _Template(built.template, markers)
+        else:
+            values = _Values(occurrence.task_id, fence, occurrence.scheduled, built.tag)
+            agreed = known.fill(values) == built.commands
+            self._templates[version_key] = replace(known, verified=True) if agreed else None
+            if not agreed:
+                logger.debug(
+                    "beat: the messages of %r vary beyond task id, slot and fence; each is "
+                    "built through Celery",
+                    occurrence.entry,
+                )
+        return built.commands
 
     def templated(self, occurrence: Occurrence) -> bool:
-        """True if nothing but the placeholders can differ between two of its messages."""
+        """True if nothing but the per-message values can differ between two of its
+        messages: no option that depends on the moment (``countdown``, ``eta``,
+        ``expires``), no receiver of Celery's publish signals."""
         if any(name in occurrence.options for name in _TIMED_OPTIONS):
             return False
         signals = (celery_signals.before_task_publish, celery_signals.after_task_publish)
         return not any(signal.receivers for signal in signals)
 
     def forget(self) -> None:
-        """Build every template again (after the broker connection was replaced)."""
+        """Build every template again."""
         self._templates.clear()
 
     def _check_task(self, occurrence: Occurrence) -> None:
@@ -246,80 +299,81 @@ class MessageBuilder:
                 "what it does around the send cannot run inside the claim"
             )
 
-    def _template(self, occurrence: Occurrence) -> _Template | None:
-        first, second = _Markers.draw(), _Markers.draw()
-        built = []
-        for markers in (first, second):
-            sample = replace(
-                occurrence, task_id=markers.task_id, scheduled=markers.scheduled, raw=""
-            )
-            built.append(self._build(sample, markers.fence, markers.tag))
-        template = _Template(built[0], first)
-        if template.fill(second.task_id, second.fence, second.scheduled, second.tag) != built[1]:
-            logger.debug(
-                "beat: the messages of %r vary beyond task id, slot and fence; each is built "
-                "through Celery",
-                occurrence.entry,
-            )
-            return None
-        return template
-
-    def _build(self, occurrence: Occurrence, fence: int, tag: str | None) -> tuple[Command, ...]:
+    def _build(self, occurrence: Occurrence, fence: int, markers: _Values | None = None) -> _Built:
         producer = self._producer()
         channel = producer.channel
-        with _recording(channel, tag) as recorded:
+        values = _Values(occurrence.task_id, fence, occurrence.scheduled, "")
+        recording = _Recording(channel, values, markers)
+        channel._put = recording.put
+        channel._put_fanout = recording.put_fanout
+        try:
             # retry=False: a connection error must not make kombu revive another channel
             # (one whose delivery really pushes); the caller decides what the error means
             send_through_celery(self.app, producer, occurrence, fence, retry=False)
-        if not recorded:
+        finally:
+            del channel._put
+            del channel._put_fanout
+        if not recording.commands:
             raise NotAtomic("kombu delivered the message through no queue list")
-        return tuple(recorded)
+        return _Built(tuple(recording.commands), tuple(recording.template), recording.tag)
 
 
 _MISSING: Any = object()
 
 
-class _Recording:
-    """Stands in for a Redis channel's delivery: records what it would push."""
+def _new_tag() -> str:
+    """A delivery tag as kombu's virtual transport makes one."""
+    return str(uuid.uuid4())
 
-    def __init__(self, channel: Any, tag: str | None) -> None:
+
+class _Recording:
+    """Stands in for a Redis channel's delivery (``_put``): records what it would push,
+    and, given ``markers``, the same message with them in place of ``values``."""
+
+    def __init__(self, channel: Any, values: _Values, markers: _Values | None) -> None:
         self.channel = channel
-        self.tag = tag
+        self.values = values
+        self.markers = markers
         self.commands: list[Command] = []
+        self.template: list[Command] = []
+        self.tag = ""
         self.prefix = str(getattr(channel, "global_keyprefix", "") or "")
 
     def put(self, queue: str, message: dict[str, Any], **_kwargs: Any) -> None:
         channel = self.channel
-        if self.tag is not None:
-            message["properties"]["delivery_tag"] = self.tag
+        self.tag = str(message["properties"].get("delivery_tag", ""))
         priority = channel._get_message_priority(message, reverse=False)
         key = self.prefix + channel._q_for_pri(queue, priority)
         self.commands.append(("lpush", key, dumps(message)))  # type: ignore[no-untyped-call]
+        if self.markers is not None:
+            self.template.append(("lpush", key, self._with_markers(message)))
         expires = (getattr(channel, "_expires", None) or {}).get(queue)
         if expires is not None:
             for step in channel.priority_steps:
-                queue_key = self.prefix + channel._q_for_pri(queue, step)
-                self.commands.append(("pexpire", queue_key, str(int(expires))))
+                expiry = (
+                    "pexpire",
+                    self.prefix + channel._q_for_pri(queue, step),
+                    str(int(expires)),
+                )
+                self.commands.append(expiry)
+                self.template.append(expiry)
+
+    def _with_markers(self, message: dict[str, Any]) -> str:
+        assert self.markers is not None
+        values = replace(self.values, tag=self.tag)
+        headers = dict(message.get("headers") or {})
+        properties = dict(message.get("properties") or {})
+        for part, names in ((headers, _VARYING_HEADERS), (properties, _VARYING_PROPERTIES)):
+            for name in names:
+                if name in part and part[name] == values.of(name):
+                    part[name] = self.markers.of(name)
+        marked = {**message, "headers": headers, "properties": properties}
+        return dumps(marked)  # type: ignore[no-untyped-call,no-any-return]
 
     def put_fanout(self, exchange: str, _message: Any, _routing_key: str, **_kw: Any) -> None:
         raise NotAtomic(
             f"exchange {exchange!r} is a fanout exchange (Redis PUBLISH, not a queue list)"
         )
-
-
-class _recording:
-    def __init__(self, channel: Any, tag: str | None) -> None:
-        self.channel = channel
-        self.recording = _Recording(channel, tag)
-
-    def __enter__(self) -> list[Command]:
-        self.channel._put = self.recording.put
-        self.channel._put_fanout = self.recording.put_fanout
-        return self.recording.commands
-
-    def __exit__(self, *_exc: object) -> None:
-        del self.channel._put
-        del self.channel._put_fanout
 
 
 class Enqueuer:
@@ -384,7 +438,7 @@ class Enqueuer:
                 continue
             occurrence = next(prepared)
             keep_leading()  # as before each publish: renew when due, stop if lost
-            version_key = (op.key, op.expected_version) if static else None
+            version_key = (op.key, op.definition) if static and op.definition else None
             try:
                 commands = self.builder.commands(occurrence, fence, version_key)
             except NotAtomic as exc:

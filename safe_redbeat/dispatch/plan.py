@@ -30,6 +30,8 @@ class ClaimOp(Claim):
     """A :class:`~safe_redbeat.store.scripts.Claim` with the occurrence it records."""
 
     occurrence: Occurrence | None = None
+    #: the entry's stored definition, when it sends an occurrence (its messages' source)
+    definition: str = ""
 
     def pending_record(self) -> str:
         if self.occurrence is None or self.pushes:
@@ -130,6 +132,7 @@ def _plan_entry(
             regular,
             occurrence=occurrence,
             run_now=entry.run_now_raw or "",
+            definition=entry.definition_raw,
         )
     if not entry.enabled:
         return ClaimOp(entry.key, entry.score, entry.version, park_until)
@@ -155,6 +158,7 @@ def _plan_entry(
         meta,
         occurrence=claimed,
         new_state=step.state,
+        definition=entry.definition_raw if claimed is not None else "",
     )
 
 

@@ -134,21 +134,55 @@ def test_the_message_is_the_one_celery_pushes(
 
 
 def test_a_template_fills_in_what_changes_per_occurrence(
-    app: Celery, redis_client: redis.Redis
+    app: Celery, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = occurrence()
-    second = Occurrence(**{**first.__dict__, "task_id": "t-2", "scheduled": SCHEDULED + 60})
+    later = [
+        Occurrence(**{**first.__dict__, "task_id": f"t-{n}", "scheduled": SCHEDULED + 60 * n})
+        for n in (1, 2, 3)
+    ]
     with app.producer_or_acquire() as producer:
         builder = MessageBuilder(app, lambda: producer)
-        key = ("redbeat:nightly", "3")
-        commands = [builder.commands(o, FENCE, key) for o in (first, second)]
-    assert builder._templates[key] is not None  # built once, filled twice
-    for o, ours in zip((first, second), commands, strict=True):
+        key = ("redbeat:nightly", '{"task": "noop"}')
+        commands = [builder.commands(o, FENCE, key) for o in (first, *later[:2])]
+        template = builder._templates[key]
+        assert template is not None and template.verified  # the second build agreed
+        calls: list[object] = []
+        real_send = Celery.send_task
+        monkeypatch.setattr(Celery, "send_task", lambda *a, **k: calls.append(a))
+        commands.append(builder.commands(later[2], FENCE, key))
+        monkeypatch.setattr(Celery, "send_task", real_send)
+    for o, ours in zip((first, *later), commands, strict=True):
         (theirs,) = pushed_by_celery(app, redis_client, o)
         ((_key, mine),) = lpushes(ours)
         assert without_tag(mine) == without_tag(theirs[1])
     tags = [lpushes(c)[0][1]["properties"]["delivery_tag"] for c in commands]
-    assert len(set(tags)) == 2
+    assert len(set(tags)) == 4
+
+
+def test_messages_that_vary_are_built_every_time(app: Celery) -> None:
+    first = occurrence()
+    second = Occurrence(**{**first.__dict__, "task_id": "t-2", "scheduled": SCHEDULED + 60})
+    stamps = iter(range(100))
+
+    def stamp(headers: dict[str, object], **kwargs: object) -> None:
+        headers["stamp"] = next(stamps)  # a receiver that differs per message
+
+    with app.producer_or_acquire() as producer:
+        builder = MessageBuilder(app, lambda: producer)
+        key = ("redbeat:nightly", '{"task": "noop"}')
+        builder.commands(first, FENCE, key)
+        assert builder._templates[key] is not None
+        from celery.signals import before_task_publish
+
+        # a publish signal receiver: never templated
+        before_task_publish.connect(stamp, weak=False)
+        try:
+            assert not builder.templated(second)
+            ours = lpushes(builder.commands(second, FENCE, key))
+        finally:
+            before_task_publish.disconnect(stamp)
+    assert ours[0][1]["headers"]["stamp"] == 0
 
 
 def test_routes_prefix_and_unregistered_tasks(redis_url: str, redis_client: redis.Redis) -> None:
@@ -356,3 +390,22 @@ def test_the_scheduler_enqueues_atomically_on_one_redis(
     messages = [json.loads(raw) for raw in redis_client.lrange("celery", 0, -1)]
     assert sorted(m["headers"]["safe_redbeat_entry"] for m in messages) == ["a", "b", "c"]
     assert not redis_client.exists(KEYS.pending)
+
+
+def test_a_template_the_second_message_disagrees_with_is_dropped(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    app.conf.task_protocol = 1  # the task id is inside the (base64) body too
+    first = occurrence()
+    later = [
+        Occurrence(**{**first.__dict__, "task_id": f"t-{n}", "scheduled": SCHEDULED + 60 * n})
+        for n in (1, 2)
+    ]
+    with app.producer_or_acquire() as producer:
+        builder = MessageBuilder(app, lambda: producer)
+        key = ("redbeat:nightly", '{"task": "noop"}')
+        commands = [builder.commands(o, FENCE, key) for o in (first, *later)]
+    assert builder._templates[key] is None
+    for o, ours in zip((first, *later), commands, strict=True):
+        (theirs,) = pushed_by_celery(app, redis_client, o)
+        assert without_tag(lpushes(ours)[0][1]) == without_tag(theirs[1])
