@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -18,9 +19,10 @@ from celery import Celery
 from celery.beat import Scheduler
 from prometheus_client import CollectorRegistry
 
+import safe_redbeat
 from safe_redbeat import SafeRedBeatScheduler, Schedule, signals
 from safe_redbeat.dispatch.hooks import patched_hook
-from safe_redbeat.metrics import SchedulerMetrics
+from safe_redbeat.metrics import ENTRY_STATES, SchedulerMetrics
 from safe_redbeat.model.occurrence import task_id_for
 from safe_redbeat.observe import jsonlog
 from safe_redbeat.store.layout import Layout
@@ -144,7 +146,9 @@ def test_metrics_follow_the_scheduler(app: Celery, redis_client: redis.Redis) ->
         scheduler.tick()
         assert value("safe_redbeat_is_leader") == 1
         assert value("safe_redbeat_fence") == scheduler.shards[0].leadership.lease.fence
-        assert value("safe_redbeat_lease_seconds_left") == pytest.approx(2.0)  # renew deadline
+        assert value("safe_redbeat_renew_deadline_seconds") == pytest.approx(2.0)
+        assert value("safe_redbeat_lease_seconds_left") == pytest.approx(2.0)  # deprecated name
+        assert value("safe_redbeat_leads_shard", shard="0") == 1
         add_due(app, ["a", "b", "c"])
         redis_client.hset("redbeat:broken", mapping={"definition": "{not json", "meta": "{}"})
         redis_client.zadd("redbeat::schedule", {"redbeat:broken": 0})
@@ -152,24 +156,31 @@ def test_metrics_follow_the_scheduler(app: Celery, redis_client: redis.Redis) ->
         assert value("safe_redbeat_occurrences_claimed_total") == 3
         assert value("safe_redbeat_occurrences_sent_total") == 3
         assert value("safe_redbeat_occurrences_republished_total") == 0
-        assert value("safe_redbeat_occurrences_parked_total") == 1
+        assert value("safe_redbeat_entries_parked_total") == 1
+        assert value("safe_redbeat_occurrences_parked_total") == 1  # deprecated name
         assert value("safe_redbeat_dispatch_lag_seconds_count") == 3
-        assert value("safe_redbeat_pending") == 0
+        assert value("safe_redbeat_pending_occurrences") == 0
+        assert value("safe_redbeat_dead_occurrences") == 0
+        assert value("safe_redbeat_pending") == 0  # deprecated names
         assert value("safe_redbeat_dead") == 0
         assert value("safe_redbeat_entries", state="active") == 3
         assert value("safe_redbeat_entries", state="parked") == 1
         assert value("safe_redbeat_tick_duration_seconds_count", role="leader") == 2
         assert value("safe_redbeat_reconciles_total", source="beat_schedule", result="ok") == 1
+        reconciled = value("safe_redbeat_reconcile_last_success_timestamp_seconds",
+                           source="beat_schedule")  # fmt: skip
+        assert reconciled is not None and abs(reconciled - time.time()) < 60
         assert len(QueueAuditor(redis_client).drain()) == 3
 
         redis_client.delete(KEYS.lease)
         clock.now += 1
         scheduler.tick()
         assert value("safe_redbeat_is_leader") == 0
+        assert value("safe_redbeat_leads_shard", shard="0") == 0
         assert value("safe_redbeat_fence") == 0
         assert value("safe_redbeat_entries", state="active") is None  # leader only
         assert value("safe_redbeat_leadership_changes_total", change="lost", cause="key_gone") == 1
-        assert value("safe_redbeat_leadership_changes_total", change="acquired", cause="") == 1
+        assert value("safe_redbeat_leadership_changes_total", change="acquired", cause="none") == 1
     finally:
         metrics.close()
 
@@ -386,3 +397,43 @@ def test_metrics_of_a_sharded_replica_count_the_shards_it_leads(
         finally:
             metrics.close()
             a.close()
+
+
+def test_entries_are_counted_by_the_state_status_shows(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    registry = CollectorRegistry(auto_describe=False)
+    metrics = SchedulerMetrics(registry)
+    now = datetime.now(timezone.utc)
+    try:
+        with Schedule(app) as schedule:
+            schedule.upsert("plain", "noop", 60)
+            schedule.upsert("off", "noop", 60, enabled=False)
+            schedule.upsert("later", "noop", 60, start_time=now + timedelta(days=1))
+            schedule.upsert("over", "noop", 60, expires=now - timedelta(minutes=1))
+            schedule.upsert("done", "noop", 60, max_runs=2)
+        redis_client.hset("redbeat:done", "state", "finished")  # as the leader records it
+        redis_client.hset("redbeat:broken", mapping={"definition": "{not json", "meta": "{}"})
+        redis_client.zadd("redbeat::schedule", {"redbeat:broken": 0})
+        scheduler = SafeRedBeatScheduler(app=app, monotonic=FakeClock())
+        metrics.watch(scheduler)
+        scheduler.tick()
+        found = {
+            state: registry.get_sample_value("safe_redbeat_entries", {"state": state})
+            for state in ENTRY_STATES
+        }
+        assert found == {
+            "active": 1,
+            "disabled": 1,
+            "not_started": 1,
+            "expired": 1,
+            "finished": 1,
+            "parked": 1,
+        }
+        [info] = [m for m in registry.collect() if m.name == "safe_redbeat_build_info"]
+        [sample] = info.samples
+        assert sample.value == 1 and sample.labels["version"] == safe_redbeat.__version__
+        assert all(sample.labels.values()), "no empty label value"
+        scheduler.close()
+    finally:
+        metrics.close()

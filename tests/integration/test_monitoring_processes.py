@@ -122,7 +122,7 @@ def test_metrics_flip_on_failover_and_count_what_the_broker_got(
     leader.terminate()
     assert leader.wait(10) == 0
     after = wait_scrape(urls[standby.name], lambda s: s["safe_redbeat_is_leader"] == 1, timeout=10)
-    assert after['safe_redbeat_leadership_changes_total{cause="",change="acquired"}'] == 1
+    assert after['safe_redbeat_leadership_changes_total{cause="none",change="acquired"}'] == 1
     assert after["safe_redbeat_fence"] > fence
     schedule.enable("tick")
     auditor.wait_for(lambda m: len(m) >= seen + 2, timeout=10)
