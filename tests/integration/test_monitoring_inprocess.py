@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -437,3 +438,76 @@ def test_entries_are_counted_by_the_state_status_shows(
         scheduler.close()
     finally:
         metrics.close()
+
+
+def test_each_sent_occurrence_is_logged_in_celery_beats_words(
+    app: Celery, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="safe_redbeat")
+    scheduler = SafeRedBeatScheduler(app=app, monotonic=FakeClock())
+    scheduler.tick()
+    add_due(app, ["a", "b"])
+    scheduler.tick()
+    scheduler.close()
+    lines = [r.getMessage() for r in caplog.records if "Sending due task" in r.getMessage()]
+    messages = QueueAuditor(redis_client).drain()
+    assert len(messages) == 2
+    expected = sorted(
+        f"Scheduler: Sending due task {m.headers['safe_redbeat_entry']} (noop), task id "
+        f"{m.task_id}, scheduled "
+        + datetime.fromtimestamp(m.headers["safe_redbeat_scheduled"], timezone.utc).strftime(
+            "%Y-%m-%d %H:%M:%S UTC"
+        )
+        for m in messages
+    )
+    assert sorted(lines) == expected
+
+
+def test_sent_lines_can_be_switched_off(
+    redis_url: str, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="safe_redbeat")
+    with celery_app("monitoring-quiet", redis_url, safe_redbeat_log_sent=False) as app:
+        scheduler = SafeRedBeatScheduler(app=app, monotonic=FakeClock())
+        add_due(app, ["a", "b"])
+        scheduler.tick()
+        scheduler.close()
+    assert len(QueueAuditor(redis_client).drain()) == 2
+    assert not [r for r in caplog.records if "Sending due task" in r.getMessage()]
+
+
+def test_json_logs_have_one_occurrence_sent_event_per_occurrence(
+    app: Celery, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = io.StringIO()
+    jsonlog.install("replica-a", stream)
+    try:
+        add_due(app, ["a"])
+        crashed = SafeRedBeatScheduler(app=app, monotonic=FakeClock())
+
+        def die(claimed: object) -> None:
+            raise SystemExit(1)
+
+        monkeypatch.setattr(crashed.shards[0], "_publish_claimed", die)
+        with pytest.raises(SystemExit):
+            crashed.tick()
+        redis_client.delete(KEYS.lease)
+        add_due(app, ["b"])
+        successor = SafeRedBeatScheduler(app=app, monotonic=FakeClock())
+        successor.tick()
+        successor.close()
+    finally:
+        jsonlog.uninstall()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    sent = [line for line in lines if line.get("event") == "occurrence_sent"]
+    messages = {m.headers["safe_redbeat_entry"]: m for m in QueueAuditor(redis_client).drain()}
+    assert sorted(e["entry"] for e in sent) == sorted(messages) == ["a", "b"]
+    for event in sent:
+        message = messages[event["entry"]]
+        assert event["task_id"] == message.task_id and event["task"] == "noop"
+        assert event["scheduled"] == message.headers["safe_redbeat_scheduled"]
+        assert event["fence"] == message.headers["safe_redbeat_fence"]
+        assert event["republished"] is (event["entry"] == "a")
+        assert event["level"] == "INFO" and event["logger"] == "safe_redbeat"
+        assert event["message"].startswith(f"Scheduler: Sending due task {event['entry']} (noop)")
+    assert sent[0]["message"].endswith(", republished")
