@@ -182,3 +182,22 @@ def test_a_port_in_use_stops_beat_at_start_up_naming_the_setting(
         assert "HTTP server not started" in caplog.text
     finally:
         first.close()
+
+
+def test_deprecated_and_unknown_settings_are_one_warning_each_at_start_up(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = {"safe_redbeat_metrics_port": 0, "safe_redbeat_metrics_addr": "127.0.0.1"}
+    with celery_app("http-old", redis_url, **old, safe_redbeat_lease_second=20) as app:
+        served = Served(SafeRedBeatScheduler(app=app, monotonic=FakeClock()))
+        try:
+            assert served.get("/healthz")[0] == 200  # the old names still serve
+        finally:
+            served.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "beat: deprecated settings: safe_redbeat_metrics_port (use safe_redbeat_http_port), "
+        "safe_redbeat_metrics_addr (use safe_redbeat_http_addr)",
+        "beat: settings nobody reads (misspelled?): safe_redbeat_lease_second "
+        "(did you mean safe_redbeat_lease_seconds?)",
+    ]
