@@ -38,6 +38,11 @@ LOG_FORMATS = ("text", "json")
 #: ``run_once``: after an outage, a missed entry runs once now (Celery's behaviour).
 #: ``skip``: an occurrence later than ``catch_up_grace_seconds`` is skipped, not sent.
 CATCH_UP_POLICIES = ("run_once", "skip")
+#: ``safe_redbeat_enqueue``: ``atomic`` claims and pushes each message onto its broker
+#: queue in one fenced script (the broker is kombu's Redis transport on the schedule's
+#: server); ``publish`` claims, then publishes through Celery's producer (any broker);
+#: ``auto`` takes ``atomic`` where it is possible (see dispatch/enqueue.py).
+ENQUEUE_MODES = ("auto", "atomic", "publish")
 
 #: Deprecated settings and the ones that replace them (read for one more release).
 DEPRECATED = {
@@ -135,6 +140,8 @@ class Settings:
     #: One INFO line (and JSON event ``occurrence_sent``) per occurrence the broker took;
     #: False for very large schedules.
     log_sent: bool = True
+    #: How claimed occurrences reach the broker; see ``ENQUEUE_MODES``.
+    enqueue: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_named", bool(self.instance_name))
@@ -315,6 +322,11 @@ class Settings:
                 f"{PREFIX}log_format must be one of {', '.join(LOG_FORMATS)}, "
                 f"got {self.log_format!r}",
                 PREFIX + "log_format",
+            )
+        if self.enqueue not in ENQUEUE_MODES:
+            raise ConfigurationError(
+                f"{PREFIX}enqueue must be one of {', '.join(ENQUEUE_MODES)}, got {self.enqueue!r}",
+                PREFIX + "enqueue",
             )
         if self.catch_up not in CATCH_UP_POLICIES:
             raise ConfigurationError(
