@@ -1,7 +1,8 @@
 """One INFO line per occurrence the broker took, in Celery beat's wording: did it fire?
 
 Stock beat logs ``Scheduler: Sending due task <name> (<task>)`` for every entry it sends.
-safe_redbeat logs the same words once the broker accepted the occurrence's batch, with
+safe_redbeat logs the same words once the occurrence is in the broker (its batch was
+accepted, or the claim script pushed it onto its queue: atomic enqueue), with
 what tells one occurrence from another (one line)::
 
     Scheduler: Sending due task nightly-report (proj.tasks.report), task id 0f6c...,
@@ -27,7 +28,7 @@ from celery.utils.log import get_logger
 from ..config import Settings
 from ..model.occurrence import Occurrence
 
-__all__ = ["announcing", "log_sent"]
+__all__ = ["announce", "announcing", "log_sent"]
 
 logger = get_logger("safe_redbeat")
 
@@ -45,6 +46,15 @@ def announcing(ack: Ack, settings: Settings, *, fence: int, republished: bool) -
         log_sent(sent, fence=fence, republished=republished)
 
     return ack_and_log
+
+
+def announce(
+    settings: Settings, occurrences: Sequence[Occurrence], *, fence: int, republished: bool
+) -> None:
+    """:func:`log_sent`, unless ``safe_redbeat_log_sent`` is off (for a path that has no
+    acknowledgement to wrap: an atomic enqueue is sent when its claim returns)."""
+    if settings.log_sent:
+        log_sent(occurrences, fence=fence, republished=republished)
 
 
 def log_sent(occurrences: Sequence[Occurrence], *, fence: int, republished: bool) -> None:

@@ -110,7 +110,8 @@ def test_healthz_fails_while_a_tick_is_stuck_in_a_publish(
 ) -> None:
     """Real time: a publish that hangs (a broker that never answers) holds the tick; the
     loop is behind its plan and /healthz says so, while /readyz follows."""
-    with celery_app("http-stuck", redis_url, **HTTP, safe_redbeat_liveness_seconds=0.3) as app:
+    stuck = {"safe_redbeat_liveness_seconds": 0.3, "safe_redbeat_enqueue": "publish"}
+    with celery_app("http-stuck", redis_url, **HTTP, **stuck) as app:
         served = Served(SafeRedBeatScheduler(app=app))
         try:
             served.scheduler.tick()

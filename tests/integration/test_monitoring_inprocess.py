@@ -481,6 +481,7 @@ def test_sent_lines_can_be_switched_off(
 def test_json_logs_have_one_occurrence_sent_event_per_occurrence(
     app: Celery, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    app.conf.safe_redbeat_enqueue = "publish"  # a pending record only exists there
     stream = io.StringIO()
     jsonlog.install("replica-a", stream)
     try:
