@@ -27,6 +27,7 @@ from .dispatch.shard import Shard, ShardContext
 from .errors import LeaseLost
 from .leader.balance import Balancer
 from .leader.heartbeat import remove_heartbeat
+from .observe.health import LoopWatch
 from .store.binding import Binding
 from .store.connection import CLIENT_ERRORS
 from .store.keys import isolates
@@ -67,6 +68,8 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         self.safe_settings = s = binding.settings
         self._monotonic = monotonic
         self._closed = False
+        #: when the loop ticked and planned to tick again (read by ``/healthz``)
+        self.loop = LoopWatch(monotonic)
         super().__init__(app, lock_key=lock_key, lock_timeout=lock_timeout, **kwargs)
         self.keys = binding.keys
         self._check_keys(app)
@@ -137,7 +140,9 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             duration = time.perf_counter() - started
             signals.tick_finished.send(self, duration=duration, leader=self.is_leader)
         self.balancer.heartbeat()
-        return min(delays)
+        delay = min(delays)
+        self.loop.ticked(delay)
+        return delay
 
     def _work(self, shard: Shard) -> float:
         """Keep ``shard``'s lease and dispatch what is due in it; the seconds until again."""
@@ -164,6 +169,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
     def _keep_alive(self, busy: Shard) -> None:
         """While ``busy``'s dispatch takes long: stop if closed, keep the others going."""
         self._exit_if_closed()
+        self.loop.progressed()
         self.balancer.keep_others(busy)
 
     def _exit_if_closed(self) -> None:

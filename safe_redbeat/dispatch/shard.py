@@ -29,6 +29,7 @@ from ..errors import FencedOut
 from ..leader.leadership import Leadership
 from ..leader.lease import Lease
 from ..model.occurrence import Occurrence
+from ..observe import sent as sent_log
 from ..store.keys import Keys
 from ..store.layout import Layout
 from ..store.scripts import Scripts
@@ -251,6 +252,7 @@ class Shard:
             to_publish.extend(settled.claimed)
             enqueued += len(settled.enqueued)
             signals.acking(self.outbox, _nothing, fence=fence, republished=False)(settled.enqueued)
+            sent_log.announce(c.settings, settled.enqueued, fence=fence, republished=False)
             if settled.queue_refused:
                 for op in settled.queue_refused:
                     logger.warning(

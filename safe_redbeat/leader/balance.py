@@ -111,6 +111,8 @@ class Balancer(Generic[S]):
         )
         self._next_poll = 0.0
         self._next_heartbeat = 0.0
+        #: monotonic time this replica's heartbeat was last written (None: not yet)
+        self.heartbeat_at: float | None = None
         self._free_polls: dict[int, int] = {}
         self._surplus_polls = 0
         self._others: list[Heartbeat] = []
@@ -129,6 +131,11 @@ class Balancer(Generic[S]):
     def elected(self) -> bool:
         """True while this replica leads a shard inside its renew deadline."""
         return any(shard.leadership.elected for shard in self.shards)
+
+    @property
+    def live_limit(self) -> float:
+        """Age at which a heartbeat no longer counts as a live replica's."""
+        return LIVE_AGE * self.settings.retry_seconds
 
     def poll_delay(self) -> float:
         """A standby's sleep: ``retry_seconds``, jittered down by up to a fifth."""
@@ -183,6 +190,7 @@ class Balancer(Generic[S]):
         except CLIENT_ERRORS as exc:  # the next tick finds out and backs off
             logger.debug("beat: heartbeat not written: %s", exc)
             return
+        self.heartbeat_at = now
         self._next_heartbeat = now + s.retry_seconds
 
     def keep_others(self, busy: S) -> None:
@@ -295,7 +303,7 @@ class Balancer(Generic[S]):
 
     def _count_replicas(self, client: Any) -> None:
         """Live replicas by token (never by name), and namesakes of this one."""
-        limit = LIVE_AGE * self.settings.retry_seconds
+        limit = self.live_limit
         live = [
             found.heartbeat
             for found in prune_heartbeats(client, self.base)
