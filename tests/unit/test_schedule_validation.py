@@ -299,6 +299,6 @@ def test_a_spec_constructed_field_by_field_is_cleaned_up_and_checked_before_it_i
     assert loaded.schedule == crontab(minute="*/5") and loaded.args == (1,)
     assert loaded.replace(kwargs={"a": 1}).kwargs == {"a": 1}
     load = parse_specs([EntrySpec(name="e", task="", schedule=interval(timedelta(seconds=5)))])
-    assert [spec.name for spec in load.specs] == [] and "task" in load.errors[0]
+    assert [spec.name for spec in load.specs] == [] and "task" in load.rejected["e"]
     with pytest.raises(InvalidEntry, match="enabled"):
         spec().replace(enabled="yes")
