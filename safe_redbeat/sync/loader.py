@@ -4,8 +4,8 @@
 app and returns an iterable of entries, each an :class:`~safe_redbeat.EntrySpec` or a
 mapping with ``name``, ``task``, ``schedule`` and optionally ``args``, ``kwargs``,
 ``options``, ``enabled``, the lifetime fields ``start_time``, ``expires``, ``max_runs``,
-``tz``, ``run_immediately``, and ``last_run_at`` (used only when Redis has no run history
-of the entry). A one-off gives ``at`` (a datetime) instead of ``schedule``. Naive
+``tz``, ``run_immediately``, and ``last_run_at`` and ``total_run_count`` (the source's run
+history, used only when Redis has none for the entry). A one-off gives ``at`` (a datetime) instead of ``schedule``. Naive
 datetimes are taken in the app's timezone. A loader that raises, times out or returns
 garbage yields an *incomplete* load: good entries are still applied, nothing is removed.
 An item that names an entry but cannot be scheduled (a bad crontab field, an unknown
@@ -32,8 +32,8 @@ __all__ = ["Load", "LoaderBusy", "LoaderError", "LoaderSlot", "call_loader", "pa
 
 SPEC_FIELDS = frozenset({"name", "task", "schedule", "args", "kwargs", "options", "enabled"})
 #: What a loader item (a mapping) may carry: the definition, the lifetime fields (``at``:
-#: a one-off) and the source's ``last_run_at``.
-ITEM_FIELDS = SPEC_FIELDS | frozenset(LIFETIME_FIELDS) | {"last_run_at"}
+#: a one-off) and the source's run history (``last_run_at``, ``total_run_count``).
+ITEM_FIELDS = SPEC_FIELDS | frozenset(LIFETIME_FIELDS) | {"last_run_at", "total_run_count"}
 
 
 class LoaderError(Exception):
