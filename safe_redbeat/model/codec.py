@@ -83,6 +83,7 @@ def solar_schedule(key: str, event: Any, lat: Any, lon: Any) -> solar:
         ) from None
     return solar(event, degrees[0], degrees[1])
 
+
 # One instance each: json.loads/dumps(cls=...) would build a new one per call, which
 # costs a few microseconds per entry on every tick. Both are stateless.
 _DECODER = RedBeatJSONDecoder()
@@ -135,8 +136,7 @@ def _schedule(key: str, raw: Any, app: Any) -> BaseSchedule:
         raise _fail(
             key,
             "definition.schedule",
-            f"unknown schedule type {raw['__type__']!r} (known: interval, crontab, rrule, "
-            "solar)",
+            f"unknown schedule type {raw['__type__']!r} (known: interval, crontab, rrule, solar)",
         )
     if not isinstance(raw, BaseSchedule):
         raise _fail(key, "definition.schedule", f"not a schedule: {raw!r}")

@@ -358,9 +358,7 @@ class EntrySpec:
             or not isinstance(total_run_count, int)
             or not 0 <= total_run_count <= 2**53
         ):
-            raise _invalid(
-                name, "total_run_count", f"must be an int >= 0, got {total_run_count!r}"
-            )
+            raise _invalid(name, "total_run_count", f"must be an int >= 0, got {total_run_count!r}")
         lifecycle = Lifecycle.build(name, **lifetime)  # names checked there
         _check_with_schedule(name, lifecycle, converted)
         return cls(

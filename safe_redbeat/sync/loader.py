@@ -5,9 +5,10 @@ app and returns an iterable of entries, each an :class:`~safe_redbeat.EntrySpec`
 mapping with ``name``, ``task``, ``schedule`` and optionally ``args``, ``kwargs``,
 ``options``, ``enabled``, the lifetime fields ``start_time``, ``expires``, ``max_runs``,
 ``tz``, ``run_immediately``, and ``last_run_at`` and ``total_run_count`` (the source's run
-history, used only when Redis has none for the entry). A one-off gives ``at`` (a datetime) instead of ``schedule``. Naive
-datetimes are taken in the app's timezone. A loader that raises, times out or returns
-garbage yields an *incomplete* load: good entries are still applied, nothing is removed.
+history, used only when Redis has none for the entry). A one-off gives ``at`` (a
+datetime) instead of ``schedule``. Naive datetimes are taken in the app's timezone. A
+loader that raises, times out or returns garbage yields an *incomplete* load: good
+entries are still applied, nothing is removed.
 An item that names an entry but cannot be scheduled (a bad crontab field, an unknown
 field, arguments that are not JSON) is *rejected*: reported by name and skipped, its entry
 in Redis kept as it is; the other items, and removals, apply as usual.
@@ -28,7 +29,15 @@ from ..model.lifecycle import LIFETIME_FIELDS
 from ..model.specs import EntrySpec
 from ..model.validation import check_name
 
-__all__ = ["Load", "LoaderBusy", "LoaderError", "LoaderSlot", "call_loader", "parse_specs"]
+__all__ = [
+    "Load",
+    "LoaderBusy",
+    "LoaderError",
+    "LoaderSlot",
+    "call_loader",
+    "item_spec",
+    "parse_specs",
+]
 
 SPEC_FIELDS = frozenset({"name", "task", "schedule", "args", "kwargs", "options", "enabled"})
 #: What a loader item (a mapping) may carry: the definition, the lifetime fields (``at``:
@@ -198,6 +207,11 @@ def _label(item: Any, index: int) -> str:
     if name is None and isinstance(item, Mapping):
         name = item.get("name")
     return str(name) if name else f"#{index}"
+
+
+def item_spec(item: Any) -> EntrySpec:
+    """One loader item as an EntrySpec; InvalidEntry naming the entry and the field."""
+    return _to_spec(item, 0)
 
 
 def _to_spec(item: Any, index: int) -> EntrySpec:

@@ -109,9 +109,7 @@ class ReconcileResult:
             # rejected entries are listed with the errors (by name), but leave it complete
             "errors": [
                 sanitize_text(error)
-                for error in [*self.errors, *(self.rejected[n] for n in sorted(self.rejected))][
-                    :20
-                ]
+                for error in [*self.errors, *(self.rejected[n] for n in sorted(self.rejected))][:20]
             ],
             "rejected": sorted(self.rejected)[:20],
             "complete": self.complete,

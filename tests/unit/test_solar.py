@@ -41,7 +41,7 @@ CASES = [
 def celery_next(event: str, lat: float, lon: float, after: datetime) -> float:
     schedule = solar(event, lat, lon, app=APP)
     schedule.nowfun = lambda: after
-    return (after + schedule.remaining_estimate(after)).timestamp()
+    return float((after + schedule.remaining_estimate(after)).timestamp())
 
 
 @pytest.mark.parametrize(("event", "lat", "lon", "after"), CASES)
@@ -85,11 +85,15 @@ def test_a_solar_schedule_is_stored_in_its_json_form_and_read_back() -> None:
         ({"event": "sunrise", "lat": 1, "lon": 1, "elevation": 3}, "schedule"),
     ],
 )
-def test_a_bad_solar_schedule_is_refused_naming_the_field(form: dict[str, object], field: str) -> None:
+def test_a_bad_solar_schedule_is_refused_naming_the_field(
+    form: dict[str, object], field: str
+) -> None:
     with pytest.raises(InvalidEntry) as caught:
         to_schedule({"__type__": "solar", **form}, "dawn")
     assert caught.value.field == field
-    definition = json.dumps({"name": "dawn", "task": "t", "schedule": {"__type__": "solar", **form}})
+    definition = json.dumps(
+        {"name": "dawn", "task": "t", "schedule": {"__type__": "solar", **form}}
+    )
     with pytest.raises(InvalidEntry, match="dawn"):
         decode_entry("redbeat:dawn", "dawn", 0.0, definition, None, "1", app=APP)
 
