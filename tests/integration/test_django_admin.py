@@ -212,7 +212,7 @@ def test_the_form_refuses_a_row_safe_redbeat_cannot_schedule(
         assert response.status_code == 200, f"{field}: the form was accepted"
         page = response.content.decode()
         # shown at the field (Django renders the field's errors in its own row)
-        row = page[page.index(f'class="form-row') : page.index(f'name="{field}"')]
+        row = page[page.index('class="form-row') : page.index(f'name="{field}"')]
         assert "safe_redbeat cannot schedule this task: " + shown in row.rsplit("form-row", 1)[-1]
     assert not PeriodicTask.objects.exists()
     assert c.post(ADD, form).status_code == 302
