@@ -21,6 +21,7 @@ from celery.utils.log import get_logger
 from redbeat.schedulers import RedBeatScheduler
 
 from . import signals
+from .dispatch.enqueue import Enqueuer
 from .dispatch.publisher import Publisher
 from .dispatch.shard import Shard, ShardContext
 from .errors import LeaseLost
@@ -78,6 +79,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             settings=s,
             client=binding.client,
             publisher=lambda: self.publisher,
+            enqueuer=lambda: self.enqueuer,
             build_entry=self._maybe_entry,
             keep_alive=self._keep_alive,
             signal_sender=self,
@@ -94,6 +96,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             where=binding.url,
             monotonic=monotonic,
             rng=rng,
+            enqueue_mode=self._enqueue_mode,
         )
 
     def _check_keys(self, app: Any) -> None:
@@ -119,6 +122,13 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Which shards to lead, then dispatch of what is due in each. Never raises on Redis."""
         self._exit_if_closed()
+        if self.safe_settings.enqueue == "atomic" and self.enqueuer.decided is None:
+            # refuse to start (ConfigurationError) before leading anything
+            try:
+                self.enqueuer.mode()
+            except CLIENT_ERRORS as exc:
+                logger.warning("beat: cannot tell yet whether atomic enqueue is possible: %s", exc)
+                return self.safe_settings.retry_seconds
         started = time.perf_counter()
         try:
             delays = [self.balancer.poll_if_due()]
@@ -216,6 +226,16 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
     def publisher(self) -> Publisher:
         """One publisher, on Celery's producer, for every shard."""
         return Publisher(self.app, lambda: self.producer)
+
+    def _enqueue_mode(self) -> str:
+        decided = self.enqueuer.decided
+        return "" if decided is None else decided.name
+
+    @cached_property
+    def enqueuer(self) -> Enqueuer:
+        """The enqueue mode (decided once both Redis connections answer) and the
+        messages it pushes, on the same producer as the publisher."""
+        return Enqueuer(self.app, self.safe_settings, self.binding.client, lambda: self.producer)
 
     @property
     def layout(self) -> Layout:
