@@ -94,7 +94,8 @@ def load_app(name: str) -> Any:
     ``proj.celery:app``), with the current directory on ``sys.path``; read its config."""
     from celery import Celery
     from celery.app.utils import find_app
-    from redbeat.schedulers import ensure_conf
+
+    from ..store.connection import redbeat_conf
 
     cwd = os.getcwd()
     if cwd not in sys.path:
@@ -109,7 +110,7 @@ def load_app(name: str) -> Any:
     if not isinstance(app, Celery):
         raise CLIError(EXIT_APP, "app", f"{what}: it is a {type(app).__name__}, not a Celery app")
     try:
-        ensure_conf(app)  # reads the configuration (e.g. Django settings) now
+        redbeat_conf(app)  # reads the configuration (e.g. Django settings) now
     except Exception as exc:
         raise CLIError(
             EXIT_APP, "app", f"{what}: its configuration: {type(exc).__name__}: {exc}"

@@ -11,11 +11,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celery.schedules import BaseSchedule, crontab
 from celery.schedules import schedule as interval
-from redbeat.decoder import RedBeatJSONEncoder
 
 from ..errors import InvalidEntry
 from ..leader.heartbeat import ReplicaStatus
 from ..leader.lease import Holder
+from ..model.codec import encode_schedule
 from ..model.lifecycle import FLAG, PARKED, TIME, lifetime_fields
 from ..model.specs import CRONTAB_FIELDS, EntryInfo
 from ..store.keys import Keys
@@ -87,7 +87,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]], indent: str 
 
 def schedule_json(value: BaseSchedule) -> Any:
     """RedBeat's JSON form of a schedule (what the entry's ``definition`` stores)."""
-    return json.loads(json.dumps(value, cls=RedBeatJSONEncoder))
+    return json.loads(encode_schedule(value))  # RedBeat's encoder, plus solar
 
 
 def schedule_text(value: BaseSchedule) -> str:
