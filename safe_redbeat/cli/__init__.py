@@ -1,13 +1,15 @@
 """The ``safe-redbeat`` command (also ``python -m safe_redbeat``).
 
 Status, health probes and schedule management from a shell, a CI job or a Kubernetes
-``exec`` probe. ``-A/--app`` names the Celery app as ``celery -A`` does. Output is a
+``exec`` probe; also ``celery -A proj safe-redbeat ...`` (the ``celery.commands`` entry
+point). ``-A/--app`` names the Celery app as ``celery -A`` does. Output is a
 human-readable table; ``--json`` prints one JSON object instead (schemas in
 ``docs/cli.md``). An error is one line on stderr and a distinct exit code (``EXIT_*``).
 
-Modules: ``context`` (loading the app, Redis, errors and exit codes), ``output``
-(tables and JSON forms), ``status`` (``status``, ``health``), ``entries`` (the schedule
-commands and ``sync``), ``main`` (arguments). Every change goes through
+Modules: ``context`` (loading the app, Redis, errors and exit codes), ``params`` (how
+durations, JSON and times are read), ``output`` (tables and JSON forms), ``status``
+(``status``, ``health``), ``entries`` (the schedule commands and ``sync``), ``dead``,
+``reshard``, ``main`` (the click commands). Every change goes through
 :class:`~safe_redbeat.schedule.Schedule` or :func:`~safe_redbeat.writethrough.sync_once`.
 """
 
@@ -23,7 +25,7 @@ from .context import (
     EXIT_UNHEALTHY,
     EXIT_USAGE,
 )
-from .main import build_parser, main
+from .main import main, safe_redbeat
 
 __all__ = [
     "EXIT_APP",
@@ -34,6 +36,6 @@ __all__ = [
     "EXIT_REDIS",
     "EXIT_UNHEALTHY",
     "EXIT_USAGE",
-    "build_parser",
     "main",
+    "safe_redbeat",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -18,12 +19,12 @@ from ..store.keys import Keys
 from ..store.layout import InvalidLayout, Layout, read_layout
 from ..store.scripts import Scripts
 
-__all__ = ["CLIError", "Context", "load_app", "open_context", "redis_error"]
+__all__ = ["Args", "CLIError", "Context", "bind_app", "load_app", "open_context", "redis_error"]
 
 EXIT_OK = 0
 #: ``health``: the check failed; ``sync``: the load had errors (nothing was removed).
 EXIT_UNHEALTHY = 1
-#: Bad arguments (argparse prints a usage line).
+#: Bad arguments (a usage line and the problem).
 EXIT_USAGE = 2
 #: Redis could not be reached, or answered with an error.
 EXIT_REDIS = 3
@@ -63,6 +64,11 @@ class CLIError(Exception):
         self.extra = extra
 
 
+class Args(SimpleNamespace):
+    """A command's options by name (``args.name``, ``args.every``), plus ``command`` (its
+    name), ``json`` and ``timeout`` (given before or after the command name)."""
+
+
 @dataclass
 class Context:
     app: Any
@@ -92,13 +98,9 @@ class Context:
 def load_app(name: str) -> Any:
     """Import the Celery app as ``celery -A`` does (``proj``, ``proj.celery``,
     ``proj.celery:app``), with the current directory on ``sys.path``; read its config."""
-    from celery import Celery
     from celery.app.utils import find_app
-    from redbeat.schedulers import ensure_conf
 
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)  # also for the loader module `sync` imports later
+    _cwd_on_path()
     what = f"cannot load the Celery app {name!r}"
     try:
         app = find_app(name)
@@ -106,6 +108,15 @@ def load_app(name: str) -> Any:
         raise CLIError(EXIT_APP, "app", f"{what}: no module named {exc.name!r}") from None
     except Exception as exc:  # user code: anything can go wrong on import
         raise CLIError(EXIT_APP, "app", f"{what}: {type(exc).__name__}: {exc}") from None
+    return bind_app(app, what)
+
+
+def bind_app(app: Any, what: str = "cannot use the Celery app") -> Any:
+    """``app`` (a Celery app: the one ``celery -A`` loaded) with its configuration read."""
+    from celery import Celery
+    from redbeat.schedulers import ensure_conf
+
+    _cwd_on_path()
     if not isinstance(app, Celery):
         raise CLIError(EXIT_APP, "app", f"{what}: it is a {type(app).__name__}, not a Celery app")
     try:
@@ -117,10 +128,18 @@ def load_app(name: str) -> Any:
     return app
 
 
-def open_context(app_name: str, timeout: float | None) -> Context:
-    """Load the app; ``timeout`` (default ``safe_redbeat_socket_timeout``) bounds every
-    Redis call. No connection is made yet."""
-    app = load_app(app_name)
+def _cwd_on_path() -> None:
+    """The current directory on ``sys.path``, as ``celery`` has it: also for the loader
+    module ``sync`` imports later."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def open_context(app: Any, timeout: float | None) -> Context:
+    """Load the app (a name as ``-A`` takes it, or a Celery app); ``timeout`` (default
+    ``safe_redbeat_socket_timeout``) bounds every Redis call. No connection is made yet."""
+    app = load_app(app) if isinstance(app, str) else bind_app(app)
     binding = Binding.of(app, socket_timeout=timeout)
     binding.check_cluster_keys()  # ConfigurationError: reported as a configuration error
     try:

@@ -1,17 +1,23 @@
-"""Arguments, dispatch, and turning every expected failure into one line and an exit code."""
+"""The commands on click (Celery's own CLI toolkit): arguments, dispatch, and turning every
+expected failure into one line and an exit code.
+
+One click group serves both ways in: the ``safe-redbeat`` console script (:func:`main`)
+and ``celery -A proj safe-redbeat ...`` (the ``celery.commands`` entry point), where the
+app comes from Celery's ``-A``.
+"""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime
-from typing import Any
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, NoReturn
 
+import click
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 
@@ -23,7 +29,7 @@ from ..errors import (
     SafeRedBeatError,
     VersionConflict,
 )
-from ..model.lifecycle import COUNT, FLAG, TIME, ZONE, lifetime_fields
+from ..model.lifecycle import FLAG, lifetime_fields
 from .context import (
     EXIT_APP,
     EXIT_CONFLICT,
@@ -31,6 +37,7 @@ from .context import (
     EXIT_MEANINGS,
     EXIT_NOT_FOUND,
     EXIT_RESHARD,
+    Args,
     CLIError,
     Context,
     open_context,
@@ -47,14 +54,17 @@ from .entries import (
     cmd_sync,
     cmd_update,
 )
+from .params import DURATION, JsonOf, lifetime_options
 from .reshard import cmd_reshard
 from .status import cmd_health, cmd_status
 
-__all__ = ["build_parser", "main"]
+__all__ = ["PROG", "main", "safe_redbeat"]
 
-Command = Callable[[Context, argparse.Namespace], int]
+#: the command's name, standalone and as a ``celery`` subcommand
+PROG = "safe-redbeat"
 
-EXIT_CODES = "exit codes: " + ", ".join(f"{code} {text}" for code, text in EXIT_MEANINGS.items())
+Command = Callable[[Context, Args], int]
+
 #: what ``update`` can change: the definition's options and every lifetime field but the
 #: first-run flag (``add --now``)
 UPDATE_FIELDS = (
@@ -68,221 +78,203 @@ UPDATE_FIELDS = (
     "enabled",
     *(f.name for f in lifetime_fields() if f.metadata["kind"] != FLAG),
 )
+#: the options of which ``add`` takes exactly one and ``update`` at most one
+SCHEDULE_OPTIONS = (("every", "--every"), ("cron", "--cron"), ("at", "--at"))
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-def _json_of(kind: type, label: str) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = json.loads(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
-        if not isinstance(value, kind):
-            raise argparse.ArgumentTypeError(f"must be a JSON {label}, got {text!r}")
-        return value
-
-    return parse
+# -- help and usage --------------------------------------------------------------------
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
+class _Help:
+    """Usage lines as argparse wrote them (``usage: ...``); the exit codes after the help."""
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        pieces = " ".join(self.collect_usage_pieces(ctx))  # type: ignore[attr-defined]
+        formatter.write_usage(ctx.command_path, pieces, prefix="usage: ")
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)  # type: ignore[misc]
+        with formatter.section("Exit codes"):
+            formatter.write_dl([(str(code), text) for code, text in EXIT_MEANINGS.items()])
 
 
-def _when(text: str) -> datetime:
-    """ISO 8601 (``2026-12-24T18:30``, ``...+01:00``, ``...Z``); naive = the app's timezone."""
-    try:
-        return datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not an ISO 8601 date and time (e.g. 2026-12-24T18:30): {text!r}"
-        ) from None
+class SafeCommand(_Help, click.Command):
+    """A command of ``safe-redbeat``."""
 
 
-def _int_at_least(low: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text!r}")
-        return value
+class SafeGroup(_Help, click.Group):
+    """The ``safe-redbeat`` group: its commands in the order they were added."""
 
-    return parse
+    command_class = SafeCommand
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
 
 
-_count = _int_at_least(1)
-_version = _int_at_least(0)
+# -- the options every command takes -----------------------------------------------------
 
 
-def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
-    """-A/--app, --json and --timeout, accepted before and after the command name."""
-    # after the command, an option left out must not reset what was given before it
-    unset: Any = argparse.SUPPRESS
-    parser.add_argument(
-        "-A",
-        "--app",
-        default=os.environ.get("CELERY_APP") if top else unset,
-        help="the Celery app as for `celery -A`: proj, proj.celery, proj.celery:app "
-        "(default: $CELERY_APP)",
-    )
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        default=False if top else unset,
-        help="print one JSON object (schemas: docs/cli.md)",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=_positive,
-        metavar="SECONDS",
-        default=None if top else unset,
-        help="Redis socket timeout (default: safe_redbeat_socket_timeout)",
-    )
-
-
-def _expected_version(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--expected-version",
-        type=_version,
-        metavar="N",
-        help="change it only if Redis still holds version N (else exit 6)",
-    )
-
-
-#: how the CLI reads a lifetime field of each kind: parser and metavar
-_LIFETIME_INPUT: dict[str, tuple[Callable[[str], Any], str]] = {
-    TIME: (_when, "WHEN"),
-    COUNT: (_count, "N"),
-    ZONE: (str, "ZONE"),
-}
-
-
-def _entry_fields(parser: argparse.ArgumentParser, *, add: bool) -> None:
-    parser.add_argument("name", metavar="NAME")
-    parser.add_argument("--task", required=add, help="task name, e.g. proj.tasks.report")
-    schedule = parser.add_mutually_exclusive_group(required=add)  # --every, --cron, --at
-    schedule.add_argument("--every", type=_positive, metavar="SECONDS", help="interval")
-    schedule.add_argument("--cron", metavar="EXPR", help='cron expression, e.g. "0 3 * * *"')
-    parser.add_argument("--args", type=_json_of(list, "array"), metavar="JSON")
-    parser.add_argument("--kwargs", type=_json_of(dict, "object"), metavar="JSON")
-    parser.add_argument(
-        "--options", type=_json_of(dict, "object"), metavar="JSON", help="apply_async options"
-    )
-    parser.add_argument("--queue", metavar="Q", help="set options.queue")
-    for spec in lifetime_fields():  # one option per lifetime field
-        kind, name = spec.metadata["kind"], spec.name
-        flag = spec.metadata["flag"] or "--" + name.replace("_", "-")
-        where = schedule if name == "at" else parser  # a one-off replaces the schedule
-        if kind == FLAG:
-            if add:
-                where.add_argument(flag, dest=name, action="store_true", help=spec.metadata["help"])
-            continue
-        parse, metavar = _LIFETIME_INPUT[kind]
-        where.add_argument(flag, dest=name, type=parse, metavar=metavar, help=spec.metadata["help"])
-    if add:
-        parser.add_argument("--disabled", action="store_true", help="create it disabled")
-        return
-    state = parser.add_mutually_exclusive_group()
-    state.add_argument("--enabled", dest="enabled", action="store_true", default=None)
-    state.add_argument("--disabled", dest="enabled", action="store_false")
-    _expected_version(parser)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="safe-redbeat",
-        description="Status, health checks and schedule management for safe_redbeat.",
-        epilog=EXIT_CODES,
-    )
-    _common(parser, top=True)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    def command(name: str, func: Command, text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=text, description=text, epilog=EXIT_CODES)
-        _common(sub, top=False)
-        sub.set_defaults(func=func)
-        return sub
-
-    command("status", cmd_status, "leader, lease, replicas, entries, next due, pending")
-    health = command("health", cmd_health, "exit 0 if healthy, 1 if not (for probes)")
-    health.add_argument(
-        "--role",
-        choices=("any", "leader"),
-        default="any",
-        help="leader: the replica must also hold the lease (default: any)",
-    )
-    health.add_argument(
-        "--instance",
-        metavar="NAME",
-        help="the replica to check (default: safe_redbeat_instance_name, i.e. $HOSTNAME)",
-    )
-    health.add_argument(
-        "--cluster",
-        action="store_true",
-        help="check instead that some replica holds the lease and ticks (monitoring)",
-    )
-    health.add_argument(
-        "--max-age",
-        type=_positive,
-        metavar="SECONDS",
-        help="oldest acceptable last tick (default: max(3 x retry_seconds, renew_seconds))",
-    )
-    health.add_argument(
-        "--redis-down-ok",
-        action="store_true",
-        help="exit 0 if Redis cannot be reached (for liveness: a restart cannot fix Redis)",
-    )
-    listing = command("list", cmd_list, "entries: name, task, schedule, version, next run")
-    listing.add_argument("--pattern", default="*", metavar="GLOB", help="entry name glob")
-    command("show", cmd_show, "one entry").add_argument("name", metavar="NAME")
-    _entry_fields(command("add", cmd_add, "create an entry (fails if it exists)"), add=True)
-    _entry_fields(command("update", cmd_update, "change the given fields of an entry"), add=False)
-    for name, func, text in (
-        ("rm", cmd_rm, "delete an entry"),
-        ("enable", cmd_set_enabled, "enable an entry"),
-        ("disable", cmd_set_enabled, "disable an entry: beat skips it until enabled"),
-        ("run-now", cmd_run_now, "have the leader send an entry once, at its next tick"),
+def _common(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``-A/--app``, ``--json`` and ``--timeout`` after the command name too (given there,
+    they win over the same option before it)."""
+    for option in reversed(
+        (
+            click.option("-A", "--app", metavar="APP", default=None, help="the Celery app"),
+            click.option(
+                "--json", "as_json", is_flag=True, default=None, help="print one JSON object"
+            ),
+            click.option(
+                "--timeout", type=DURATION, default=None, help="Redis socket timeout (duration)"
+            ),
+        )
     ):
-        sub = command(name, func, text)
-        sub.add_argument("name", metavar="NAME")
-        _expected_version(sub)
-    sync = command("sync", cmd_sync, "reconcile the loader's entries with Redis once")
-    sync.add_argument("--dry-run", action="store_true", help="report what would change")
-    sync.add_argument(
-        "--allow-removals",
-        action="store_true",
-        help="apply removals beyond safe_redbeat_loader_max_removals (after you checked them)",
-    )
-    moving = command("reshard", cmd_reshard, "move the schedule to a layout of K shards")
-    moving.add_argument("--to", type=int, required=True, metavar="K", help="shards (1-256)")
-    moving.add_argument(
-        "--wait",
-        type=_positive,
-        metavar="SECONDS",
-        help="how long to wait for each shard's lease (default: lease + retry seconds)",
-    )
-    dead = command("dead", cmd_dead, "occurrences whose publish kept failing: list, retry, drop")
-    dead.add_argument("action", choices=("list", "retry", "drop"))
-    dead.add_argument("task_ids", nargs="*", metavar="TASK_ID")
-    dead.add_argument("--all", action="store_true", help="every dead letter")
-    return parser
+        command = option(command)
+    return command
 
 
-def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Argument rules argparse cannot express; exit 2 with the usage line."""
-    if not args.app:
-        parser.error("no Celery app: pass -A/--app or set $CELERY_APP")
+class Options:
+    """The group's options, for its commands (``click.Context.obj`` below the group)."""
+
+    def __init__(self, app: Any, as_json: bool, timeout: float | None) -> None:
+        self.app = app
+        self.as_json = as_json
+        self.timeout = timeout
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "?"
+
+    from .. import __version__
+
+    found = of("safe-redbeat")
+    click.echo(
+        f"{PROG} {__version__ if found == '?' else found} (celery {of('celery')}, "
+        f"celery-redbeat {of('celery-redbeat')}, redis-py {of('redis')}, "
+        f"Python {sys.version.split()[0]})"
+    )
+    ctx.exit()
+
+
+@click.group(
+    PROG,
+    cls=SafeGroup,
+    context_settings=CONTEXT,
+    help="Status, health checks and schedule management for safe_redbeat.",
+    epilog="Durations: 90s, 5m, 1h30m, 1d, 250ms or seconds. "
+    'Shell completion: eval "$(_SAFE_REDBEAT_COMPLETE=bash_source safe-redbeat)" '
+    "(zsh_source, fish_source). Reference: docs/cli.md.",
+)
+@click.option(
+    "-A",
+    "--app",
+    metavar="APP",
+    default=None,
+    help="the Celery app as for `celery -A`: proj, proj.celery, proj.celery:app "
+    "(default: $CELERY_APP; under `celery -A proj safe-redbeat`: that app)",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    default=False,
+    help="print one JSON object (schemas: docs/cli.md)",
+)
+@click.option(
+    "--timeout",
+    type=DURATION,
+    default=None,
+    help="Redis socket timeout, a duration (default: safe_redbeat_socket_timeout)",
+)
+@click.option("-v", "--verbose", is_flag=True, help="log at INFO level on stderr")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="print the versions of safe-redbeat, Celery, RedBeat, redis-py and Python",
+)
+@click.pass_context
+def safe_redbeat(
+    ctx: click.Context, app: str | None, as_json: bool, timeout: float | None, verbose: bool
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="safe-redbeat: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    ctx.obj = Options(app, as_json, timeout)
+
+
+def _celery_app(ctx: click.Context) -> Any:
+    """The app Celery's own ``-A`` loaded when we run as ``celery -A proj safe-redbeat``."""
+    root = ctx.find_root()
+    if root.command is safe_redbeat or root.params.get("app") is None:
+        return None
+    from celery.bin.base import CLIContext
+
+    return root.obj.app if isinstance(root.obj, CLIContext) else None
+
+
+def _run(func: Command, **params: Any) -> NoReturn:
+    """Run ``func`` with the command's options merged with the group's; exit with its code."""
+    ctx = click.get_current_context()
+    top = ctx.find_object(Options) or Options(None, False, None)
+    app = params.pop("app", None) or top.app or _celery_app(ctx) or os.environ.get("CELERY_APP")
+    timeout = params.pop("timeout", None) or top.timeout
+    as_json = bool(params.pop("as_json", None) or top.as_json)
+    args = Args(command=ctx.info_name, json=as_json, timeout=timeout, **params)
+    if not app:
+        raise click.UsageError("no Celery app: pass -A/--app or set $CELERY_APP", ctx)
+    _check(ctx, args)
+    ctx.exit(execute(app, func, args))
+
+
+def execute(app: Any, func: Command, args: Args) -> int:
+    """Load ``app`` (a name, or a Celery app), run one command; its exit code. An expected
+    failure is one line on stderr (a JSON object with ``--json``)."""
+    context: Context | None = None
+    try:
+        context = open_context(app, args.timeout)
+        return func(context, args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        error = _as_cli_error(exc, context.url if context is not None else "?")
+        if error is None:
+            raise  # a bug: keep the traceback
+        return _fail(args.json, error)
+    finally:
+        if context is not None:
+            with contextlib.suppress(RedisError):
+                context.close()
+
+
+def _check(ctx: click.Context, args: Args) -> None:
+    """Argument rules the options cannot say themselves (exit 2 with the usage line)."""
+    if args.command in ("add", "update"):
+        given = [flag for name, flag in SCHEDULE_OPTIONS if getattr(args, name) is not None]
+        if len(given) > 1:
+            raise click.UsageError(
+                f"argument {given[1]}: not allowed with argument {given[0]}", ctx
+            )
+        if args.command == "add" and not given:
+            flags = " ".join(flag for _name, flag in SCHEDULE_OPTIONS)
+            raise click.UsageError(f"one of the arguments {flags} is required", ctx)
     if args.command == "update" and all(getattr(args, f) is None for f in UPDATE_FIELDS):
-        parser.error("update: nothing to change (give --task, --every, --cron, ...)")
+        raise click.UsageError("update: nothing to change (give --task, --every, --cron, ...)", ctx)
     if args.command == "health" and args.cluster and (args.instance or args.role != "any"):
-        parser.error("health: --cluster checks the lease holder; drop --instance and --role")
+        raise click.UsageError(
+            "health: --cluster checks the lease holder; drop --instance and --role", ctx
+        )
 
 
 def _fail(as_json: bool, error: CLIError) -> int:
@@ -290,8 +282,8 @@ def _fail(as_json: bool, error: CLIError) -> int:
         payload = {"error": error.kind, "message": error.message, "exit_code": error.code}
         line = json.dumps({**payload, **error.extra}, sort_keys=True)
     else:
-        line = f"safe-redbeat: error: {error.message}"
-    print(line, file=sys.stderr)
+        line = f"{PROG}: error: {error.message}"
+    click.echo(line, err=True)
     return error.code
 
 
@@ -323,29 +315,239 @@ def _as_cli_error(exc: Exception, url: str) -> CLIError | None:
     return None
 
 
+# -- entry names for shell completion ------------------------------------------------------
+
+
+def _complete_names(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
+    """Entry names starting with ``incomplete`` (at most 200, within about a second);
+    nothing if the app or Redis cannot be reached."""
+    found_app: Any = None
+    level: click.Context | None = ctx
+    while level is not None and not found_app:  # -A after the command name, or before it
+        found_app, level = level.params.get("app"), level.parent
+    app = found_app or os.environ.get("CELERY_APP")
+    if not app:
+        return []
+    try:
+        context = open_context(app, 1.0)
+    except Exception:
+        return []
+    try:
+        found: list[str] = []
+        for shard in context.schedule().shards(context.layout()):
+            keys = shard.keys
+            match = keys.match(incomplete.replace("\\", "\\\\") + "*")
+            for key, _score in context.client.zscan_iter(keys.schedule, match=match, count=500):
+                found.append(keys.name_of(key))
+                if len(found) >= 200:
+                    return sorted(found)
+        return sorted(found)
+    except Exception:
+        return []
+    finally:
+        with contextlib.suppress(Exception):
+            context.close()
+
+
+# -- the commands --------------------------------------------------------------------------
+
+
+def _name(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.argument("name", metavar="NAME", shell_complete=_complete_names)(command)
+
+
+def _expected_version(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--expected-version",
+        type=click.IntRange(min=0),
+        metavar="N",
+        help="change it only if Redis still holds version N (else exit 6)",
+    )(command)
+
+
+def _entry_options(*, add: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options of ``add`` (``add=True``) and ``update``."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        options: list[Callable[[Any], Any]] = [
+            click.option(
+                "--task", required=add, metavar="TASK", help="task name, e.g. proj.tasks.report"
+            ),
+            click.option("--every", type=DURATION, help="interval: 90s, 5m, 1h30m, 1d or seconds"),
+            click.option("--cron", metavar="EXPR", help='cron expression, e.g. "0 3 * * *"'),
+            click.option("--args", type=JsonOf(list, "array"), metavar="JSON", help="a JSON array"),
+            click.option(
+                "--kwargs", type=JsonOf(dict, "object"), metavar="JSON", help="a JSON object"
+            ),
+            click.option(
+                "--options",
+                type=JsonOf(dict, "object"),
+                metavar="JSON",
+                help="apply_async options (a JSON object)",
+            ),
+            click.option("--queue", metavar="Q", help="set options.queue"),
+            *lifetime_options(add=add),
+        ]
+        if add:
+            options.append(
+                click.option("--disabled", is_flag=True, default=False, help="create it disabled")
+            )
+        else:
+            options.append(
+                click.option(
+                    "--enabled/--disabled", default=None, help="enable or disable it as well"
+                )
+            )
+            options.append(_expected_version)
+        for option in reversed(options):
+            command = option(command)
+        return _name(command)
+
+    return decorate
+
+
+@safe_redbeat.command("status")
+@_common
+def status_command(**params: Any) -> None:
+    """Leader, lease, replicas, entries, next due, pending."""
+    _run(cmd_status, **params)
+
+
+@safe_redbeat.command("health")
+@_common
+@click.option(
+    "--role",
+    type=click.Choice(("any", "leader")),
+    default="any",
+    help="leader: the replica must also hold the lease (default: any)",
+)
+@click.option(
+    "--instance",
+    metavar="NAME",
+    help="the replica to check (default: safe_redbeat_instance_name, else this host's)",
+)
+@click.option(
+    "--cluster",
+    is_flag=True,
+    help="check instead that some replica holds the lease and ticks (monitoring)",
+)
+@click.option(
+    "--max-age",
+    type=DURATION,
+    help="oldest acceptable last tick (default: max(3 x retry_seconds, renew_seconds))",
+)
+@click.option(
+    "--redis-down-ok",
+    is_flag=True,
+    help="exit 0 if Redis cannot be reached (for liveness: a restart cannot fix Redis)",
+)
+def health_command(**params: Any) -> None:
+    """Exit 0 if healthy, 1 if not (for probes)."""
+    _run(cmd_health, **params)
+
+
+@safe_redbeat.command("list")
+@_common
+@click.option("--pattern", default="*", metavar="GLOB", help="entry name glob")
+def list_command(**params: Any) -> None:
+    """Entries: name, state, task, schedule, version, next and last run."""
+    _run(cmd_list, **params)
+
+
+@safe_redbeat.command("show")
+@_common
+@_name
+def show_command(**params: Any) -> None:
+    """One entry."""
+    _run(cmd_show, **params)
+
+
+@safe_redbeat.command("add")
+@_common
+@_entry_options(add=True)
+def add_command(**params: Any) -> None:
+    """Create an entry (fails if it exists): --every, --cron or --at, and --task."""
+    _run(cmd_add, **params)
+
+
+@safe_redbeat.command("update")
+@_common
+@_entry_options(add=False)
+def update_command(**params: Any) -> None:
+    """Change the given fields of an entry."""
+    _run(cmd_update, **params)
+
+
+def _by_name(name: str, func: Command, text: str) -> None:
+    """A command on one entry: NAME and --expected-version."""
+
+    @safe_redbeat.command(name, help=text)
+    @_common
+    @_name
+    @_expected_version
+    def command(**params: Any) -> None:
+        _run(func, **params)
+
+
+_by_name("rm", cmd_rm, "Delete an entry.")
+_by_name("enable", cmd_set_enabled, "Enable an entry.")
+_by_name("disable", cmd_set_enabled, "Disable an entry: beat skips it until enabled.")
+_by_name("run-now", cmd_run_now, "Have the leader send an entry once, at its next tick.")
+
+
+@safe_redbeat.command("sync")
+@_common
+@click.option("--dry-run", is_flag=True, help="report what would change")
+@click.option(
+    "--allow-removals",
+    is_flag=True,
+    help="apply removals beyond safe_redbeat_loader_max_removals (after you checked them)",
+)
+def sync_command(**params: Any) -> None:
+    """Reconcile the loader's entries with Redis once."""
+    _run(cmd_sync, **params)
+
+
+@safe_redbeat.command("reshard")
+@_common
+@click.option("--to", type=int, required=True, metavar="K", help="shards (1-256)")
+@click.option(
+    "--wait",
+    type=DURATION,
+    help="how long to wait for each shard's lease (default: lease + retry seconds)",
+)
+def reshard_command(**params: Any) -> None:
+    """Move the schedule to a layout of K shards."""
+    _run(cmd_reshard, **params)
+
+
+@safe_redbeat.command("dead")
+@_common
+@click.argument("action", type=click.Choice(("list", "retry", "drop")))
+@click.argument("task_ids", nargs=-1, metavar="[TASK_ID]...")
+@click.option("--all", "all_", is_flag=True, help="every dead letter")
+def dead_command(all_: bool, **params: Any) -> None:
+    """Occurrences whose publish kept failing: list, retry, drop."""
+    _run(cmd_dead, all=all_, **params)
+
+
+# -- the console script ----------------------------------------------------------------------
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code (the console script exits with it)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _check(parser, args)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="safe-redbeat: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
-    ctx: Context | None = None
     try:
-        ctx = open_context(args.app, args.timeout)
-        func: Command = args.func
-        return func(ctx, args)
-    except KeyboardInterrupt:
+        code = safe_redbeat.main(
+            args=list(sys.argv[1:] if argv is None else argv),
+            prog_name=PROG,
+            standalone_mode=False,
+        )
+    except click.exceptions.Exit as done:
+        return done.exit_code
+    except click.ClickException as error:
+        error.show()
+        return error.exit_code
+    except click.exceptions.Abort:
+        click.echo("Aborted!", err=True)
         return 130
-    except Exception as exc:
-        error = _as_cli_error(exc, ctx.url if ctx is not None else "?")
-        if error is None:
-            raise  # a bug: keep the traceback
-        return _fail(args.json, error)
-    finally:
-        if ctx is not None:
-            with contextlib.suppress(RedisError):
-                ctx.close()
+    return code if isinstance(code, int) else 0

@@ -10,7 +10,6 @@ documents two shapes (a ``leader`` object, or ``layout`` and ``shards[]``).
 
 from __future__ import annotations
 
-import argparse
 import socket
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,7 +26,7 @@ from ..model.lifecycle import PARKED
 from ..store.keys import Keys
 from ..store.layout import Layout
 from ..store.wire import RETIRED
-from .context import EXIT_OK, EXIT_UNHEALTHY, Context, redis_error
+from .context import EXIT_OK, EXIT_UNHEALTHY, Args, Context, redis_error
 from .output import emit, holder_json, iso, layout_json, replica_json, status_text, stored_json
 
 __all__ = ["check_health", "cmd_health", "cmd_status", "collect_status", "default_max_age"]
@@ -180,7 +179,7 @@ def _states(ctx: Context, names: list[str]) -> dict[str, str]:
     return states
 
 
-def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_status(ctx: Context, args: Args) -> int:
     status = collect_status(ctx)
     emit(args.json, status, status_text(status))
     return EXIT_OK
@@ -364,7 +363,7 @@ def this_replica(
     return name, (found[0] if found else None), ""
 
 
-def cmd_health(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_health(ctx: Context, args: Args) -> int:
     try:
         result = check_health(
             ctx,
