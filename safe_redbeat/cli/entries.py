@@ -111,7 +111,7 @@ def _spec(args: Args, base: EntryInfo | None) -> EntrySpec:
         if getattr(args, name, None) not in (None, False)
     }
     if base is None:
-        if schedule is None and args.at is None:  # argparse already requires one of them
+        if schedule is None and args.at is None:  # the command line already requires one
             raise CLIError(EXIT_USAGE, "usage", "add needs --every, --cron or --at")
         return EntrySpec.build(
             args.name,

@@ -87,7 +87,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 class _Help:
-    """Usage lines as argparse wrote them (``usage: ...``); the exit codes after the help."""
+    """Usage lines in lower case (``usage: ...``, as before); the exit codes after the help."""
 
     def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         pieces = " ".join(self.collect_usage_pieces(ctx))  # type: ignore[attr-defined]
