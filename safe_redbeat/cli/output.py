@@ -254,6 +254,21 @@ def status_text(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _persistence_text(status: dict[str, Any]) -> str:
+    """``aof``, or what a restart of Redis costs: the entries nothing writes again."""
+    persistence, only = status["persistence"], status["redis_only_entries"]
+    mode = str(persistence["mode"])
+    if persistence["persists"]:
+        return mode + (" (snapshots: writes since the last one are lost)" if mode == "rdb" else "")
+    what = "persists nothing" if mode == "none" else "may persist nothing (INFO/CONFIG denied)"
+    if not only:
+        return f"{mode}: Redis {what}; beat_schedule and the loader's entries come back"
+    return (
+        f"{mode}: Redis {what}; {only} entries not from beat_schedule or the loader are "
+        "lost if it restarts (back them up: safe-redbeat export)"
+    )
+
+
 def _replica_cells(r: dict[str, Any], by_shard: bool) -> tuple[object, object]:
     tick = f"{seconds(r['age'])} ago"
     return (",".join(map(str, r["shards"])) or "-", tick) if by_shard else (tick, r["fence"])
@@ -374,6 +389,7 @@ def _count_lines(status: dict[str, Any]) -> list[str]:
         f"Entries:        {status['entries']} ({status['not_scheduled']} will not run again)",
         f"Pending:        {status['pending']} (claimed, not yet published)",
         f"Dead letters:   {dead}" + (" (safe-redbeat dead list)" if dead else ""),
+        f"Persistence:    {_persistence_text(status)}",
     ]
     due = status["next_due"]
     if not due:

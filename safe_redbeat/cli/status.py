@@ -25,6 +25,7 @@ from ..leader.lease import Holder, parse_token
 from ..model.lifecycle import PARKED
 from ..store.keys import Keys
 from ..store.layout import Layout
+from ..store.persistence import UNKNOWN, count_redis_only, read_persistence
 from ..store.wire import RETIRED
 from .context import EXIT_OK, EXIT_UNHEALTHY, Args, Context, redis_error
 from .output import emit, holder_json, iso, layout_json, replica_json, status_text, stored_json
@@ -135,6 +136,8 @@ def collect_status(ctx: Context) -> dict[str, Any]:
     status: dict[str, Any] = {
         "redis_url": ctx.url,
         "key_prefix": ctx.keys.prefix,
+        "persistence": read_persistence(ctx.client).to_json(),
+        "redis_only_entries": count_redis_only(ctx.client, layout.all_keys()),
         "replicas": [replica_json(r, shared, shard_info=sharded(layout)) for r in replicas],
         **{field: sum(s[field] for s in per_shard) for field in COUNTED},
         "next_due": [
@@ -372,6 +375,7 @@ def cmd_health(ctx: Context, args: Args) -> int:
             cluster=args.cluster,
             max_age=args.max_age,
         )
+        result["persistence"] = read_persistence(ctx.client).to_json()
     except (RedisConnectionError, RedisTimeoutError) as exc:
         if not args.redis_down_ok:
             raise
@@ -382,6 +386,7 @@ def cmd_health(ctx: Context, args: Args) -> int:
             reason=redis_error(exc, ctx.url).message + " (ignored: --redis-down-ok)",
             instance=None if args.cluster else args.instance or ctx.settings.instance_name,
             redis_reachable=False,
+            persistence=UNKNOWN.to_json(),
         )
     word = "OK" if result["healthy"] else "UNHEALTHY"
     emit(args.json, result, f"{word}: {result['reason']}")
