@@ -9,8 +9,9 @@ human-readable table; ``--json`` prints one JSON object instead (schemas in
 Modules: ``context`` (loading the app, Redis, errors and exit codes), ``params`` (how
 durations, JSON and times are read), ``output`` (tables and JSON forms), ``status``
 (``status``, ``health``), ``entries`` (the schedule commands and ``sync``), ``dead``,
-``reshard``, ``main`` (the click commands). Every change goes through
-:class:`~safe_redbeat.schedule.Schedule` or :func:`~safe_redbeat.writethrough.sync_once`.
+``reshard``, ``backup`` (``export``, ``import``), ``main`` (the click commands). Every
+change goes through :class:`~safe_redbeat.schedule.Schedule` (also ``import``:
+:mod:`safe_redbeat.backup`) or :func:`~safe_redbeat.writethrough.sync_once`.
 """
 
 from __future__ import annotations

@@ -22,9 +22,11 @@ from ..store.scripts import Scripts
 __all__ = ["Args", "CLIError", "Context", "bind_app", "load_app", "open_context", "redis_error"]
 
 EXIT_OK = 0
-#: ``health``: the check failed; ``sync``: the load had errors (nothing was removed).
+#: ``health``: the check failed; ``sync``: the load had errors (nothing was removed);
+#: ``import``: some entries could not be imported (the others were).
 EXIT_UNHEALTHY = 1
-#: Bad arguments (a usage line and the problem).
+#: Bad arguments (a usage line and the problem), or a file that cannot be read, written
+#: or used (``export``, ``import``).
 EXIT_USAGE = 2
 #: Redis could not be reached, or answered with an error.
 EXIT_REDIS = 3
@@ -42,8 +44,8 @@ EXIT_RESHARD = 8
 #: What each exit code means, in the words ``--help`` prints.
 EXIT_MEANINGS = {
     EXIT_OK: "ok",
-    EXIT_UNHEALTHY: "unhealthy (health) or load errors (sync)",
-    EXIT_USAGE: "usage",
+    EXIT_UNHEALTHY: "unhealthy (health), load errors (sync), entries not imported (import)",
+    EXIT_USAGE: "usage: bad arguments, or a file that cannot be used (export, import)",
     EXIT_REDIS: "Redis unreachable or failing",
     EXIT_APP: "app or configuration",
     EXIT_NOT_FOUND: "entry not found",

@@ -30,6 +30,7 @@ from ..errors import (
     VersionConflict,
 )
 from ..model.lifecycle import FLAG, lifetime_fields
+from .backup import cmd_export, cmd_import
 from .context import (
     EXIT_APP,
     EXIT_CONFLICT,
@@ -167,7 +168,7 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     PROG,
     cls=SafeGroup,
     context_settings=CONTEXT,
-    help="Status, health checks and schedule management for safe_redbeat.",
+    help="Status, health checks, backups and schedule management for safe_redbeat.",
     epilog="Durations: 90s, 5m, 1h30m, 1d, 250ms or seconds. "
     'Shell completion: eval "$(_SAFE_REDBEAT_COMPLETE=bash_source safe-redbeat)" '
     "(zsh_source, fish_source). Reference: docs/cli.md.",
@@ -409,7 +410,7 @@ def _entry_options(*, add: bool) -> Callable[[Callable[..., Any]], Callable[...,
 @safe_redbeat.command("status")
 @_common
 def status_command(**params: Any) -> None:
-    """Leader, lease, replicas, entries, next due, pending."""
+    """Leader, lease, replicas, entries, next due, pending, Redis persistence."""
     _run(cmd_status, **params)
 
 
@@ -529,6 +530,34 @@ def reshard_command(**params: Any) -> None:
 def dead_command(all_: bool, **params: Any) -> None:
     """Occurrences whose publish kept failing: list, retry, drop."""
     _run(cmd_dead, all=all_, **params)
+
+
+@safe_redbeat.command("export")
+@_common
+@click.option(
+    "-o",
+    "--output",
+    metavar="FILE",
+    default="-",
+    help="write to FILE (replaced only once complete) instead of stdout",
+)
+def export_command(**params: Any) -> None:
+    """Write every entry (definition, lifetime fields, run history, owner) as JSON."""
+    _run(cmd_export, **params)
+
+
+@safe_redbeat.command("import")
+@_common
+@click.argument("file", metavar="FILE", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--dry-run", is_flag=True, help="report what would change, write nothing")
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="also overwrite entries that exist and differ (their run history is kept)",
+)
+def import_command(**params: Any) -> None:
+    """Restore entries from an export (FILE, or - for stdin), next to running replicas."""
+    _run(cmd_import, **params)
 
 
 # -- the console script ----------------------------------------------------------------------
