@@ -29,6 +29,11 @@ LOG_FORMATS = ("text", "json")
 #: ``run_once``: after an outage, a missed entry runs once now (Celery's behaviour).
 #: ``skip``: an occurrence later than ``catch_up_grace_seconds`` is skipped, not sent.
 CATCH_UP_POLICIES = ("run_once", "skip")
+#: ``safe_redbeat_enqueue``: ``atomic`` claims and pushes each message onto its broker
+#: queue in one fenced script (the broker is kombu's Redis transport on the schedule's
+#: server); ``publish`` claims, then publishes through Celery's producer (any broker);
+#: ``auto`` takes ``atomic`` where it is possible (see dispatch/enqueue.py).
+ENQUEUE_MODES = ("auto", "atomic", "publish")
 
 
 def default_instance_name() -> str:
@@ -92,6 +97,8 @@ class Settings:
     metrics_addr: str = "0.0.0.0"
     #: ``"json"``: the scheduler's own lines and events as JSON objects (see jsonlog.py).
     log_format: str = "text"
+    #: How claimed occurrences reach the broker; see ``ENQUEUE_MODES``.
+    enqueue: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_named", bool(self.instance_name))
@@ -210,6 +217,11 @@ class Settings:
                 f"{PREFIX}log_format must be one of {', '.join(LOG_FORMATS)}, "
                 f"got {self.log_format!r}",
                 PREFIX + "log_format",
+            )
+        if self.enqueue not in ENQUEUE_MODES:
+            raise ConfigurationError(
+                f"{PREFIX}enqueue must be one of {', '.join(ENQUEUE_MODES)}, got {self.enqueue!r}",
+                PREFIX + "enqueue",
             )
         if self.catch_up not in CATCH_UP_POLICIES:
             raise ConfigurationError(

@@ -21,6 +21,7 @@ from celery.utils.log import get_logger
 from redbeat.schedulers import RedBeatScheduler
 
 from . import signals
+from .dispatch.enqueue import Enqueuer
 from .dispatch.publisher import Publisher
 from .dispatch.shard import Shard, ShardContext
 from .errors import LeaseLost
@@ -81,6 +82,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             settings=s,
             client=binding.client,
             publisher=lambda: self.publisher,
+            enqueuer=lambda: self.enqueuer,
             build_entry=self._maybe_entry,
             keep_alive=self._keep_alive,
             signal_sender=self,
@@ -247,6 +249,12 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
     def publisher(self) -> Publisher:
         """One publisher, on Celery's producer, for every shard."""
         return Publisher(self.app, lambda: self.producer)
+
+    @cached_property
+    def enqueuer(self) -> Enqueuer:
+        """The enqueue mode (decided once both Redis connections answer) and the
+        messages it pushes, on the same producer as the publisher."""
+        return Enqueuer(self.app, self.safe_settings, self.binding.client, lambda: self.producer)
 
     @property
     def layout(self) -> Layout:

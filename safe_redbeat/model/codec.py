@@ -167,6 +167,7 @@ def decode_entry(
         version=version,
         score=score,
         meta_raw=meta_raw,
+        definition_raw=definition_raw,
     )
 
 

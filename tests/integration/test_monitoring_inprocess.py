@@ -112,6 +112,7 @@ def test_a_republished_occurrence_is_signalled_as_republished(
     app: Celery, redis_client: redis.Redis, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     add_due(app, ["a", "b"])
+    app.conf.safe_redbeat_enqueue = "publish"  # a pending record only exists there
     crashed = SafeRedBeatScheduler(app=app, monotonic=FakeClock())
 
     def die(claimed: object) -> None:
@@ -304,6 +305,7 @@ def test_republished_and_failing_occurrences_pass_the_hook_and_keep_their_record
 
     auditor = QueueAuditor(redis_client)
     add_due(app, ["a"])
+    app.conf.safe_redbeat_enqueue = "publish"  # a pending record only exists there
     crashed = SafeRedBeatScheduler(app=app, monotonic=FakeClock())
 
     def die(claimed: object) -> None:
