@@ -260,13 +260,11 @@ def _persistence_text(status: dict[str, Any]) -> str:
     mode = str(persistence["mode"])
     if persistence["persists"]:
         return mode + (" (snapshots: writes since the last one are lost)" if mode == "rdb" else "")
-    what = "persists nothing" if mode == "none" else "may persist nothing (INFO/CONFIG denied)"
+    why = "Redis persists nothing" if mode == "none" else "INFO or CONFIG GET denied"
     if not only:
-        return f"{mode}: Redis {what}; beat_schedule and the loader's entries come back"
-    return (
-        f"{mode}: Redis {what}; {only} entries not from beat_schedule or the loader are "
-        "lost if it restarts (back them up: safe-redbeat export)"
-    )
+        return f"{mode} ({why}); beat_schedule and the loader write every entry again"
+    entries = "1 entry only Redis holds is" if only == 1 else f"{only} entries only Redis holds are"
+    return f"{mode} ({why}); {entries} lost if it restarts: back up with safe-redbeat export"
 
 
 def _replica_cells(r: dict[str, Any], by_shard: bool) -> tuple[object, object]:
