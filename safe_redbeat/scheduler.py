@@ -27,6 +27,7 @@ from .dispatch.shard import Shard, ShardContext
 from .errors import LeaseLost
 from .leader.balance import Balancer
 from .leader.heartbeat import remove_heartbeat
+from .observe import monitoring  # noqa: F401  (starts metrics and JSON logs on beat_init)
 from .store.binding import Binding
 from .store.connection import CLIENT_ERRORS
 from .store.keys import isolates

@@ -1,4 +1,5 @@
 """How the command line's values are read: durations, JSON, times; the lifetime options.
+Cheap to import (the group's own options use it).
 
 Each reader is a click parameter type, so a bad value is a usage error (exit 2) that names
 the option and says what it takes. Durations are written as ``90`` (seconds), ``1.5``,
@@ -16,8 +17,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import click
-
-from ..model.lifecycle import COUNT, FLAG, TIME, ZONE, lifetime_fields
 
 __all__ = [
     "DURATION",
@@ -130,17 +129,17 @@ def _zones(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[
     return sorted(zone for zone in available_timezones() if zone.startswith(incomplete))
 
 
-#: how a lifetime field of each kind is read: parameter type and metavar
-_LIFETIME_INPUT: dict[str, tuple[ParamType, str]] = {
-    TIME: (WHEN, "WHEN"),
-    COUNT: (click.IntRange(min=1), "N"),
-    ZONE: (click.STRING, "ZONE"),
-}
-
-
 def lifetime_options(*, add: bool) -> list[Callable[[Any], Any]]:
     """One option per lifetime field, from its metadata (``lifetime_fields()``); the
     first-run flag (``--now``) only for ``add``."""
+    from ..model.lifecycle import COUNT, FLAG, TIME, ZONE, lifetime_fields
+
+    #: how a lifetime field of each kind is read: parameter type and metavar
+    kinds: dict[str, tuple[ParamType, str]] = {
+        TIME: (WHEN, "WHEN"),
+        COUNT: (click.IntRange(min=1), "N"),
+        ZONE: (click.STRING, "ZONE"),
+    }
     options: list[Callable[[Any], Any]] = []
     for spec in lifetime_fields():
         kind, name = spec.metadata["kind"], spec.name
@@ -150,7 +149,7 @@ def lifetime_options(*, add: bool) -> list[Callable[[Any], Any]]:
             if add:
                 options.append(click.option(flag, name, is_flag=True, default=False, help=text))
             continue
-        kind_type, metavar = _LIFETIME_INPUT[kind]
+        kind_type, metavar = kinds[kind]
         complete = _zones if kind == ZONE else None
         options.append(
             click.option(

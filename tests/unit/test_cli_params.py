@@ -3,6 +3,10 @@ nothing here reaches an app or Redis (a usage error stops before either)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -68,7 +72,9 @@ def test_bad_arguments_are_usage_errors(args: list[str], problem: str) -> None:
 
 
 def test_every_lifetime_field_is_an_option_of_add_and_update() -> None:
-    add, update = safe_redbeat.commands["add"], safe_redbeat.commands["update"]
+    ctx = click.Context(safe_redbeat)
+    add, update = safe_redbeat.get_command(ctx, "add"), safe_redbeat.get_command(ctx, "update")
+    assert add is not None and update is not None
     for spec in lifetime_fields():
         flag = spec.metadata["flag"] or "--" + spec.name.replace("_", "-")
         assert flag in {o for p in add.params for o in p.opts}, flag
@@ -83,3 +89,16 @@ def test_help_lists_every_exit_code() -> None:
         section = " ".join(output[output.index("Exit codes:") :].split())
         for exit_code, meaning in EXIT_MEANINGS.items():
             assert f"{exit_code} {meaning}" in section
+
+
+def test_the_group_celery_loads_for_every_command_imports_little() -> None:
+    """``celery`` imports the entry point's group whatever command it runs (a worker's
+    start, ``celery inspect ping`` probes): the commands and Redis come only when used."""
+    heavy = ("redbeat", "redis", "kombu", "safe_redbeat.schedule", "safe_redbeat.cli.commands")
+    code = (
+        "import sys, safe_redbeat.cli.group; print(*[m for m in sys.argv[1:] if m in sys.modules])"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", code, *heavy], capture_output=True, text=True, check=True
+    )
+    assert found.stdout.split() == []
