@@ -100,6 +100,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             where=binding.url,
             monotonic=monotonic,
             rng=rng,
+            enqueue_mode=self._enqueue_mode,
         )
 
     def _check_keys(self, app: Any) -> None:
@@ -125,6 +126,13 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Which shards to lead, then dispatch of what is due in each. Never raises on Redis."""
         self._exit_if_closed()
+        if self.safe_settings.enqueue == "atomic" and self.enqueuer.decided is None:
+            # refuse to start (ConfigurationError) before leading anything
+            try:
+                self.enqueuer.mode()
+            except CLIENT_ERRORS as exc:
+                logger.warning("beat: cannot tell yet whether atomic enqueue is possible: %s", exc)
+                return self.safe_settings.retry_seconds
         started = time.perf_counter()
         try:
             delays = [self.balancer.poll_if_due()]
@@ -250,6 +258,10 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
     def publisher(self) -> Publisher:
         """One publisher, on Celery's producer, for every shard."""
         return Publisher(self.app, lambda: self.producer)
+
+    def _enqueue_mode(self) -> str:
+        decided = self.enqueuer.decided
+        return "" if decided is None else decided.name
 
     @cached_property
     def enqueuer(self) -> Enqueuer:

@@ -211,6 +211,8 @@ def replica_json(r: ReplicaStatus, shared: frozenset[str], *, shard_info: bool) 
         "host": beat.host,
         "pid": beat.pid,
         "token": beat.token,
+        #: "atomic" or "publish" ("" before its first dispatch)
+        "enqueue": beat.enqueue,
         #: another live replica uses the same instance name (an ERROR in both logs)
         "shared_name": beat.instance in shared,
     }
@@ -244,10 +246,18 @@ def status_text(status: dict[str, Any]) -> str:
     if replicas:
         middle = ("SHARDS", "LAST TICK") if by_shard else ("LAST TICK", "FENCE")
         rows = [
-            (r["instance"], r["role"], *_replica_cells(r, by_shard), r["host"], r["pid"])
+            (
+                r["instance"],
+                r["role"],
+                *_replica_cells(r, by_shard),
+                r["enqueue"] or "-",
+                r["host"],
+                r["pid"],
+            )
             for r in replicas
         ]
-        lines.append(table(("INSTANCE", "ROLE", *middle, "HOST", "PID"), rows, "  "))
+        header = ("INSTANCE", "ROLE", *middle, "ENQUEUE", "HOST", "PID")
+        lines.append(table(header, rows, "  "))
     lines += _shared_lines(replicas) + _count_lines(status)
     if not by_shard:
         lines.append(f"Last reconcile: {_reconcile_text(status['last_reconcile'])}")

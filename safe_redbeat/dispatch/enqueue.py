@@ -397,8 +397,10 @@ class Enqueuer:
         return self._mode
 
     def mode(self) -> EnqueueMode:
-        """The mode; until both connections answered once, ``publish`` (decided again at
-        the next batch)."""
+        """The mode, decided once both connections answered. Until then: with ``auto``,
+        ``publish`` (decided again at the next batch); with ``atomic``, the connection's
+        error (a Redis error: nothing is dispatched until it is decided).
+        ConfigurationError (logged as one ERROR) if ``atomic`` is not possible."""
         if self._mode is not None:
             return self._mode
         if self.settings.enqueue == "publish":
@@ -406,9 +408,16 @@ class Enqueuer:
         else:
             try:
                 self._mode = choose_mode(self.settings, self.app, self._client(), self._producer())
-            except ConfigurationError:
+            except ConfigurationError as exc:
+                logger.error("beat: %s", exc)
                 raise
-            except Exception as exc:  # a connection down: publish until both answer
+            except Exception as exc:  # a connection down
+                if self.settings.enqueue == "atomic":
+                    if isinstance(exc, redis.exceptions.RedisError):
+                        raise
+                    raise redis.exceptions.ConnectionError(
+                        f"the broker did not answer (enqueue mode not decided): {exc}"
+                    ) from exc
                 logger.debug("beat: enqueue mode not decided yet: %s", exc)
                 return EnqueueMode(False, f"not decided yet ({type(exc).__name__})")
         logger.info("beat: enqueue mode %s: %s", self._mode.name, self._mode.reason)

@@ -318,6 +318,7 @@ class Shard:
     # -- leadership events ------------------------------------------------------------
 
     def on_elected(self) -> None:
+        self.context.enqueuer().mode()  # decided (and said) once, when first elected
         self.reader.forget_reported()
         self.reseed("acquired the lease")
         self.outbox.retry_now()

@@ -84,8 +84,11 @@ class Balancer(Generic[S]):
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         token: str = "",
+        enqueue_mode: Callable[[], str] = lambda: "",
     ) -> None:
         self.signal_sender = signal_sender
+        #: the replica's enqueue mode, for its heartbeat ("" until decided)
+        self.enqueue_mode = enqueue_mode
         self.where = where
         #: this replica process' own token (heartbeat.new_token): how replicas are counted
         self.token = token or new_token()
@@ -174,6 +177,7 @@ class Balancer(Generic[S]):
                     fences=tuple(shard.leadership.lease.fence or 0 for shard in led),
                     shard_count=self.layout.shards,
                     token=self.token,
+                    enqueue=self.enqueue_mode(),
                 ),
             )
         except CLIENT_ERRORS as exc:  # the next tick finds out and backs off

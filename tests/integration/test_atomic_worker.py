@@ -79,3 +79,24 @@ def test_a_real_worker_runs_atomically_enqueued_messages(
     assert all(run["routing_key"] == "reports" for run in by_entry["routed"])
     assert not redis_client.exists(KEYS.pending)
     assert "Traceback" not in beat.log()
+
+
+def test_atomic_refuses_to_start_where_the_broker_is_another_server(
+    beat_procs: BeatCluster, redis_client: redis.Redis, tmp_path: Any
+) -> None:
+    from testbed.redis_server import RedisServer
+
+    with RedisServer(workdir=tmp_path / "broker") as broker:
+        (beat,) = beat_procs.start(
+            1,
+            schedule={"plain": {"task": "record", "every": 1}},
+            settings={"safe_redbeat_enqueue": "atomic"},
+            broker_url=broker.url_for(0),
+        )
+        code = beat.wait(20)
+        assert code is not None and code != 0, beat.log_tail()
+        log = beat.log()
+        assert "safe_redbeat_enqueue is 'atomic' but the broker is another Redis server" in log
+        assert broker.client(0).llen("celery") == 0
+        assert "acquired the lease" not in log  # refused before leading anything
+        assert not redis_client.zcard(KEYS.schedule)  # it claimed and wrote nothing
