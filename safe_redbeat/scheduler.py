@@ -27,11 +27,13 @@ from .dispatch.shard import Shard, ShardContext
 from .errors import LeaseLost
 from .leader.balance import Balancer
 from .leader.heartbeat import remove_heartbeat
+from .observe import monitoring  # noqa: F401  (starts metrics and JSON logs on beat_init)
 from .observe.health import LoopWatch
 from .store.binding import Binding
 from .store.connection import CLIENT_ERRORS
 from .store.keys import isolates
 from .store.layout import Layout
+from .store.persistence import count_redis_only, read_persistence
 
 __all__ = ["SafeRedBeatScheduler"]
 
@@ -70,6 +72,8 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         self._closed = False
         #: when the loop ticked and planned to tick again (read by ``/healthz``)
         self.loop = LoopWatch(monotonic)
+        #: Redis' persistence was looked at once this replica led (see _check_persistence)
+        self._persistence_checked = False
         super().__init__(app, lock_key=lock_key, lock_timeout=lock_timeout, **kwargs)
         self.keys = binding.keys
         self._check_keys(app)
@@ -140,9 +144,37 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             duration = time.perf_counter() - started
             signals.tick_finished.send(self, duration=duration, leader=self.is_leader)
         self.balancer.heartbeat()
+        if not self._persistence_checked and self.is_leader:
+            self._check_persistence()
         delay = min(delays)
         self.loop.ticked(delay)
         return delay
+
+    def _check_persistence(self) -> None:
+        """Once, after the first tick this replica led: WARN if Redis persists nothing and
+        holds entries nothing writes again after it lost its data (neither
+        ``beat_schedule`` nor the loader owns them)."""
+        client = self.binding.client()
+        try:
+            persistence = read_persistence(client)
+            only = 0
+            if persistence.persists is False:
+                only = count_redis_only(client, self.layout.all_keys())
+        except CLIENT_ERRORS as exc:
+            logger.debug("beat: Redis persistence not read (tried again next tick): %s", exc)
+            return
+        self._persistence_checked = True
+        logger.debug("beat: Redis persistence: %s", persistence.mode)
+        if only:
+            logger.warning(
+                "beat: Redis at %s persists nothing (no AOF, no RDB save points) and holds "
+                "%d %s not from beat_schedule or the loader: a restart of Redis loses them "
+                "for good. Turn on persistence, or back them up with `safe-redbeat export` "
+                "(README: After Redis loses its data)",
+                self.binding.url,
+                only,
+                "entry that is" if only == 1 else "entries that are",
+            )
 
     def _work(self, shard: Shard) -> float:
         """Keep ``shard``'s lease and dispatch what is due in it; the seconds until again."""

@@ -264,6 +264,19 @@ def status_text(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _persistence_text(status: dict[str, Any]) -> str:
+    """``aof``, or what a restart of Redis costs: the entries nothing writes again."""
+    persistence, only = status["persistence"], status["redis_only_entries"]
+    mode = str(persistence["mode"])
+    if persistence["persists"]:
+        return mode + (" (snapshots: writes since the last one are lost)" if mode == "rdb" else "")
+    why = "Redis persists nothing" if mode == "none" else "INFO or CONFIG GET denied"
+    if not only:
+        return f"{mode} ({why}); beat_schedule and the loader write every entry again"
+    entries = "1 entry only Redis holds is" if only == 1 else f"{only} entries only Redis holds are"
+    return f"{mode} ({why}); {entries} lost if it restarts: back up with safe-redbeat export"
+
+
 def _replica_cells(r: dict[str, Any], by_shard: bool) -> tuple[object, object]:
     tick = f"{seconds(r['age'])} ago"
     return (",".join(map(str, r["shards"])) or "-", tick) if by_shard else (tick, r["fence"])
@@ -384,6 +397,7 @@ def _count_lines(status: dict[str, Any]) -> list[str]:
         f"Entries:        {status['entries']} ({status['not_scheduled']} will not run again)",
         f"Pending:        {status['pending']} (claimed, not yet published)",
         f"Dead letters:   {dead}" + (" (safe-redbeat dead list)" if dead else ""),
+        f"Persistence:    {_persistence_text(status)}",
     ]
     due = status["next_due"]
     if not due:

@@ -32,7 +32,7 @@ from ..config import Settings
 from ..errors import ConfigurationError, LeaseLost
 from ..store.connection import CLIENT_ERRORS, check_cluster_keys
 from ..store.keys import Keys
-from ..store.layout import InvalidLayout, Layout, read_layout
+from ..store.layout import InvalidLayout, Layout, read_layout, settle_layout
 from .backoff import FailureRun
 from .heartbeat import Heartbeat, new_token, prune_heartbeats, write_heartbeat
 from .leadership import Leadership
@@ -241,7 +241,9 @@ class Balancer(Generic[S]):
         wanted = self.settings.shards
         if layout.shards == wanted or layout.moving:
             return layout
-        if client.exists(self.base.layout) or client.exists(self.base.schedule):
+        # a new (or emptied) Redis gets the configured layout, unless another replica did
+        layout = settle_layout(client, self.base, wanted)
+        if layout.shards != wanted and not layout.moving:
             self._say_once(
                 f"differs:{layout.shards}",
                 logger.warning,
@@ -251,10 +253,7 @@ class Balancer(Generic[S]):
                 wanted,
                 wanted,
             )
-            return layout
-        # a new (or emptied) Redis: store the configured layout, unless another replica did
-        client.set(self.base.layout, layout.resized(wanted).encode(), nx=True)
-        return read_layout(client, self.base)
+        return layout
 
     def _follow(self, layout: Layout | None) -> None:
         """Work ``layout`` from now on: hand every lease back first if it changes."""

@@ -33,6 +33,8 @@ LEASE_KEY = KEYS.lease
 
 # The --json schemas of docs/cli.md.
 STATUS_KEYS = {
+    "persistence",
+    "redis_only_entries",
     "dead",
     "redis_url",
     "key_prefix",
@@ -59,6 +61,7 @@ REPLICA_KEYS = {
 }
 DUE_KEYS = {"name", "due", "due_in", "state"}
 HEALTH_KEYS = {
+    "persistence",
     "healthy",
     "check",
     "reason",
