@@ -32,7 +32,8 @@ from .validation import check_json, check_name, check_options
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-_NO_LIFECYCLE = Lifecycle()
+#: no lifetime fields: the one shared instance, so ``is_default`` is an identity check
+_NO_LIFECYCLE = Lifecycle.build("")
 
 
 class EntryFields(Lifetime, total=False):
@@ -302,8 +303,12 @@ class EntrySpec:
         task: str,
         schedule: ScheduleLike | None,
         *,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        enabled: bool = True,
         last_run_at: datetime | None = None,
-        **fields: Unpack[EntryFields],
+        **lifetime: Unpack[Lifetime],
     ) -> EntrySpec:
         """An EntrySpec from loose input, cleaned up and validated (raises InvalidEntry):
         any accepted schedule form (see :data:`ScheduleLike`), and the other fields by
@@ -313,11 +318,6 @@ class EntrySpec:
         A one-off gives ``at`` instead of ``schedule``. Naive datetimes are taken in the
         app's timezone when the entry is written.
         """
-        lifetime: dict[str, Any] = dict(fields)
-        args: Any = lifetime.pop("args", ())
-        kwargs: Any = lifetime.pop("kwargs", None)
-        options: Any = lifetime.pop("options", None)
-        enabled: Any = lifetime.pop("enabled", True)
         at: Any = lifetime.get("at")
         if at is not None and schedule is not None:
             raise _invalid(str(name), "at", "a one-off gives `at` instead of a schedule, not both")
@@ -335,7 +335,8 @@ class EntrySpec:
         ):
             raise _invalid(name, "args", f"must be a list or tuple, got {args!r}")
         args = tuple(args)
-        check_json(name, "args", args)
+        if args:
+            check_json(name, "args", args)
         kwargs, options = _mapping(name, "kwargs", kwargs), _mapping(name, "options", options)
         check_json(name, "kwargs", kwargs)
         check_options(name, options)  # plain JSON, and what Celery can send
@@ -343,8 +344,10 @@ class EntrySpec:
             raise _invalid(name, "enabled", f"must be True or False, got {enabled!r}")
         if last_run_at is not None and not isinstance(last_run_at, datetime):
             raise _invalid(name, "last_run_at", f"must be a datetime or None, got {last_run_at!r}")
-        lifecycle = Lifecycle.build(name, **lifetime)  # names checked there
-        _check_with_schedule(name, lifecycle, converted)
+        lifecycle = _NO_LIFECYCLE
+        if lifetime:
+            lifecycle = Lifecycle.build(name, **lifetime)  # names checked there
+            _check_with_schedule(name, lifecycle, converted)
         return cls(
             name=name,
             task=task,
@@ -379,6 +382,8 @@ class EntrySpec:
 
     def in_zone(self, default_tz: tzinfo) -> EntrySpec:
         """This spec with naive datetimes taken in ``default_tz`` (the app's timezone)."""
+        if self.lifecycle is _NO_LIFECYCLE and self.last_run_at is None:
+            return self  # most loader rows: nothing to take
         lifecycle = self.lifecycle.in_zone(default_tz, resolve_local)
         last = self.last_run_at
         if last is not None and last.tzinfo is None:
