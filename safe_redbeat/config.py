@@ -7,16 +7,25 @@ with the value ``0`` or ``None`` is taken as given, never as "unset".
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 from .errors import ConfigurationError
 
-__all__ = ["CATCH_UP_POLICIES", "LOG_FORMATS", "Settings", "default_instance_name"]
+__all__ = [
+    "CATCH_UP_POLICIES",
+    "DEPRECATED",
+    "LOG_FORMATS",
+    "REDBEAT_SETTINGS",
+    "Settings",
+    "default_instance_name",
+    "unknown_settings",
+]
 
 PREFIX = "safe_redbeat_"
 #: The most shards a schedule may have (``safe_redbeat_shards``).
@@ -29,6 +38,33 @@ LOG_FORMATS = ("text", "json")
 #: ``run_once``: after an outage, a missed entry runs once now (Celery's behaviour).
 #: ``skip``: an occurrence later than ``catch_up_grace_seconds`` is skipped, not sent.
 CATCH_UP_POLICIES = ("run_once", "skip")
+#: ``safe_redbeat_enqueue``: ``atomic`` claims and pushes each message onto its broker
+#: queue in one fenced script (the broker is kombu's Redis transport on the schedule's
+#: server); ``publish`` claims, then publishes through Celery's producer (any broker);
+#: ``auto`` takes ``atomic`` where it is possible (see dispatch/enqueue.py).
+ENQUEUE_MODES = ("auto", "atomic", "publish")
+
+#: Deprecated settings and the ones that replace them (read for one more release).
+DEPRECATED = {
+    "safe_redbeat_metrics_port": "safe_redbeat_http_port",
+    "safe_redbeat_metrics_addr": "safe_redbeat_http_addr",
+}
+
+#: The settings RedBeat 2.x reads (``RedBeatConfig``); safe_redbeat reads the same ones.
+REDBEAT_SETTINGS = (
+    "redbeat_redis_url",
+    "redbeat_redis_use_ssl",
+    "redbeat_redis_options",
+    "redbeat_key_prefix",
+    "redbeat_lock_key",
+    "redbeat_lock_timeout",
+)
+
+#: Django settings of the django-celery-beat adapter (read from Django's settings, not
+#: from Celery's): never reported as unknown when a project loads every Django setting.
+_READ_ELSEWHERE = frozenset(
+    {"safe_redbeat_celery_app", "safe_redbeat_write_through", "safe_redbeat_write_back_seconds"}
+)
 
 
 def default_instance_name() -> str:
@@ -85,13 +121,27 @@ class Settings:
     #: once (layout.py). Used when Redis holds no layout yet; afterwards the layout stored
     #: in Redis wins and ``safe-redbeat reshard --to K`` changes it.
     shards: int = 1
-    #: Serve Prometheus ``/metrics`` on this port from each replica (the ``metrics`` extra);
-    #: None: off, 0: any free port.
+    #: Serve ``/healthz``, ``/readyz`` and ``/metrics`` (the latter with the ``metrics``
+    #: extra) over HTTP on this port from each replica; None: off, 0: any free port.
+    http_port: int | None = None
+    #: Address the HTTP server binds; None: ``metrics_addr`` (default ``"0.0.0.0"``).
+    http_addr: str | None = None
+    #: Deprecated name of ``http_port`` (used when ``http_port`` is unset).
     metrics_port: int | None = None
-    #: Address the metrics server binds.
+    #: Deprecated name of ``http_addr`` (used when ``http_addr`` is unset).
     metrics_addr: str = "0.0.0.0"
+    #: ``/healthz`` fails when the beat loop is this many seconds later than it planned to
+    #: tick (a tick that does not return, or a sleep past its time). Unset:
+    #: ``max(3 * retry_seconds, renew_seconds)``, plus ``loader_timeout_seconds`` with a
+    #: loader (a reconcile waits for the loader inside the tick).
+    liveness_seconds: float | None = None
     #: ``"json"``: the scheduler's own lines and events as JSON objects (see jsonlog.py).
     log_format: str = "text"
+    #: One INFO line (and JSON event ``occurrence_sent``) per occurrence the broker took;
+    #: False for very large schedules.
+    log_sent: bool = True
+    #: How claimed occurrences reach the broker; see ``ENQUEUE_MODES``.
+    enqueue: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_named", bool(self.instance_name))
@@ -99,7 +149,35 @@ class Settings:
             object.__setattr__(self, "instance_name", default_instance_name())
         if self.socket_timeout is None:
             object.__setattr__(self, "socket_timeout", min(5.0, self.renew_seconds / 2))
+        if self.liveness_seconds is None:
+            stuck = max(3 * self.retry_seconds, self.renew_seconds)
+            if self.loader:
+                stuck += self.loader_timeout_seconds
+            object.__setattr__(self, "liveness_seconds", stuck)
+        object.__setattr__(self, "_notices", ())
         self.validate()
+
+    @property
+    def serve_port(self) -> int | None:
+        """The HTTP server's port: ``http_port``, else the deprecated ``metrics_port``."""
+        return self.http_port if self.http_port is not None else self.metrics_port
+
+    @property
+    def serve_addr(self) -> str:
+        """The HTTP server's address: ``http_addr``, else the deprecated ``metrics_addr``."""
+        return self.http_addr if self.http_addr is not None else self.metrics_addr
+
+    @property
+    def liveness_limit(self) -> float:
+        """``liveness_seconds`` after defaulting (never None)."""
+        assert self.liveness_seconds is not None  # set in __post_init__
+        return self.liveness_seconds
+
+    @property
+    def notices(self) -> tuple[str, ...]:
+        """What :meth:`from_mapping` found worth a WARNING at start-up: deprecated
+        settings in use, and settings nobody reads (see :func:`unknown_settings`)."""
+        return tuple(getattr(self, "_notices", ()))
 
     @property
     def instance_named(self) -> bool:
@@ -121,10 +199,11 @@ class Settings:
     @classmethod
     def from_app(cls, app: Any) -> Settings:
         """Read ``safe_redbeat_*`` settings from ``app.conf``; raise ConfigurationError."""
-        return cls.from_mapping(app.conf)
+        return cls.from_mapping(app.conf, namespace=getattr(app, "namespace", None))
 
     @classmethod
-    def from_mapping(cls, conf: Mapping[str, Any]) -> Settings:
+    def from_mapping(cls, conf: Mapping[str, Any], *, namespace: str | None = None) -> Settings:
+        """Read the settings from ``conf``; ``namespace`` is the app's (Django's ``CELERY``)."""
         values: dict[str, Any] = {}
         for f in fields(cls):
             name = PREFIX + f.name
@@ -133,7 +212,30 @@ class Settings:
             if value is _UNSET:
                 continue
             values[f.name] = _coerce(name, value, _kind(f.name))
-        return cls(**values)
+        settings = cls(**values)
+        notices = []
+        old = [name for name in DEPRECATED if name[len(PREFIX) :] in values]
+        if old:
+            notices.append(
+                "deprecated settings: "
+                + ", ".join(f"{name} (use {DEPRECATED[name]})" for name in old)
+                + (
+                    f"; {PREFIX}http_port is set, so {PREFIX}metrics_port is ignored"
+                    if "http_port" in values and "metrics_port" in values
+                    else ""
+                )
+            )
+        unknown = unknown_settings(conf, namespace=namespace)
+        if unknown:
+            notices.append(
+                "settings nobody reads (misspelled?): "
+                + ", ".join(
+                    name if hint is None else f"{name} (did you mean {hint}?)"
+                    for name, hint in unknown
+                )
+            )
+        object.__setattr__(settings, "_notices", tuple(notices))
+        return settings
 
     def validate(self) -> None:
         for name in (
@@ -193,23 +295,38 @@ class Settings:
                 f"got {self.loader_max_removals!r}",
                 PREFIX + "loader_max_removals",
             )
-        port = self.metrics_port
-        if port is not None and not 0 <= port <= 65535:
+        for name in ("http_port", "metrics_port"):
+            port = getattr(self, name)
+            if port is not None and not 0 <= port <= 65535:
+                raise ConfigurationError(
+                    f"{PREFIX}{name} must be a TCP port number (0-65535) or None (off), "
+                    f"got {port!r}",
+                    PREFIX + name,
+                )
+        for name in ("http_addr", "metrics_addr"):
+            addr = getattr(self, name)
+            if addr is not None and not addr:
+                raise ConfigurationError(
+                    f"{PREFIX}{name} must be an address to bind, such as '0.0.0.0' or "
+                    f"'127.0.0.1', got {addr!r}",
+                    PREFIX + name,
+                )
+        if not math.isfinite(self.liveness_limit) or self.liveness_limit <= 0:
             raise ConfigurationError(
-                f"{PREFIX}metrics_port must be a TCP port number (0-65535) or None (off), "
-                f"got {port!r}",
-                PREFIX + "metrics_port",
-            )
-        if not self.metrics_addr:
-            raise ConfigurationError(
-                f"{PREFIX}metrics_addr must be an address to bind, got {self.metrics_addr!r}",
-                PREFIX + "metrics_addr",
+                f"{PREFIX}liveness_seconds must be a positive number of seconds, "
+                f"got {self.liveness_seconds!r}",
+                PREFIX + "liveness_seconds",
             )
         if self.log_format not in LOG_FORMATS:
             raise ConfigurationError(
                 f"{PREFIX}log_format must be one of {', '.join(LOG_FORMATS)}, "
                 f"got {self.log_format!r}",
                 PREFIX + "log_format",
+            )
+        if self.enqueue not in ENQUEUE_MODES:
+            raise ConfigurationError(
+                f"{PREFIX}enqueue must be one of {', '.join(ENQUEUE_MODES)}, got {self.enqueue!r}",
+                PREFIX + "enqueue",
             )
         if self.catch_up not in CATCH_UP_POLICIES:
             raise ConfigurationError(
@@ -220,9 +337,76 @@ class Settings:
 
 
 #: Settings that may be None (unset, then derived); the type of their values otherwise.
-_OPTIONAL = {"socket_timeout": float, "loader_max_removals": int, "metrics_port": int}
+_OPTIONAL = {
+    "socket_timeout": float,
+    "loader_max_removals": int,
+    "http_port": int,
+    "http_addr": str,
+    "metrics_port": int,
+    "liveness_seconds": float,
+}
 #: Settings whose value must already be an int (no "9808" from a string)
-_STRICT_INT = {"metrics_port"}
+_STRICT_INT = {"http_port", "metrics_port"}
+
+
+def known_settings() -> tuple[str, ...]:
+    """Every ``safe_redbeat_*`` setting, lowercase."""
+    return tuple(PREFIX + f.name for f in fields(Settings))
+
+
+def unknown_settings(
+    conf: Mapping[str, Any], *, namespace: str | None = None
+) -> list[tuple[str, str | None]]:
+    """``safe_redbeat_*`` settings (and ``redbeat_*`` ones RedBeat does not read) in
+    ``conf`` that nothing reads, each with the nearest known name (or None), as written.
+
+    Under a namespace (Django's ``CELERY_``) names are compared without it and the hint is
+    given with it. Without one, an uppercase ``SAFE_REDBEAT_...`` is not read by Celery
+    either: its hint is the lowercase name.
+    """
+    prefix = f"{namespace}_" if namespace else ""
+    known = {*known_settings(), *REDBEAT_SETTINGS}
+    found: list[tuple[str, str | None]] = []
+    for key in _keys(conf):
+        if not isinstance(key, str):
+            continue
+        name = key[len(prefix) :] if prefix and key.upper().startswith(prefix.upper()) else key
+        lower = name.lower()
+        if not lower.startswith((PREFIX, "redbeat_")) or lower in _READ_ELSEWHERE:
+            continue
+        upper_unread = not prefix and lower.startswith(PREFIX) and name != lower
+        if lower in known and not upper_unread:
+            continue
+        close = [lower] if lower in known else _nearest(lower)
+        hint = None
+        if close:
+            hint = close[0] if not prefix else _as_written(prefix, key, close[0])
+        found.append((key, hint))
+    return sorted(found)
+
+
+def _nearest(name: str) -> list[str]:
+    """The known setting nearest to ``name`` (compared without the common prefix)."""
+    start = PREFIX if name.startswith(PREFIX) else "redbeat_"
+    pool = (
+        [n for n in known_settings() if n not in DEPRECATED]
+        if start == PREFIX
+        else REDBEAT_SETTINGS
+    )
+    close = difflib.get_close_matches(name[len(start) :], [n[len(start) :] for n in pool], n=1)
+    return [start + close[0]] if close else []
+
+
+def _keys(conf: Mapping[str, Any]) -> Iterable[Any]:
+    try:
+        return list(conf.keys())
+    except Exception:  # a conf that cannot list its keys: nothing to say
+        return []
+
+
+def _as_written(prefix: str, key: str, name: str) -> str:
+    """``name`` spelled as ``key`` is: behind the namespace, in its case."""
+    return (prefix + name).upper() if key.isupper() else prefix + name
 
 
 def _kind(field_name: str) -> type:
@@ -239,6 +423,10 @@ def _coerce(name: str, value: Any, kind: type) -> Any:
     if kind is str:
         if not isinstance(value, str):
             raise ConfigurationError(f"{name} must be a string, got {value!r}", name)
+        return value
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigurationError(f"{name} must be True or False, got {value!r}", name)
         return value
     if isinstance(value, bool) or value is None:
         raise ConfigurationError(f"{name} must be a number, got {value!r}", name)

@@ -27,9 +27,10 @@ from typing import Any
 from celery import Task
 from celery.app.task import Context
 from celery.utils.log import get_logger
-from redbeat.schedulers import ensure_conf, get_redis
+from redbeat.schedulers import get_redis
 
 from .model.occurrence import HEADER_SCHEDULED
+from .store.connection import redbeat_conf
 
 __all__ = ["OncePerOccurrence", "first_execution"]
 
@@ -58,7 +59,7 @@ class OncePerOccurrence(Task):  # type: ignore[misc]
         task_id = getattr(request, "id", None)
         retry = (getattr(request, "retries", 0) or 0) > 0
         if task_id and not retry and getattr(request, HEADER_SCHEDULED, None) is not None:
-            conf = ensure_conf(self.app)
+            conf = redbeat_conf(self.app)
             client = get_redis(self.app)
             if not first_execution(client, conf.key_prefix, task_id, self.guard_ttl_seconds):
                 logger.warning(

@@ -6,7 +6,7 @@ and dead hashes of the shards this replica leads; entries by state of those shar
 recomputed at most every ``entries_refresh_seconds``). Summed over the replicas, each count
 covers the whole schedule once. No metric has a per-entry label.
 
-Serve them from each replica with ``safe_redbeat_metrics_port`` (see
+Serve them from each replica with ``safe_redbeat_http_port`` (see
 :mod:`safe_redbeat.observe.monitoring`), or register them on a registry your process already
 serves::
 
@@ -19,33 +19,63 @@ serves::
 from __future__ import annotations
 
 import json
+import platform
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from importlib import metadata
 from typing import Any
 
 from celery.utils.log import get_logger
 
 from . import signals
+from .errors import InvalidEntry
+from .model.codec import decode_meta
+from .model.lifecycle import PARKED, STATES, Lifecycle, decode_state, state_of
 from .model.occurrence import Occurrence
-from .store.rows import EntryRows
+from .observe.http import HttpServer, Response, Route
+from .observe.http import serve as serve_http
+from .store.rows import EntryRows, Row
 
 try:
-    from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
     from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.exposition import choose_encoder
     from prometheus_client.registry import Collector
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError(
         "safe_redbeat.metrics needs prometheus-client: pip install 'safe-redbeat[metrics]'"
     ) from exc
 
-__all__ = ["ENTRY_STATES", "MetricsServer", "SchedulerMetrics", "register", "serve"]
+__all__ = [
+    "DEPRECATED_NAMES",
+    "ENTRY_STATES",
+    "MetricsServer",
+    "SchedulerMetrics",
+    "exposition",
+    "register",
+    "serve",
+]
 
 logger = get_logger("safe_redbeat.metrics")
 
-#: Values of the ``state`` label of ``safe_redbeat_entries``.
-ENTRY_STATES = ("active", "disabled", "parked")
+#: Values of the ``state`` label of ``safe_redbeat_entries`` (the states ``status`` shows).
+ENTRY_STATES = STATES
+
+#: ``cause`` of a leadership change that is not a loss (a label value is never empty).
+NO_CAUSE = "none"
+
+#: Metrics renamed in 0.2, old name → new name. The old names are still exported with
+#: the same values for one release, then removed.
+DEPRECATED_NAMES = {
+    "safe_redbeat_lease_seconds_left": "safe_redbeat_renew_deadline_seconds",
+    "safe_redbeat_pending": "safe_redbeat_pending_occurrences",
+    "safe_redbeat_dead": "safe_redbeat_dead_occurrences",
+    "safe_redbeat_loader_removals_held": "safe_redbeat_loader_held_removals",
+    "safe_redbeat_occurrences_parked_total": "safe_redbeat_entries_parked_total",
+}
 
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 TICK_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -70,7 +100,7 @@ class SchedulerMetrics:
             "claimed": "Occurrences claimed (each is then sent, or stays pending).",
             "sent": "Occurrences the broker accepted, first send.",
             "republished": "Occurrences sent again from a pending record (same task id).",
-            "parked": "Malformed entries parked (left in place, checked again later).",
+            "parked": "Deprecated: safe_redbeat_entries_parked_total (it counts entries).",
             "skipped": "Missed occurrences skipped under catch_up=skip.",
             "dead": "Occurrences given up on and moved to the dead letters.",
         }
@@ -78,6 +108,12 @@ class SchedulerMetrics:
             kind: Counter(f"safe_redbeat_occurrences_{kind}", text, registry=registry)
             for kind, text in occurrences.items()
         }
+        self.entries_parked = Counter(
+            "safe_redbeat_entries_parked",
+            "Malformed entries parked (left in place, checked again later); once per "
+            "distinct bad content.",
+            registry=registry,
+        )
         self.dispatch_lag = Histogram(
             "safe_redbeat_dispatch_lag_seconds",
             "Publish time (broker batch accepted, local clock) minus scheduled time.",
@@ -107,6 +143,12 @@ class SchedulerMetrics:
             "safe_redbeat_reconciles",
             "Reconciles by source and result (ok, error: some entry or the loader failed).",
             ["source", "result"],
+            registry=registry,
+        )
+        self.reconcile_success = Gauge(
+            "safe_redbeat_reconcile_last_success_timestamp_seconds",
+            "UNIX time of the last reconcile of a source without errors, by this replica.",
+            ["source"],
             registry=registry,
         )
         self.state = _StateCollector(self, entries_refresh_seconds)
@@ -145,7 +187,7 @@ class SchedulerMetrics:
 
     def _on_leadership(self, sender: Any, change: str, cause: str | None, **_: Any) -> None:
         self.watch(sender)
-        self.leadership_changes.labels(change, cause or "").inc()
+        self.leadership_changes.labels(change, cause or NO_CAUSE).inc()
 
     def _on_sent(
         self,
@@ -171,6 +213,7 @@ class SchedulerMetrics:
             self.occurrences["skipped"].inc(skipped)
 
     def _on_parked(self, sender: Any, **_: Any) -> None:
+        self.entries_parked.inc()
         self.occurrences["parked"].inc()
 
     def _on_redis_error(self, sender: Any, **_: Any) -> None:
@@ -187,6 +230,8 @@ class SchedulerMetrics:
         source = str(result.source)
         self.reconcile_duration.labels(source).observe(float(result.seconds))
         self.reconciles.labels(source, "error" if result.errors else "ok").inc()
+        if not result.errors:
+            self.reconcile_success.labels(source).set(time.time())
         if removals_held is not None:
             self.state.removals_held = int(removals_held)
 
@@ -208,12 +253,23 @@ class _StateCollector(Collector):
         return []  # collected at scrape time only; never on registration
 
     def collect(self) -> Iterable[Any]:
+        yield _build_info()
         scheduler = self.metrics.scheduler
         leading = scheduler is not None and bool(scheduler.is_leader)
         led = _led_shards(scheduler) if leading else []
         lease = led[0].leadership.lease if led else None
         yield _gauge("safe_redbeat_is_leader", "1 while this replica leads a shard.", int(leading))
         yield _gauge("safe_redbeat_shards_led", "Shards this replica leads.", len(led))
+        if scheduler is not None:
+            family = GaugeMetricFamily(
+                "safe_redbeat_leads_shard",
+                "1 for each shard of the layout this replica leads, 0 for the others.",
+                labels=["shard"],
+            )
+            mine = {shard.index for shard in led}
+            for shard in scheduler.shards:
+                family.add_metric([str(shard.index)], int(shard.index in mine))
+            yield family
         yield _gauge(
             "safe_redbeat_fence",
             "Fence number of the lease this replica holds (its lowest shard; 0 when standby).",
@@ -222,15 +278,17 @@ class _StateCollector(Collector):
         left = 0.0
         if lease is not None:
             left = max(lease.deadline() - lease.monotonic(), 0.0)
-        yield _gauge(
-            "safe_redbeat_lease_seconds_left",
-            "Seconds until this leader's renew deadline (0 when standby).",
+        yield from _renamed(
+            "safe_redbeat_renew_deadline_seconds",
+            "Seconds until this leader's renew deadline, when it stops dispatching unless it "
+            "renewed (0 when standby).",
             left,
         )
-        yield _gauge(
-            "safe_redbeat_loader_removals_held",
-            "Loader removals refused by the last reconcile (held for review).",
-            self.removals_held or 0,
+        yield from _renamed(
+            "safe_redbeat_loader_held_removals",
+            "Loader removals refused by this leader's last reconcile (held for review with "
+            "safe-redbeat sync --allow-removals); 0 when standby.",
+            (self.removals_held or 0) if leading else 0,
         )
         if scheduler is None:
             return
@@ -240,14 +298,14 @@ class _StateCollector(Collector):
             except Exception as exc:  # Redis down: the scrape still answers
                 logger.debug("metrics: counts not read from Redis: %s", exc)
                 return
-            yield _gauge(
-                "safe_redbeat_pending",
+            yield from _renamed(
+                "safe_redbeat_pending_occurrences",
                 "Occurrences claimed and not yet published (pending hashes of the shards "
                 "this replica leads).",
                 pending,
             )
-            yield _gauge(
-                "safe_redbeat_dead",
+            yield from _renamed(
+                "safe_redbeat_dead_occurrences",
                 "Occurrences in the dead letters (of the shards this replica leads).",
                 dead,
             )
@@ -255,7 +313,7 @@ class _StateCollector(Collector):
         if entries is not None:
             family = GaugeMetricFamily(
                 "safe_redbeat_entries",
-                "Entries by state (leader only; refreshed at most every "
+                "Entries of the shards this replica leads, by state (refreshed at most every "
                 f"{self.entries_refresh_seconds:g}s).",
                 labels=["state"],
             )
@@ -277,7 +335,8 @@ class _StateCollector(Collector):
             try:
                 counts = dict.fromkeys(ENTRY_STATES, 0)
                 for shard in led:
-                    for state, n in count_entries(scheduler.client, shard.keys).items():
+                    found = count_entries(scheduler.client, shard.keys, app=scheduler.app)
+                    for state, n in found.items():
                         counts[state] += n
             except Exception as exc:
                 logger.debug("metrics: entries not counted: %s", exc)
@@ -288,6 +347,49 @@ class _StateCollector(Collector):
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=value)
+
+
+_OLD_NAMES = {new: old for old, new in DEPRECATED_NAMES.items()}
+
+
+def _renamed(name: str, documentation: str, value: float) -> Iterable[GaugeMetricFamily]:
+    """The gauge ``name``, and under its old name too while that is deprecated."""
+    yield _gauge(name, documentation, value)
+    old = _OLD_NAMES.get(name)
+    if old is not None:
+        yield _gauge(old, f"Deprecated: {name}.", value)
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+_BUILD: dict[str, str] = {}
+
+
+def _build_info() -> GaugeMetricFamily:
+    """``safe_redbeat_build_info{version, python, celery, kombu, redbeat, redis} 1``."""
+    if not _BUILD:
+        from . import __version__
+
+        _BUILD.update(
+            version=__version__,
+            python=platform.python_version(),
+            celery=_version("celery"),
+            kombu=_version("kombu"),
+            redbeat=_version("celery-redbeat"),
+            redis=_version("redis"),
+        )
+    family = GaugeMetricFamily(
+        "safe_redbeat_build_info",
+        "Always 1; the labels name the versions of safe_redbeat and what it runs on.",
+        labels=list(_BUILD),
+    )
+    family.add_metric(list(_BUILD.values()), 1)
+    return family
 
 
 def _led_shards(scheduler: Any) -> list[Any]:
@@ -307,16 +409,22 @@ def _hlens(scheduler: Any, led: list[Any]) -> tuple[int, int]:
     return sum(counts[::2]), sum(counts[1::2])
 
 
-def count_entries(client: Any, keys: Any, *, page: int = 1000) -> dict[str, int]:
-    """Entries of the schedule by state: ``parked`` when the definition is not usable."""
+def count_entries(client: Any, keys: Any, *, app: Any = None, page: int = 1000) -> dict[str, int]:
+    """Entries of one shard by state, as ``status`` shows them (at Redis' time)."""
     counts = dict.fromkeys(ENTRY_STATES, 0)
     members = client.zscan_iter(keys.schedule, count=page)
+    rows = EntryRows(client, keys, app)
     while True:
         chunk = [member for member, _score in _take(members, page)]
         if not chunk:
             return counts
-        for raw in EntryRows(client, keys, None).definitions(chunk):
-            counts[_state(raw)] += 1
+        found = rows.read(chunk) if app is not None else None
+        if found is None:  # no app: the definition only (no time zone for "now")
+            for raw in rows.definitions(chunk):
+                counts[_state(raw)] += 1
+            continue
+        for row in found.rows:
+            counts[_row_state(row, found.now)] += 1
 
 
 def _take(iterator: Iterable[Any], n: int) -> list[Any]:
@@ -329,17 +437,38 @@ def _take(iterator: Iterable[Any], n: int) -> list[Any]:
 
 
 def _state(raw: str | bytes | None) -> str:
+    """``parked`` if a definition cannot be used, else ``active`` or ``disabled``."""
     if not raw:
-        return "parked"
+        return PARKED
     try:
         definition = json.loads(raw)
     except ValueError:
-        return "parked"
+        return PARKED
     if not isinstance(definition, dict) or not definition.get("task"):
-        return "parked"
+        return PARKED
     if "schedule" not in definition:
-        return "parked"
+        return PARKED
     return "active" if definition.get("enabled", True) else "disabled"
+
+
+def _row_state(row: Row, now: datetime) -> str:
+    """An entry's state from its hash: the definition, run count and lifetime fields."""
+    enabled = _state(row.definition)
+    if enabled == PARKED:
+        return PARKED
+    try:
+        lifecycle = Lifecycle.decode(row.key, row.fields[4])
+        stored = decode_state(row.key, row.state)
+        _last, runs = decode_meta(row.key, row.meta)
+    except InvalidEntry:
+        return PARKED
+    return state_of(
+        enabled=enabled == "active",
+        lifecycle=lifecycle,
+        stored_state=stored,
+        total_run_count=runs,
+        now=now,
+    )
 
 
 _registered: dict[int, SchedulerMetrics] = {}
@@ -356,33 +485,56 @@ def register(registry: CollectorRegistry, **options: Any) -> SchedulerMetrics:
         return metrics
 
 
-class MetricsServer:
-    """``/metrics`` served from a thread of this process (prometheus_client's server)."""
+def exposition(registry: CollectorRegistry) -> Route:
+    """The ``/metrics`` route of ``registry`` (the text or OpenMetrics format, as asked)."""
 
-    def __init__(self, metrics: SchedulerMetrics, server: Any, thread: Any) -> None:
+    def route(accept: str) -> Response:
+        encoder, content_type = choose_encoder(accept)
+        return Response(200, encoder(registry), content_type)
+
+    return route
+
+
+class MetricsServer:
+    """``/metrics`` (and any ``routes`` given to :func:`serve`) from a thread of this process."""
+
+    def __init__(self, metrics: SchedulerMetrics, server: HttpServer) -> None:
         self.metrics = metrics
-        self._server = server
-        self._thread = thread
+        self.http = server
 
     @property
     def port(self) -> int:
-        return int(self._server.server_port)
+        return self.http.port
+
+    def url(self, path: str = "/metrics") -> str:
+        return self.http.url(path)
 
     def close(self) -> None:
         """Stop serving and disconnect the metrics from the signals."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        self.http.close()
         with _registered_lock:
             _registered.pop(id(self.metrics.registry), None)
         self.metrics.close()
 
 
-def serve(port: int, addr: str = "0.0.0.0", scheduler: Any = None) -> MetricsServer:
-    """Serve this process' safe_redbeat metrics on ``addr:port`` (a registry of their own)."""
+def serve(
+    port: int,
+    addr: str = "0.0.0.0",
+    scheduler: Any = None,
+    *,
+    routes: Mapping[str, Route] | None = None,
+) -> MetricsServer:
+    """Serve this process' safe_redbeat metrics on ``addr:port`` (a registry of their own)
+    at ``/metrics``, with ``routes`` beside it; 404 on any other path."""
     registry = CollectorRegistry(auto_describe=False)
     metrics = register(registry)
     if scheduler is not None:
         metrics.watch(scheduler)
-    server, thread = start_http_server(port, addr=addr, registry=registry)
-    return MetricsServer(metrics, server, thread)
+    try:
+        server = serve_http(addr, port, {**(routes or {}), "/metrics": exposition(registry)})
+    except BaseException:
+        with _registered_lock:
+            _registered.pop(id(registry), None)
+        metrics.close()
+        raise
+    return MetricsServer(metrics, server)

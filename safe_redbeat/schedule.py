@@ -12,6 +12,7 @@ module writes, and entries saved by stock RedBeat are read here with version 0.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -36,7 +37,7 @@ from .model.specs import (
 from .store.binding import Binding
 from .store.keys import Keys
 from .store.layout import Layout, read_layout
-from .store.rows import EntryRows, Row, plan_write
+from .store.rows import EntryRows, Row, Rows, plan_write
 from .store.scripts import Remove, Upsert, UpsertCode
 from .store.shard import ShardStore
 
@@ -48,6 +49,10 @@ __all__ = ["EntryInfo", "EntrySpec", "MalformedEntry", "Schedule", "ScheduleLike
 logger = get_logger("safe_redbeat.schedule")
 
 T = TypeVar("T")
+
+#: the owners an entry's name can be recorded under (``restore``): ``beat_schedule``'s
+#: statics SET, the loader's SET
+STATICS, LOADER = "statics", "loader"
 
 #: Attempts of one call when Redis keeps changing under it (a claim moving ``meta``, or,
 #: without ``expected_version``, another writer). Each attempt is one atomic script.
@@ -173,6 +178,28 @@ class Schedule:
         """:meth:`upsert` of a ready :class:`EntrySpec`."""
         # validated again: a spec may be constructed or replaced field by field
         return self._put(spec.replace(), expected_version)
+
+    def restore(
+        self, spec: EntrySpec, *, total_run_count: int = 0, owner: str | None = None
+    ) -> EntryInfo:
+        """Create the entry ``spec`` with the run history it had: its last run
+        (``spec.last_run_at``) and ``total_run_count``; its next run is computed from them
+        as the leader would. For restoring a backup (``safe_redbeat.backup``).
+
+        Only creates: if an entry of that name exists (in any format), VersionConflict and
+        nothing is written. ``owner`` (``"statics"`` or ``"loader"``) records the name as
+        ``beat_schedule``'s or the loader's, as it was: their reconcile then updates or
+        removes it as before.
+        """
+        if owner not in (None, STATICS, LOADER):
+            raise ValueError(f"owner must be None, {STATICS!r} or {LOADER!r}, got {owner!r}")
+        if total_run_count < 0:
+            raise InvalidEntry(spec.name, "total_run_count", f"must be >= 0: {total_run_count}")
+        spec = spec.replace().in_zone(self.app.timezone)  # validated again
+        write = partial(
+            self._write, spec=spec, version=0, create=True, runs=total_run_count, owner=owner
+        )
+        return self._on_shard(spec.name, write)
 
     def _put(self, spec: EntrySpec, expected_version: int | None) -> EntryInfo:
         check_expected_version(spec.name, expected_version)
@@ -310,6 +337,27 @@ class Schedule:
     def _scan_shard(
         self, keys: Keys, pattern: str, page_size: int
     ) -> Iterator[EntryInfo | MalformedEntry]:
+        for rows in self._pages(keys, pattern, page_size):
+            for row in rows.rows:
+                try:
+                    yield self._info(row, rows.now)
+                except InvalidEntry as exc:
+                    yield MalformedEntry(row.name, exc.field, exc.problem)
+
+    def rows(
+        self, pattern: str = "*", *, page_size: int = 500
+    ) -> Iterator[tuple[ShardStore, Rows]]:
+        """The entry hashes as stored (:class:`~safe_redbeat.store.rows.Row`: raw fields and
+        score), page by page, with each page's shard; as :meth:`list` walks them (for
+        ``safe_redbeat.backup``). Rows without a definition are left out."""
+        if page_size < 1:
+            raise ValueError(f"page_size must be positive, got {page_size!r}")
+        for shard in self.shards():
+            for rows in self._pages(shard.keys, pattern, page_size):
+                yield shard, rows
+
+    def _pages(self, keys: Keys, pattern: str, page_size: int) -> Iterator[Rows]:
+        """The rows of one shard's schedule members matching ``pattern``, by ZSCAN page."""
         match = keys.match(pattern)
         seen: set[str] = set()
         cursor = 0
@@ -321,13 +369,10 @@ class Schedule:
                 rows = EntryRows(self.client, keys, self.app).read(
                     [key for key, _score in members], scores=[score for _key, score in members]
                 )
-                for row in rows.rows:
-                    if row.definition is None:
-                        continue  # deleted meanwhile, another type, or a slot the leader drops
-                    try:
-                        yield self._info(row, rows.now)
-                    except InvalidEntry as exc:
-                        yield MalformedEntry(row.name, exc.field, exc.problem)
+                # deleted meanwhile, another type, or a slot the leader drops: no entry
+                found = [row for row in rows.rows if row.definition is not None]
+                if found:
+                    yield Rows(rows.now, found)
             if int(cursor) == 0:
                 return
 
@@ -386,12 +431,27 @@ class Schedule:
             )
         return row, now
 
-    def _write(self, place: _EntryKey, *, spec: EntrySpec, version: int | None) -> EntryInfo:
+    def _write(
+        self,
+        place: _EntryKey,
+        *,
+        spec: EntrySpec,
+        version: int | None,
+        create: bool = False,
+        runs: int = 0,
+        owner: str | None = None,
+    ) -> EntryInfo:
+        """Write ``spec`` at ``version``; with ``create`` only if no entry of that name
+        exists, with ``runs`` as its run count and its name recorded in ``owner``'s SET."""
         key, expected_version = place.key, version
+        if runs:
+            spec = dataclasses.replace(spec, total_run_count=runs)
         definition = spec.definition()
         fields = {"lifecycle": spec.lifecycle.encode()}
         for _attempt in range(_MAX_ATTEMPTS):
             row, now = self._read(place)
+            if create and row.exists:
+                raise VersionConflict(spec.name, 0, _stored_version(row))
             plan = plan_write(spec, row.meta, now, key=key, run_now=row.run_now)
             result = place.shard.scripts.upsert(
                 Upsert(
@@ -415,6 +475,9 @@ class Schedule:
             if code is UpsertCode.WRITTEN:
                 logger.info("schedule: wrote entry %r (version %s)", spec.name, version)
                 next_run = utc_datetime(plan.score)
+                if owner is not None:  # only once written: a conflict leaves the sets alone
+                    keys = place.shard.keys
+                    self.client.sadd(keys.statics if owner == STATICS else keys.loader, spec.name)
             else:
                 next_run = utc_datetime(row.score)
             return EntryInfo(
@@ -448,6 +511,15 @@ def _check_key(name: str, keys: Keys) -> None:
     key = keys.entry(check_name(name))
     if key in (keys.lease, keys.schedule, keys.statics, keys.fence, keys.pending, keys.layout):
         raise InvalidEntry(name, "name", f"its key {key!r} is an internal key")
+
+
+def _stored_version(row: Row) -> int | None:
+    """The version a row holds (0: a stock RedBeat entry; None if it is not a number)."""
+    raw = row.fields[2]
+    try:
+        return int(raw or 0)
+    except ValueError:
+        return None
 
 
 def _known(value: int | None) -> int:

@@ -21,15 +21,19 @@ from celery.utils.log import get_logger
 from redbeat.schedulers import RedBeatScheduler
 
 from . import signals
+from .dispatch.enqueue import Enqueuer
 from .dispatch.publisher import Publisher
 from .dispatch.shard import Shard, ShardContext
 from .errors import LeaseLost
 from .leader.balance import Balancer
 from .leader.heartbeat import remove_heartbeat
+from .observe import monitoring  # noqa: F401  (starts metrics and JSON logs on beat_init)
+from .observe.health import LoopWatch
 from .store.binding import Binding
 from .store.connection import CLIENT_ERRORS
 from .store.keys import isolates
 from .store.layout import Layout
+from .store.persistence import count_redis_only, read_persistence
 
 __all__ = ["SafeRedBeatScheduler"]
 
@@ -66,6 +70,10 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         self.safe_settings = s = binding.settings
         self._monotonic = monotonic
         self._closed = False
+        #: when the loop ticked and planned to tick again (read by ``/healthz``)
+        self.loop = LoopWatch(monotonic)
+        #: Redis' persistence was looked at once this replica led (see _check_persistence)
+        self._persistence_checked = False
         super().__init__(app, lock_key=lock_key, lock_timeout=lock_timeout, **kwargs)
         self.keys = binding.keys
         self._check_keys(app)
@@ -78,6 +86,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             settings=s,
             client=binding.client,
             publisher=lambda: self.publisher,
+            enqueuer=lambda: self.enqueuer,
             build_entry=self._maybe_entry,
             keep_alive=self._keep_alive,
             signal_sender=self,
@@ -94,6 +103,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             where=binding.url,
             monotonic=monotonic,
             rng=rng,
+            enqueue_mode=self._enqueue_mode,
         )
 
     def _check_keys(self, app: Any) -> None:
@@ -119,6 +129,13 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Which shards to lead, then dispatch of what is due in each. Never raises on Redis."""
         self._exit_if_closed()
+        if self.safe_settings.enqueue == "atomic" and self.enqueuer.decided is None:
+            # refuse to start (ConfigurationError) before leading anything
+            try:
+                self.enqueuer.mode()
+            except CLIENT_ERRORS as exc:
+                logger.warning("beat: cannot tell yet whether atomic enqueue is possible: %s", exc)
+                return self.safe_settings.retry_seconds
         started = time.perf_counter()
         try:
             delays = [self.balancer.poll_if_due()]
@@ -127,7 +144,37 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             duration = time.perf_counter() - started
             signals.tick_finished.send(self, duration=duration, leader=self.is_leader)
         self.balancer.heartbeat()
-        return min(delays)
+        if not self._persistence_checked and self.is_leader:
+            self._check_persistence()
+        delay = min(delays)
+        self.loop.ticked(delay)
+        return delay
+
+    def _check_persistence(self) -> None:
+        """Once, after the first tick this replica led: WARN if Redis persists nothing and
+        holds entries nothing writes again after it lost its data (neither
+        ``beat_schedule`` nor the loader owns them)."""
+        client = self.binding.client()
+        try:
+            persistence = read_persistence(client)
+            only = 0
+            if persistence.persists is False:
+                only = count_redis_only(client, self.layout.all_keys())
+        except CLIENT_ERRORS as exc:
+            logger.debug("beat: Redis persistence not read (tried again next tick): %s", exc)
+            return
+        self._persistence_checked = True
+        logger.debug("beat: Redis persistence: %s", persistence.mode)
+        if only:
+            logger.warning(
+                "beat: Redis at %s persists nothing (no AOF, no RDB save points) and holds "
+                "%d %s not from beat_schedule or the loader: a restart of Redis loses them "
+                "for good. Turn on persistence, or back them up with `safe-redbeat export` "
+                "(README: After Redis loses its data)",
+                self.binding.url,
+                only,
+                "entry that is" if only == 1 else "entries that are",
+            )
 
     def _work(self, shard: Shard) -> float:
         """Keep ``shard``'s lease and dispatch what is due in it; the seconds until again."""
@@ -154,6 +201,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
     def _keep_alive(self, busy: Shard) -> None:
         """While ``busy``'s dispatch takes long: stop if closed, keep the others going."""
         self._exit_if_closed()
+        self.loop.progressed()
         self.balancer.keep_others(busy)
 
     def _exit_if_closed(self) -> None:
@@ -216,6 +264,16 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
     def publisher(self) -> Publisher:
         """One publisher, on Celery's producer, for every shard."""
         return Publisher(self.app, lambda: self.producer)
+
+    def _enqueue_mode(self) -> str:
+        decided = self.enqueuer.decided
+        return "" if decided is None else decided.name
+
+    @cached_property
+    def enqueuer(self) -> Enqueuer:
+        """The enqueue mode (decided once both Redis connections answer) and the
+        messages it pushes, on the same producer as the publisher."""
+        return Enqueuer(self.app, self.safe_settings, self.binding.client, lambda: self.producer)
 
     @property
     def layout(self) -> Layout:

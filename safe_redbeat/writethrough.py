@@ -59,8 +59,8 @@ def _layout(schedules: Schedule) -> Layout:
 def upsert_after_commit(schedules: Schedule, entry: EntrySpec | Mapping[str, Any]) -> bool:
     """Write one loader entry to Redis; False (logged) if it did not get there."""
     load = parse_specs([entry], reserved=static_names(schedules.app))
-    if load.errors:
-        for error in load.errors:
+    if load.errors or load.rejected:
+        for error in [*load.errors, *load.rejected.values()]:
             logger.error("write-through: %s; not written", error)
         return False
     if load.shadowed:
@@ -132,9 +132,12 @@ def sync_once(
     by_shard: list[list[EntrySpec]] = [[] for _ in reconcilers]
     for spec in load.specs:
         by_shard[layout.shard_of(spec.name)].append(spec)
+    rejected: list[dict[str, str]] = [{} for _ in reconcilers]
+    for name, problem in load.rejected.items():
+        rejected[layout.shard_of(name)][name] = problem
     # the removal guard counts the whole schedule, not shard by shard
     owned = {name for versions in snapshots for name in versions}
-    removing = len(owned - {spec.name for spec in load.specs})
+    removing = len(owned - {spec.name for spec in load.specs} - set(load.rejected))
     held = not allow_removals and removals_held(
         removing, len(owned), settings.max_removals(len(owned))
     )
@@ -144,9 +147,12 @@ def sync_once(
                 specs,
                 versions=versions,
                 errors=load.errors,
+                rejected=shard_rejected,
                 dry_run=dry_run,
                 hold_removals=held,
             )
-            for reconciler, specs, versions in zip(reconcilers, by_shard, snapshots, strict=True)
+            for reconciler, specs, versions, shard_rejected in zip(
+                reconcilers, by_shard, snapshots, rejected, strict=True
+            )
         ]
     )

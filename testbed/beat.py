@@ -190,6 +190,11 @@ class BeatCluster:
             started.append(proc.start())
         return started
 
+    def add(self, proc: BeatProcess) -> BeatProcess:
+        """Start another process (a worker, say) that ``cleanup()`` kills too."""
+        self.processes.append(proc)
+        return proc.start()
+
     def alive(self) -> list[BeatProcess]:
         return [p for p in self.processes if p.alive()]
 

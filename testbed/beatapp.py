@@ -100,3 +100,52 @@ def _noop(*args: Any, **kwargs: Any) -> None:
 
 # Registered as "noop"; the explicit call keeps mypy --strict happy (celery is untyped).
 noop = app.task(name="noop")(_noop)
+
+
+#: where ``record`` appends its runs (testbed.worker.RAN)
+_RAN = "testbed:ran"
+
+
+def _record(request: Any, args: Any, kwargs: Any) -> None:
+    """Append this run to the list testbed.worker reads (in the schedule's database)."""
+    import time
+
+    import redis
+
+    delivery = dict(request.delivery_info or {})
+    headers = dict(getattr(request, "headers", None) or {})
+    run = {
+        "id": request.id,
+        "task": request.task,
+        "entry": getattr(request, "safe_redbeat_entry", None),
+        "scheduled": getattr(request, "safe_redbeat_scheduled", None),
+        "retries": request.retries,
+        "priority": delivery.get("priority"),
+        "routing_key": delivery.get("routing_key"),
+        "eta": request.eta,
+        "expires": request.expires,
+        "tenant": getattr(request, "tenant", None) or headers.get("tenant"),
+        "args": list(args),
+        "kwargs": dict(kwargs),
+        "at": time.time(),
+    }
+    client = redis.Redis.from_url(os.environ["SRB_REDIS_URL"])
+    try:
+        client.rpush(_RAN, json.dumps(run))
+    finally:
+        client.close()
+
+
+def _run_and_record(self: Any, *args: Any, **kwargs: Any) -> None:
+    _record(self.request, args, kwargs)
+
+
+def _fail_twice_then_record(self: Any, *args: Any, **kwargs: Any) -> None:
+    """Fails twice (retried 0.2 s later each time), then records its run."""
+    if self.request.retries < 2:
+        raise self.retry(countdown=0.2)
+    _record(self.request, args, kwargs)
+
+
+record = app.task(name="record", bind=True)(_run_and_record)
+flaky = app.task(name="flaky", bind=True, max_retries=3, acks_late=True)(_fail_twice_then_record)

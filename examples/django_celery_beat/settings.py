@@ -87,5 +87,6 @@ CELERY_SAFE_REDBEAT_LOADER = "safe_redbeat.contrib.django_celery_beat:load"
 # the Celery app whose Redis the admin's changes are written to (default: the current app)
 SAFE_REDBEAT_CELERY_APP = "examples.django_celery_beat:celery_app"
 
-# copy last_run_at / total_run_count back to the rows every 30 s (None: off)
-SAFE_REDBEAT_WRITE_BACK_SECONDS: float | None = 30
+# copy run history back to the rows, and save finished one-offs and expired rows disabled,
+# every 10 s (the default; None: off)
+SAFE_REDBEAT_WRITE_BACK_SECONDS: float | None = 10

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -18,12 +19,14 @@ from ..store.keys import Keys
 from ..store.layout import InvalidLayout, Layout, read_layout
 from ..store.scripts import Scripts
 
-__all__ = ["CLIError", "Context", "load_app", "open_context", "redis_error"]
+__all__ = ["Args", "CLIError", "Context", "bind_app", "load_app", "open_context", "redis_error"]
 
 EXIT_OK = 0
-#: ``health``: the check failed; ``sync``: the load had errors (nothing was removed).
+#: ``health``: the check failed; ``sync``: the load had errors (nothing was removed);
+#: ``import``: some entries could not be imported (the others were).
 EXIT_UNHEALTHY = 1
-#: Bad arguments (argparse prints a usage line).
+#: Bad arguments (a usage line and the problem), or a file that cannot be read, written
+#: or used (``export``, ``import``).
 EXIT_USAGE = 2
 #: Redis could not be reached, or answered with an error.
 EXIT_REDIS = 3
@@ -41,8 +44,8 @@ EXIT_RESHARD = 8
 #: What each exit code means, in the words ``--help`` prints.
 EXIT_MEANINGS = {
     EXIT_OK: "ok",
-    EXIT_UNHEALTHY: "unhealthy (health) or load errors (sync)",
-    EXIT_USAGE: "usage",
+    EXIT_UNHEALTHY: "unhealthy (health), load errors (sync), entries not imported (import)",
+    EXIT_USAGE: "usage: bad arguments, or a file that cannot be used (export, import)",
     EXIT_REDIS: "Redis unreachable or failing",
     EXIT_APP: "app or configuration",
     EXIT_NOT_FOUND: "entry not found",
@@ -61,6 +64,11 @@ class CLIError(Exception):
         self.kind = kind
         self.message = message
         self.extra = extra
+
+
+class Args(SimpleNamespace):
+    """A command's options by name (``args.name``, ``args.every``), plus ``command`` (its
+    name), ``json`` and ``timeout`` (given before or after the command name)."""
 
 
 @dataclass
@@ -92,13 +100,9 @@ class Context:
 def load_app(name: str) -> Any:
     """Import the Celery app as ``celery -A`` does (``proj``, ``proj.celery``,
     ``proj.celery:app``), with the current directory on ``sys.path``; read its config."""
-    from celery import Celery
     from celery.app.utils import find_app
-    from redbeat.schedulers import ensure_conf
 
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)  # also for the loader module `sync` imports later
+    _cwd_on_path()
     what = f"cannot load the Celery app {name!r}"
     try:
         app = find_app(name)
@@ -106,10 +110,20 @@ def load_app(name: str) -> Any:
         raise CLIError(EXIT_APP, "app", f"{what}: no module named {exc.name!r}") from None
     except Exception as exc:  # user code: anything can go wrong on import
         raise CLIError(EXIT_APP, "app", f"{what}: {type(exc).__name__}: {exc}") from None
+    return bind_app(app, what)
+
+
+def bind_app(app: Any, what: str = "cannot use the Celery app") -> Any:
+    """``app`` (a Celery app: the one ``celery -A`` loaded) with its configuration read."""
+    from celery import Celery
+
+    from ..store.connection import redbeat_conf
+
+    _cwd_on_path()
     if not isinstance(app, Celery):
         raise CLIError(EXIT_APP, "app", f"{what}: it is a {type(app).__name__}, not a Celery app")
     try:
-        ensure_conf(app)  # reads the configuration (e.g. Django settings) now
+        redbeat_conf(app)  # reads the configuration (e.g. Django settings) now
     except Exception as exc:
         raise CLIError(
             EXIT_APP, "app", f"{what}: its configuration: {type(exc).__name__}: {exc}"
@@ -117,10 +131,18 @@ def load_app(name: str) -> Any:
     return app
 
 
-def open_context(app_name: str, timeout: float | None) -> Context:
-    """Load the app; ``timeout`` (default ``safe_redbeat_socket_timeout``) bounds every
-    Redis call. No connection is made yet."""
-    app = load_app(app_name)
+def _cwd_on_path() -> None:
+    """The current directory on ``sys.path``, as ``celery`` has it: also for the loader
+    module ``sync`` imports later."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def open_context(app: Any, timeout: float | None) -> Context:
+    """Load the app (a name as ``-A`` takes it, or a Celery app); ``timeout`` (default
+    ``safe_redbeat_socket_timeout``) bounds every Redis call. No connection is made yet."""
+    app = load_app(app) if isinstance(app, str) else bind_app(app)
     binding = Binding.of(app, socket_timeout=timeout)
     binding.check_cluster_keys()  # ConfigurationError: reported as a configuration error
     try:

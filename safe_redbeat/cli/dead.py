@@ -12,7 +12,6 @@ Retry and drop wait while ``reshard`` moves the schedule.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from datetime import datetime, timezone
 from typing import Any
@@ -25,6 +24,7 @@ from .context import (
     EXIT_OK,
     EXIT_RESHARD,
     EXIT_USAGE,
+    Args,
     CLIError,
     Context,
 )
@@ -54,7 +54,7 @@ def _row(letter: DeadLetter, shard: int | None) -> dict[str, Any]:
     }
 
 
-def cmd_dead(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_dead(ctx: Context, args: Args) -> int:
     layout = ctx.layout()
     shards = ctx.schedule().shards(layout)
     found = [

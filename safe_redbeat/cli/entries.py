@@ -8,8 +8,6 @@ overwrites fields someone else changed meanwhile.
 
 from __future__ import annotations
 
-import argparse
-
 from ..errors import EntryNotFound, InvalidEntry, SafeRedBeatError, VersionConflict
 from ..model.lifecycle import LIFETIME_FIELDS, PARKED
 from ..model.specs import EntryInfo, EntrySpec, ScheduleLike
@@ -20,6 +18,7 @@ from .context import (
     EXIT_OK,
     EXIT_UNHEALTHY,
     EXIT_USAGE,
+    Args,
     CLIError,
     Context,
 )
@@ -47,7 +46,7 @@ __all__ = [
 ]
 
 
-def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_list(ctx: Context, args: Args) -> int:
     found = list(ctx.schedule().scan(args.pattern))
     entries = sorted((e for e in found if isinstance(e, EntryInfo)), key=lambda e: e.name)
     parked = {
@@ -84,7 +83,7 @@ def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_show(ctx: Context, args: Args) -> int:
     try:
         info = ctx.schedule().get(args.name)
     except InvalidEntry as exc:
@@ -98,7 +97,7 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _spec(args: argparse.Namespace, base: EntryInfo | None) -> EntrySpec:
+def _spec(args: Args, base: EntryInfo | None) -> EntrySpec:
     """What ``add`` asks for, or ``base`` with the fields ``update`` was given."""
     schedule: ScheduleLike | None = args.every if args.every is not None else args.cron
     options = {} if base is None else dict(base.options)
@@ -112,7 +111,7 @@ def _spec(args: argparse.Namespace, base: EntryInfo | None) -> EntrySpec:
         if getattr(args, name, None) not in (None, False)
     }
     if base is None:
-        if schedule is None and args.at is None:  # argparse already requires one of them
+        if schedule is None and args.at is None:  # the command line already requires one
             raise CLIError(EXIT_USAGE, "usage", "add needs --every, --cron or --at")
         return EntrySpec.build(
             args.name,
@@ -140,12 +139,12 @@ def _spec(args: argparse.Namespace, base: EntryInfo | None) -> EntrySpec:
     )
 
 
-def _report(args: argparse.Namespace, verb: str, info: EntryInfo) -> None:
+def _report(args: Args, verb: str, info: EntryInfo) -> None:
     text = f"{verb} {info.name!r} (version {info.version}); next run {when(info.next_run_at)}"
     emit(args.json, entry_json(info), text)
 
 
-def cmd_add(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_add(ctx: Context, args: Args) -> int:
     schedules = ctx.schedule()
     spec = _spec(args, None)
     try:
@@ -165,7 +164,7 @@ def cmd_add(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_update(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_update(ctx: Context, args: Args) -> int:
     read: list[EntryInfo] = []
 
     def change(current: EntryInfo) -> EntrySpec:
@@ -182,14 +181,14 @@ def cmd_update(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_rm(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_rm(ctx: Context, args: Args) -> int:
     version = ctx.schedule().delete(args.name, expected_version=args.expected_version)
     data = {"name": args.name, "deleted": True, "version": version}
     emit(args.json, data, f"removed {args.name!r} (was version {version})")
     return EXIT_OK
 
 
-def cmd_set_enabled(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_set_enabled(ctx: Context, args: Args) -> int:
     schedules = ctx.schedule()
     if args.command == "enable":
         info = schedules.enable(args.name, expected_version=args.expected_version)
@@ -199,7 +198,7 @@ def cmd_set_enabled(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_run_now(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_run_now(ctx: Context, args: Args) -> int:
     requested = ctx.schedule().run_now(args.name, expected_version=args.expected_version)
     data = {"name": args.name, "requested_at": iso(requested)}
     text = f"requested a run of {args.name!r} at {when(requested)}; the leader sends it"
@@ -207,7 +206,7 @@ def cmd_run_now(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_sync(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_sync(ctx: Context, args: Args) -> int:
     from ..writethrough import sync_once
 
     loader = ctx.settings.loader

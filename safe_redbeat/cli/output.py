@@ -11,11 +11,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celery.schedules import BaseSchedule, crontab
 from celery.schedules import schedule as interval
-from redbeat.decoder import RedBeatJSONEncoder
 
 from ..errors import InvalidEntry
 from ..leader.heartbeat import ReplicaStatus
 from ..leader.lease import Holder
+from ..model.codec import encode_schedule
 from ..model.lifecycle import FLAG, PARKED, TIME, lifetime_fields
 from ..model.specs import CRONTAB_FIELDS, EntryInfo
 from ..store.keys import Keys
@@ -87,7 +87,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]], indent: str 
 
 def schedule_json(value: BaseSchedule) -> Any:
     """RedBeat's JSON form of a schedule (what the entry's ``definition`` stores)."""
-    return json.loads(json.dumps(value, cls=RedBeatJSONEncoder))
+    return json.loads(encode_schedule(value))  # RedBeat's encoder, plus solar
 
 
 def schedule_text(value: BaseSchedule) -> str:
@@ -211,6 +211,8 @@ def replica_json(r: ReplicaStatus, shared: frozenset[str], *, shard_info: bool) 
         "host": beat.host,
         "pid": beat.pid,
         "token": beat.token,
+        #: "atomic" or "publish" ("" before its first dispatch)
+        "enqueue": beat.enqueue,
         #: another live replica uses the same instance name (an ERROR in both logs)
         "shared_name": beat.instance in shared,
     }
@@ -244,14 +246,35 @@ def status_text(status: dict[str, Any]) -> str:
     if replicas:
         middle = ("SHARDS", "LAST TICK") if by_shard else ("LAST TICK", "FENCE")
         rows = [
-            (r["instance"], r["role"], *_replica_cells(r, by_shard), r["host"], r["pid"])
+            (
+                r["instance"],
+                r["role"],
+                *_replica_cells(r, by_shard),
+                r["enqueue"] or "-",
+                r["host"],
+                r["pid"],
+            )
             for r in replicas
         ]
-        lines.append(table(("INSTANCE", "ROLE", *middle, "HOST", "PID"), rows, "  "))
+        header = ("INSTANCE", "ROLE", *middle, "ENQUEUE", "HOST", "PID")
+        lines.append(table(header, rows, "  "))
     lines += _shared_lines(replicas) + _count_lines(status)
     if not by_shard:
         lines.append(f"Last reconcile: {_reconcile_text(status['last_reconcile'])}")
     return "\n".join(lines)
+
+
+def _persistence_text(status: dict[str, Any]) -> str:
+    """``aof``, or what a restart of Redis costs: the entries nothing writes again."""
+    persistence, only = status["persistence"], status["redis_only_entries"]
+    mode = str(persistence["mode"])
+    if persistence["persists"]:
+        return mode + (" (snapshots: writes since the last one are lost)" if mode == "rdb" else "")
+    why = "Redis persists nothing" if mode == "none" else "INFO or CONFIG GET denied"
+    if not only:
+        return f"{mode} ({why}); beat_schedule and the loader write every entry again"
+    entries = "1 entry only Redis holds is" if only == 1 else f"{only} entries only Redis holds are"
+    return f"{mode} ({why}); {entries} lost if it restarts: back up with safe-redbeat export"
 
 
 def _replica_cells(r: dict[str, Any], by_shard: bool) -> tuple[object, object]:
@@ -374,6 +397,7 @@ def _count_lines(status: dict[str, Any]) -> list[str]:
         f"Entries:        {status['entries']} ({status['not_scheduled']} will not run again)",
         f"Pending:        {status['pending']} (claimed, not yet published)",
         f"Dead letters:   {dead}" + (" (safe-redbeat dead list)" if dead else ""),
+        f"Persistence:    {_persistence_text(status)}",
     ]
     due = status["next_due"]
     if not due:

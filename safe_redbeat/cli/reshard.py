@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
-
 from ..sync.reshard import reshard
-from .context import EXIT_OK, Context
+from .context import EXIT_OK, Args, Context
 from .output import emit
 
 __all__ = ["cmd_reshard"]
 
 
-def cmd_reshard(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_reshard(ctx: Context, args: Args) -> int:
     settings = ctx.settings
     wait = args.wait if args.wait is not None else settings.lease_seconds + settings.retry_seconds
     report = reshard(

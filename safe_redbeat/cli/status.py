@@ -10,7 +10,6 @@ documents two shapes (a ``leader`` object, or ``layout`` and ``shards[]``).
 
 from __future__ import annotations
 
-import argparse
 import socket
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,8 +25,9 @@ from ..leader.lease import Holder, parse_token
 from ..model.lifecycle import PARKED
 from ..store.keys import Keys
 from ..store.layout import Layout
+from ..store.persistence import UNKNOWN, count_redis_only, read_persistence
 from ..store.wire import RETIRED
-from .context import EXIT_OK, EXIT_UNHEALTHY, Context, redis_error
+from .context import EXIT_OK, EXIT_UNHEALTHY, Args, Context, redis_error
 from .output import emit, holder_json, iso, layout_json, replica_json, status_text, stored_json
 
 __all__ = ["check_health", "cmd_health", "cmd_status", "collect_status", "default_max_age"]
@@ -136,6 +136,8 @@ def collect_status(ctx: Context) -> dict[str, Any]:
     status: dict[str, Any] = {
         "redis_url": ctx.url,
         "key_prefix": ctx.keys.prefix,
+        "persistence": read_persistence(ctx.client).to_json(),
+        "redis_only_entries": count_redis_only(ctx.client, layout.all_keys()),
         "replicas": [replica_json(r, shared, shard_info=sharded(layout)) for r in replicas],
         **{field: sum(s[field] for s in per_shard) for field in COUNTED},
         "next_due": [
@@ -180,7 +182,7 @@ def _states(ctx: Context, names: list[str]) -> dict[str, str]:
     return states
 
 
-def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_status(ctx: Context, args: Args) -> int:
     status = collect_status(ctx)
     emit(args.json, status, status_text(status))
     return EXIT_OK
@@ -364,7 +366,7 @@ def this_replica(
     return name, (found[0] if found else None), ""
 
 
-def cmd_health(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_health(ctx: Context, args: Args) -> int:
     try:
         result = check_health(
             ctx,
@@ -373,6 +375,7 @@ def cmd_health(ctx: Context, args: argparse.Namespace) -> int:
             cluster=args.cluster,
             max_age=args.max_age,
         )
+        result["persistence"] = read_persistence(ctx.client).to_json()
     except (RedisConnectionError, RedisTimeoutError) as exc:
         if not args.redis_down_ok:
             raise
@@ -383,6 +386,7 @@ def cmd_health(ctx: Context, args: argparse.Namespace) -> int:
             reason=redis_error(exc, ctx.url).message + " (ignored: --redis-down-ok)",
             instance=None if args.cluster else args.instance or ctx.settings.instance_name,
             redis_reachable=False,
+            persistence=UNKNOWN.to_json(),
         )
     word = "OK" if result["healthy"] else "UNHEALTHY"
     emit(args.json, result, f"{word}: {result['reason']}")

@@ -91,7 +91,7 @@ def coalesce_ops(entries: Iterable[StoredEntry], now: datetime) -> list[ClaimOp]
         if new_score != NEVER and new_score <= int(score):
             new_score = int(score) + 1
         meta = encode_meta(now, entry.total_run_count)
-        ops.append(ClaimOp(entry.key, score, entry.version, new_score, meta, None, new_state=state))
+        ops.append(ClaimOp(entry.key, score, entry.version, new_score, meta, new_state=state))
     return ops
 
 

@@ -32,6 +32,7 @@ from ..config import Settings
 from ..errors import FencedOut
 from ..leader.backoff import Backoff
 from ..model.occurrence import Occurrence
+from ..observe import sent as sent_log
 from ..store.keys import Keys
 from ..store.scripts import Move, MoveCode, Scripts
 from . import hooks
@@ -120,6 +121,7 @@ class Outbox:
         """Publish, acknowledge what went out, count failures on the records."""
         occurrences = hooks.prepare(self.publisher.app, self.client, self.keys, occurrences)
         ack = signals.acking(self, self._ack, fence=fence, republished=republished)
+        ack = sent_log.announcing(ack, self.settings, fence=fence, republished=republished)
         report = self.publisher.send(occurrences, fence=fence, ack=ack, keep_leading=keep_leading)
         if report.refused:
             if not self.refusing:

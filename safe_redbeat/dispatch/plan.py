@@ -30,11 +30,13 @@ class ClaimOp(Claim):
     """A :class:`~safe_redbeat.store.scripts.Claim` with the occurrence it records."""
 
     occurrence: Occurrence | None = None
+    #: the entry's stored definition, when it sends an occurrence (its messages' source)
+    definition: str = ""
 
-    def __post_init__(self) -> None:
-        if self.occurrence is not None:
-            pending = (self.occurrence.task_id, self.occurrence.record)
-            object.__setattr__(self, "pending", pending)
+    def pending_record(self) -> str:
+        if self.occurrence is None or self.pushes:
+            return ""
+        return f"{self.occurrence.task_id} {self.occurrence.record}"
 
 
 @dataclass
@@ -130,6 +132,7 @@ def _plan_entry(
             regular,
             occurrence=occurrence,
             run_now=entry.run_now_raw or "",
+            definition=entry.definition_raw,
         )
     if not entry.enabled:
         return ClaimOp(entry.key, entry.score, entry.version, park_until)
@@ -155,6 +158,7 @@ def _plan_entry(
         meta,
         occurrence=claimed,
         new_state=step.state,
+        definition=entry.definition_raw if claimed is not None else "",
     )
 
 
@@ -176,9 +180,15 @@ def _occurrence(
 
 @dataclass
 class Settled:
-    """What a claim did: the occurrences to publish, and slots that pointed at no entry."""
+    """What a claim did: the occurrences to publish, those it enqueued itself, and slots
+    that pointed at no entry."""
 
+    #: claimed and recorded pending: to publish
     claimed: list[Occurrence] = field(default_factory=list)
+    #: claimed and pushed onto their broker queues in the same step (atomic enqueue)
+    enqueued: list[Occurrence] = field(default_factory=list)
+    #: operations whose message the script could not push (nothing written for them)
+    queue_refused: list[ClaimOp] = field(default_factory=list)
     #: entry keys whose hash was gone: ``claim.lua`` dropped their schedule slot
     gone: list[str] = field(default_factory=list)
 
@@ -190,7 +200,9 @@ def settle_claim(ops: Sequence[ClaimOp], result: ClaimResult) -> Settled:
     settled = Settled()
     for op, code in zip(ops, result.codes, strict=True):
         if code is ClaimCode.CLAIMED and op.occurrence is not None:
-            settled.claimed.append(op.occurrence)
+            (settled.enqueued if op.pushes else settled.claimed).append(op.occurrence)
         elif code is ClaimCode.GONE:
             settled.gone.append(op.key)
+        elif code is ClaimCode.QUEUE_REFUSED:
+            settled.queue_refused.append(op)
     return settled

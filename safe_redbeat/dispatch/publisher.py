@@ -46,7 +46,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from ..errors import LeaseLost
 from ..model.occurrence import Occurrence
 
-__all__ = ["BROKER_ERRORS", "Publisher", "SendReport", "broker_fault"]
+__all__ = ["BROKER_ERRORS", "Publisher", "SendReport", "broker_fault", "send_through_celery"]
 
 logger = get_logger("safe_redbeat")
 
@@ -282,19 +282,7 @@ class Publisher:
     def _apply(self, occurrence: Occurrence, fence: int) -> str | None:
         """Hand one message to the producer; the error text if it failed on its own."""
         try:
-            options = dict(occurrence.options)
-            headers = dict(options.pop("headers", None) or {})
-            headers.update(occurrence.headers(fence))
-            task = self.app.tasks.get(occurrence.task)
-            send = task.apply_async if task is not None else self._send_by_name(occurrence.task)
-            send(
-                occurrence.args,
-                occurrence.kwargs,
-                producer=self._producer(),
-                task_id=occurrence.task_id,
-                headers=headers,
-                **options,
-            )
+            send_through_celery(self.app, self._producer(), occurrence, fence)
         except LeaseLost:
             raise
         except Exception as exc:  # this message only, unless the broker is down
@@ -315,11 +303,37 @@ class Publisher:
             return False
         return True
 
-    def _send_by_name(self, name: str) -> Callable[..., Any]:
-        def send(args: Any, kwargs: Any, **options: Any) -> Any:
-            return self.app.send_task(name, args, kwargs, **options)
 
-        return send
+def send_through_celery(
+    app: Any, producer: Any, occurrence: Occurrence, fence: int, **overrides: Any
+) -> None:
+    """Hand ``occurrence`` to Celery's own send path on ``producer``: its task's
+    ``apply_async`` (``send_task`` by name where the task is not registered here), with
+    its deterministic task id and safe_redbeat's headers over the entry's own."""
+    options = dict(occurrence.options)
+    headers = dict(options.pop("headers", None) or {})
+    headers.update(occurrence.headers(fence))
+    options.update(overrides)
+    task = app.tasks.get(occurrence.task)
+    if task is not None:
+        task.apply_async(
+            occurrence.args,
+            occurrence.kwargs,
+            producer=producer,
+            task_id=occurrence.task_id,
+            headers=headers,
+            **options,
+        )
+    else:
+        app.send_task(
+            occurrence.task,
+            occurrence.args,
+            occurrence.kwargs,
+            producer=producer,
+            task_id=occurrence.task_id,
+            headers=headers,
+            **options,
+        )
 
 
 def _batch_pipeline(producer: Any) -> Any:

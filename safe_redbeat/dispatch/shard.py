@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -29,14 +29,16 @@ from ..errors import FencedOut
 from ..leader.leadership import Leadership
 from ..leader.lease import Lease
 from ..model.occurrence import Occurrence
+from ..observe import sent as sent_log
 from ..store.keys import Keys
 from ..store.layout import Layout
 from ..store.scripts import Scripts
 from ..sync.loader import LoaderSlot
 from ..sync.seeding import Seeder
 from .catchup import coalesce, regular_keys
+from .enqueue import Enqueuer, calls
 from .outbox import Outbox
-from .plan import ClaimOp, Plan, plan_batch, settle_claim
+from .plan import ClaimOp, Plan, Settled, plan_batch, settle_claim
 from .publisher import Publisher, SendReport
 from .reader import DueBatch, DueReader
 
@@ -55,6 +57,8 @@ class ShardContext:
     client: Callable[[], Any]
     #: the replica's publisher: one Celery producer for every shard
     publisher: Callable[[], Publisher]
+    #: the replica's enqueue mode and message builder (on the same producer)
+    enqueuer: Callable[[], Enqueuer]
     #: a ``beat_schedule`` item as a Celery entry (the scheduler's ``_maybe_entry``)
     build_entry: Callable[[str, Any], Any]
     #: the replica's upkeep while this shard's dispatch takes long: stop (SystemExit) if
@@ -171,9 +175,11 @@ class Shard:
             return self._wait_for_broker()
         while True:
             plan = self._plan(batch)
-            claimed = self._claim(plan.ops) if plan.ops else []
+            claimed, enqueued = self._claim_and_enqueue(plan.ops) if plan.ops else ([], 0)
             signals.batch_claimed.send(
-                self.context.signal_sender, claimed=len(claimed), skipped=len(plan.skipped)
+                self.context.signal_sender,
+                claimed=len(claimed) + enqueued,
+                skipped=len(plan.skipped),
             )
             for name in plan.skipped:
                 logger.info("beat: skipped a missed occurrence of %r (catch_up=skip)", name)
@@ -221,9 +227,53 @@ class Shard:
         return plan
 
     def _claim(self, ops: Sequence[ClaimOp]) -> list[Occurrence]:
+        """Claim ``ops`` (no message pushed); the occurrences to publish."""
+        return self._settle(ops).claimed
+
+    def _claim_and_enqueue(self, ops: Sequence[ClaimOp]) -> tuple[list[Occurrence], int]:
+        """Claim ``ops``; with atomic enqueue, push each message in the same fenced step.
+
+        Returns the occurrences left to publish (claimed pending: the publish path, or
+        messages the claim could not push) and how many were enqueued by the claim.
+        """
+        enqueuer = self.context.enqueuer()
+        mode = enqueuer.mode()
+        if not mode.atomic or not any(op.occurrence is not None for op in ops):
+            return self._claim(ops), 0
+        c = self.context
+        fence = self.leadership.fence()
+        prepared = enqueuer.prepare(ops, fence, c.client(), self.keys, self._keep_leading)
+        to_publish: list[Occurrence] = []
+        enqueued = 0
+        for number, call in enumerate(calls(prepared)):
+            if number:
+                self._keep_leading()
+            settled = self._settle(call, databases=mode.databases)
+            to_publish.extend(settled.claimed)
+            enqueued += len(settled.enqueued)
+            signals.acking(self.outbox, _nothing, fence=fence, republished=False)(settled.enqueued)
+            sent_log.announce(c.settings, settled.enqueued, fence=fence, republished=False)
+            if settled.queue_refused:
+                for op in settled.queue_refused:
+                    logger.warning(
+                        "beat: the broker queue of %r holds another type than a list, or may "
+                        "not be written; its occurrence is published instead (and fails there "
+                        "until the key is fixed): %s",
+                        self.keys.name_of(op.key),
+                        ", ".join(sorted({key for _verb, key, _value in op.pushes})),
+                    )
+                to_publish.extend(
+                    self._claim([replace(op, pushes=()) for op in settled.queue_refused])
+                )
+        return to_publish, enqueued
+
+    def _settle(
+        self, ops: Sequence[ClaimOp], *, databases: tuple[int, int] | None = None
+    ) -> Settled:
         self.leadership.renew_if_due()  # re-verifies the lease after a pause, before claiming
         try:
-            settled = settle_claim(ops, self.scripts.claim(self.leadership.token(), ops))
+            reply = self.scripts.claim(self.leadership.token(), ops, databases=databases)
+            settled = settle_claim(ops, reply)
         except FencedOut:
             self.leadership.lease.drop()
             raise
@@ -233,7 +283,7 @@ class Shard:
                 "beat: entry %r had a schedule slot but no hash; dropped the slot",
                 self.keys.name_of(key),
             )
-        return settled.claimed
+        return settled
 
     def _publish_claimed(self, claimed: Sequence[Occurrence]) -> SendReport:
         """Publish claimed occurrences chunk by chunk, renewing between chunks.
@@ -270,6 +320,7 @@ class Shard:
     # -- leadership events ------------------------------------------------------------
 
     def on_elected(self) -> None:
+        self.context.enqueuer().mode()  # decided (and said) once, when first elected
         self.reader.forget_reported()
         self.reseed("acquired the lease")
         self.outbox.retry_now()
@@ -277,3 +328,7 @@ class Shard:
     def reseed(self, reason: str) -> None:
         """Reconcile statics and the loader now (fenced), then mark the shard seeded."""
         self.seeder.seed(self.leadership.token(), self.leadership.renew_if_due, reason)
+
+
+def _nothing(_sent: Sequence[Occurrence]) -> None:
+    """The acknowledgement of an atomic enqueue: the claim itself (no pending record)."""

@@ -32,7 +32,7 @@ from ..config import Settings
 from ..errors import ConfigurationError, LeaseLost
 from ..store.connection import CLIENT_ERRORS, check_cluster_keys
 from ..store.keys import Keys
-from ..store.layout import InvalidLayout, Layout, read_layout
+from ..store.layout import InvalidLayout, Layout, read_layout, settle_layout
 from .backoff import FailureRun
 from .heartbeat import Heartbeat, new_token, prune_heartbeats, write_heartbeat
 from .leadership import Leadership
@@ -84,8 +84,11 @@ class Balancer(Generic[S]):
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         token: str = "",
+        enqueue_mode: Callable[[], str] = lambda: "",
     ) -> None:
         self.signal_sender = signal_sender
+        #: the replica's enqueue mode, for its heartbeat ("" until decided)
+        self.enqueue_mode = enqueue_mode
         self.where = where
         #: this replica process' own token (heartbeat.new_token): how replicas are counted
         self.token = token or new_token()
@@ -108,6 +111,8 @@ class Balancer(Generic[S]):
         )
         self._next_poll = 0.0
         self._next_heartbeat = 0.0
+        #: monotonic time this replica's heartbeat was last written (None: not yet)
+        self.heartbeat_at: float | None = None
         self._free_polls: dict[int, int] = {}
         self._surplus_polls = 0
         self._others: list[Heartbeat] = []
@@ -126,6 +131,11 @@ class Balancer(Generic[S]):
     def elected(self) -> bool:
         """True while this replica leads a shard inside its renew deadline."""
         return any(shard.leadership.elected for shard in self.shards)
+
+    @property
+    def live_limit(self) -> float:
+        """Age at which a heartbeat no longer counts as a live replica's."""
+        return LIVE_AGE * self.settings.retry_seconds
 
     def poll_delay(self) -> float:
         """A standby's sleep: ``retry_seconds``, jittered down by up to a fifth."""
@@ -174,11 +184,13 @@ class Balancer(Generic[S]):
                     fences=tuple(shard.leadership.lease.fence or 0 for shard in led),
                     shard_count=self.layout.shards,
                     token=self.token,
+                    enqueue=self.enqueue_mode(),
                 ),
             )
         except CLIENT_ERRORS as exc:  # the next tick finds out and backs off
             logger.debug("beat: heartbeat not written: %s", exc)
             return
+        self.heartbeat_at = now
         self._next_heartbeat = now + s.retry_seconds
 
     def keep_others(self, busy: S) -> None:
@@ -229,7 +241,9 @@ class Balancer(Generic[S]):
         wanted = self.settings.shards
         if layout.shards == wanted or layout.moving:
             return layout
-        if client.exists(self.base.layout) or client.exists(self.base.schedule):
+        # a new (or emptied) Redis gets the configured layout, unless another replica did
+        layout = settle_layout(client, self.base, wanted)
+        if layout.shards != wanted and not layout.moving:
             self._say_once(
                 f"differs:{layout.shards}",
                 logger.warning,
@@ -239,10 +253,7 @@ class Balancer(Generic[S]):
                 wanted,
                 wanted,
             )
-            return layout
-        # a new (or emptied) Redis: store the configured layout, unless another replica did
-        client.set(self.base.layout, layout.resized(wanted).encode(), nx=True)
-        return read_layout(client, self.base)
+        return layout
 
     def _follow(self, layout: Layout | None) -> None:
         """Work ``layout`` from now on: hand every lease back first if it changes."""
@@ -291,7 +302,7 @@ class Balancer(Generic[S]):
 
     def _count_replicas(self, client: Any) -> None:
         """Live replicas by token (never by name), and namesakes of this one."""
-        limit = LIVE_AGE * self.settings.retry_seconds
+        limit = self.live_limit
         live = [
             found.heartbeat
             for found in prune_heartbeats(client, self.base)

@@ -59,6 +59,8 @@ class Heartbeat:
     pid: int = field(default_factory=os.getpid)
     #: the replica process' own token (:func:`new_token`): what tells replicas apart
     token: str = ""
+    #: how it enqueues: "atomic", "publish", or "" until it decided (its first dispatch)
+    enqueue: str = ""
 
     @property
     def fence(self) -> int | None:
@@ -153,6 +155,7 @@ def _decode(raw: Any, pttl: Any, token: str) -> ReplicaStatus | None:
             host=str(data.get("host", "")),
             pid=int(data.get("pid") or 0),
             token=token,
+            enqueue=str(data.get("enqueue") or ""),
         )
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
         return None

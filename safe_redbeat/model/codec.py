@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from celery.schedules import BaseSchedule, maybe_schedule
+from celery.schedules import BaseSchedule, maybe_schedule, solar
 from redbeat.decoder import RedBeatJSONDecoder, RedBeatJSONEncoder
 
 from ..errors import InvalidEntry
@@ -30,12 +30,64 @@ __all__ = [
     "encode_meta",
     "encode_schedule",
     "meta_encoder",
+    "solar_schedule",
 ]
+
+#: Solar events (Celery's ``solar``; django-celery-beat's ``SolarSchedule.event``).
+SOLAR_EVENTS = (
+    "dawn_astronomical",
+    "dawn_nautical",
+    "dawn_civil",
+    "sunrise",
+    "solar_noon",
+    "sunset",
+    "dusk_civil",
+    "dusk_nautical",
+    "dusk_astronomical",
+)
+
+
+class _Encoder(RedBeatJSONEncoder):  # type: ignore[misc]  # redbeat is untyped
+    """RedBeat's encoder, plus Celery's ``solar`` (a form of ours; docs/storage-format.md)."""
+
+    def default(self, obj: Any) -> Any:
+        if isinstance(obj, solar):
+            return {"__type__": "solar", "event": obj.event, "lat": obj.lat, "lon": obj.lon}
+        return super().default(obj)
+
+
+def solar_schedule(key: str, event: Any, lat: Any, lon: Any) -> solar:
+    """Celery's ``solar`` for ``event`` at ``lat``/``lon`` (degrees), checked field by field
+    (InvalidEntry naming it). It needs the ``ephem`` package (the ``solar`` extra)."""
+    if event not in SOLAR_EVENTS:
+        raise _fail(key, "schedule.event", f"unknown solar event {event!r} (known: "
+                    f"{', '.join(SOLAR_EVENTS)})")  # fmt: skip
+    degrees = []
+    for name, value, limit in (("lat", lat, 90), ("lon", lon, 180)):
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            number = math.nan
+        if isinstance(value, bool) or not math.isfinite(number) or abs(number) > limit:
+            raise _fail(
+                key, f"schedule.{name}", f"must be degrees from -{limit} to {limit}, got {value!r}"
+            )
+        degrees.append(number)
+    try:
+        import ephem  # noqa: F401  # the slot search uses it directly
+    except ImportError:
+        raise _fail(
+            key,
+            "schedule",
+            "a solar schedule needs the ephem package: pip install 'safe-redbeat[solar]'",
+        ) from None
+    return solar(event, degrees[0], degrees[1])
+
 
 # One instance each: json.loads/dumps(cls=...) would build a new one per call, which
 # costs a few microseconds per entry on every tick. Both are stateless.
 _DECODER = RedBeatJSONDecoder()
-_ENCODER = RedBeatJSONEncoder(sort_keys=True)
+_ENCODER = _Encoder(sort_keys=True)
 
 
 def _value_encoder() -> Callable[[Any], str]:
@@ -112,11 +164,16 @@ def _count(key: str, field_name: str, value: Any) -> int:
 
 
 def _schedule(key: str, raw: Any, app: Any) -> BaseSchedule:
+    if isinstance(raw, Mapping) and raw.get("__type__") == "solar":
+        unknown = set(raw) - {"__type__", "event", "lat", "lon"}
+        if unknown:
+            raise _fail(key, "definition.schedule", f"unknown solar fields {sorted(unknown)}")
+        raw = solar_schedule(key, raw.get("event"), raw.get("lat"), raw.get("lon"))
     if isinstance(raw, Mapping) and "__type__" in raw:
         raise _fail(
             key,
             "definition.schedule",
-            f"unknown schedule type {raw['__type__']!r} (known: interval, crontab, rrule)",
+            f"unknown schedule type {raw['__type__']!r} (known: interval, crontab, rrule, solar)",
         )
     if not isinstance(raw, BaseSchedule):
         raise _fail(key, "definition.schedule", f"not a schedule: {raw!r}")
@@ -204,6 +261,7 @@ def decode_entry(
         version=version,
         score=score,
         meta_raw=meta_raw,
+        definition_raw=definition_raw,
     )
 
 

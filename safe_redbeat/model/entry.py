@@ -53,3 +53,5 @@ class StoredEntry:
     state: str = ""
     #: Redis time (seconds) the entry's last message went out, if it went out late
     sent_at: float | None = None
+    #: the ``definition`` field as stored (what its messages are built from)
+    definition_raw: str = field(default="", repr=False, compare=False)

@@ -3,6 +3,8 @@
 Crontabs and rrules run in the entry's zone (``tz``, default the app's timezone). A local
 time skipped by a spring-forward transition runs once, at the first valid instant after
 it; a local time repeated by a fall-back transition runs once, at its first instance.
+Solar events are instants (no zone, no DST): the next one as Celery's ``solar`` finds it,
+searching on past days the event does not happen (polar day and night) for up to a year.
 Every search is bounded (:data:`SLOT_SEARCH_SECONDS`).
 
 Everything here is pure: time comes in as arguments.
@@ -16,7 +18,7 @@ from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
-from celery.schedules import BaseSchedule, crontab
+from celery.schedules import BaseSchedule, crontab, solar
 from celery.schedules import schedule as interval
 from celery.utils.time import remaining
 from dateutil.rrule import DAILY, HOURLY, MINUTELY, MONTHLY, SECONDLY, WEEKLY, YEARLY
@@ -28,6 +30,7 @@ from .lifecycle import Lifecycle, zone_of
 
 __all__ = [
     "SLOT_SEARCH_SECONDS",
+    "SOLAR_SEARCH_DAYS",
     "first_slot",
     "new_entry_anchor",
     "resolve_local",
@@ -206,15 +209,52 @@ def _rrule_walls(rule: rrule, zone: tzinfo, after: datetime, budget: _Budget) ->
             yield wall
 
 
+#: Days a solar search goes on past days without the event (Celery's ``max_search_days``).
+SOLAR_SEARCH_DAYS = 366
+
+
+def _solar_after(schedule: solar, after: datetime, budget: _Budget) -> float | None:
+    """UTC seconds of the first ``schedule`` event strictly after ``after``; None if it
+    does not happen within :data:`SOLAR_SEARCH_DAYS`.
+
+    Celery's own search (``solar._next_event``): the observer, horizon and method of the
+    schedule; on a day the event does not happen (``ephem.CircumpolarError``: polar night
+    or day) the search goes on from the next anti-transit of the sun.
+    """
+    import ephem
+
+    observer = schedule.cal.copy()  # the schedule's own observer is shared: not mutated
+    sun = ephem.Sun()
+    options = {"use_center": True} if schedule.use_center else {}
+    find = getattr(observer, schedule.method)
+    cutoff = after.timestamp()
+    start = ephem.Date(after.astimezone(_UTC).replace(tzinfo=None))
+    for _ in range(SOLAR_SEARCH_DAYS + 2):
+        budget.spend()
+        try:
+            event = find(sun, start=start, **options)
+        except ephem.CircumpolarError:
+            start = observer.next_antitransit(sun, start=start)
+            continue
+        moment = float(ephem.Date(event).datetime().replace(tzinfo=_UTC).timestamp())
+        if moment > cutoff:
+            return moment
+        start = ephem.Date(event + ephem.second)
+    return None
+
+
 def slot_after(
     schedule: BaseSchedule, after: datetime, now: datetime, zone: tzinfo
 ) -> float | None:
     """UTC seconds of the schedule's first slot strictly after ``after``; None: no more.
 
     Crontabs and rrules are evaluated in ``zone`` with the DST policy of
-    :func:`resolve_local`; intervals are zone-free. A search that takes longer than
+    :func:`resolve_local`; intervals and solar events are zone-free. A search that takes
+    longer than
     :data:`SLOT_SEARCH_SECONDS` raises :class:`~safe_redbeat.errors.ScheduleTooCostly`.
     """
+    if isinstance(schedule, solar):
+        return _solar_after(schedule, after, _Budget())
     if isinstance(schedule, interval):
         if not schedule.relative:
             return after.timestamp() + float(schedule.run_every.total_seconds())

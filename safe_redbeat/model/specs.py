@@ -3,8 +3,8 @@
 :class:`EntrySpec` is what to write (cleaned up and validated by ``EntrySpec.build`` and
 again by ``Schedule.put``: InvalidEntry names the entry and the field before anything
 reaches Redis); :class:`EntryInfo` is what Redis holds: an EntrySpec plus version and run
-metadata. Schedules must survive RedBeat's JSON, so only intervals,
-crontabs and RedBeat rrules are accepted (``solar`` has no JSON form).
+metadata. Schedules must survive RedBeat's JSON: intervals, crontabs, RedBeat rrules, and
+Celery's ``solar`` (in a JSON form of ours, docs/storage-format.md; it needs ``ephem``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from redbeat.decoder import RedBeatJSONDecoder, RedBeatJSONEncoder
 from redbeat.schedules import rrule
 
 from ..errors import InvalidEntry, ScheduleTooCostly
-from .codec import encode_definition, encode_schedule
+from .codec import encode_definition, encode_schedule, solar_schedule
 from .entry import StoredEntry
 from .lifecycle import ACTIVE, LIFETIME_FIELDS, Lifecycle, Lifetime, once_schedule, state_of
 from .slots import resolve_local, slot_after
@@ -60,13 +60,16 @@ __all__ = [
 
 #: What ``schedule=`` accepts: a Celery ``schedule``, a ``timedelta`` or a number of
 #: seconds (an interval), a ``crontab`` or a 5-field cron expression string, a RedBeat
-#: ``rrule``, or RedBeat's JSON form of any of them as a mapping (``{"__type__": ...}``).
+#: ``rrule``, a Celery ``solar``, or the JSON form of any of them as a mapping
+#: (``{"__type__": ...}``).
 ScheduleLike: TypeAlias = BaseSchedule | timedelta | float | int | str | Mapping[str, Any]
 
 #: crontab's fields, in the order of a cron expression.
 CRONTAB_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
 
-_SUPPORTED = "a celery schedule, timedelta or seconds, crontab, cron string, or RedBeat rrule"
+_SUPPORTED = (
+    "a celery schedule, timedelta or seconds, crontab, cron string, RedBeat rrule, or solar"
+)
 
 
 def _invalid(key: str, field_name: str, problem: str) -> InvalidEntry:
@@ -130,6 +133,11 @@ def _from_json_form(key: str, value: Mapping[str, Any]) -> BaseSchedule:
         return interval(every, relative=bool(body.get("relative", False)))
     if kind == "crontab":
         return _crontab(key, body)
+    if kind == "solar":
+        unknown = set(body) - {"event", "lat", "lon"}
+        if unknown:
+            raise _invalid(key, "schedule", f"unknown solar fields {sorted(unknown)}")
+        return solar_schedule(key, body.get("event"), body.get("lat"), body.get("lon"))
     if kind == "rrule":
         try:
             decoded = json.loads(json.dumps(dict(value)), cls=RedBeatJSONDecoder)
@@ -141,7 +149,7 @@ def _from_json_form(key: str, value: Mapping[str, Any]) -> BaseSchedule:
     raise _invalid(
         key,
         "schedule",
-        f"unknown schedule type {kind!r} in JSON form (known: interval, crontab, rrule)",
+        f"unknown schedule type {kind!r} in JSON form (known: interval, crontab, rrule, solar)",
     )
 
 
@@ -198,12 +206,8 @@ def _encoded_schedule(schedule: BaseSchedule) -> str | None:
 def _convert_schedule(value: ScheduleLike, key: str) -> BaseSchedule:
     result: BaseSchedule
     if isinstance(value, solar):
-        raise _invalid(
-            key,
-            "schedule",
-            "solar schedules are not supported: RedBeat cannot store them as JSON "
-            "(use crontab or redbeat.schedules.rrule)",
-        )
+        fields = (getattr(value, name, None) for name in ("event", "lat", "lon"))
+        return solar_schedule(key, *fields)
     if isinstance(value, bool):
         raise _invalid(key, "schedule", f"unsupported schedule {value!r} (use {_SUPPORTED})")
     if isinstance(value, int | float):
@@ -235,6 +239,8 @@ def _convert_schedule(value: ScheduleLike, key: str) -> BaseSchedule:
             "schedule",
             f"unsupported schedule type {type(value).__name__} (use {_SUPPORTED})",
         )
+    if isinstance(result, solar):
+        return result  # checked by solar_schedule; its JSON form is ours (codec)
     try:
         decoded = json.loads(json.dumps(result, cls=RedBeatJSONEncoder), cls=RedBeatJSONDecoder)
     except Exception as exc:
@@ -295,6 +301,9 @@ class EntrySpec:
     lifecycle: Lifecycle = _NO_LIFECYCLE
     #: the last run known to the source (a loader), used only when Redis has no run history
     last_run_at: datetime | None = field(default=None, compare=False)
+    #: the runs the source counted (a loader), used only when Redis has no run history:
+    #: a new entry starts counting from it (``max_runs`` counts them too)
+    total_run_count: int = field(default=0, compare=False)
 
     @classmethod
     def build(
@@ -308,6 +317,7 @@ class EntrySpec:
         options: Mapping[str, Any] | None = None,
         enabled: bool = True,
         last_run_at: datetime | None = None,
+        total_run_count: int = 0,
         **lifetime: Unpack[Lifetime],
     ) -> EntrySpec:
         """An EntrySpec from loose input, cleaned up and validated (raises InvalidEntry):
@@ -344,6 +354,12 @@ class EntrySpec:
             raise _invalid(name, "enabled", f"must be True or False, got {enabled!r}")
         if last_run_at is not None and not isinstance(last_run_at, datetime):
             raise _invalid(name, "last_run_at", f"must be a datetime or None, got {last_run_at!r}")
+        if (
+            isinstance(total_run_count, bool)
+            or not isinstance(total_run_count, int)
+            or not 0 <= total_run_count <= 2**53
+        ):
+            raise _invalid(name, "total_run_count", f"must be an int >= 0, got {total_run_count!r}")
         lifecycle = _NO_LIFECYCLE
         if lifetime:
             lifecycle = Lifecycle.build(name, **lifetime)  # names checked there
@@ -358,6 +374,7 @@ class EntrySpec:
             enabled=enabled,
             lifecycle=lifecycle,
             last_run_at=last_run_at,
+            total_run_count=total_run_count,
         )
 
     def replace(self, **changes: Any) -> EntrySpec:
@@ -522,9 +539,10 @@ def _check_with_schedule(name: str, lifecycle: Lifecycle, schedule: BaseSchedule
     """The lifetime rules that depend on the schedule."""
     if lifecycle.at is not None and lifecycle.max_runs not in (None, 1):
         raise _invalid(name, "max_runs", "a one-off (`at`) runs once; leave max_runs unset")
-    if lifecycle.tz is not None and isinstance(schedule, interval):
+    if lifecycle.tz is not None and isinstance(schedule, interval | solar):
+        kind = "an interval" if isinstance(schedule, interval) else "a solar event"
         raise _invalid(
             name,
             "tz",
-            "applies to crontab and rrule schedules; an interval does not depend on a time zone",
+            f"applies to crontab and rrule schedules; {kind} does not depend on a time zone",
         )

@@ -1,1 +1,1 @@
-"""Logs and the start of monitoring (metrics server, JSON logs) in a beat process."""
+"""What an operator sees of a beat process: the HTTP server and its probes, logs, monitoring."""

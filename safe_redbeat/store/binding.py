@@ -11,10 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from redbeat.schedulers import ensure_conf
-
 from ..config import Settings
-from .connection import check_cluster_keys, sanitize_url, scheduler_client
+from .connection import check_cluster_keys, redbeat_conf, sanitize_url, scheduler_client
 from .keys import Keys
 from .layout import Layout
 
@@ -44,7 +42,7 @@ class Binding:
         """Read and check ``app``'s settings (ConfigurationError naming the setting);
         ``lock_key`` names the lease instead of ``redbeat_lock_key``; ``client``
         replaces the one made from the settings."""
-        ensure_conf(app)
+        redbeat_conf(app)
         keys = Keys.from_app(app)
         if lock_key:
             keys = replace(keys, lease=lock_key)

@@ -37,6 +37,7 @@ __all__ = [
     "check_cluster_keys",
     "hash_tag",
     "is_cluster",
+    "redbeat_conf",
     "sanitize_text",
     "sanitize_url",
     "scheduler_client",
@@ -91,13 +92,33 @@ def scheduler_client(app: Any, socket_timeout: float, *, shards: Sequence[Keys] 
     return _bounded(client, socket_timeout)
 
 
+#: RedBeat settings it warns about ("will stop falling back to ...") unless it finds them
+_FALLBACK_WARNED = ("redbeat_redis_url", "redbeat_redis_options")
+
+
+def redbeat_conf(app: Any) -> Any:
+    """RedBeat's ``ensure_conf(app)``, without its false "will stop falling back to
+    broker_url" WARNING for settings given under a namespace (Django's
+    ``CELERY_REDBEAT_REDIS_URL``): RedBeat looks for the plain key only, while Celery reads
+    the namespaced one. Such a value is also set under its plain name (the same value)."""
+    if "redbeat_conf" not in vars(app):
+        conf = app.conf
+        plain = {key.upper() for key in conf}
+        for name in _FALLBACK_WARNED:
+            if name.upper() not in plain:
+                value = conf.get(name)
+                if value is not None:
+                    conf[name] = value
+    return ensure_conf(app)
+
+
 # -- Redis Cluster ---------------------------------------------------------------------
 
 
 def is_cluster(app: Any) -> bool:
     """True if RedBeat's settings for ``app`` name a Redis Cluster (as ``get_redis`` reads
     them: ``cluster`` in ``redbeat_redis_options``, or a ``redis-cluster://`` URL)."""
-    conf = ensure_conf(app)
+    conf = redbeat_conf(app)
     options = conf.redbeat_redis_options or {}
     return bool(options.get("cluster")) or str(conf.redis_url or "").startswith("redis-cluster")
 
@@ -159,7 +180,7 @@ def _cluster_client(app: Any, socket_timeout: float) -> RedisCluster:
     ``redbeat_redis_options`` are therefore not used here; every other option is passed
     on as RedBeat passes it.
     """
-    conf = ensure_conf(app)
+    conf = redbeat_conf(app)
     options = dict(conf.redbeat_redis_options or {})
     kwargs = {k: v for k, v in options.items() if k not in REDBEAT_OWN_OPTIONS}
     kwargs.pop("retry", None)

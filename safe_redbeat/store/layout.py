@@ -40,6 +40,7 @@ __all__ = [
     "check_shards",
     "decode_layout",
     "read_layout",
+    "settle_layout",
     "shard_of",
     "shard_prefix",
 ]
@@ -154,3 +155,17 @@ def decode_layout(base: Keys, raw: str | bytes | None) -> Layout:
 def read_layout(client: Any, base: Keys) -> Layout:
     """The layout in use (one GET); InvalidLayout if its key holds something else."""
     return decode_layout(base, client.get(base.layout))
+
+
+def settle_layout(client: Any, base: Keys, wanted: int) -> Layout:
+    """The layout in use; a Redis that holds neither a layout nor an unsharded schedule
+    (new, or emptied) gets ``wanted`` shards first (``safe_redbeat_shards``; SET NX: the
+    first writer wins). Replicas do this before they lead, ``import`` before it writes, so
+    both end up in the layout the settings ask for."""
+    layout = read_layout(client, base)
+    if layout.shards == wanted or layout.moving:
+        return layout
+    if client.exists(base.layout) or client.exists(base.schedule):
+        return layout
+    client.set(base.layout, layout.resized(wanted).encode(), nx=True)
+    return read_layout(client, base)

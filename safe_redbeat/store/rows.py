@@ -224,7 +224,8 @@ def plan_write(
     """The writer's rule for ``spec`` over the stored ``meta``.
 
     A new entry (no ``meta``) counts from ``now``, or from its source's last run
-    (``spec.last_run_at``), and stores that as ``meta``. An existing one keeps its run
+    (``spec.last_run_at``), and stores that as ``meta`` with the source's run count
+    (``spec.total_run_count``, usually 0). An existing one keeps its run
     history; ``meta`` that cannot be read is kept as it is and the schedule counts from
     ``now`` (the leader reports the entry when it reads it). A pending manual run
     (``run_now``) earlier than the next slot becomes the score, as ``upsert.lua`` does.
@@ -232,8 +233,8 @@ def plan_write(
     new_meta = encode_meta(None)
     if meta is None:
         last_run_at = new_entry_anchor(spec.lifecycle, spec.last_run_at, now)
-        runs = 0
-        new_meta = encode_meta(last_run_at)
+        runs = spec.total_run_count
+        new_meta = encode_meta(last_run_at, runs)
     else:
         try:
             last_run_at, runs = decode_meta(key, meta)

@@ -4,10 +4,14 @@
 app and returns an iterable of entries, each an :class:`~safe_redbeat.EntrySpec` or a
 mapping with ``name``, ``task``, ``schedule`` and optionally ``args``, ``kwargs``,
 ``options``, ``enabled``, the lifetime fields ``start_time``, ``expires``, ``max_runs``,
-``tz``, ``run_immediately``, and ``last_run_at`` (used only when Redis has no run history
-of the entry). A one-off gives ``at`` (a datetime) instead of ``schedule``. Naive
-datetimes are taken in the app's timezone. A loader that raises, times out or returns
-garbage yields an *incomplete* load: good entries are still applied, nothing is removed.
+``tz``, ``run_immediately``, and ``last_run_at`` and ``total_run_count`` (the source's run
+history, used only when Redis has none for the entry). A one-off gives ``at`` (a
+datetime) instead of ``schedule``. Naive datetimes are taken in the app's timezone. A
+loader that raises, times out or returns garbage yields an *incomplete* load: good
+entries are still applied, nothing is removed.
+An item that names an entry but cannot be scheduled (a bad crontab field, an unknown
+field, arguments that are not JSON) is *rejected*: reported by name and skipped, its entry
+in Redis kept as it is; the other items, and removals, apply as usual.
 """
 
 from __future__ import annotations
@@ -23,13 +27,22 @@ from celery.utils.imports import symbol_by_name
 from ..errors import InvalidEntry
 from ..model.lifecycle import LIFETIME_FIELDS
 from ..model.specs import EntrySpec
+from ..model.validation import check_name
 
-__all__ = ["Load", "LoaderBusy", "LoaderError", "LoaderSlot", "call_loader", "parse_specs"]
+__all__ = [
+    "Load",
+    "LoaderBusy",
+    "LoaderError",
+    "LoaderSlot",
+    "call_loader",
+    "item_spec",
+    "parse_specs",
+]
 
 SPEC_FIELDS = frozenset({"name", "task", "schedule", "args", "kwargs", "options", "enabled"})
 #: What a loader item (a mapping) may carry: the definition, the lifetime fields (``at``:
-#: a one-off) and the source's ``last_run_at``.
-ITEM_FIELDS = SPEC_FIELDS | frozenset(LIFETIME_FIELDS) | {"last_run_at"}
+#: a one-off) and the source's run history (``last_run_at``, ``total_run_count``).
+ITEM_FIELDS = SPEC_FIELDS | frozenset(LIFETIME_FIELDS) | {"last_run_at", "total_run_count"}
 
 
 class LoaderError(Exception):
@@ -56,7 +69,12 @@ class Load:
     """The outcome of one call of the loader."""
 
     specs: list[EntrySpec] = field(default_factory=list)
+    #: problems that make the load incomplete (nothing is removed): no usable name, or a
+    #: name returned twice
     errors: list[str] = field(default_factory=list)
+    #: items that name an entry but cannot be scheduled, by name: the problem. Skipped
+    #: (Redis keeps what it has for them); they do not make the load incomplete
+    rejected: dict[str, str] = field(default_factory=dict)
     #: rows named like a ``beat_schedule`` entry (or Celery's own): the static one is kept
     shadowed: list[str] = field(default_factory=list)
 
@@ -138,7 +156,10 @@ def call_loader(
 
 
 def parse_specs(items: Iterable[Any], *, reserved: Iterable[str] = ()) -> Load:
-    """Turn loader items into EntrySpecs; each bad item is an error naming it.
+    """Turn loader items into EntrySpecs; each bad item is reported naming it.
+
+    An item with a valid name that cannot be scheduled is listed in ``Load.rejected``;
+    one without a usable name, or a name returned twice, is an error (an incomplete load).
 
     An item named in ``reserved`` (the static entries, :func:`.seeding.static_names`) is
     left out and listed in ``Load.shadowed``: the static entry is kept. That is no error,
@@ -152,7 +173,14 @@ def parse_specs(items: Iterable[Any], *, reserved: Iterable[str] = ()) -> Load:
         try:
             spec = _to_spec(item, index)
         except InvalidEntry as exc:
-            load.errors.append(str(exc))
+            name = _valid_name(item)
+            if name is None or name in load.rejected or name in seen:
+                load.errors.append(str(exc))
+            else:
+                load.rejected[name] = str(exc)
+            continue
+        if spec.name in load.rejected:
+            load.errors.append(f"entry {spec.name!r}: returned more than once; first kept")
             continue
         if spec.name in seen:
             load.errors.append(f"entry {spec.name!r}: returned more than once; first kept")
@@ -165,11 +193,25 @@ def parse_specs(items: Iterable[Any], *, reserved: Iterable[str] = ()) -> Load:
     return load
 
 
+def _valid_name(item: Any) -> str | None:
+    """The item's entry name if it is a valid one (its entry can be kept), else None."""
+    name = item.get("name") if isinstance(item, Mapping) else getattr(item, "name", None)
+    try:
+        return check_name(name)
+    except InvalidEntry:
+        return None
+
+
 def _label(item: Any, index: int) -> str:
     name = getattr(item, "name", None)
     if name is None and isinstance(item, Mapping):
         name = item.get("name")
     return str(name) if name else f"#{index}"
+
+
+def item_spec(item: Any) -> EntrySpec:
+    """One loader item as an EntrySpec; InvalidEntry naming the entry and the field."""
+    return _to_spec(item, 0)
 
 
 def _to_spec(item: Any, index: int) -> EntrySpec:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -55,6 +55,9 @@ class ReconcileResult:
     errors: list[str] = field(default_factory=list)
     #: removals the guard held back (more than ``max_removals``): see ``sync --allow-removals``
     held: list[str] = field(default_factory=list)
+    #: entries the source named but could not schedule, by name: the problem. Skipped and
+    #: kept in Redis as they were; they do not make the round incomplete
+    rejected: dict[str, str] = field(default_factory=dict)
     #: removals were allowed (the load completed without error)
     complete: bool = True
     dry_run: bool = False
@@ -68,6 +71,10 @@ class ReconcileResult:
             f"{self.unchanged}, conflicts {len(self.conflicts)}, errors {len(self.errors)}"
             f" in {self.seconds:.2f}s"
         )
+        if self.rejected:
+            names = ", ".join(repr(name) for name in sorted(self.rejected)[:5])
+            more = ", ..." if len(self.rejected) > 5 else ""
+            text += f"; {len(self.rejected)} not schedulable, skipped ({names}{more})"
         if not self.complete:
             text += " (incomplete load: nothing removed)"
         if self.held:
@@ -86,6 +93,7 @@ class ReconcileResult:
             total.conflicts += part.conflicts
             total.errors += [error for error in part.errors if error not in total.errors]
             total.held += part.held
+            total.rejected.update(part.rejected)
             total.complete = total.complete and part.complete
             total.seconds += part.seconds
         return total
@@ -98,7 +106,12 @@ class ReconcileResult:
             "removed": len(self.removed),
             "unchanged": self.unchanged,
             "conflicts": len(self.conflicts),
-            "errors": [sanitize_text(error) for error in self.errors[:20]],
+            # rejected entries are listed with the errors (by name), but leave it complete
+            "errors": [
+                sanitize_text(error)
+                for error in [*self.errors, *(self.rejected[n] for n in sorted(self.rejected))][:20]
+            ],
+            "rejected": sorted(self.rejected)[:20],
             "complete": self.complete,
             "removals_held": len(self.held),
             "held": self.held[:20],
@@ -198,12 +211,16 @@ class Reconciler:
         token: str = "",
         complete: bool = True,
         errors: Sequence[str] = (),
+        rejected: Mapping[str, str] | None = None,
         dry_run: bool = False,
         renew: Callable[[], None] | None = None,
         max_removals: int | None = None,
         hold_removals: bool | None = None,
     ) -> ReconcileResult:
         """Apply ``specs``; remove owned names they lack only if ``complete``.
+
+        ``rejected``: names the source has but could not schedule (name: problem); their
+        entries are left as they are, never removed, and the round stays complete.
 
         ``max_removals``: when more owned names would be removed, or ``specs`` is empty,
         none is (``ReconcileResult.held``); None removes any number. ``hold_removals``
@@ -222,7 +239,9 @@ class Reconciler:
         rejected a fenced write.
         """
         started = time.monotonic()
-        result = ReconcileResult(self.source, errors=list(errors), dry_run=dry_run)
+        result = ReconcileResult(
+            self.source, errors=list(errors), rejected=dict(rejected or {}), dry_run=dry_run
+        )
         zone = self.app.timezone
         desired = {spec.name: spec.in_zone(zone) for spec in specs}
         result.complete = complete and not result.errors
@@ -266,7 +285,8 @@ class Reconciler:
                 changes.append(_Change(spec, definitions[index], expected, new))
             if renew is not None:
                 renew()
-        removals = sorted(owned - set(desired)) if result.complete else []
+        kept = set(desired) | set(result.rejected)
+        removals = sorted(owned - kept) if result.complete else []
         if hold_removals is None:
             hold_removals = removals_held(len(removals), len(owned), max_removals)
         if removals and hold_removals:

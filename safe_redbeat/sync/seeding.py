@@ -65,6 +65,8 @@ class Seeder:
     reseed_needed: bool = field(default=False, init=False)
     _next_reconcile: float = field(default=0.0, init=False)
     _shadowed: frozenset[str] = field(default=frozenset(), init=False)
+    #: rejected loader items already logged (name, problem): each is logged once
+    _rejected: frozenset[tuple[str, str]] = field(default=frozenset(), init=False)
 
     def seed(self, token: str, renew: Callable[[], None], reason: str = "") -> None:
         """Reconcile everything now, then mark the schedule as seeded."""
@@ -131,13 +133,20 @@ class Seeder:
         # every row is checked (an error anywhere makes the load incomplete in each shard)
         load = parse_specs(items, reserved=reserved)
         self._say_shadowed(load.shadowed)
+        rejected = {
+            name: problem
+            for name, problem in load.rejected.items()
+            if shard_of(name, self.shards) == self.shard
+        }
+        self._say_rejected(rejected)
         owned = self._owned_everywhere(versions)
-        removing = len(owned - {spec.name for spec in load.specs})
+        removing = len(owned - {spec.name for spec in load.specs} - set(load.rejected))
         return reconciler.run(
             self._mine(load.specs),
             versions=versions,
             token=token,
             errors=load.errors,
+            rejected=rejected,
             renew=renew,
             hold_removals=removals_held(
                 removing, len(owned), self.settings.max_removals(len(owned))
@@ -161,6 +170,18 @@ class Seeder:
                 ", ".join(repr(name) for name in sorted(shadowed)[:10]),
             )
         self._shadowed = shadowed
+
+    def _say_rejected(self, rejected: Mapping[str, str]) -> None:
+        """One ERROR per loader item that cannot be scheduled, when it first shows up."""
+        now = frozenset(rejected.items())
+        for name, problem in sorted(now - self._rejected):
+            logger.error(
+                "beat: loader: %s; skipped (Redis keeps what it had for %r; the other "
+                "entries are reconciled)",
+                sanitize_text(problem),
+                name,
+            )
+        self._rejected = now
 
     def _mine(self, specs: list[EntrySpec]) -> list[EntrySpec]:
         """The specs of entries this seeder's shard holds."""

@@ -62,7 +62,7 @@ def close_pairs(sent: list[Sent]) -> list[tuple[str, float]]:
 def test_a_late_republish_is_the_catch_up_run_not_one_of_two(
     beat_procs: BeatCluster, redis_url: str, redis_client: redis.Redis
 ) -> None:
-    leader, standby = start_pair(beat_procs, redis_client)
+    leader, standby = start_pair(beat_procs, redis_client, "publish")  # a late republish
     auditor = QueueAuditor(redis_client)
     sent: list[Sent] = []
     write_burst(redis_url)

@@ -1,10 +1,11 @@
 """Fenced dispatch under a leader frozen or killed in the middle of a 1000-message burst.
 
 Two real ``celery beat`` replicas; 1000 entries due in the same second. The leader is
-SIGSTOPped (longer than the lease, then SIGCONT) or SIGKILLed while it publishes the
-burst. The auditor must find every occurrence sent, none twice under different task ids.
-A second copy with the same task id is the documented cost of a leader that stopped
-between claim and acknowledgement; the figures are printed (``pytest -s``) and are part of
+SIGSTOPped (longer than the lease, then SIGCONT) or SIGKILLed while it sends the burst,
+in both enqueue modes. The auditor must find every occurrence sent, none twice under
+different task ids. In ``publish`` mode a second copy with the same task id is the
+documented cost of a leader that stopped between claim and acknowledgement; in
+``atomic`` mode there is none. The figures are printed (``pytest -s``) and are part of
 every assertion message.
 """
 
@@ -101,24 +102,29 @@ def write_burst(redis_url: str) -> int:
     return int(base.timestamp())
 
 
-def start_pair(beat_procs: BeatCluster, client: redis.Redis) -> tuple[BeatProcess, BeatProcess]:
-    (leader,) = beat_procs.start(settings=FAST, loglevel="INFO")
+def start_pair(
+    beat_procs: BeatCluster, client: redis.Redis, mode: str
+) -> tuple[BeatProcess, BeatProcess]:
+    settings = {**FAST, "safe_redbeat_enqueue": mode}
+    (leader,) = beat_procs.start(settings=settings, loglevel="INFO")
     holder = wait_for_leader(client, 30)
     assert holder.name == leader.name
-    (standby,) = beat_procs.start(settings=FAST, loglevel="INFO")
+    (standby,) = beat_procs.start(settings=settings, loglevel="INFO")
     standby.wait_for_log(r"standby; the lease is held by", timeout=30)
     return leader, standby
 
 
-def wait_mid_burst(client: redis.Redis, timeout: float) -> tuple[int, int]:
-    """Poll until the leader has published some of a claimed batch, not all of it."""
+def wait_mid_burst(client: redis.Redis, mode: str, timeout: float) -> tuple[int, int]:
+    """Poll until the leader has sent some of the burst, not all of it: published some of
+    a claimed batch (publish mode), or enqueued some claim script calls but not all
+    (atomic mode: 500 occurrences per call)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with client.pipeline(transaction=False) as pipe:
             pipe.llen("celery")
             pipe.hlen("redbeat::pending")
             published, pending = pipe.execute()
-        if published >= 400 and pending:
+        if published >= 400 and (pending if mode == "publish" else published < ENTRIES):
             return int(published), int(pending)
         time.sleep(0.0005)
     raise AssertionError(f"no dispatch burst seen within {timeout}s")
@@ -163,13 +169,17 @@ def report(burst: Burst) -> str:
     return text
 
 
+MODES = pytest.mark.parametrize("mode", ["atomic", "publish"])
+
+
+@MODES
 def test_leader_frozen_mid_burst_longer_than_the_lease_sends_each_occurrence_under_one_id(
-    beat_procs: BeatCluster, redis_url: str, redis_client: redis.Redis
+    beat_procs: BeatCluster, redis_url: str, redis_client: redis.Redis, mode: str
 ) -> None:
-    leader, standby = start_pair(beat_procs, redis_client)
-    burst = Burst("SIGSTOP mid-burst, then SIGCONT")
+    leader, standby = start_pair(beat_procs, redis_client, mode)
+    burst = Burst(f"SIGSTOP mid-burst, then SIGCONT ({mode})")
     burst.base = write_burst(redis_url)
-    burst.published_at_fault, burst.pending_at_fault = wait_mid_burst(redis_client, 15)
+    burst.published_at_fault, burst.pending_at_fault = wait_mid_burst(redis_client, mode, 15)
     leader.sigstop()
     stopped_at = time.time()
     auditor = QueueAuditor(redis_client)
@@ -193,22 +203,30 @@ def test_leader_frozen_mid_burst_longer_than_the_lease_sends_each_occurrence_und
     assert figures["missing_first_round"] == 0, text
     assert figures["missing_second_round"] == 0, text
     assert takeover and origin_pid(takeover[0]) == standby.pid, f"no takeover: {text}"
-    # frozen inside a broker batch (a Redis pipeline), the rest of that batch was already
-    # written to its socket: a resumed leader may finish that one batch, no more
-    in_flight = -figures["published_before_fault"] % PUBLISH_CHUNK
-    assert figures["old_leader_sends_after_resume"] <= max(in_flight, 1), (
-        f"a resumed leader may finish the one publish it was in, no more: {text}"
-    )
+    if mode == "atomic":
+        # the claim is the enqueue: nothing pending, nothing sent twice, and a resumed
+        # leader's next claim is refused inside Redis
+        assert figures["dup_same_id"] == 0, text
+        assert figures["pending_at_fault"] == 0 and burst.republished == 0, text
+        assert figures["old_leader_sends_after_resume"] == 0, text
+    else:
+        # frozen inside a broker batch (a Redis pipeline), the rest of that batch was
+        # already written to its socket: a resumed leader may finish that one batch
+        in_flight = -figures["published_before_fault"] % PUBLISH_CHUNK
+        assert figures["old_leader_sends_after_resume"] <= max(in_flight, 1), (
+            f"a resumed leader may finish the one publish it was in, no more: {text}"
+        )
     assert leader.alive() and standby.alive(), f"a replica exited: {text}"
 
 
+@MODES
 def test_leader_killed_mid_burst_its_claims_are_republished_with_the_same_ids(
-    beat_procs: BeatCluster, redis_url: str, redis_client: redis.Redis
+    beat_procs: BeatCluster, redis_url: str, redis_client: redis.Redis, mode: str
 ) -> None:
-    leader, standby = start_pair(beat_procs, redis_client)
-    burst = Burst("SIGKILL mid-burst")
+    leader, standby = start_pair(beat_procs, redis_client, mode)
+    burst = Burst(f"SIGKILL mid-burst ({mode})")
     burst.base = write_burst(redis_url)
-    burst.published_at_fault, burst.pending_at_fault = wait_mid_burst(redis_client, 15)
+    burst.published_at_fault, burst.pending_at_fault = wait_mid_burst(redis_client, mode, 15)
     leader.stop_signal(signal.SIGKILL)
     killed_at = time.time()
     auditor = QueueAuditor(redis_client)
@@ -222,9 +240,13 @@ def test_leader_killed_mid_burst_its_claims_are_republished_with_the_same_ids(
     assert figures["missing_first_round"] == 0, text
     assert figures["missing_second_round"] == 0, text
     # everything the dead leader had claimed but not acknowledged came back from the
-    # pending records, under the task id it was claimed with
+    # pending records, under the task id it was claimed with (atomic: it had claimed
+    # nothing it had not enqueued, and the new leader claims the rest)
     unpublished = ENTRIES - figures["published_before_fault"]
-    assert burst.republished >= unpublished, text
+    if mode == "atomic":
+        assert figures["dup_same_id"] == 0 and burst.republished == 0, text
+    else:
+        assert burst.republished >= unpublished, text
     first_scheduled: dict[str, int] = {}
     for entry, scheduled in sorted(burst.occurrences()):
         first_scheduled.setdefault(entry, scheduled)

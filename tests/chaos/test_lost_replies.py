@@ -56,10 +56,12 @@ def tick_until(scheduler: SafeRedBeatScheduler, clock: FakeClock, done: Callable
     return -1
 
 
+@pytest.mark.parametrize("mode", ["atomic", "publish"])
 def test_claimed_occurrences_whose_claim_reply_was_lost_are_still_published(
-    app: Celery, redis_client: redis.Redis
+    app: Celery, redis_client: redis.Redis, mode: str
 ) -> None:
     clock = FakeClock()
+    app.conf.safe_redbeat_enqueue = mode
     scheduler = SafeRedBeatScheduler(app=app, monotonic=clock)
     scheduler.tick()  # elected, nothing due yet
     assert scheduler.is_leader
@@ -67,12 +69,15 @@ def test_claimed_occurrences_whose_claim_reply_was_lost_are_still_published(
     scores: dict[str, float] = dict(
         cast(Any, redis_client.zrange("redbeat::schedule", 0, -1, withscores=True))
     )
+    auditor = QueueAuditor(redis_client)
     scheduler.shards[0].scripts.claim = once_then_fail(scheduler.shards[0].scripts.claim)
     scheduler.tick()  # the claim runs in Redis, its reply is lost
-    assert redis_client.hlen("redbeat::pending") == 3, "the claim did run inside Redis"
+    if mode == "atomic":  # the claim was the enqueue: the messages are in the queue
+        assert len(auditor.drain()) == 3 and not redis_client.exists("redbeat::pending")
+    else:
+        assert redis_client.hlen("redbeat::pending") == 3, "the claim did run inside Redis"
     assert scheduler.is_leader, "a lost reply is not a lost lease"
 
-    auditor = QueueAuditor(redis_client)
     ticks = tick_until(scheduler, clock, lambda: len(auditor.drain()) == 0 and not
                        redis_client.exists("redbeat::pending"))  # fmt: skip
     auditor.drain()
@@ -91,6 +96,7 @@ def test_an_acknowledgement_whose_reply_was_lost_is_resent_soon_with_the_same_id
     app: Celery, redis_client: redis.Redis
 ) -> None:
     clock = FakeClock()
+    app.conf.safe_redbeat_enqueue = "publish"  # acknowledgements exist on this path only
     scheduler = SafeRedBeatScheduler(app=app, monotonic=clock)
     scheduler.tick()
     add_due(app, ["a"])

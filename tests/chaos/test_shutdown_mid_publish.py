@@ -34,10 +34,12 @@ def app(redis_url: str) -> Iterator[Celery]:
         yield app
 
 
+@pytest.mark.parametrize("mode", ["atomic", "publish"])
 def test_close_during_a_publish_stops_the_scheduler_even_when_the_exit_is_swallowed(
-    app: Celery, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    app: Celery, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
     clock = FakeClock()
+    app.conf.safe_redbeat_enqueue = mode  # atomic: close() lands on a message being built
     scheduler = SafeRedBeatScheduler(app=app, monotonic=clock)
     scheduler.tick()
     assert scheduler.is_leader
@@ -64,8 +66,17 @@ def test_close_during_a_publish_stops_the_scheduler_even_when_the_exit_is_swallo
             clock.now += 0.6
     assert len(published) == 2, f"published after close(): {published[2:]}"
     assert not redis_client.exists(KEYS.lease), "the lease was taken again after close()"
-    # what did not reach the broker (a discarded broker batch included) stays pending for
-    # the next leader; what did was acknowledged
     delivered = {m.headers["safe_redbeat_entry"] for m in QueueAuditor(redis_client).drain()}
     pending = {json.loads(raw)["entry"] for raw in redis_client.hvals("redbeat::pending")}
-    assert delivered | pending == set("abcd") and not delivered & pending, (delivered, pending)
+    if mode == "atomic":
+        # nothing was claimed: the claim (and enqueue) comes after every message is built
+        assert delivered == set() and pending == set(), (delivered, pending)
+        due = redis_client.zcount("redbeat::schedule", 0, datetime.now(timezone.utc).timestamp())
+        assert due == 4, "the next leader finds all four due"
+    else:
+        # what did not reach the broker (a discarded broker batch included) stays pending
+        # for the next leader; what did was acknowledged
+        assert delivered | pending == set("abcd") and not delivered & pending, (
+            delivered,
+            pending,
+        )

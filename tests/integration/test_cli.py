@@ -33,6 +33,8 @@ LEASE_KEY = KEYS.lease
 
 # The --json schemas of docs/cli.md.
 STATUS_KEYS = {
+    "persistence",
+    "redis_only_entries",
     "dead",
     "redis_url",
     "key_prefix",
@@ -54,10 +56,12 @@ REPLICA_KEYS = {
     "host",
     "pid",
     "token",
+    "enqueue",
     "shared_name",
 }
 DUE_KEYS = {"name", "due", "due_in", "state"}
 HEALTH_KEYS = {
+    "persistence",
     "healthy",
     "check",
     "reason",
@@ -196,6 +200,8 @@ def test_status_names_the_new_leader_after_the_leader_is_killed(
     assert before["leader"]["lease_ttl"] > 0 and before["leader"]["leading_for"] >= 0
     roles = {r["instance"]: r["role"] for r in before["replicas"]}
     assert roles == {leader.instance: "leader", standby.instance: "standby"}
+    modes = {r["instance"]: r["enqueue"] for r in before["replicas"]}
+    assert modes == {leader.instance: "atomic", standby.instance: ""}  # decided when elected
     assert all(set(r) == REPLICA_KEYS for r in before["replicas"])
     assert before["entries"] == 1 and before["pending"] == 0
     assert [d["name"] for d in before["next_due"]] == ["hourly"]

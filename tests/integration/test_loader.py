@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -101,10 +102,10 @@ def test_only_loader_owned_entries_are_removed_when_a_load_no_longer_returns_the
         None,
         {"name": "not a list"},
         lambda: [row("a"), row("a")],  # a duplicate
-        lambda: [row("a"), {"name": "bad", "task": "noop", "schedule": "61 * * * *"}],
-        lambda: [row("a"), {"name": "x", "task": "noop", "schedule": 1, "colour": "red"}],
+        lambda: [row("a"), {"task": "noop", "schedule": 60}],  # no name
+        lambda: [row("a"), {"name": "::x", "task": "noop", "schedule": 60}],  # a bad name
     ],
-    ids=["raises", "none", "mapping", "duplicate", "bad-cron", "unknown-field"],
+    ids=["raises", "none", "mapping", "duplicate", "no-name", "bad-name"],
 )
 def test_a_failing_or_garbage_load_removes_nothing_and_names_the_problem(
     leader: SafeRedBeatScheduler,
@@ -124,6 +125,44 @@ def test_a_failing_or_garbage_load_removes_nothing_and_names_the_problem(
     assert errors, "the failure was not logged"
     assert any(word in errors for word in ("loader", "'a'", "'bad'", "'x'"))
     assert leader.is_leader
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"name": "bad", "task": "noop", "schedule": "61 * * * *"},
+        {"name": "bad", "task": "noop", "schedule": 1, "colour": "red"},
+        {"name": "bad", "task": "noop", "schedule": 60, "kwargs": {"when": object()}},
+    ],
+    ids=["bad-cron", "unknown-field", "not-json"],
+)
+def test_a_row_that_cannot_be_scheduled_is_skipped_and_the_rest_reconciles_in_full(
+    leader: SafeRedBeatScheduler,
+    clock: FakeClock,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    bad: dict[str, Any],
+) -> None:
+    loaders.RESULT = [row("a"), row("b"), row("c"), row("bad")]
+    leader.tick()
+    definition = redis_client.hget("redbeat:bad", "definition")
+    loaders.RESULT = [row("a"), row("c", 30), bad]  # b deleted, c changed, bad broken
+    clock.now += 61
+    with caplog.at_level(logging.ERROR):
+        leader.tick()
+    assert names(redis_client) == {"a", "c", "bad"}, "b was not removed: the load was incomplete"
+    assert '"every": 30' in (redis_client.hget("redbeat:c", "definition") or "")
+    assert redis_client.hget("redbeat:bad", "definition") == definition, "bad was touched"
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "entry 'bad'" in errors[0], errors
+    record = json.loads(redis_client.get("redbeat::reconcile") or "{}")
+    assert record["complete"] is True and record["rejected"] == ["bad"]
+    assert record["removed"] == 1 and "entry 'bad'" in record["errors"][0]
+    clock.now += 61
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        leader.tick()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "logged again"
 
 
 def test_a_hanging_loader_times_out_and_the_lease_is_kept(

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -18,9 +20,10 @@ from celery import Celery
 from celery.beat import Scheduler
 from prometheus_client import CollectorRegistry
 
+import safe_redbeat
 from safe_redbeat import SafeRedBeatScheduler, Schedule, signals
 from safe_redbeat.dispatch.hooks import patched_hook
-from safe_redbeat.metrics import SchedulerMetrics
+from safe_redbeat.metrics import ENTRY_STATES, SchedulerMetrics
 from safe_redbeat.model.occurrence import task_id_for
 from safe_redbeat.observe import jsonlog
 from safe_redbeat.store.layout import Layout
@@ -112,6 +115,7 @@ def test_a_republished_occurrence_is_signalled_as_republished(
     app: Celery, redis_client: redis.Redis, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     add_due(app, ["a", "b"])
+    app.conf.safe_redbeat_enqueue = "publish"  # a pending record only exists there
     crashed = SafeRedBeatScheduler(app=app, monotonic=FakeClock())
 
     def die(claimed: object) -> None:
@@ -144,7 +148,9 @@ def test_metrics_follow_the_scheduler(app: Celery, redis_client: redis.Redis) ->
         scheduler.tick()
         assert value("safe_redbeat_is_leader") == 1
         assert value("safe_redbeat_fence") == scheduler.shards[0].leadership.lease.fence
-        assert value("safe_redbeat_lease_seconds_left") == pytest.approx(2.0)  # renew deadline
+        assert value("safe_redbeat_renew_deadline_seconds") == pytest.approx(2.0)
+        assert value("safe_redbeat_lease_seconds_left") == pytest.approx(2.0)  # deprecated name
+        assert value("safe_redbeat_leads_shard", shard="0") == 1
         add_due(app, ["a", "b", "c"])
         redis_client.hset("redbeat:broken", mapping={"definition": "{not json", "meta": "{}"})
         redis_client.zadd("redbeat::schedule", {"redbeat:broken": 0})
@@ -152,24 +158,31 @@ def test_metrics_follow_the_scheduler(app: Celery, redis_client: redis.Redis) ->
         assert value("safe_redbeat_occurrences_claimed_total") == 3
         assert value("safe_redbeat_occurrences_sent_total") == 3
         assert value("safe_redbeat_occurrences_republished_total") == 0
-        assert value("safe_redbeat_occurrences_parked_total") == 1
+        assert value("safe_redbeat_entries_parked_total") == 1
+        assert value("safe_redbeat_occurrences_parked_total") == 1  # deprecated name
         assert value("safe_redbeat_dispatch_lag_seconds_count") == 3
-        assert value("safe_redbeat_pending") == 0
+        assert value("safe_redbeat_pending_occurrences") == 0
+        assert value("safe_redbeat_dead_occurrences") == 0
+        assert value("safe_redbeat_pending") == 0  # deprecated names
         assert value("safe_redbeat_dead") == 0
         assert value("safe_redbeat_entries", state="active") == 3
         assert value("safe_redbeat_entries", state="parked") == 1
         assert value("safe_redbeat_tick_duration_seconds_count", role="leader") == 2
         assert value("safe_redbeat_reconciles_total", source="beat_schedule", result="ok") == 1
+        reconciled = value("safe_redbeat_reconcile_last_success_timestamp_seconds",
+                           source="beat_schedule")  # fmt: skip
+        assert reconciled is not None and abs(reconciled - time.time()) < 60
         assert len(QueueAuditor(redis_client).drain()) == 3
 
         redis_client.delete(KEYS.lease)
         clock.now += 1
         scheduler.tick()
         assert value("safe_redbeat_is_leader") == 0
+        assert value("safe_redbeat_leads_shard", shard="0") == 0
         assert value("safe_redbeat_fence") == 0
         assert value("safe_redbeat_entries", state="active") is None  # leader only
         assert value("safe_redbeat_leadership_changes_total", change="lost", cause="key_gone") == 1
-        assert value("safe_redbeat_leadership_changes_total", change="acquired", cause="") == 1
+        assert value("safe_redbeat_leadership_changes_total", change="acquired", cause="none") == 1
     finally:
         metrics.close()
 
@@ -304,6 +317,7 @@ def test_republished_and_failing_occurrences_pass_the_hook_and_keep_their_record
 
     auditor = QueueAuditor(redis_client)
     add_due(app, ["a"])
+    app.conf.safe_redbeat_enqueue = "publish"  # a pending record only exists there
     crashed = SafeRedBeatScheduler(app=app, monotonic=FakeClock())
 
     def die(claimed: object) -> None:
@@ -386,3 +400,117 @@ def test_metrics_of_a_sharded_replica_count_the_shards_it_leads(
         finally:
             metrics.close()
             a.close()
+
+
+def test_entries_are_counted_by_the_state_status_shows(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    registry = CollectorRegistry(auto_describe=False)
+    metrics = SchedulerMetrics(registry)
+    now = datetime.now(timezone.utc)
+    try:
+        with Schedule(app) as schedule:
+            schedule.upsert("plain", "noop", 60)
+            schedule.upsert("off", "noop", 60, enabled=False)
+            schedule.upsert("later", "noop", 60, start_time=now + timedelta(days=1))
+            schedule.upsert("over", "noop", 60, expires=now - timedelta(minutes=1))
+            schedule.upsert("done", "noop", 60, max_runs=2)
+        redis_client.hset("redbeat:done", "state", "finished")  # as the leader records it
+        redis_client.hset("redbeat:broken", mapping={"definition": "{not json", "meta": "{}"})
+        redis_client.zadd("redbeat::schedule", {"redbeat:broken": 0})
+        scheduler = SafeRedBeatScheduler(app=app, monotonic=FakeClock())
+        metrics.watch(scheduler)
+        scheduler.tick()
+        found = {
+            state: registry.get_sample_value("safe_redbeat_entries", {"state": state})
+            for state in ENTRY_STATES
+        }
+        assert found == {
+            "active": 1,
+            "disabled": 1,
+            "not_started": 1,
+            "expired": 1,
+            "finished": 1,
+            "parked": 1,
+        }
+        [info] = [m for m in registry.collect() if m.name == "safe_redbeat_build_info"]
+        [sample] = info.samples
+        assert sample.value == 1 and sample.labels["version"] == safe_redbeat.__version__
+        assert all(sample.labels.values()), "no empty label value"
+        scheduler.close()
+    finally:
+        metrics.close()
+
+
+def test_each_sent_occurrence_is_logged_in_celery_beats_words(
+    app: Celery, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="safe_redbeat")
+    scheduler = SafeRedBeatScheduler(app=app, monotonic=FakeClock())
+    scheduler.tick()
+    add_due(app, ["a", "b"])
+    scheduler.tick()
+    scheduler.close()
+    lines = [r.getMessage() for r in caplog.records if "Sending due task" in r.getMessage()]
+    messages = QueueAuditor(redis_client).drain()
+    assert len(messages) == 2
+    expected = sorted(
+        f"Scheduler: Sending due task {m.headers['safe_redbeat_entry']} (noop), task id "
+        f"{m.task_id}, scheduled "
+        + datetime.fromtimestamp(m.headers["safe_redbeat_scheduled"], timezone.utc).strftime(
+            "%Y-%m-%d %H:%M:%S UTC"
+        )
+        for m in messages
+    )
+    assert sorted(lines) == expected
+
+
+def test_sent_lines_can_be_switched_off(
+    redis_url: str, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="safe_redbeat")
+    with celery_app("monitoring-quiet", redis_url, safe_redbeat_log_sent=False) as app:
+        scheduler = SafeRedBeatScheduler(app=app, monotonic=FakeClock())
+        add_due(app, ["a", "b"])
+        scheduler.tick()
+        scheduler.close()
+    assert len(QueueAuditor(redis_client).drain()) == 2
+    assert not [r for r in caplog.records if "Sending due task" in r.getMessage()]
+
+
+def test_json_logs_have_one_occurrence_sent_event_per_occurrence(
+    app: Celery, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app.conf.safe_redbeat_enqueue = "publish"  # a pending record only exists there
+    stream = io.StringIO()
+    jsonlog.install("replica-a", stream)
+    try:
+        add_due(app, ["a"])
+        crashed = SafeRedBeatScheduler(app=app, monotonic=FakeClock())
+
+        def die(claimed: object) -> None:
+            raise SystemExit(1)
+
+        monkeypatch.setattr(crashed.shards[0], "_publish_claimed", die)
+        with pytest.raises(SystemExit):
+            crashed.tick()
+        redis_client.delete(KEYS.lease)
+        add_due(app, ["b"])
+        successor = SafeRedBeatScheduler(app=app, monotonic=FakeClock())
+        successor.tick()
+        successor.close()
+    finally:
+        jsonlog.uninstall()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    sent = [line for line in lines if line.get("event") == "occurrence_sent"]
+    messages = {m.headers["safe_redbeat_entry"]: m for m in QueueAuditor(redis_client).drain()}
+    assert sorted(e["entry"] for e in sent) == sorted(messages) == ["a", "b"]
+    for event in sent:
+        message = messages[event["entry"]]
+        assert event["task_id"] == message.task_id and event["task"] == "noop"
+        assert event["scheduled"] == message.headers["safe_redbeat_scheduled"]
+        assert event["fence"] == message.headers["safe_redbeat_fence"]
+        assert event["republished"] is (event["entry"] == "a")
+        assert event["level"] == "INFO" and event["logger"] == "safe_redbeat"
+        assert event["message"].startswith(f"Scheduler: Sending due task {event['entry']} (noop)")
+    assert sent[0]["message"].endswith(", republished")

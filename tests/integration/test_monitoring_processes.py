@@ -108,6 +108,9 @@ def test_metrics_flip_on_failover_and_count_what_the_broker_got(
     assert other["safe_redbeat_fence"] == 0 and sent(other) == 0
     assert first["safe_redbeat_lease_seconds_left"] > 0
     by_fence = [m for m in auditor.messages if m.headers["safe_redbeat_fence"] == fence]
+    said = leader.log()
+    for message in by_fence:  # "did it fire?" has an answer in the leader's log
+        assert f"Scheduler: Sending due task tick (noop), task id {message.task_id}" in said
     assert len(by_fence) == len(auditor.messages) >= 2
     assert sent(first) == len(by_fence)
     assert (
@@ -122,7 +125,7 @@ def test_metrics_flip_on_failover_and_count_what_the_broker_got(
     leader.terminate()
     assert leader.wait(10) == 0
     after = wait_scrape(urls[standby.name], lambda s: s["safe_redbeat_is_leader"] == 1, timeout=10)
-    assert after['safe_redbeat_leadership_changes_total{cause="",change="acquired"}'] == 1
+    assert after['safe_redbeat_leadership_changes_total{cause="none",change="acquired"}'] == 1
     assert after["safe_redbeat_fence"] > fence
     schedule.enable("tick")
     auditor.wait_for(lambda m: len(m) >= seen + 2, timeout=10)
@@ -203,11 +206,15 @@ def test_json_logs_of_a_beat_process_are_one_object_per_line(beat_procs: BeatClu
         1, settings={**FAST, "safe_redbeat_log_format": "json"}, schedule=EVERY_SECOND
     )
     beat.wait_for_log(r'^\{.*"event":"reconciled"', timeout=20)
+    beat.wait_for_log(r'^\{.*"event":"occurrence_sent"', timeout=20)
     beat.terminate()
     assert beat.wait(10) == 0
     lines = [json.loads(line) for line in beat.log().splitlines() if line.startswith("{")]
     events = [(line["event"], line.get("change")) for line in lines if "event" in line]
     assert events[0] == ("leadership_changed", "acquired")
+    sent = [line for line in lines if line.get("event") == "occurrence_sent"]
+    assert sent and all(line["entry"] == "tick" and line["task"] == "noop" for line in sent)
+    assert sent[0]["message"].startswith("Scheduler: Sending due task tick (noop), task id ")
     assert ("leadership_changed", "released") in events
     assert all(line["instance"] == beat.instance for line in lines)
     assert "WARNING/MainProcess] {" not in beat.log(), "a JSON line was logged again by Celery"

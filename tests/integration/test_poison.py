@@ -546,19 +546,19 @@ def test_a_run_now_made_during_a_claim_is_sent_at_the_next_tick(
         # ran two hours ago: the regular occurrence is due, and is claimed
         redis_client.hset("redbeat:e", "meta", encode_meta(past, 1))
         redis_client.zadd(SCHEDULE_KEY, {"redbeat:e": int(past.timestamp()) + 3600})
-        claim = scheduler.shards[0]._claim
+        claim = scheduler.shards[0]._settle
         requested: list[datetime] = []
 
-        def run_now_then_claim(ops: Any) -> Any:
+        def run_now_then_claim(ops: Any, **kwargs: Any) -> Any:
             if not requested:  # between the reader's read and the claim
                 requested.append(schedule.run_now("e"))
                 # run_now.lua moves the score to the request's second; landing in the
                 # second the entry is due, that is the score the claim expects
                 (op,) = ops
                 redis_client.zadd(SCHEDULE_KEY, {op.key: op.expected_score})
-            return claim(ops)
+            return claim(ops, **kwargs)
 
-        monkeypatch.setattr(scheduler.shards[0], "_claim", run_now_then_claim)
+        monkeypatch.setattr(scheduler.shards[0], "_settle", run_now_then_claim)
         auditor = QueueAuditor(redis_client)
         scheduler.tick()
         first = auditor.drain()

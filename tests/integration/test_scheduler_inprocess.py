@@ -86,7 +86,7 @@ def test_a_crash_between_claim_and_publish_is_republished_with_the_same_id(
 ) -> None:
     auditor = QueueAuditor(redis_client)
     add_due(app, ["a", "b", "c"])
-    crashed = make(app)
+    crashed = make(app, safe_redbeat_enqueue="publish")
 
     def die(claimed: object) -> None:
         raise SystemExit(1)
@@ -109,11 +109,37 @@ def test_a_crash_between_claim_and_publish_is_republished_with_the_same_id(
     assert len(auditor.drain()) == 0, "an occurrence was sent twice"
 
 
-def test_a_long_tick_renews_between_batches(
+def test_a_crash_right_after_an_atomic_claim_sends_nothing_again(
     app: Celery, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    auditor = QueueAuditor(redis_client)
+    add_due(app, ["a", "b", "c"])
+    crashed = make(app)
+    settle = crashed.shards[0]._settle
+
+    def settle_then_die(*args: Any, **kwargs: Any) -> None:
+        settle(*args, **kwargs)
+        raise SystemExit(1)
+
+    monkeypatch.setattr(crashed.shards[0], "_settle", settle_then_die)
+    with pytest.raises(SystemExit):
+        crashed.tick()
+    assert crashed.enqueuer.decided is not None and crashed.enqueuer.decided.atomic
+    first = {m.task_id for m in auditor.drain()}
+    assert len(first) == 3 and not redis_client.exists("redbeat::pending")
+    redis_client.delete(KEYS.lease)  # its lease expires
+    successor = make(app)
+    successor.tick()
+    successor.tick()
+    assert auditor.drain() == [], "an occurrence was enqueued twice"
+
+
+@pytest.mark.parametrize("mode", ["atomic", "publish"])
+def test_a_long_tick_renews_between_batches(
+    app: Celery, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
     clock = FakeClock()
-    scheduler = make(app, clock, safe_redbeat_batch_size=10)
+    scheduler = make(app, clock, safe_redbeat_batch_size=10, safe_redbeat_enqueue=mode)
     scheduler.tick()
     add_due(app, [f"e{i}" for i in range(45)])
     renewals = []
@@ -125,13 +151,24 @@ def test_a_long_tick_renews_between_batches(
         real_renew()
 
     monkeypatch.setattr(lease, "renew", counting_renew)
-    real_apply = scheduler.publisher._apply
+    # each message takes 100 ms to publish, or to build: the tick lasts 4.5 s
+    if mode == "publish":
+        real_apply = scheduler.publisher._apply
 
-    def slow_apply(occurrence: Occurrence, fence: int) -> Any:
-        clock.now += 0.1  # each publish takes 100 ms: the tick lasts 4.5 s
-        return real_apply(occurrence, fence)
+        def slow_apply(occurrence: Occurrence, fence: int) -> Any:
+            clock.now += 0.1
+            return real_apply(occurrence, fence)
 
-    monkeypatch.setattr(scheduler.publisher, "_apply", slow_apply)
+        monkeypatch.setattr(scheduler.publisher, "_apply", slow_apply)
+    else:
+        builder = scheduler.enqueuer.builder
+        real_commands = builder.commands
+
+        def slow_commands(*args: Any) -> Any:
+            clock.now += 0.1
+            return real_commands(*args)
+
+        monkeypatch.setattr(builder, "commands", slow_commands)
     scheduler.tick()
     assert len(QueueAuditor(redis_client).drain()) == 45
     assert len(renewals) >= 8, renewals  # every retry period (0.5 s) of the 4.5 s tick

@@ -82,10 +82,10 @@ def seed_entry(client: redis.Redis, name: str, score: int, version: str | None =
 
 
 def claim(scripts: Scripts, token: str, *ops: list[str], keys: list[str]) -> list[int]:
-    argv = [token]
+    argv = [token, str(len(ops)), "", ""]  # n; the broker's database is the schedule's
     for op in ops:
         argv.extend(op)
-        argv.extend(["", ""])  # run_now sent: none; new state: none
+        argv.extend(["", "", "0"])  # run_now sent: none; new state: none; no pushes
     result = scripts.claim(keys=[KEYS.lease, KEYS.schedule, KEYS.pending, *keys], args=argv)
     return [int(code) for code in result]
 

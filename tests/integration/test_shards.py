@@ -223,11 +223,13 @@ def test_a_sharded_replica_never_touches_the_unsharded_keys(
     scheduler.close()
 
 
+@pytest.mark.parametrize("mode", ["atomic", "publish"])
 def test_a_long_dispatch_in_one_shard_keeps_the_other_shards_leases(
-    app: Celery, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    app: Celery, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
     clock = FakeClock()
     app.conf.safe_redbeat_batch_size = 5
+    app.conf.safe_redbeat_enqueue = mode
     scheduler = replica(app, "a", clock)
     scheduler.tick()
     busy, other = scheduler.shards[0], scheduler.shards[1]
@@ -235,11 +237,11 @@ def test_a_long_dispatch_in_one_shard_keeps_the_other_shards_leases(
     with Schedule(app) as schedule:
         for name in names:
             schedule.upsert(name, "noop", 3600, run_immediately=True)
-    publish = busy._publish_claimed
+    claim = busy._settle
 
-    def slow(claimed: Any) -> Any:
+    def slow(*args: Any, **kwargs: Any) -> Any:
         clock.now += 1.0  # each batch of 5 takes a second: 6 s, past the renew deadline
-        return publish(claimed)
+        return claim(*args, **kwargs)
 
     renewed_at: list[float] = []
     renew = other.leadership.lease.renew
@@ -248,7 +250,7 @@ def test_a_long_dispatch_in_one_shard_keeps_the_other_shards_leases(
         renewed_at.append(clock.now)
         renew()
 
-    monkeypatch.setattr(busy, "_publish_claimed", slow)
+    monkeypatch.setattr(busy, "_settle", slow)
     monkeypatch.setattr(other.leadership.lease, "renew", recording)
     started = clock.now
     scheduler.tick()

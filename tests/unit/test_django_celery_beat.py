@@ -155,17 +155,20 @@ def test_a_row_whose_json_does_not_parse_is_reported_by_name_and_the_rest_load(
     good = models.PeriodicTask.objects.get(name="good")
     load = parse_specs([item_of(bad), item_of(good)])
     assert [spec.name for spec in load.specs] == ["good"]
-    assert len(load.errors) == 1
-    assert load.errors[0].startswith(f"entry 'bad': {field}: is not valid JSON")
-    assert not load.complete  # so that reconcile removes nothing
+    assert list(load.rejected) == ["bad"]
+    assert load.rejected["bad"].startswith(f"entry 'bad': {field}: is not valid JSON")
+    assert load.complete  # the other rows reconcile in full; Redis keeps what it had for bad
 
 
-def test_a_solar_row_is_reported_by_name(models: Any) -> None:
+def test_a_solar_row_runs_when_django_celery_beat_would_run_it(models: Any) -> None:
+    pytest.importorskip("ephem")
     solar = models.SolarSchedule.objects.create(event="sunset", latitude=48.85, longitude=2.35)
     row = models.PeriodicTask.objects.create(name="dusk", task="reports.ping", solar=solar)
-    load = parse_specs([item_of(row)])
-    assert load.specs == []
-    assert load.errors[0].startswith("entry 'dusk': solar: solar schedules cannot be stored")
+    spec = spec_of(row)
+    assert (spec.schedule.event, spec.schedule.lat, spec.schedule.lon) == ("sunset", 48.85, 2.35)
+    for last in LAST_RUNS:
+        ours = writer_score(spec.schedule, spec.lifecycle, last, 1, NOW)
+        assert ours == max(django_next(row, last), to_timestamp(NOW)), last
 
 
 def test_lifecycle_fields_are_mapped_to_the_loader_contract(models: Any) -> None:
@@ -192,8 +195,9 @@ def test_a_clocked_row_is_a_one_off_at_its_time(models: Any) -> None:
         name="once", task="reports.ping", clocked=clocked, one_off=True
     )
     item = item_of(row)
-    assert "schedule" not in item
-    assert (item["at"], item["max_runs"]) == (at, 1)
+    assert "schedule" not in item and "max_runs" not in item
+    # a clocked time that passed runs at once, as DatabaseScheduler runs it
+    assert (item["at"], item["run_immediately"]) == (at, True)
     schedule = row.schedule  # django-celery-beat's clocked
     schedule.nowfun = lambda: NOW
     assert NOW + schedule.remaining_estimate(None) == item["at"]

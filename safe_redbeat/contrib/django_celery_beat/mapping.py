@@ -3,14 +3,19 @@
 ========================  ============================================================
 PeriodicTask              loader entry
 ========================  ============================================================
-interval                  ``schedule``: the interval (every times period)
+interval                  ``schedule``: the interval (every times period); with a
+                          ``start_time`` also ``run_immediately`` (a row that never ran
+                          runs at its start time, or at once if that passed, as
+                          ``DatabaseScheduler`` runs it)
 crontab                   ``schedule``: the five fields; ``tz``: ``crontab.timezone``
-clocked                   ``at``: ``clocked_time`` (a one-off at that time)
-solar                     not schedulable: reported by name, skipped
+solar                     ``schedule``: the solar event at latitude/longitude
+clocked                   ``at``: ``clocked_time`` (a one-off at that time) and
+                          ``run_immediately`` (a clocked time that passed runs at once)
 one_off                   ``max_runs=1``
 start_time, expires       ``start_time``, ``expires``
 expire_seconds            ``options["expires"]`` (seconds, per message)
-last_run_at               ``last_run_at`` (used only when Redis has no run history)
+last_run_at,              ``last_run_at``, ``total_run_count`` (used only when Redis has
+total_run_count           no run history for the entry)
 enabled, args, kwargs     ``enabled``, ``args``, ``kwargs`` (JSON text parsed)
 queue, exchange,          ``options`` of the same names (when set)
 routing_key, priority
@@ -20,7 +25,8 @@ description               stays in the table: a Redis entry has no place for it
 ========================  ============================================================
 
 The lifecycle keys (``start_time``, ``expires``, ``max_runs``, ``tz``, ``at``,
-``last_run_at``) are the loader's own (see the README, "When entries run").
+``run_immediately``) and the run history (``last_run_at``, ``total_run_count``) are the
+loader's own (see the README, "When entries run").
 """
 
 from __future__ import annotations
@@ -113,15 +119,18 @@ def _schedule(row: Any, entry: dict[str, Any]) -> None:
     if len(chosen) > 1:
         raise InvalidEntry(row.name, "schedule", f"more than one schedule is set: {chosen}")
     if row.solar is not None:
-        raise InvalidEntry(
-            row.name,
-            "solar",
-            "solar schedules cannot be stored in Redis (RedBeat has no JSON form for them); "
-            "use a crontab or clocked schedule for this task",
-        )
-    if row.interval is not None:
+        sun = row.solar
+        entry["schedule"] = {
+            "__type__": "solar",
+            "event": sun.event,
+            "lat": _degrees(row.name, "latitude", sun.latitude),
+            "lon": _degrees(row.name, "longitude", sun.longitude),
+        }
+    elif row.interval is not None:
         interval = row.interval
         entry["schedule"] = timedelta(**{interval.period: interval.every})
+        if row.start_time is not None:
+            entry["run_immediately"] = True
     elif row.crontab is not None:
         cron = row.crontab
         fields = {f: str(getattr(cron, f)).replace(" ", "") or "*" for f in _CRONTAB_FIELDS}
@@ -129,6 +138,14 @@ def _schedule(row: Any, entry: dict[str, Any]) -> None:
         entry["tz"] = str(cron.timezone)
     else:
         entry["at"] = _aware(row.clocked.clocked_time)
+        entry["run_immediately"] = True
+
+
+def _degrees(name: str, field: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InvalidEntry(name, f"solar.{field}", f"must be a number, got {value!r}") from None
 
 
 def row_to_entry(row: Any) -> dict[str, Any]:
@@ -146,7 +163,7 @@ def row_to_entry(row: Any) -> dict[str, Any]:
         options["expires"] = int(row.expire_seconds)
     options["headers"] = {**_json(row, "headers", "{}", dict), "periodic_task_name": row.name}
     entry["options"] = options
-    if row.one_off:
+    if row.one_off and row.clocked is None:
         entry["max_runs"] = 1
     if row.start_time is not None:
         entry["start_time"] = _aware(row.start_time)
@@ -154,6 +171,8 @@ def row_to_entry(row: Any) -> dict[str, Any]:
         entry["expires"] = _aware(row.expires)
     if row.last_run_at is not None:
         entry["last_run_at"] = _aware(row.last_run_at)
+    if row.total_run_count:
+        entry["total_run_count"] = int(row.total_run_count)
     return entry
 
 

@@ -106,6 +106,9 @@ class ClaimCode(IntEnum):
     SCORE_MOVED = 0  # claimed by someone, or rescheduled, meanwhile
     GONE = 2  # the entry hash is gone (or another type): its slot was dropped
     VERSION_CHANGED = 3
+    #: its message cannot be pushed (a queue key of another type, or one the ACL user may
+    #: not write): nothing written
+    QUEUE_REFUSED = 4
 
 
 class UpsertCode(IntEnum):
@@ -259,13 +262,19 @@ class Claim:
     expected_version: str
     new_score: int
     new_meta: str = ""
-    #: ``(task id, record)`` of the occurrence to record pending; None: only a move
-    pending: tuple[str, str] | None = None
     #: the ``run_now`` value this claim sends (cleared only if it is still that value);
     #: :data:`~safe_redbeat.store.wire.PARK` parks the entry whatever it holds
     run_now: str = ""
     #: a terminal state recorded in the same claim (``finished``, ``expired``), or ''
     new_state: str = ""
+    #: broker commands that enqueue the occurrence's message in the same step (atomic
+    #: enqueue): ``(verb, queue key, value)``, verb ``lpush`` or ``pexpire``
+    pushes: tuple[tuple[str, str, str], ...] = ()
+
+    def pending_record(self) -> str:
+        """``'<task id> <record>'`` of the occurrence to record pending, or '' (a move,
+        or a message pushed by the claim itself)."""
+        return ""
 
 
 @dataclass(frozen=True)
@@ -396,23 +405,38 @@ class Scripts:
             pending=int(pending),
         )
 
-    def claim(self, token: str, ops: Sequence[Claim]) -> ClaimResult:
-        """Claim occurrences (record them pending) and move scores, fenced by ``token``."""
-        argv: list[str] = [token]
+    def claim(
+        self, token: str, ops: Sequence[Claim], *, databases: tuple[int, int] | None = None
+    ) -> ClaimResult:
+        """Claim occurrences (record them pending, or push their messages) and move
+        scores, fenced by ``token``. ``databases``: (broker, schedule) database indexes
+        when the broker's queues live in another database of the same server."""
+        queues: dict[str, int] = {}
+        commands: list[str] = []
+        argv: list[str] = [token, str(len(ops)), *_databases(databases)]
         for op in ops:
-            record = "" if op.pending is None else f"{op.pending[0]} {op.pending[1]}"
             argv += [
                 _score_text(op.expected_score),
                 op.expected_version,
                 str(op.new_score),
                 op.new_meta,
-                record,
+                op.pending_record(),
                 op.run_now,
                 op.new_state,
+                str(len(op.pushes)),
             ]
+            for verb, queue, value in op.pushes:
+                index = queues.setdefault(queue, len(queues) + 1)
+                commands += [verb, str(index), value]
         reply = self.raw.claim(
-            keys=[self.keys.lease, self.keys.schedule, self.keys.pending, *(o.key for o in ops)],
-            args=argv,
+            keys=[
+                self.keys.lease,
+                self.keys.schedule,
+                self.keys.pending,
+                *(o.key for o in ops),
+                *queues,
+            ],
+            args=argv + commands,
         )
         return _fenced(ClaimCode, reply)
 
@@ -545,6 +569,12 @@ class Scripts:
 _SHA1_HEX = 40
 #: ``versions.lua``'s digest of an entry without a definition (no SHA1 looks like it)
 NO_DIGEST = "-" * _SHA1_HEX
+
+
+def _databases(databases: tuple[int, int] | None) -> list[str]:
+    if databases is None or databases[0] == databases[1]:
+        return ["", ""]
+    return [str(databases[0]), str(databases[1])]
 
 
 def _optional(number: int | None) -> str | int:

@@ -62,10 +62,16 @@ class Command(BaseCommand):  # type: ignore[misc]  # django is untyped
             self.stdout.write(f"  conflict {conflict} (changed meanwhile; left alone)")
         for error in result.errors:
             self.stderr.write(f"  error: {error}")
+        for name in sorted(result.rejected):
+            self.stderr.write(
+                f"  error: {result.rejected[name]} (skipped; Redis keeps it as it was)"
+            )
         self.stdout.write(result.summary())
         problems = []
+        if result.rejected:
+            problems.append(f"{len(result.rejected)} rows could not be scheduled")
         if result.errors:
-            problems.append(f"{len(result.errors)} rows could not be scheduled")
+            problems.append(f"{len(result.errors)} problems made the load incomplete")
         if result.conflicts:
             problems.append(f"{len(result.conflicts)} writes conflicted")
         if result.held:
