@@ -13,12 +13,12 @@ overwritten with an older definition.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime, timezone
+from hashlib import sha1
 from typing import Any
 
 from celery.utils.log import get_logger
@@ -29,7 +29,7 @@ from ..model.validation import check_name
 from ..store.connection import sanitize_text
 from ..store.keys import Keys
 from ..store.rows import EntryRows, plan_write
-from ..store.scripts import Remove, RemoveCode, Scripts, Upsert, UpsertCode
+from ..store.scripts import DIGEST_SIZE, Remove, RemoveCode, Scripts, Upsert, UpsertCode
 
 __all__ = ["ReconcileResult", "Reconciler", "Snapshot", "removals_held"]
 
@@ -162,6 +162,7 @@ class Reconciler:
         snapshot also holds each entry's content digest: a loaded entry whose digest
         equals it is unchanged, without another read.
         """
+        # sorted: entries are read in the order a loader usually created them
         owned = sorted(name for name in self.scripts.members(self.owned_key) if self._entry(name))
         snapshot = Snapshot()
         digests = snapshot.digests
@@ -169,7 +170,8 @@ class Reconciler:
         for start in range(0, len(owned), CHUNK):
             chunk = owned[start : start + CHUNK]
             stored = self.scripts.versions([entry_key(name) for name in chunk])
-            for index, (name, version) in enumerate(zip(chunk, stored.versions, strict=True)):
+            text = stored.digests
+            for at, (name, version) in enumerate(zip(chunk, stored.versions, strict=True)):
                 number = version.number if version.exists else 0
                 if number is None:
                     logger.warning(
@@ -180,7 +182,7 @@ class Reconciler:
                     )
                     continue
                 snapshot[name] = number
-                digests[name] = stored.digest(index)
+                digests[name] = text[DIGEST_SIZE * at : DIGEST_SIZE * at + DIGEST_SIZE]
         return snapshot
 
     def _entry(self, name: str) -> bool:
@@ -313,13 +315,15 @@ class Reconciler:
         known = versions.digests if isinstance(versions, Snapshot) else {}
         unsure = []
         for start in range(0, len(specs), CHUNK):
+            unchanged = 0
             for spec in specs[start : start + CHUNK]:
                 definition = spec.definition()
                 digest = _digest(definition, spec)
                 if known.get(spec.name) == digest:
-                    result.unchanged += 1
+                    unchanged += 1
                 else:
                     unsure.append((spec, definition, digest))
+            result.unchanged += unchanged
             if renew is not None:
                 renew()
         return unsure
@@ -420,4 +424,4 @@ def _digest(definition: str, spec: EntrySpec) -> str:
     """SHA1 of what ``diff.lua`` compares: the definition, plus the lifecycle field if set."""
     lifecycle = spec.lifecycle.encode()
     content = definition + "\n" + lifecycle if lifecycle else definition
-    return hashlib.sha1(content.encode()).hexdigest()
+    return sha1(content.encode()).hexdigest()

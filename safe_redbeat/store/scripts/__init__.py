@@ -24,6 +24,7 @@ from redis.cluster import RedisCluster
 from ..keys import Keys
 
 __all__ = [
+    "DIGEST_SIZE",
     "NO_DIGEST",
     "AcquireResult",
     "Adopt",
@@ -224,13 +225,10 @@ class StoredVersions:
     """``versions.lua``'s answer: each entry's version and content digest, in key order."""
 
     versions: list[StoredVersion]
-    #: the SHA1 (hex) of each entry's content as ``diff.lua`` compares it, 40 characters
-    #: per entry in key order; :data:`NO_DIGEST` for an entry without a definition
+    #: the SHA1 (hex) of each entry's content as ``diff.lua`` compares it, one after the
+    #: other in key order (:data:`DIGEST_SIZE` characters each; :data:`NO_DIGEST` for an
+    #: entry without a definition)
     digests: str
-
-    def digest(self, index: int) -> str:
-        """The content digest of the entry at ``index`` (0-based)."""
-        return self.digests[_SHA1_HEX * index : _SHA1_HEX * (index + 1)]
 
 
 @dataclass(frozen=True)
@@ -557,7 +555,7 @@ class Scripts:
     def diff(self, entry_keys: Sequence[str], digests: Sequence[str]) -> dict[int, StoredVersion]:
         """Entries whose content differs from ``digests`` (SHA1 hex, see ``diff.lua``):
         0-based position in ``entry_keys`` -> the version stored now."""
-        if len(digests) != len(entry_keys) or any(len(d) != _SHA1_HEX for d in digests):
+        if len(digests) != len(entry_keys) or any(len(d) != DIGEST_SIZE for d in digests):
             raise ValueError("diff needs one SHA1 hex digest (40 characters) per entry key")
         reply = self.raw.diff(keys=list(entry_keys), args=["".join(digests)])
         return {
@@ -566,9 +564,10 @@ class Scripts:
         }
 
 
-_SHA1_HEX = 40
+#: the size of a content digest (SHA1, hex), as ``versions.lua`` and ``diff.lua`` use them
+DIGEST_SIZE = 40
 #: ``versions.lua``'s digest of an entry without a definition (no SHA1 looks like it)
-NO_DIGEST = "-" * _SHA1_HEX
+NO_DIGEST = "-" * DIGEST_SIZE
 
 
 def _databases(databases: tuple[int, int] | None) -> list[str]:
