@@ -560,11 +560,12 @@ def scaling_table(result: ScalingResult) -> str:
                 ),
                 f"{result.balanced_in[series]:.1f}",
                 result.placement[series],
+                result.enqueue.get(series, "?"),
             ]
         )
     header = ["scheduler", "replicas", "wall s", "entries/s", "speed-up vs K=1"]
     header += ["first message s", "messages per replica", "CPU s replicas / Redis / others"]
-    return table([*header, "leading after s", "shards on"], rows)
+    return table([*header, "leading after s", "shards on", "enqueue"], rows)
 
 
 def scaling_tables(results: list[ScalingResult]) -> str:
