@@ -93,7 +93,7 @@ SHORT = {
     SAFE_MONITORED: "monitored",
 }
 RECONCILE_TARGET_N = 100_000
-RECONCILE_TARGET_SECONDS = 3.0
+RECONCILE_TARGET_SECONDS = 2.0
 #: sharded dispatch: K=SCALING_TARGET_K replicas at least this much faster than one
 SCALING_TARGET_K = 2
 SCALING_TARGET_SPEEDUP = 1.4
