@@ -36,6 +36,9 @@ COUNTED = (REDBEAT, SAFE_PUBLISH, SAFE_STEADY)
 CLAIM_SCRIPT = "claim.lua"
 #: the round trips that read due entries (one due.lua call and one HMGET pipeline each)
 DUE_SCRIPT = "due.lua"
+#: the commands of the replica's upkeep: renew.lua (lease), SET + SADD (heartbeat),
+#: GET, PTTL, SMEMBERS (the balancer's poll of leases and replicas)
+UPKEEP = frozenset({"EVALSHA renew.lua", "SET", "SADD", "GET", "PTTL", "SMEMBERS"})
 
 
 @dataclass
@@ -68,10 +71,21 @@ class CommandResult:
         )
 
     @property
+    def upkeep_trips(self) -> list[tuple[str, ...]]:
+        """Round trips of the replica's upkeep, due by the clock, not by the batches:
+        lease renewals, heartbeats, the balancer's look at leases and replicas."""
+        return [trip for trip in self.trips if set(trip) <= UPKEEP]
+
+    @property
     def other_trips(self) -> list[tuple[str, ...]]:
-        """Round trips that neither read due entries nor call claim.lua (acks, ...)."""
+        """Round trips that neither read due entries, nor call claim.lua, nor are upkeep
+        (the acks of publish mode, ...)."""
         reads = (f"EVALSHA {DUE_SCRIPT}",), (f"EVALSHA {CLAIM_SCRIPT}",)
-        return [trip for trip in self.trips if trip not in reads and set(trip) != {"HMGET"}]
+        return [
+            trip
+            for trip in self.trips
+            if trip not in reads and set(trip) != {"HMGET"} and not set(trip) <= UPKEEP
+        ]
 
     def claim_median(self) -> float:
         return float(statistics.median(self.claim_micros)) if self.claim_micros else 0.0

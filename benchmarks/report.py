@@ -243,12 +243,13 @@ def _round_trip_targets(commands: list[CommandResult]) -> list[Target]:
     if atomic:
         limit = _call_limit(atomic[0])
         name = f"atomic: one round trip per {limit} occurrences beyond the due reads "
-        name += "(claim.lua), no other"
+        name += "(claim.lua), no other but upkeep"
         ok = all(
             c.claim_calls == len(_call_sizes(c.n, limit)) and not c.other_trips for c in atomic
         )
         detail = ", ".join(
             f"N={c.n}: {c.claim_calls} claim + {c.read_trips} read"
+            + (f" + {len(c.upkeep_trips)} upkeep" if c.upkeep_trips else "")
             + (f" + {len(c.other_trips)} other" if c.other_trips else "")
             for c in atomic
         )
