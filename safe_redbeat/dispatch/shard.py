@@ -9,8 +9,9 @@ settings, clock, publisher, loader slot, a keep-alive callback) and builds its p
 it on first use (Redis may not answer yet): lease and leadership, reader, outbox, seeder.
 
 What dispatch does, in order: read due (:mod:`.reader`), republish what is pending
-(:mod:`.outbox`), plan (:mod:`.plan`), claim (``claim.lua``), publish and acknowledge
-(:mod:`.outbox`, :mod:`.publisher`). See ``docs/architecture.md``.
+(:mod:`.outbox`), plan (:mod:`.plan`), claim (``claim.lua``; what it found still running
+under an overlap policy: :mod:`.overlap`), publish and acknowledge (:mod:`.outbox`,
+:mod:`.publisher`). See ``docs/architecture.md``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ..store.layout import Layout
 from ..store.scripts import Scripts
 from ..sync.loader import LoaderSlot
 from ..sync.seeding import Seeder
+from . import overlap
 from .catchup import coalesce, regular_keys
 from .enqueue import Enqueuer, calls
 from .outbox import Outbox
@@ -66,6 +68,9 @@ class ShardContext:
     keep_alive: Callable[[Shard], None]
     #: the sender of the signals of this shard's parts (the scheduler, see signals.py)
     signal_sender: Any
+    #: revoke (and terminate) runs an occurrence replaces (``overlap="replace"``); best
+    #: effort, never blocking (:class:`.overlap.Revoker`)
+    revoke: Callable[[Sequence[str]], None]
     #: how long a disabled or parked entry waits before it is read again
     recheck_seconds: float
     monotonic: Callable[[], float] = time.monotonic
@@ -220,6 +225,7 @@ class Shard:
             catch_up=s.catch_up,
             catch_up_grace_seconds=s.catch_up_grace_seconds,
             id_prefix=self.keys.task_key(""),
+            keys=self.keys,
         )
         plan.ops.extend(batch.ops)
         for key, problem in plan.parked:
@@ -277,6 +283,8 @@ class Shard:
         except FencedOut:
             self.leadership.lease.drop()
             raise
+        if settled.skipped or settled.replacing:
+            overlap.report(self.context.signal_sender, settled, self.context.revoke)
         for key in settled.gone:
             self.seeder.reseed_needed = True
             logger.warning(
