@@ -25,10 +25,12 @@ from typing import Any
 from celery.utils.log import get_logger
 
 from .. import signals
+from ..model.lifecycle import OVERLAP_SKIP
 from ..store.connection import sanitize_text
-from .plan import Running, Settled
+from ..store.running import decode_runs
+from .plan import ClaimOp, Running, Settled
 
-__all__ = ["Revoker", "report"]
+__all__ = ["Revoker", "likely_skipped", "report"]
 
 logger = get_logger("safe_redbeat")
 
@@ -96,6 +98,37 @@ class Revoker:
             )
         else:
             logger.debug("beat: revoked %s (terminate=%s)", ", ".join(task_ids), self.terminate)
+
+
+def likely_skipped(client: Any, ops: Sequence[ClaimOp]) -> set[int]:
+    """The positions in ``ops`` of occurrences the claim will likely skip: their entry's
+    policy is ``skip`` and another of its runs counts as going now (one pipeline; none
+    without such an entry).
+
+    With atomic enqueue their messages are not built: building one runs Celery's publish
+    path (its signals, a patched beat hook) for a message that would not be enqueued. The
+    claim still decides; one it sends after all is published from its pending record.
+    """
+    asked = [
+        (index, op.overlap)
+        for index, op in enumerate(ops)
+        if op.overlap is not None and op.overlap.policy == OVERLAP_SKIP
+    ]
+    if not asked:
+        return set()
+    with client.pipeline(transaction=False) as pipe:
+        pipe.time()
+        for _index, overlap in asked:
+            pipe.hgetall(overlap.running_key)
+        (seconds, micros), *replies = pipe.execute(raise_on_error=False)
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    busy = set()
+    for (index, overlap), reply in zip(asked, replies, strict=True):
+        if isinstance(reply, dict) and any(
+            run.task_id != overlap.task_id for run in decode_runs(reply, now_ms)
+        ):
+            busy.add(index)
+    return busy
 
 
 def report(

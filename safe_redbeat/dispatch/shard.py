@@ -248,7 +248,17 @@ class Shard:
             return self._claim(ops), 0
         c = self.context
         fence = self.leadership.fence()
-        prepared = enqueuer.prepare(ops, fence, c.client(), self.keys, self._keep_leading)
+        busy = overlap.likely_skipped(c.client(), ops)  # their messages are not built
+        built = iter(
+            enqueuer.prepare(
+                [op for index, op in enumerate(ops) if index not in busy],
+                fence,
+                c.client(),
+                self.keys,
+                self._keep_leading,
+            )
+        )
+        prepared = [op if index in busy else next(built) for index, op in enumerate(ops)]
         to_publish: list[Occurrence] = []
         enqueued = 0
         for number, call in enumerate(calls(prepared)):
