@@ -90,6 +90,7 @@ def test_the_first_run_is_sent_and_recorded_as_going(
     assert state == "sent" and int(until) - int(since) == MAX_MS and now - int(since) < 1000
     assert 0 < redis_client.pttl(KEYS.running("nightly")) <= MAX_MS
     assert redis_client.zscore(KEYS.running_index, key) == int(until)
+    assert 0 < redis_client.pttl(KEYS.running_index) <= MAX_MS  # gone with its last run
 
 
 def test_skip_moves_the_slot_on_and_sends_nothing_while_another_run_goes(

@@ -58,7 +58,8 @@
 -- count, meta and any pushes are not (code 5); 'replace' sends as usual, and the running
 -- task ids are returned for the caller to revoke. Every occurrence sent under a policy
 -- is recorded: field <task id> = '<now + max runtime> <now> sent', the HASH expires with
--- its last run, and the index holds the entry key with that time as its score.
+-- its last run, and the index holds the entry key with that time as its score (and
+-- expires with the last run it names).
 --
 -- return {1, code_1, ..., code_n, i, task id, i, task id, ...} when the lease is ours,
 -- with per operation:
@@ -93,6 +94,14 @@ end
 local function usable(key, kind)
     local found = redis.call('TYPE', key)['ok']
     return found == kind or found == 'none'
+end
+
+-- the index expires with the last run it names
+local function expire_with_last(index)
+    local last = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')
+    if last[2] then
+        redis.call('PEXPIREAT', index, last[2])
+    end
 end
 
 -- the runs of an entry that still count, other than `task_id`; deletes the others
@@ -234,6 +243,7 @@ for i = 1, n do
                            string.format('%d %d sent', now + max_ms, now))
                 redis.call('PEXPIREAT', marker, string.format('%d', recorded_until))
                 redis.call('ZADD', index, string.format('%d', recorded_until), key)
+                expire_with_last(index)
             end
             if pushes > 0 then
                 if broker_db ~= '' then

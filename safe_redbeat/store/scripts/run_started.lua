@@ -10,7 +10,8 @@
 -- ARGV[1] - the run's task id
 -- ARGV[2] - max runtime in ms
 --
--- Fields whose time is up are deleted; the HASH expires with its last run.
+-- Fields whose time is up are deleted; the HASH expires with its last run, the index
+-- with the last run it names.
 -- return 1 when recorded; 0 when a key holds another type (nothing written).
 for k = 1, 2 do
     local kind = redis.call('TYPE', KEYS[k])['ok']
@@ -37,4 +38,6 @@ redis.call('HSET', KEYS[1], ARGV[1], string.format('%d %d running', until_ms, no
 redis.call('PEXPIREAT', KEYS[1], string.format('%d', latest))
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%d', now))
 redis.call('ZADD', KEYS[2], string.format('%d', latest), KEYS[3])
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[2], last[2])
 return 1
