@@ -10,7 +10,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import CodeType
 from typing import Any
 
@@ -21,11 +21,13 @@ from safe_redbeat.dispatch.publisher import Publisher
 
 from .env import (
     BROKER_DB,
-    CONTENDERS,
     REDBEAT,
-    SAFE,
+    SAFE_FIRST,
+    SAFE_PUBLISH,
+    SAFE_STEADY,
     TASK,
     BenchmarkBroken,
+    Contender,
     Env,
     check_messages,
     close_app,
@@ -40,11 +42,18 @@ FLOOR = "floor"
 FLOOR_BATCHED = "floor_batched"
 #: messages per ``Producer.batch()`` in the batched floor: safe_redbeat's publish chunk
 PUBLISH_CHUNK = int(inspect.signature(Publisher).parameters["chunk_size"].default)
-#: safe_redbeat with its Prometheus metrics registered and a receiver on every signal
-SAFE_MONITORED = "safe_redbeat_monitored"
+#: the atomic steady state with safe_redbeat's Prometheus metrics registered and a
+#: receiver on every safe_redbeat signal (run inside ``monitored()``)
+MONITORED = replace(
+    SAFE_STEADY, key="safe_redbeat_monitored", label="safe_redbeat, atomic, steady, monitored"
+)
+SAFE_MONITORED = MONITORED.key
+#: the series that run a scheduler, by key
+DISPATCHERS = {c.key: c for c in (REDBEAT, SAFE_PUBLISH, SAFE_FIRST, SAFE_STEADY, MONITORED)}
 BATCHING = hasattr(Producer, "batch")
 MONITORING = importlib.util.find_spec("prometheus_client") is not None
-SERIES = (FLOOR, *([FLOOR_BATCHED] if BATCHING else []), REDBEAT.key, SAFE.key)
+SERIES = (FLOOR, *([FLOOR_BATCHED] if BATCHING else []), REDBEAT.key, SAFE_PUBLISH.key)
+SERIES += (SAFE_FIRST.key, SAFE_STEADY.key)
 SERIES += (SAFE_MONITORED,) if MONITORING else ()
 
 
@@ -113,6 +122,13 @@ def monitored() -> Iterator[None]:
         metrics.close()
 
 
+@contextmanager
+def timed_monitored() -> Iterator[list[float]]:
+    """``stopwatch()`` with the metrics and signal receivers of ``monitored()`` in place."""
+    with monitored(), stopwatch() as elapsed:
+        yield elapsed
+
+
 def run(env: Env, sizes: tuple[int, ...], repetitions: int, timeout: float) -> list[DispatchResult]:
     """Every series for every N in each repetition, each series first in turn."""
     results = [DispatchResult(n) for n in sizes]
@@ -122,9 +138,9 @@ def run(env: Env, sizes: tuple[int, ...], repetitions: int, timeout: float) -> l
                 if series in (FLOOR, FLOOR_BATCHED):
                     seconds, ticks = run_floor(env, result.n, batched=series == FLOOR_BATCHED), 0
                 else:
-                    contender = next((c for c in CONTENDERS if c.key == series), SAFE)
-                    with monitored() if series == SAFE_MONITORED else nullcontext():
-                        elapsed, ticks = dispatch_run(env, contender, result.n, timeout, stopwatch)
+                    around = timed_monitored if series == SAFE_MONITORED else stopwatch
+                    contender = DISPATCHERS[series]
+                    elapsed, ticks = dispatch_run(env, contender, result.n, timeout, around)
                     seconds = elapsed[0]
                 result.seconds.setdefault(series, []).append(seconds)
                 result.ticks.setdefault(series, []).append(ticks)
@@ -135,16 +151,34 @@ def run(env: Env, sizes: tuple[int, ...], repetitions: int, timeout: float) -> l
 
 #: (label, function): the phases of the dispatching tick, found on the call stack by their
 #: code object; an indented label is part of the phase above it
+READ = "read due entries"
+PLAN = "plan_batch (is_due, next run, meta, task id)"
+BUILD = "build messages (Enqueuer.prepare)"
+THROUGH_CELERY = "    of which through Celery (MessageBuilder._build)"
+CLAIM = "claim (claim.lua, Shard._settle; atomic: with the pushes)"
+PUBLISH = "publish (send_task in broker batches)"
+REST = "rest of tick (lease upkeep, loop)"
 PHASES = (
-    ("read due entries", "safe_redbeat.dispatch.reader:DueReader.read"),
+    (READ, "safe_redbeat.dispatch.reader:DueReader.read"),
     ("  of which decode_entry (JSON, schedule)", "safe_redbeat.model.codec:decode_entry"),
-    ("plan_batch (is_due, next run, meta, task id)", "safe_redbeat.dispatch.plan:plan_batch"),
-    ("claim (claim.lua)", "safe_redbeat.dispatch.shard:Shard._claim"),
-    ("publish (send_task in broker batches)", "safe_redbeat.dispatch.publisher:Publisher.send"),
+    (PLAN, "safe_redbeat.dispatch.plan:plan_batch"),
+    (BUILD, "safe_redbeat.dispatch.enqueue:Enqueuer.prepare"),
+    ("  of which MessageBuilder.commands", "safe_redbeat.dispatch.enqueue:MessageBuilder.commands"),
+    (THROUGH_CELERY, "safe_redbeat.dispatch.enqueue:MessageBuilder._build"),
+    (CLAIM, "safe_redbeat.dispatch.shard:Shard._settle"),
+    (PUBLISH, "safe_redbeat.dispatch.publisher:Publisher.send"),
     ("  of which ack (HDEL pending)", "safe_redbeat.dispatch.outbox:Outbox._ack"),
+)
+#: the runs sampled, and the phases each must be seen in (given enough samples)
+BREAKDOWNS = (
+    (SAFE_PUBLISH, (READ, PLAN, CLAIM, PUBLISH)),
+    (SAFE_FIRST, (READ, PLAN, BUILD, THROUGH_CELERY, CLAIM)),
+    (SAFE_STEADY, (READ, PLAN, BUILD, CLAIM)),
 )
 #: seconds between two samples of the stack (and the GIL switch interval meanwhile)
 SAMPLE_EVERY = 0.0005
+#: fewer samples than this prove nothing about a phase never seen
+ENOUGH_SAMPLES = 500
 
 
 def code_of(path: str) -> CodeType:
@@ -160,6 +194,9 @@ def code_of(path: str) -> CodeType:
 
 @dataclass
 class Breakdown:
+    #: the series sampled (a key of DISPATCHERS) and its label
+    series: str
+    label: str
     n: int
     total: float
     samples: int
@@ -170,7 +207,7 @@ class Breakdown:
         """(phase, ms per entry, share of the tick), the rest of the tick last."""
         top = sum(hits for label, hits in self.hits.items() if not label.startswith(" "))
         shares = [(label, hits / self.samples) for label, hits in self.hits.items()]
-        shares.append(("rest of tick (lease upkeep, loop)", 1 - top / self.samples))
+        shares.append((REST, 1 - top / self.samples))
         return [(label, share * self.total * 1000 / self.n, share) for label, share in shares]
 
 
@@ -211,17 +248,34 @@ class StackSampler:
             sys.setswitchinterval(switch)
 
 
-def breakdown(env: Env, n: int, timeout: float) -> Breakdown:
-    """One extra safe_redbeat run, its dispatching tick(s) sampled."""
+def breakdown(env: Env, n: int, timeout: float) -> list[Breakdown]:
+    """One extra run per mode (BREAKDOWNS), its dispatching tick(s) sampled."""
+    return [sample_run(env, contender, expected, n, timeout) for contender, expected in BREAKDOWNS]
+
+
+def sample_run(
+    env: Env, contender: Contender, expected: tuple[str, ...], n: int, timeout: float
+) -> Breakdown:
+    """``contender``'s timed dispatch of ``n`` entries, sampled; the ``expected`` phases
+    must each be seen (in a run of at least ENOUGH_SAMPLES samples)."""
 
     @contextmanager
     def sampled() -> Iterator[tuple[StackSampler, list[float]]]:
         with StackSampler().running() as sampler, stopwatch() as elapsed:
             yield sampler, elapsed
 
-    (sampler, elapsed), _ticks = dispatch_run(env, SAFE, n, timeout, sampled)
-    unseen = [label for label, _ in PHASES if not label.startswith(" ") and not sampler.hits[label]]
-    if unseen and sampler.samples >= 500:
-        raise BenchmarkBroken(f"phases never on the stack in {sampler.samples} samples: {unseen}")
+    (sampler, elapsed), _ticks = dispatch_run(env, contender, n, timeout, sampled)
+    unseen = [label for label in expected if not sampler.hits[label]]
+    if unseen and sampler.samples >= ENOUGH_SAMPLES:
+        raise BenchmarkBroken(
+            f"{contender.label}: phases never on the stack in {sampler.samples} samples: {unseen}"
+        )
     hits = {label: sampler.hits[label] for label, _ in PHASES}
-    return Breakdown(n=n, total=elapsed[0], samples=max(sampler.samples, 1), hits=hits)
+    return Breakdown(
+        series=contender.key,
+        label=contender.label,
+        n=n,
+        total=elapsed[0],
+        samples=max(sampler.samples, 1),
+        hits=hits,
+    )

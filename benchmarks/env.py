@@ -58,14 +58,48 @@ class Contender:
     key: str
     label: str
     scheduler_cls: type[Any]
+    #: ``safe_redbeat_enqueue`` asked for, and checked once the scheduler leads
+    #: (None: the default, ``auto``, unchecked)
+    enqueue: str | None = None
+    #: untimed dispatches of the same entries before the timed one (see ``dispatch_run``)
+    rounds_before: int = 0
 
     @property
     def is_stock(self) -> bool:
         return self.scheduler_cls is RedBeatScheduler
 
+    @property
+    def conf(self) -> dict[str, Any]:
+        """The app settings this contender runs with."""
+        return {} if self.enqueue is None else {"safe_redbeat_enqueue": self.enqueue}
+
+
+#: Untimed dispatches of the same entries before a steady-state run: per entry version,
+#: the first message is built through Celery (and a template kept), the second is built
+#: again and compared with the template, and from the third on the template is filled.
+STEADY_AFTER = 2
 
 REDBEAT = Contender("redbeat", f"RedBeat {version('celery-redbeat')}", RedBeatScheduler)
 SAFE = Contender("safe_redbeat", f"safe_redbeat {version('safe-redbeat')}", SafeRedBeatScheduler)
+#: safe_redbeat publishing through Celery's producer (pending record, publish, ack)
+SAFE_PUBLISH = Contender(
+    "safe_redbeat_publish", "safe_redbeat, publish mode", SafeRedBeatScheduler, "publish"
+)
+#: atomic enqueue of entries dispatched for the first time (every message through Celery)
+SAFE_FIRST = Contender(
+    "safe_redbeat_atomic_first",
+    "safe_redbeat, atomic, first dispatch",
+    SafeRedBeatScheduler,
+    "atomic",
+)
+#: atomic enqueue of the same entries due again after STEADY_AFTER earlier dispatches
+SAFE_STEADY = Contender(
+    "safe_redbeat_atomic",
+    "safe_redbeat, atomic, steady state",
+    SafeRedBeatScheduler,
+    "atomic",
+    rounds_before=STEADY_AFTER,
+)
 CONTENDERS = (REDBEAT, SAFE)
 
 
@@ -145,6 +179,14 @@ class Traffic:
                 super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
 
         return CountingConnection
+
+
+def load_scripts(client: redis.Redis) -> None:
+    """Load every shipped script into the server's cache, as a running beat has them:
+    a first call is then not a NOSCRIPT reply, a SCRIPT LOAD and the call again."""
+    for f in files("safe_redbeat.store.scripts").iterdir():
+        if f.name.endswith(".lua"):
+            client.script_load(f.read_text(encoding="utf-8"))
 
 
 def _name(args: Any) -> str:
@@ -268,6 +310,12 @@ def leading_scheduler(contender: Contender, app: Celery, broker: redis.Redis) ->
         scheduler.tick()
         if not scheduler.is_leader:
             raise BenchmarkBroken("safe_redbeat did not take the lease in its first tick")
+        decided = scheduler.enqueuer.decided
+        if contender.enqueue is not None and (decided is None or decided.name != contender.enqueue):
+            raise BenchmarkBroken(
+                f"{contender.label}: the scheduler enqueues in mode "
+                f"{decided.name if decided else 'undecided'}, not {contender.enqueue}"
+            )
     app.send_task("benchmark.warmup", producer=scheduler.producer)  # connect, declare
     broker.delete(QUEUE)
     return scheduler
@@ -308,7 +356,8 @@ def check_messages(broker: redis.Redis, expected: int, contender: Contender | No
     messages = [Message.parse(item, 0.0, QUEUE) for item in raw]
     if len({m.task_id for m in messages}) != expected or any(m.task != TASK for m in messages):
         raise BenchmarkBroken("queued messages are not one per entry of the benchmark task")
-    if contender is SAFE and any("safe_redbeat_fence" not in m.headers for m in messages):
+    stock = contender is None or contender.is_stock
+    if not stock and any("safe_redbeat_fence" not in m.headers for m in messages):
         raise BenchmarkBroken("safe_redbeat sent a message without its fence header")
 
 
@@ -322,24 +371,67 @@ def dispatch_run(
 ) -> tuple[T, int]:
     """Write ``n`` due entries and tick until all are sent, inside ``around()``.
 
-    Returns what ``around()`` yielded and the number of ticks; the queue is checked.
+    With ``contender.rounds_before``, the same entries are first dispatched that many
+    times untimed, each time made due again by rewriting their ``meta`` and score (never
+    their definition), so the timed dispatch is the steady state of a running beat; it
+    must then build no message through Celery. Returns what ``around()`` yielded and the
+    number of ticks; the queue is checked after every dispatch.
     """
     env.flush()
     broker = env.client(BROKER_DB, app_conf.get("broker"))
     broker.flushdb()
-    app = env.make_app(**app_conf)
+    app = env.make_app(**{**contender.conf, **app_conf})
     try:
         scheduler = leading_scheduler(contender, app, broker)
         try:
-            write_entries(env.schedule_client, range(n), due=True)
-            with around() as measured:
+            score = write_entries(env.schedule_client, range(n), due=True)
+            for _round in range(contender.rounds_before):
+                tick_until_sent(scheduler, broker, n, timeout=timeout)
+                check_messages(broker, n, contender)
+                broker.delete(QUEUE)
+                # nothing is due: the lease and heartbeat upkeep that fell due meanwhile is
+                # done now, as beat does between due times, not in the next dispatch
+                scheduler.tick()
+                score -= 1  # another slot: other task ids
+                make_due_again(env.schedule_client, range(n), score)
+            with built_through_celery(scheduler) as built, around() as measured:
                 ticks = tick_until_sent(scheduler, broker, n, timeout=timeout)
             check_messages(broker, n, contender)
+            if contender.enqueue == "atomic":
+                expected = 0 if contender.rounds_before else n
+                if len(built) != expected:
+                    raise BenchmarkBroken(
+                        f"{contender.label}: {len(built)} of {n} messages were built through "
+                        f"Celery, expected {expected} (first dispatch: each; steady state: "
+                        "none, every template verified)"
+                    )
         finally:
             stop_scheduler(scheduler)
     finally:
         close_app(app)
     return measured, ticks
+
+
+@contextmanager
+def built_through_celery(scheduler: Any) -> Iterator[list[None]]:
+    """Counts the messages safe_redbeat's atomic enqueue builds through Celery meanwhile
+    (one item each); the builder's own method is called, only counted."""
+    built: list[None] = []
+    builder = getattr(getattr(scheduler, "enqueuer", None), "builder", None)
+    if builder is None:
+        yield built
+        return
+    build = builder._build
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        built.append(None)
+        return build(*args, **kwargs)
+
+    builder._build = counted
+    try:
+        yield built
+    finally:
+        del builder._build
 
 
 # -- entries -----------------------------------------------------------------------------------
@@ -349,11 +441,12 @@ def entry_name(index: int) -> str:
     return f"bench-{index:06d}"
 
 
-def write_entries(client: redis.Redis, indexes: range, *, due: bool, chunk: int = 5000) -> None:
+def write_entries(client: redis.Redis, indexes: range, *, due: bool, chunk: int = 5000) -> int:
     """Store entries in RedBeat's format (the fields ``RedBeatSchedulerEntry.save()`` writes).
 
     Pipelined: saving 100k entries one by one would dominate the benchmark. A due entry
     last ran two hours ago (score = now); the others ran just now (due in an hour).
+    Returns the score written.
     """
     schedule = interval_schedule(EVERY)
     now = datetime.now(timezone.utc)
@@ -374,6 +467,22 @@ def write_entries(client: redis.Redis, indexes: range, *, due: bool, chunk: int 
                 }
                 key = KEYS.entry(name)
                 pipe.hset(key, "definition", json.dumps(definition, cls=RedBeatJSONEncoder))
+                pipe.hset(key, "meta", meta)
+                pipe.zadd(KEYS.schedule, {key: score})
+            pipe.execute()
+    return score
+
+
+def make_due_again(client: redis.Redis, indexes: range, score: int, *, chunk: int = 5000) -> None:
+    """Make dispatched entries due at ``score`` again, as if an hour had passed: their
+    ``meta`` says they last ran two hours ago; their definition is left as it is."""
+    meta = json.dumps(
+        {"last_run_at": datetime.now(timezone.utc) - 2 * EVERY}, cls=RedBeatJSONEncoder
+    )
+    for start in range(indexes.start, indexes.stop, chunk):
+        with client.pipeline(transaction=False) as pipe:
+            for index in range(start, min(start + chunk, indexes.stop)):
+                key = KEYS.entry(entry_name(index))
                 pipe.hset(key, "meta", meta)
                 pipe.zadd(KEYS.schedule, {key: score})
             pipe.execute()

@@ -58,8 +58,8 @@ class Profile:
 #: default: the numbers in docs/benchmarks.md (several minutes).
 FULL = Profile(
     name="full",
-    dispatch_sizes=(100, 1000, 3000, 10000),
-    repetitions=7,
+    dispatch_sizes=(1000, 3000, 10000, 30000),
+    repetitions=5,
     startup_sizes=(1000, 10000, 100000),
     startup_repetitions=5,
     memory_entries=3000,
@@ -76,7 +76,7 @@ FULL = Profile(
 QUICK = replace(
     FULL,
     name="quick",
-    dispatch_sizes=(100, 1000, 3000),
+    dispatch_sizes=(1000, 3000),
     repetitions=3,
     startup_sizes=(1000, 10000),
     startup_repetitions=3,

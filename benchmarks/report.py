@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import statistics
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Any
 from celery.beat import DEFAULT_MAX_INTERVAL
 from redbeat.schedulers import RedBeatScheduler
 
+from safe_redbeat.dispatch.enqueue import CALL_BYTES, CALL_OPERATIONS
 from safe_redbeat.leader.balance import LIVE_AGE
 from safe_redbeat.model.slots import SLOT_SEARCH_SECONDS
 
@@ -29,13 +31,25 @@ from .commands import CommandResult
 from .dispatch import (
     FLOOR,
     FLOOR_BATCHED,
+    PHASES,
     PUBLISH_CHUNK,
+    REST,
     SAFE_MONITORED,
     SAMPLE_EVERY,
     Breakdown,
     DispatchResult,
 )
-from .env import KEYS, REDBEAT, SAFE, Traffic
+from .env import (
+    KEYS,
+    REDBEAT,
+    SAFE,
+    SAFE_FIRST,
+    SAFE_PUBLISH,
+    SAFE_STEADY,
+    STEADY_AFTER,
+    Contender,
+    Traffic,
+)
 from .failover import (
     DEFAULTS,
     LOCK_DELETED,
@@ -59,8 +73,27 @@ from .startup import StartupResult
 
 TEMPLATE = Path(__file__).with_name("report.md")
 DISPATCH_TARGET_N = 3000
+#: the atomic steady state against the batched floor is a target at each of these N
+STEADY_TARGET_NS = (3000, 10_000)
+#: the schedulers of the commands benchmark, in table order, and their names there
+ORDER = (REDBEAT.key, SAFE_PUBLISH.key, SAFE_STEADY.key)
+NAMES = {
+    REDBEAT.key: "RedBeat",
+    SAFE_PUBLISH.key: "safe_redbeat publish mode",
+    SAFE_STEADY.key: "safe_redbeat atomic (steady)",
+}
+#: short names of the series, for ratios
+SHORT = {
+    FLOOR: "floor",
+    FLOOR_BATCHED: "batched floor",
+    REDBEAT.key: "RedBeat",
+    SAFE_PUBLISH.key: "publish",
+    SAFE_FIRST.key: "first",
+    SAFE_STEADY.key: "steady",
+    SAFE_MONITORED: "monitored",
+}
 RECONCILE_TARGET_N = 100_000
-RECONCILE_TARGET_SECONDS = 3.0
+RECONCILE_TARGET_SECONDS = 2.0
 #: sharded dispatch: K=SCALING_TARGET_K replicas at least this much faster than one
 SCALING_TARGET_K = 2
 SCALING_TARGET_SPEEDUP = 1.4
@@ -74,7 +107,8 @@ class Results:
     command: str
     machine: dict[str, str]
     dispatch: list[DispatchResult] = field(default_factory=list)
-    breakdown: Breakdown | None = None
+    #: one sampled run per mode (dispatch.BREAKDOWNS)
+    breakdown: list[Breakdown] = field(default_factory=list)
     commands: list[CommandResult] = field(default_factory=list)
     startup: list[StartupResult] = field(default_factory=list)
     schedules: list[ScheduleResult] = field(default_factory=list)
@@ -140,43 +174,128 @@ def _at(results: list[Any], n: int | None = None) -> Any:
     return next((r for r in results if r.n == n), max(results, key=lambda r: r.n, default=None))
 
 
-def _ours(commands: list[CommandResult]) -> list[CommandResult]:
-    return sorted((c for c in commands if c.contender == SAFE.key), key=lambda c: c.n)
+def _of(commands: list[CommandResult], contender: Contender) -> list[CommandResult]:
+    return sorted((c for c in commands if c.contender == contender.key), key=lambda c: c.n)
 
 
-def _batch_base(commands: list[CommandResult]) -> CommandResult | None:
-    """safe_redbeat's smallest N that fills a batch (or its largest N)."""
-    ours = _ours(commands)
+def _batch_base(commands: list[CommandResult], contender: Contender) -> CommandResult | None:
+    """``contender``'s smallest N that fills a batch (or its largest N)."""
+    ours = _of(commands, contender)
     return next((c for c in ours if c.n >= DEFAULTS.batch_size), ours[-1] if ours else None)
 
 
-def targets(results: Results) -> list[Target]:
+def _dispatch_targets(dispatch: list[DispatchResult]) -> list[Target]:
     found: list[Target] = []
-    at = _at(results.dispatch, DISPATCH_TARGET_N)
-    if at is not None:
-        over_floor, faster = at.over(SAFE.key, FLOOR), at.over(REDBEAT.key, SAFE.key)
-        detail = f"safe/floor = {over_floor.fmt(2)}"
-        if FLOOR_BATCHED in at.seconds:
-            detail += f"; safe/batched floor = {at.over(SAFE.key, FLOOR_BATCHED).fmt(2)}"
-        name = f"dispatch <= 1.2 x publish floor per entry (N={at.n})"
-        found.append(Target(name, over_floor.median <= 1.2, detail))
-        name = f"dispatch >= 2x faster than RedBeat (N={at.n})"
-        found.append(Target(name, faster.median >= 2.0, f"RedBeat/safe = {faster.fmt(2)}"))
-        if SAFE_MONITORED in at.seconds:
-            watched = at.over(SAFE_MONITORED, SAFE.key)
-            name = f"dispatch with metrics and signals <= 1.1 x without (N={at.n})"
-            found.append(Target(name, watched.median <= 1.1, f"monitored/safe = {watched.fmt(2)}"))
-    base, batch = _batch_base(results.commands), DEFAULTS.batch_size
-    if base is not None:
+    at = _at(dispatch, DISPATCH_TARGET_N)
+    if at is None:
+        return found
+    publish, first, steady = SAFE_PUBLISH.key, SAFE_FIRST.key, SAFE_STEADY.key
+    over_floor = at.over(publish, FLOOR)
+    name = f"dispatch, publish mode <= 1.2 x publish floor per entry (N={at.n})"
+    found.append(Target(name, over_floor.median <= 1.2, f"publish/floor = {over_floor.fmt(2)}"))
+    for n in STEADY_TARGET_NS:
+        name = f"dispatch, atomic steady state <= 1.0 x batched floor per entry (N={n})"
+        result = next((r for r in dispatch if r.n == n), None)
+        if result is None or FLOOR_BATCHED not in result.seconds:
+            found.append(Target(name, None, "not measured in this mode"))
+            continue
+        over = result.over(steady, FLOOR_BATCHED)
+        detail = f"steady/batched floor = {over.fmt(2)}; "
+        detail += f"{result.ms_per_entry(steady).median:.3f} vs "
+        detail += f"{result.ms_per_entry(FLOOR_BATCHED).median:.3f} ms/entry"
+        found.append(Target(name, over.median <= 1.0, detail))
+    name = f"dispatch, atomic first dispatch against publish mode (N={at.n})"
+    detail = f"first/publish = {at.over(first, publish).fmt(2)}"
+    if FLOOR_BATCHED in at.seconds:
+        detail += f"; first/batched floor = {at.over(first, FLOOR_BATCHED).fmt(2)}"
+    found.append(Target(name, None, detail, info=True))
+    ours = [key for key in (publish, first, steady) if key in at.seconds]
+    slowest = max(ours, key=lambda key: at.ms_per_entry(key).median)
+    faster = at.over(REDBEAT.key, slowest)
+    name = f"dispatch >= 2x faster than RedBeat, slowest safe_redbeat series (N={at.n})"
+    detail = f"RedBeat/{SHORT[slowest]} = {faster.fmt(2)}"
+    detail += f"; RedBeat/steady = {at.over(REDBEAT.key, steady).fmt(2)}"
+    found.append(Target(name, faster.median >= 2.0, detail))
+    if SAFE_MONITORED in at.seconds:
+        watched = at.over(SAFE_MONITORED, steady)
+        name = f"atomic steady state with metrics and signals <= 1.1 x without (N={at.n})"
+        detail = f"monitored/steady = {watched.fmt(2)}"
+        found.append(Target(name, watched.median <= 1.1, detail))
+    return found
+
+
+def _round_trip_targets(commands: list[CommandResult]) -> list[Target]:
+    found: list[Target] = []
+    batch = DEFAULTS.batch_size
+    stock = _at(_of(commands, REDBEAT))
+    for contender in (SAFE_PUBLISH, SAFE_STEADY):
+        base, ours = _batch_base(commands, contender), _of(commands, contender)
+        if base is None:
+            continue
         per_batch = base.round_trips / math.ceil(base.n / batch)
-        ours = _ours(results.commands)
         detail = ", ".join(f"N={c.n}: {c.round_trips}" for c in ours)
-        stock = _at([c for c in results.commands if c.contender == REDBEAT.key])
         detail += f" (RedBeat N={stock.n}: {stock.round_trips})" if stock else ""
-        name = f"round trips per tick O(N/batch_size): <= c x ceil(N/{batch}), "
-        name += f"c = round trips per batch at N={base.n} ({per_batch:g})"
+        name = f"round trips per tick O(N/batch_size), {NAMES[contender.key]}: "
+        name += f"<= c x ceil(N/{batch}), c = round trips per batch at N={base.n} ({per_batch:g})"
         ok = all(c.round_trips <= per_batch * math.ceil(c.n / batch) for c in ours)
         found.append(Target(name, ok, detail))
+    atomic = _of(commands, SAFE_STEADY)
+    if atomic:
+        limit = _call_limit(atomic[0])
+        name = f"atomic: one round trip per {limit} occurrences beyond the due reads "
+        name += "(claim.lua), no other but upkeep"
+        ok = all(
+            c.claim_calls == len(_call_sizes(c.n, limit)) and not c.other_trips for c in atomic
+        )
+        detail = ", ".join(
+            f"N={c.n}: {c.claim_calls} claim + {c.read_trips} read"
+            + (f" + {len(c.upkeep_trips)} upkeep" if c.upkeep_trips else "")
+            + (f" + {len(c.other_trips)} other" if c.other_trips else "")
+            for c in atomic
+        )
+        found.append(Target(name, ok, detail))
+    for contender in (SAFE_STEADY, SAFE_PUBLISH):
+        at = _at(_of(commands, contender), DISPATCH_TARGET_N)
+        if at is None or not at.claim_micros:
+            continue
+        name = f"Redis time per claim.lua call (INFO commandstats), {SHORT[contender.key]} "
+        name += f"(N={at.n})"
+        found.append(Target(name, None, claim_time(at), info=True))
+    return found
+
+
+def claim_time(c: CommandResult) -> str:
+    """The claim script's Redis time in words: per call, per occurrence, per full call."""
+    micros, limit = c.claim_micros, _call_limit(c)
+    sizes = _call_sizes(c.n, limit)
+    text = f"{len(micros)} calls, median {c.claim_median():.0f} µs, max {max(micros)} µs"
+    text += f", {sum(micros) / c.n:.1f} µs/occurrence"
+    if len(sizes) == len(micros):
+        full = [us for us, ops in zip(micros, sizes, strict=True) if ops == limit]
+        if full:
+            text += f"; per call of {limit}: {statistics.median(full) / 1000:.2f} ms"
+    return text
+
+
+def _call_limit(c: CommandResult) -> int:
+    """Most occurrences one claim call of ``c``'s scheduler carries."""
+    if c.contender == SAFE_PUBLISH.key:
+        return DEFAULTS.batch_size
+    return min(CALL_OPERATIONS, DEFAULTS.batch_size)
+
+
+def _call_sizes(n: int, limit: int) -> list[int]:
+    """Occurrences per claim call, as a tick splits ``n`` due entries: read batches of
+    ``batch_size``, each claimed in calls of at most ``limit``."""
+    sizes = []
+    for start in range(0, n, DEFAULTS.batch_size):
+        in_batch = min(DEFAULTS.batch_size, n - start)
+        sizes += [min(limit, in_batch - call) for call in range(0, in_batch, limit)]
+    return sizes
+
+
+def targets(results: Results) -> list[Target]:
+    found = _dispatch_targets(results.dispatch) + _round_trip_targets(results.commands)
     if results.startup:
         small, large = results.startup[0], results.startup[-1]
         few, many = small.sample(SAFE.key), large.sample(SAFE.key)
@@ -232,7 +351,7 @@ def _scaling_targets(results: list[ScalingResult]) -> list[Target]:
 
 def _reconcile_target(benches: list[ReconcileBench]) -> Target:
     name = f"reconcile {RECONCILE_TARGET_N} entries, nothing changed, "
-    name += f"< {RECONCILE_TARGET_SECONDS:g} s"
+    name += f"< {RECONCILE_TARGET_SECONDS:g} s, 0 writes"
     bench = _at(benches, RECONCILE_TARGET_N)
     if bench is None:
         return Target(name, None, "not measured in this mode")
@@ -242,7 +361,7 @@ def _reconcile_target(benches: list[ReconcileBench]) -> Target:
     writes = bench.count(reconcile.SAFE, reconcile.UNCHANGED, "write_commands")
     stock = bench.sample(reconcile.STOCK, reconcile.UNCHANGED)
     detail = f"{sample.fmt(2)} s, {writes} writes (RedBeat wipe + save: {stock.fmt(1)} s)"
-    return Target(name, sample.median < RECONCILE_TARGET_SECONDS, detail)
+    return Target(name, sample.median < RECONCILE_TARGET_SECONDS and writes == "0", detail)
 
 
 # -- tables ------------------------------------------------------------------------------
@@ -258,56 +377,96 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), rule, *(line(r) for r in rows)])
 
 
+#: the dispatch table's series, in column order
+DISPATCH_COLUMNS = (
+    (FLOOR, "floor"),
+    (FLOOR_BATCHED, "batched floor"),
+    (REDBEAT.key, "RedBeat"),
+    (SAFE_PUBLISH.key, "publish mode"),
+    (SAFE_FIRST.key, "atomic, first dispatch"),
+    (SAFE_STEADY.key, "atomic, steady state"),
+    (SAFE_MONITORED, "steady, metrics + signals"),
+)
+#: the dispatch table's ratios (numerator, denominator), where both were measured
+DISPATCH_RATIOS = (
+    (SAFE_STEADY.key, FLOOR_BATCHED),
+    (SAFE_FIRST.key, SAFE_PUBLISH.key),
+    (SAFE_PUBLISH.key, FLOOR),
+    (REDBEAT.key, SAFE_STEADY.key),
+)
+
+
 def dispatch_table(results: list[DispatchResult]) -> str:
-    columns = [
-        (FLOOR, "floor"),
-        (FLOOR_BATCHED, "batched floor"),
-        (REDBEAT.key, "RedBeat"),
-        (SAFE.key, "safe_redbeat"),
-        (SAFE_MONITORED, "with metrics + signals"),
-    ]
-    columns = [(key, name) for key, name in columns if all(key in r.seconds for r in results)]
+    def measured(key: str) -> bool:
+        return all(key in r.seconds for r in results)
+
+    columns = [(key, name) for key, name in DISPATCH_COLUMNS if measured(key)]
+    ratios = [(a, b) for a, b in DISPATCH_RATIOS if measured(a) and measured(b)]
+    ours = [key for key in r_keys(results) if key != REDBEAT.key]
     rows = [
         [
             str(r.n),
             *(r.ms_per_entry(key).fmt() for key, _name in columns),
-            r.over(SAFE.key, FLOOR).fmt(2),
-            r.over(SAFE.key, REDBEAT.key).fmt(2),
-            f"{max(r.ticks[REDBEAT.key])} / {max(r.ticks[SAFE.key])}",
+            *(r.over(a, b).fmt(2) for a, b in ratios),
+            f"{max(r.ticks[REDBEAT.key])} / {max(max(r.ticks[key]) for key in ours)}",
         ]
         for r in results
     ]
     header = ["N due", *(f"{name} ms/entry" for _key, name in columns)]
-    return table([*header, "safe/floor", "safe/RedBeat", "ticks RedBeat / safe"], rows)
+    header += [f"{SHORT[a]}/{SHORT[b]}" for a, b in ratios]
+    return table([*header, "ticks RedBeat / safe (most)"], rows)
 
 
-def breakdown_table(b: Breakdown) -> str:
-    rows = [[label, f"{ms:.4f}", f"{share:.0%}"] for label, ms, share in b.rows()]
-    rows.append(["whole tick(s)", f"{b.total * 1000 / b.n:.4f}", "100%"])
-    return table([f"safe_redbeat phase (N={b.n})", "ms/entry", "share"], rows)
+def r_keys(results: list[DispatchResult]) -> list[str]:
+    """The series that ticked a scheduler in every result."""
+    keys = [key for key, _name in DISPATCH_COLUMNS if key not in (FLOOR, FLOOR_BATCHED)]
+    return [key for key in keys if all(key in r.ticks for r in results)]
+
+
+def breakdown_table(breakdowns: list[Breakdown]) -> str:
+    """One row per phase, ms/entry and share per sampled run; "-" where a phase was never
+    on the stack."""
+    by_label = [{label: (ms, share) for label, ms, share in b.rows()} for b in breakdowns]
+    labels = [label for label, _path in PHASES] + [REST]
+    rows = []
+    for label in labels:
+        row = [label]
+        for b, found in zip(breakdowns, by_label, strict=True):
+            ms, share = found[label]
+            shown = label == REST or b.hits.get(label, 0) > 0
+            row += [f"{ms:.4f}", f"{share:.0%}"] if shown else ["-", "-"]
+        rows.append(row)
+    rows.append(["whole tick(s)", *(cell for b in breakdowns for cell in _whole(b))])
+    header = [f"phase (N={breakdowns[0].n})"]
+    for b in breakdowns:
+        header += [f"{SHORT[b.series]} ms/entry", "share"]
+    return table(header, rows)
+
+
+def _whole(b: Breakdown) -> list[str]:
+    return [f"{b.total * 1000 / b.n:.4f}", "100%"]
 
 
 def commands_table(results: list[CommandResult]) -> str:
-    by_n: dict[int, dict[str, CommandResult]] = {}
-    for c in results:
-        by_n.setdefault(c.n, {})[c.contender] = c
     rows = []
-    for n, pair in sorted(by_n.items()):
-        stock, ours = pair[REDBEAT.key], pair[SAFE.key]
+    for c in sorted(results, key=lambda c: (c.n, ORDER.index(c.contender))):
+        claim = "-"
+        if c.claim_micros:
+            claim = f"{c.claim_calls}: {c.claim_median():.0f} ({max(c.claim_micros)})"
+        per_entry = 2 if c.contender == REDBEAT.key else 3
         rows.append(
             [
-                str(n),
-                f"{stock.round_trips} ({stock.round_trips_per_entry:.2f}/entry)",
-                str(stock.commands),
-                str(stock.server_commands),
-                f"{ours.round_trips} ({ours.round_trips_per_entry:.3f}/entry)",
-                str(ours.commands),
-                str(ours.server_commands),
-                f"{stock.ticks} / {ours.ticks}",
+                str(c.n),
+                NAMES[c.contender],
+                f"{c.round_trips} ({c.round_trips_per_entry:.{per_entry}f}/entry)",
+                str(c.commands),
+                str(c.server_commands),
+                claim,
+                str(c.ticks),
             ]
         )
-    header = ["N due", "RedBeat round trips", "RedBeat commands", "RedBeat server cmds"]
-    header += ["safe round trips", "safe commands", "safe server cmds", "ticks"]
+    header = ["N due", "scheduler", "round trips", "commands sent", "server commands"]
+    header += ["claim.lua calls: median (max) µs in Redis", "ticks"]
     return table(header, rows)
 
 
@@ -402,11 +561,12 @@ def scaling_table(result: ScalingResult) -> str:
                 ),
                 f"{result.balanced_in[series]:.1f}",
                 result.placement[series],
+                result.enqueue.get(series, "?"),
             ]
         )
     header = ["scheduler", "replicas", "wall s", "entries/s", "speed-up vs K=1"]
     header += ["first message s", "messages per replica", "CPU s replicas / Redis / others"]
-    return table([*header, "leading after s", "shards on"], rows)
+    return table([*header, "leading after s", "shards on", "enqueue"], rows)
 
 
 def scaling_tables(results: list[ScalingResult]) -> str:
@@ -447,7 +607,7 @@ def text(results: Results) -> str:
     for title, measured, render in sections:
         if measured:
             parts += ["", title, render(measured)]
-        if measured is r.dispatch and b is not None:
+        if measured is r.dispatch and b:
             parts += ["", breakdown_table(b)]
     parts += ["", "Targets", targets_table(targets(r))]
     return "\n".join(parts)
@@ -455,17 +615,30 @@ def text(results: Results) -> str:
 
 def placeholders(results: Results, plot_name: str | None) -> dict[str, object]:
     """The values of report.md's ``$placeholders``."""
-    profile, b = results.profile, results.breakdown
+    profile, breakdowns = results.profile, results.breakdown
     at = _at(results.dispatch, DISPATCH_TARGET_N)
-    base = _batch_base(results.commands)
-    stock = _at([c for c in results.commands if c.contender == REDBEAT.key])
+    base = _batch_base(results.commands, SAFE_PUBLISH)
+    atomic = _batch_base(results.commands, SAFE_STEADY)
+    stock = _at(_of(results.commands, REDBEAT))
     bench = _at(results.reconcile)
-    if at is None or b is None or base is None or stock is None or bench is None:
+    if (
+        at is None
+        or not breakdowns
+        or base is None
+        or atomic is None
+        or stock is None
+        or bench is None
+    ):
         raise ValueError("docs/benchmarks.md needs the dispatch, command and reconcile runs")
     unchanged = bench.runs[(reconcile.SAFE, reconcile.UNCHANGED)][-1]
     changed = bench.runs[(reconcile.SAFE, reconcile.CHANGED)][-1]
     stock_reload = bench.runs[(reconcile.STOCK, reconcile.UNCHANGED)][-1]
-    trips = Traffic(trips=base.trips)
+    batched = FLOOR_BATCHED in at.seconds
+    no_batch = "(not measured: kombu without Producer.batch)"
+    claims = {
+        contender.key: _at(_of(results.commands, contender), DISPATCH_TARGET_N)
+        for contender in (SAFE_PUBLISH, SAFE_STEADY)
+    }
     return {
         "command": results.command,
         "mode": profile.name,
@@ -476,21 +649,35 @@ def placeholders(results: Results, plot_name: str | None) -> dict[str, object]:
         "machine": table(["", ""], [[k, v] for k, v in results.machine.items()]),
         "targets": targets_table(targets(results)),
         "publish_chunk": PUBLISH_CHUNK,
+        "call_operations": CALL_OPERATIONS,
+        "call_mib": f"{CALL_BYTES / 2**20:g}",
+        "steady_after": STEADY_AFTER,
         "dispatch_table": dispatch_table(results.dispatch),
         "plot": f"\n![ms per entry against N]({plot_name})\n" if plot_name else "",
-        "breakdown_n": b.n,
+        "breakdown_n": breakdowns[0].n,
         "sample_ms": f"{SAMPLE_EVERY * 1000:g}",
-        "samples": b.samples,
-        "breakdown_table": breakdown_table(b),
+        "samples": ", ".join(f"{SHORT[b.series]} {b.samples}" for b in breakdowns),
+        "breakdown_table": breakdown_table(breakdowns),
         "dispatch_n": at.n,
-        "safe_over_floor": at.over(SAFE.key, FLOOR).fmt(2),
-        "safe_over_batched": at.over(SAFE.key, FLOOR_BATCHED).fmt(2)
-        if FLOOR_BATCHED in at.seconds
-        else "(not measured: kombu without Producer.batch)",
+        "steady_over_batched": at.over(SAFE_STEADY.key, FLOOR_BATCHED).fmt(2)
+        if batched
+        else no_batch,
+        "first_over_publish": at.over(SAFE_FIRST.key, SAFE_PUBLISH.key).fmt(2),
+        "publish_over_floor": at.over(SAFE_PUBLISH.key, FLOOR).fmt(2),
+        "publish_over_batched": at.over(SAFE_PUBLISH.key, FLOOR_BATCHED).fmt(2)
+        if batched
+        else no_batch,
         "trips_n": base.n,
         "batch_size": DEFAULTS.batch_size,
-        "trips_count": base.round_trips,
-        "trips_list": trips.describe(),
+        "publish_trips_count": base.round_trips,
+        "publish_trips_list": Traffic(trips=base.trips).describe(),
+        "atomic_trips_count": atomic.round_trips if atomic.n == base.n else "(not measured)",
+        "atomic_trips_list": Traffic(trips=atomic.trips).describe()
+        if atomic.n == base.n
+        else "(not measured)",
+        "claim_n": DISPATCH_TARGET_N,
+        "claim_atomic": _claim_words(claims[SAFE_STEADY.key]),
+        "claim_publish": _claim_words(claims[SAFE_PUBLISH.key]),
         "stock_trips_per_entry": f"{stock.round_trips_per_entry:.2f}",
         "stock_commands_per_entry": f"{stock.commands / stock.n:.2f}",
         "stock_n": stock.n,
@@ -528,6 +715,12 @@ def placeholders(results: Results, plot_name: str | None) -> dict[str, object]:
         "lease": f"{DEFAULTS.lease_seconds:g}",
         **scaling_placeholders(results),
     }
+
+
+def _claim_words(c: CommandResult | None) -> str:
+    if c is None or c.n != DISPATCH_TARGET_N or not c.claim_micros:
+        return "not measured in this mode"
+    return claim_time(c)
 
 
 def scaling_placeholders(results: Results) -> dict[str, object]:
@@ -575,7 +768,9 @@ def plot(results: Results, path: Path) -> str | None:
         (FLOOR, "publish floor (send_task)", "s"),
         (FLOOR_BATCHED, "send_task in kombu Producer.batch()", "x"),
         (REDBEAT.key, REDBEAT.label, "o"),
-        (SAFE.key, SAFE.label, "^"),
+        (SAFE_PUBLISH.key, SAFE_PUBLISH.label, "v"),
+        (SAFE_FIRST.key, SAFE_FIRST.label, "<"),
+        (SAFE_STEADY.key, SAFE_STEADY.label, "^"),
     ):
         if not all(series in r.seconds for r in results.dispatch):
             continue

@@ -1,7 +1,8 @@
 """Sharded dispatch: N entries due at once, K shards worked by K real ``celery beat`` replicas.
 
 Per configuration (stock RedBeat in one process; safe_redbeat with K shards on K replicas)
-the replicas are started once and left to share the shards; then, per repetition, every
+the replicas are started once and left to share the shards (safe_redbeat's then dispatch
+the entries ``STEADY_AFTER`` times untimed: its steady state); then, per repetition, every
 entry is made due at one common second a little ahead (its ``meta`` says it last ran one
 interval before that second, its score is that second) and the wall time from that second
 until the last message is in the broker list is measured. Meanwhile the CPU time of the
@@ -26,6 +27,7 @@ import redis
 from celery import Celery
 
 from safe_redbeat import Schedule
+from safe_redbeat.leader.heartbeat import read_heartbeats
 from safe_redbeat.leader.lease import parse_token
 from safe_redbeat.model.codec import encode_meta
 from safe_redbeat.model.specs import EntrySpec
@@ -40,6 +42,7 @@ from .env import (
     KEYS,
     QUEUE,
     SCHEDULE_DB,
+    STEADY_AFTER,
     TASK,
     BenchmarkBroken,
     Env,
@@ -356,6 +359,8 @@ class ScalingResult:
     replicas: dict[str, int] = field(default_factory=dict)
     balanced_in: dict[str, float] = field(default_factory=dict)
     placement: dict[str, str] = field(default_factory=dict)
+    #: how each series' replicas enqueue (their heartbeats; "-" for stock RedBeat)
+    enqueue: dict[str, str] = field(default_factory=dict)
 
     def series(self) -> list[str]:
         return list(self.runs)
@@ -470,6 +475,24 @@ def measure(store: Store, replicas: Replicas, arm_entries: Callable[[], float], 
     return Run(seconds, first - due, spread, Usage.between(before, after))
 
 
+def enqueue_modes(store: Store, replicas: Replicas) -> str:
+    """How the replicas enqueue, from their heartbeats: ``atomic``, ``publish``, or both."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        pids = {p.pid for p in replicas.procs}
+        beats = [
+            status.heartbeat
+            for status in read_heartbeats(store.client, store.base)
+            if status.heartbeat.pid in pids
+        ]
+        modes = sorted({beat.enqueue for beat in beats})
+        if len(beats) == len(pids) and "" not in modes:
+            return " + ".join(modes)
+        if time.monotonic() >= deadline:
+            raise BenchmarkBroken(f"the replicas never said how they enqueue: {beats}")
+        time.sleep(0.1)
+
+
 def cpu_now(store: Store, replicas: Replicas) -> Cpu:
     mine = os.times()
     busy, every = machine_ticks()
@@ -524,6 +547,13 @@ def run_config(
         result.balanced_in[series] = replicas.wait_leading(None if shards is None else layout)
         result.replicas[series] = count
         result.placement[series] = store.placement(layout)
+        result.enqueue[series] = "-"
+        if shards is not None:
+            # the steady state, as in the dispatch benchmark: with atomic enqueue the
+            # third dispatch of an entry version is the first filled from its template
+            for _round in range(STEADY_AFTER):
+                measure(store, replicas, lambda: arm(store, layout, n), n)
+            result.enqueue[series] = enqueue_modes(store, replicas)
         for _rep in range(repetitions):
             run = measure(store, replicas, lambda: arm(store, layout, n), n)
             result.runs.setdefault(series, []).append(run)

@@ -37,6 +37,7 @@ from .model.lifecycle import PARKED, STATES, Lifecycle, decode_state, state_of
 from .model.occurrence import Occurrence
 from .observe.http import HttpServer, Response, Route
 from .observe.http import serve as serve_http
+from .store.persistence import count_redis_only, read_persistence
 from .store.rows import EntryRows, Row
 
 try:
@@ -64,6 +65,8 @@ logger = get_logger("safe_redbeat.metrics")
 
 #: Values of the ``state`` label of ``safe_redbeat_entries`` (the states ``status`` shows).
 ENTRY_STATES = STATES
+#: the ``mode`` values of ``safe_redbeat_redis_persistence`` (store/persistence.py)
+PERSISTENCE_MODES = ("aof", "rdb", "aof+rdb", "none", "unknown")
 
 #: Values of the ``reason`` label of ``safe_redbeat_occurrences_skipped_total``.
 SKIP_REASONS = ("catch_up", "overlap")
@@ -273,6 +276,9 @@ class _StateCollector(Collector):
         self._entries: dict[str, int] | None = None
         self._entries_at = float("-inf")
         self._entries_of: tuple[int, ...] = ()
+        self._persistence_read: tuple[str, int | None] | None = None
+        self._persistence_at = float("-inf")
+        self._persistence_of: tuple[int, ...] = ()
 
     def describe(self) -> Iterable[Any]:
         return []  # collected at scrape time only; never on registration
@@ -335,6 +341,27 @@ class _StateCollector(Collector):
                 dead,
             )
             entries = self._entries_by_state(scheduler, led)
+            persistence = self._persistence(scheduler, led)
+        if persistence is not None:
+            mode, redis_only = persistence
+            family = GaugeMetricFamily(
+                "safe_redbeat_redis_persistence",
+                "1 for how the schedule's Redis persists its data (aof, rdb, aof+rdb, none, "
+                f"unknown where it would not say), 0 for the others; refreshed at most every "
+                f"{self.entries_refresh_seconds:g}s.",
+                labels=["mode"],
+            )
+            for name in PERSISTENCE_MODES:
+                family.add_metric([name], int(name == mode))
+            yield family
+            if redis_only is not None:
+                yield _gauge(
+                    "safe_redbeat_redis_only_entries",
+                    "Entries of the shards this replica leads that neither beat_schedule nor "
+                    "the loader owns: a Redis that loses its data loses them for good "
+                    "(safe-redbeat export backs them up).",
+                    redis_only,
+                )
         if entries is not None:
             family = GaugeMetricFamily(
                 "safe_redbeat_entries",
@@ -345,6 +372,27 @@ class _StateCollector(Collector):
             for state in ENTRY_STATES:
                 family.add_metric([state], entries.get(state, 0))
             yield family
+
+    def _persistence(self, scheduler: Any, led: list[Any]) -> tuple[str, int | None] | None:
+        """How Redis persists, and (on a leader) how many entries only Redis holds; read
+        at most every ``entries_refresh_seconds``. None while Redis does not answer."""
+        now = time.monotonic()
+        of = tuple(shard.index for shard in led)
+        if (
+            self._persistence_read is None
+            or now - self._persistence_at >= (self.entries_refresh_seconds)
+            or of != self._persistence_of
+        ):
+            try:
+                client = scheduler.client
+                mode = read_persistence(client).mode
+                only = count_redis_only(client, [shard.keys for shard in led]) if led else None
+            except Exception as exc:
+                logger.debug("metrics: Redis persistence not read: %s", exc)
+                return self._persistence_read
+            self._persistence_read = (mode, only)
+            self._persistence_at, self._persistence_of = now, of
+        return self._persistence_read
 
     def _entries_by_state(self, scheduler: Any, led: list[Any]) -> dict[str, int] | None:
         if not led:

@@ -140,6 +140,13 @@ def _shared_server(app: Any, client: Any, producer: Any) -> EnqueueMode:
     schedule_db = int(client.connection_pool.connection_kwargs.get("db") or 0)
     if not broker_id or broker_id != schedule_id:
         return EnqueueMode(False, "the broker is another Redis server than the schedule's")
+    if broker_db != schedule_db:
+        try:  # the claim script SELECTs the broker's database: is it allowed here?
+            client.eval(_SELECT_PROBE, 0, broker_db, schedule_db)
+        except redis.exceptions.ResponseError as exc:
+            return EnqueueMode(
+                False, f"scripts may not SELECT the broker's database {broker_db} ({exc})"
+            )
     where = "the same database" if broker_db == schedule_db else f"database {broker_db}"
     return EnqueueMode(
         True,
@@ -147,6 +154,9 @@ def _shared_server(app: Any, client: Any, producer: Any) -> EnqueueMode:
         (broker_db, schedule_db),
     )
 
+
+#: A script that only switches to the broker's database and back (reads and writes nothing).
+_SELECT_PROBE = "redis.call('SELECT', ARGV[1]); redis.call('SELECT', ARGV[2]); return 1"
 
 #: A broker command of the claim script: (verb, key, value).
 Command = tuple[str, str, str]

@@ -144,7 +144,7 @@ class Lifecycle:
 
     @property
     def is_default(self) -> bool:
-        return self == _DEFAULT
+        return self is _DEFAULT or self == _DEFAULT
 
     @classmethod
     def build(cls, key: str, **values: Any) -> Lifecycle:

@@ -32,7 +32,8 @@ from .validation import check_json, check_name, check_options
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-_NO_LIFECYCLE = Lifecycle()
+#: no lifetime fields: the one shared instance, so ``is_default`` is an identity check
+_NO_LIFECYCLE = Lifecycle.build("")
 
 
 class EntryFields(Lifetime, total=False):
@@ -311,9 +312,13 @@ class EntrySpec:
         task: str,
         schedule: ScheduleLike | None,
         *,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        enabled: bool = True,
         last_run_at: datetime | None = None,
         total_run_count: int = 0,
-        **fields: Unpack[EntryFields],
+        **lifetime: Unpack[Lifetime],
     ) -> EntrySpec:
         """An EntrySpec from loose input, cleaned up and validated (raises InvalidEntry):
         any accepted schedule form (see :data:`ScheduleLike`), and the other fields by
@@ -323,11 +328,6 @@ class EntrySpec:
         A one-off gives ``at`` instead of ``schedule``. Naive datetimes are taken in the
         app's timezone when the entry is written.
         """
-        lifetime: dict[str, Any] = dict(fields)
-        args: Any = lifetime.pop("args", ())
-        kwargs: Any = lifetime.pop("kwargs", None)
-        options: Any = lifetime.pop("options", None)
-        enabled: Any = lifetime.pop("enabled", True)
         at: Any = lifetime.get("at")
         if at is not None and schedule is not None:
             raise _invalid(str(name), "at", "a one-off gives `at` instead of a schedule, not both")
@@ -345,7 +345,8 @@ class EntrySpec:
         ):
             raise _invalid(name, "args", f"must be a list or tuple, got {args!r}")
         args = tuple(args)
-        check_json(name, "args", args)
+        if args:
+            check_json(name, "args", args)
         kwargs, options = _mapping(name, "kwargs", kwargs), _mapping(name, "options", options)
         check_json(name, "kwargs", kwargs)
         check_options(name, options)  # plain JSON, and what Celery can send
@@ -359,8 +360,10 @@ class EntrySpec:
             or not 0 <= total_run_count <= 2**53
         ):
             raise _invalid(name, "total_run_count", f"must be an int >= 0, got {total_run_count!r}")
-        lifecycle = Lifecycle.build(name, **lifetime)  # names checked there
-        _check_with_schedule(name, lifecycle, converted)
+        lifecycle = _NO_LIFECYCLE
+        if lifetime:
+            lifecycle = Lifecycle.build(name, **lifetime)  # names checked there
+            _check_with_schedule(name, lifecycle, converted)
         return cls(
             name=name,
             task=task,
@@ -396,6 +399,8 @@ class EntrySpec:
 
     def in_zone(self, default_tz: tzinfo) -> EntrySpec:
         """This spec with naive datetimes taken in ``default_tz`` (the app's timezone)."""
+        if self.lifecycle is _NO_LIFECYCLE and self.last_run_at is None:
+            return self  # most loader rows: nothing to take
         lifecycle = self.lifecycle.in_zone(default_tz, resolve_local)
         last = self.last_run_at
         if last is not None and last.tzinfo is None:

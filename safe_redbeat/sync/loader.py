@@ -217,18 +217,19 @@ def item_spec(item: Any) -> EntrySpec:
 def _to_spec(item: Any, index: int) -> EntrySpec:
     if isinstance(item, EntrySpec):
         return item.replace()  # validated: it may have been constructed field by field
-    if not isinstance(item, Mapping):
+    if type(item) is not dict and not isinstance(item, Mapping):  # no ABC check for a dict
         raise InvalidEntry(
             _label(item, index),
             "item",
             f"must be an EntrySpec or a mapping, got {type(item).__name__}",
         )
     fields = item.keys()
-    unknown = fields - ITEM_FIELDS
+    extra = fields - SPEC_FIELDS  # lifetime fields, last_run_at, or unknown ones
+    unknown = extra - ITEM_FIELDS if extra else extra
     if unknown:
         raise InvalidEntry(_label(item, index), "item", f"unknown fields {sorted(unknown)}")
-    missing = {"name", "task", "at" if "at" in item else "schedule"} - fields
-    if missing:
+    if "name" not in item or "task" not in item or ("schedule" not in item and "at" not in item):
+        missing = {"name", "task", "at" if "at" in item else "schedule"} - fields
         raise InvalidEntry(_label(item, index), "item", f"missing fields {sorted(missing)}")
     return EntrySpec.build(
         name=item["name"],
@@ -238,5 +239,5 @@ def _to_spec(item: Any, index: int) -> EntrySpec:
         kwargs=item.get("kwargs"),
         options=item.get("options"),
         enabled=item.get("enabled", True),
-        **{key: item[key] for key in fields - SPEC_FIELDS},
+        **{key: item[key] for key in extra},
     )

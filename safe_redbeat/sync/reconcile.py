@@ -13,12 +13,12 @@ overwritten with an older definition.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime, timezone
+from hashlib import sha1
 from typing import Any
 
 from celery.utils.log import get_logger
@@ -29,9 +29,9 @@ from ..model.validation import check_name
 from ..store.connection import sanitize_text
 from ..store.keys import Keys
 from ..store.rows import EntryRows, plan_write
-from ..store.scripts import Remove, RemoveCode, Scripts, Upsert, UpsertCode
+from ..store.scripts import DIGEST_SIZE, Remove, RemoveCode, Scripts, Upsert, UpsertCode
 
-__all__ = ["ReconcileResult", "Reconciler", "removals_held"]
+__all__ = ["ReconcileResult", "Reconciler", "Snapshot", "removals_held"]
 
 logger = get_logger("safe_redbeat.reconcile")
 
@@ -121,6 +121,16 @@ class ReconcileResult:
         return json.dumps(data, separators=(",", ":"))
 
 
+class Snapshot(dict[str, int]):
+    """The names a source owns and their versions (:meth:`Reconciler.snapshot`), and the
+    content digest of each, read in the same script call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: name -> SHA1 (hex) of the entry's content, as ``diff.lua`` compares it
+        self.digests: dict[str, str] = {}
+
+
 @dataclass
 class _Change:
     spec: EntrySpec
@@ -142,20 +152,26 @@ class Reconciler:
     source: str
     owned_key: str
 
-    def snapshot(self) -> dict[str, int]:
+    def snapshot(self) -> Snapshot:
         """The names this source owns and their versions, read *before* loading.
 
         Pass it to :meth:`run`: an entry whose version moved while the loader read the
         database (an application write-through that raced with it) is then left alone,
         instead of being overwritten with the older row the loader returned; and only names
-        owned in the snapshot can be removed, each only at its snapshot version.
+        owned in the snapshot can be removed, each only at its snapshot version. The
+        snapshot also holds each entry's content digest: a loaded entry whose digest
+        equals it is unchanged, without another read.
         """
-        owned = sorted(name for name in self.client.smembers(self.owned_key) if self._entry(name))
-        versions: dict[str, int] = {}
+        # sorted: entries are read in the order a loader usually created them
+        owned = sorted(name for name in self.scripts.members(self.owned_key) if self._entry(name))
+        snapshot = Snapshot()
+        digests = snapshot.digests
+        entry_key = self.keys.entry
         for start in range(0, len(owned), CHUNK):
             chunk = owned[start : start + CHUNK]
-            stored = self.scripts.versions([self.keys.entry(name) for name in chunk])
-            for name, version in zip(chunk, stored, strict=True):
+            stored = self.scripts.versions([entry_key(name) for name in chunk])
+            text = stored.digests
+            for at, (name, version) in enumerate(zip(chunk, stored.versions, strict=True)):
                 number = version.number if version.exists else 0
                 if number is None:
                     logger.warning(
@@ -165,8 +181,9 @@ class Reconciler:
                         version.raw,
                     )
                     continue
-                versions[name] = number
-        return versions
+                snapshot[name] = number
+                digests[name] = text[DIGEST_SIZE * at : DIGEST_SIZE * at + DIGEST_SIZE]
+        return snapshot
 
     def _entry(self, name: str) -> bool:
         """Whether an owned name can be an entry's (another program may have added any
@@ -213,8 +230,11 @@ class Reconciler:
         schedule reconciles shard by shard, the guard counts every shard:
         :func:`removals_held`).
 
-        Entries are compared by the SHA1 of their definition inside Redis (``diff.lua``),
-        so an unchanged entry costs no round trip of its own and no write.
+        Entries are compared by the SHA1 of their content (definition and lifetime
+        fields): with the digests of a :class:`Snapshot`, here, and each entry the
+        snapshot does not hold with the same digest once more inside Redis (``diff.lua``),
+        so an unchanged entry costs no round trip of its own and no write. An entry
+        written after the snapshot is left alone, as a write would be refused.
         ``versions`` (from :meth:`snapshot`) are the versions expected by each write;
         without it, the version read during the diff. ``token`` fences every write by the
         lease (leader); ``''`` leaves only the version check. Raises FencedOut if Redis
@@ -234,13 +254,13 @@ class Reconciler:
             expect_snapshot = True
         owned = set(versions)
         changes: list[_Change] = []
-        specs_list = list(desired.values())
-        for start in range(0, len(specs_list), CHUNK):
-            chunk = specs_list[start : start + CHUNK]
-            definitions = [spec.definition() for spec in chunk]
+        unsure = self._unchanged_in(versions, list(desired.values()), result, renew)
+        for start in range(0, len(unsure), CHUNK):
+            part = unsure[start : start + CHUNK]
+            chunk = [spec for spec, _, _ in part]
+            definitions = [definition for _, definition, _ in part]
             differing = self.scripts.diff(
-                [self.keys.entry(spec.name) for spec in chunk],
-                [_digest(d, spec) for d, spec in zip(definitions, chunk, strict=True)],
+                [self.keys.entry(spec.name) for spec in chunk], [digest for _, _, digest in part]
             )
             for index, spec in enumerate(chunk):
                 if index not in differing and spec.name in owned:
@@ -282,6 +302,31 @@ class Reconciler:
             self._remove(removals, versions, token, result)
         result.seconds = time.monotonic() - started
         return result
+
+    def _unchanged_in(
+        self,
+        versions: dict[str, int],
+        specs: list[EntrySpec],
+        result: ReconcileResult,
+        renew: Callable[[], None] | None,
+    ) -> list[tuple[EntrySpec, str, str]]:
+        """Count the specs whose digest equals their snapshot's (unchanged, owned); the
+        others, with their definition and digest, are for ``diff.lua``."""
+        known = versions.digests if isinstance(versions, Snapshot) else {}
+        unsure = []
+        for start in range(0, len(specs), CHUNK):
+            unchanged = 0
+            for spec in specs[start : start + CHUNK]:
+                definition = spec.definition()
+                digest = _digest(definition, spec)
+                if known.get(spec.name) == digest:
+                    unchanged += 1
+                else:
+                    unsure.append((spec, definition, digest))
+            result.unchanged += unchanged
+            if renew is not None:
+                renew()
+        return unsure
 
     def _apply(
         self,
@@ -379,4 +424,4 @@ def _digest(definition: str, spec: EntrySpec) -> str:
     """SHA1 of what ``diff.lua`` compares: the definition, plus the lifecycle field if set."""
     lifecycle = spec.lifecycle.encode()
     content = definition + "\n" + lifecycle if lifecycle else definition
-    return hashlib.sha1(content.encode()).hexdigest()
+    return sha1(content.encode()).hexdigest()

@@ -6,15 +6,27 @@ import importlib.util
 import re
 import subprocess
 import sys
+from contextlib import closing
 from importlib.resources import files
 from pathlib import Path
 
 import pytest
 import redis
+from celery.signals import before_task_publish
 
 from benchmarks.__main__ import main
-from benchmarks.env import QUEUE, BenchmarkBroken, Traffic, check_messages, tick_until_sent
-from benchmarks.report import TEMPLATE
+from benchmarks.env import (
+    QUEUE,
+    SAFE_STEADY,
+    BenchmarkBroken,
+    Env,
+    Traffic,
+    check_messages,
+    dispatch_run,
+    stopwatch,
+    tick_until_sent,
+)
+from benchmarks.report import TEMPLATE, _call_sizes
 from testbed.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -45,6 +57,29 @@ def test_tiny_run_prints_every_table_and_writes_docs(
     assert all(cells)
     assert float(cells[1]) > 0
     assert "PASS" in out or "MISS" in out
+    # one breakdown column pair per mode; the steady state never builds through Celery
+    header = next(line for line in lines if line.startswith("| phase (N=50)"))
+    assert [c.strip() for c in header.strip("|").split("|")][1::2] == [
+        "publish ms/entry",
+        "first ms/entry",
+        "steady ms/entry",
+    ]
+    row = next(line for line in lines if "of which through Celery" in line)
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[5:7] == ["-", "-"]
+    # round trips: publish mode acknowledges, atomic enqueue does not; one claim call each
+    commands = {
+        cells[1]: cells
+        for cells in (
+            [cell.strip() for cell in line.strip("|").split("|")]
+            for line in lines
+            if line.startswith("| 50 ") and "safe_redbeat" in line
+        )
+    }
+    assert commands["safe_redbeat publish mode"][2].startswith("4 (")
+    assert commands["safe_redbeat atomic (steady)"][2].startswith("3 (")
+    assert all(c[5].startswith("1: ") for c in commands.values())
+    assert re.search(r"\| atomic: one round trip per \d+ occurrences .*\| PASS", out)
     # a reconcile with nothing changed writes nothing; 1% changed = 2 of 200 rows updated
     by_situation = {
         cells[1]: cells
@@ -74,6 +109,26 @@ def test_tiny_run_prints_every_table_and_writes_docs(
     assert "Redis server" in md
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_steady_state_that_builds_messages_through_celery_is_reported_broken() -> None:
+    # a receiver of Celery's publish signals makes every message be built through Celery
+    def receiver(**_kwargs: object) -> None:
+        return None
+
+    before_task_publish.connect(receiver, weak=False, dispatch_uid="benchmark-test")
+    try:
+        broken = pytest.raises(BenchmarkBroken, match="5 of 5 messages were built through")
+        with closing(Env()) as env, broken:
+            dispatch_run(env, SAFE_STEADY, 5, 30.0, stopwatch)
+    finally:
+        before_task_publish.disconnect(receiver, dispatch_uid="benchmark-test")
+
+
+def test_claim_calls_split_as_the_tick_splits_due_entries() -> None:
+    assert _call_sizes(3000, 500) == [500] * 6
+    assert _call_sizes(1200, 500) == [500, 500, 200]
+    assert _call_sizes(2500, 1000) == [1000, 1000, 500]
 
 
 class _IdleScheduler:

@@ -25,7 +25,7 @@ from testbed.beat import BeatCluster, QueueAuditor
 from testbed.settings import FAST
 from tests.support import django_project
 
-pytest.importorskip("django_celery_beat")
+dcb = pytest.importorskip("django_celery_beat")
 ephem = pytest.importorskip("ephem")
 
 pytestmark = pytest.mark.integration
@@ -37,15 +37,24 @@ SETTINGS = {
     "safe_redbeat_loader": "safe_redbeat.contrib.django_celery_beat:load",
     "beat_max_loop_interval": 1,  # DatabaseScheduler looks at the table every second
 }
-#: Where DatabaseScheduler falls short, as this test holds it (docs/django-celery-beat.md):
-#: - "again": a finished one-off enabled again is not sent again (1 send, not 2): its
-#:   entry keeps the run it remembers although the row says 0 runs;
+#: Where DatabaseScheduler falls short, as this test holds it (docs/django-celery-beat.md).
+#: Its shortfalls depend on when its loop wakes up, so the test allows them, never
+#: requires them:
+#: - "again": a finished one-off enabled again is often not sent again (1 send, not 2):
+#:   its entry keeps the run it remembers although the row says 0 runs;
 #: - "expiring", "start-time": its loop wakes up to a second late and an interval counts
-#:   from the late send, so its slots drift: up to one send fewer in the window;
-#: - it disables a finished one-off only when it next looks at the entry (not within 4 s).
+#:   from the late send, so its slots drift: one send more or fewer in the window;
+#: - it often disables a finished one-off only when it next looks at the entry (not
+#:   within 4 s);
+#: - its ``total_run_count`` lags its sends: it saves the counts in batches (at its sync and
+#:   when it stops), and a stop does not always save the last ones.
 ONCE_MORE = {"again": (1, 2)}
 DRIFTING = ("expiring", "start-time")
 LATE_DISABLE = "(finished one-off disabled within 4 s)"
+#: The oracle is the DatabaseScheduler of django-celery-beat 2.6 and later. Earlier
+#: releases differ again (2.5 records no run of a row it disables as expired and, under
+#: Celery 5.3, never sends the solar row here): there only our side is checked.
+ORACLE = tuple(int(part) for part in dcb.__version__.split(".")[:2]) >= (2, 6)
 
 
 def sunrise_longitude(at: datetime) -> float:
@@ -164,7 +173,12 @@ def run_under(
     auditor.drain()
     sends: dict[str, int] = {}
     for message in auditor.messages:
-        name = str(message.headers.get("periodic_task_name"))
+        # django-celery-beat before 2.6 passes the name as a message property, later
+        # releases as a header
+        name = str(
+            message.headers.get("periodic_task_name")
+            or message.properties.get("periodic_task_name")
+        )
         sends[name] = sends.get(name, 0) + 1
     rows = {
         row.name: (row.enabled, row.total_run_count, row.last_run_at is None)
@@ -177,7 +191,10 @@ def run_under(
 def test_the_same_table_operations_give_the_same_rows_and_sends(
     project: Path, beat_procs: BeatCluster, redis_client: redis.Redis
 ) -> None:
-    theirs_sent, theirs_rows = run_under(DATABASE_SCHEDULER, beat_procs, project, redis_client)
+    theirs_sent: dict[str, int] = {}
+    theirs_rows: dict[str, tuple[bool, int, bool]] = {}
+    if ORACLE:
+        theirs_sent, theirs_rows = run_under(DATABASE_SCHEDULER, beat_procs, project, redis_client)
     ours_sent, ours_rows = run_under(SAFE, beat_procs, project, redis_client)
     names = sorted(ours_rows)
     print(
@@ -192,12 +209,13 @@ def test_the_same_table_operations_give_the_same_rows_and_sends(
         f"safe_redbeat sent {ours_sent.get(n, 0)} row {ours_rows.get(n)}"
         for n in names
     )
-    for name in names:
+    for name in names if ORACLE else ():
         theirs, ours = theirs_sent.get(name, 0), ours_sent.get(name, 0)
         if name in ONCE_MORE:
-            assert (theirs, ours) == ONCE_MORE[name], report
+            at_least, expected = ONCE_MORE[name]
+            assert ours == expected and at_least <= theirs <= expected, report
         elif name in DRIFTING:
-            assert ours - theirs in (0, 1), report
+            assert abs(ours - theirs) <= 1, report
         else:
             assert theirs == ours, report
         (t_enabled, t_count, t_never), (o_enabled, o_count, o_never) = (
@@ -205,12 +223,15 @@ def test_the_same_table_operations_give_the_same_rows_and_sends(
             ours_rows[name],
         )
         if name == LATE_DISABLE:
-            assert (t_enabled, o_enabled) == (False, True), report
+            assert o_enabled, report  # theirs: either
             continue
         assert (t_enabled, t_never) == (o_enabled, o_never), report
         # total_run_count: the runs each sent (0 for a one-off saved as finished)
         assert o_count == (0 if name in ("one-off", "clocked", "again") else ours), report
-        assert t_count == (0 if name in ("one-off", "clocked", "again") else theirs), report
+        if name in ("one-off", "clocked", "again"):
+            assert t_count == 0, report
+        else:
+            assert t_count <= theirs, report
     # what each row must show, under safe_redbeat
     assert ours_sent == {
         "one-off": 1, "clocked": 1, "expiring": 2, "again": 2, "start-time": 5, "solar": 1,

@@ -167,6 +167,10 @@ def test_metrics_follow_the_scheduler(app: Celery, redis_client: redis.Redis) ->
         assert value("safe_redbeat_dead") == 0
         assert value("safe_redbeat_entries", state="active") == 3
         assert value("safe_redbeat_entries", state="parked") == 1
+        # the test Redis persists nothing; a, b, c and the broken one are no static's
+        assert value("safe_redbeat_redis_persistence", mode="none") == 1
+        assert value("safe_redbeat_redis_persistence", mode="aof") == 0
+        assert value("safe_redbeat_redis_only_entries") == 4
         assert value("safe_redbeat_tick_duration_seconds_count", role="leader") == 2
         assert value("safe_redbeat_reconciles_total", source="beat_schedule", result="ok") == 1
         reconciled = value("safe_redbeat_reconcile_last_success_timestamp_seconds",
@@ -181,6 +185,7 @@ def test_metrics_follow_the_scheduler(app: Celery, redis_client: redis.Redis) ->
         assert value("safe_redbeat_leads_shard", shard="0") == 0
         assert value("safe_redbeat_fence") == 0
         assert value("safe_redbeat_entries", state="active") is None  # leader only
+        assert value("safe_redbeat_redis_only_entries") is None  # leader only
         assert value("safe_redbeat_leadership_changes_total", change="lost", cause="key_gone") == 1
         assert value("safe_redbeat_leadership_changes_total", change="acquired", cause="none") == 1
     finally:

@@ -24,6 +24,8 @@ from redis.cluster import RedisCluster
 from ..keys import Keys
 
 __all__ = [
+    "DIGEST_SIZE",
+    "NO_DIGEST",
     "AcquireResult",
     "Adopt",
     "Batch",
@@ -48,6 +50,7 @@ __all__ = [
     "RunNowResult",
     "Scripts",
     "StoredVersion",
+    "StoredVersions",
     "Upsert",
     "UpsertCode",
     "UpsertResult",
@@ -80,6 +83,7 @@ class Registered:
         self.run_now = client.register_script(source("run_now"))
         self.versions = client.register_script(source("versions"))
         self.diff = client.register_script(source("diff"))
+        self.members = client.register_script(source("members"))
         self.due = client.register_script(source("due"))
         self.move = client.register_script(source("move"))
         self.adopt = client.register_script(source("adopt"))
@@ -227,6 +231,17 @@ class StoredVersion:
     raw: str
     #: False if the key holds another type than a hash (not an entry; never written)
     is_hash: bool = True
+
+
+@dataclass(frozen=True)
+class StoredVersions:
+    """``versions.lua``'s answer: each entry's version and content digest, in key order."""
+
+    versions: list[StoredVersion]
+    #: the SHA1 (hex) of each entry's content as ``diff.lua`` compares it, one after the
+    #: other in key order (:data:`DIGEST_SIZE` characters each; :data:`NO_DIGEST` for an
+    #: entry without a definition)
+    digests: str
 
 
 @dataclass(frozen=True)
@@ -592,19 +607,28 @@ class Scripts:
         """A pipeline for :meth:`adopt` calls; each reply: True if copied."""
         return Batch(self.client, lambda reply: bool(int(reply)))
 
-    def versions(self, entry_keys: Sequence[str]) -> list[StoredVersion]:
-        """The stored version of each entry, in order."""
-        text, odd = self.raw.versions(keys=list(entry_keys))
+    def members(self, set_key: str) -> list[str]:
+        """Every member of the SET ``set_key`` (one string reply: ``members.lua``)."""
+        count, text = self.raw.members(keys=[set_key])
+        names = str(text).split("\n") if int(count) else []
+        if len(names) != int(count):  # a member holds "\n": read them one by one
+            return [str(name) for name in self.client.smembers(set_key)]
+        return names
+
+    def versions(self, entry_keys: Sequence[str]) -> StoredVersions:
+        """The stored version of each entry, and a digest of its content, in order."""
+        text, odd, digests = self.raw.versions(keys=list(entry_keys))
         stored = {int(i) - 1: str(raw) for i, raw in zip(odd[::2], odd[1::2], strict=True)}
-        return [
+        versions = [
             _stored_version(stored[i]) if token == "?" else _version_token(token)
             for i, token in enumerate(str(text).split())
         ]
+        return StoredVersions(versions, str(digests))
 
     def diff(self, entry_keys: Sequence[str], digests: Sequence[str]) -> dict[int, StoredVersion]:
         """Entries whose content differs from ``digests`` (SHA1 hex, see ``diff.lua``):
         0-based position in ``entry_keys`` -> the version stored now."""
-        if len(digests) != len(entry_keys) or any(len(d) != _SHA1_HEX for d in digests):
+        if len(digests) != len(entry_keys) or any(len(d) != DIGEST_SIZE for d in digests):
             raise ValueError("diff needs one SHA1 hex digest (40 characters) per entry key")
         reply = self.raw.diff(keys=list(entry_keys), args=["".join(digests)])
         return {
@@ -613,7 +637,10 @@ class Scripts:
         }
 
 
-_SHA1_HEX = 40
+#: the size of a content digest (SHA1, hex), as ``versions.lua`` and ``diff.lua`` use them
+DIGEST_SIZE = 40
+#: ``versions.lua``'s digest of an entry without a definition (no SHA1 looks like it)
+NO_DIGEST = "-" * DIGEST_SIZE
 
 
 def _databases(databases: tuple[int, int] | None) -> list[str]:
