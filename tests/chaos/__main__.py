@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown & set(BROKER_FAULTS):
             mode += " (broker faults need --broker)"
         parser.error(f"unknown fault kinds{mode}: {', '.join(sorted(unknown))}")
+    if args.overlap and args.write_docs:
+        parser.error("--write-docs regenerates the default run's results, not --overlap's")
     if args.sentinel and args.write_docs:
         parser.error("--write-docs regenerates the default run's results, not --sentinel's")
     if args.replicas < 2:
@@ -148,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.broker:
         print(broker_table(report))
     print(report.summary())
+    overlap = data.info.get("overlap")
+    if overlap:
+        print(
+            f"overlap={overlap['policy']}: runs ended by the auditor {overlap['runs_ended']} "
+            f"(errors {overlap['end_errors']}), occurrences logged skipped "
+            f"{overlap['skipped']}, replacing a run {overlap['replaced']}"
+        )
     print(f"wall time {elapsed:.0f}s, seed {seed}, workdir {workdir}")
     result = report.to_dict()
     result["info"] = data.info
@@ -181,8 +190,6 @@ def _command(args: argparse.Namespace, seed: int) -> str:
         parts.append(f"--replicas {args.replicas}")
     if args.broker:
         parts.append("--broker")
-    if args.overlap:
-        parts.append(f"--overlap {args.overlap}")
     parts.append("--write-docs")
     return " ".join(parts)
 

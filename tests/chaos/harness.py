@@ -552,6 +552,7 @@ class Harness:
                     "policy": config.overlap,
                     "runs_ended": self.runs_ended,
                     "end_errors": self.runs_end_errors,
+                    **self._overlap_lines(),
                 }
                 if config.overlap
                 else None,
@@ -615,6 +616,16 @@ class Harness:
                         }
                     )
         return found
+
+    def _overlap_lines(self) -> dict[str, int]:
+        """How many occurrences the replicas logged as skipped or replacing a run going
+        (``--overlap``; the auditor ends each run as it takes its message, so a skip is
+        one the oracle counts as missing)."""
+        logs = [process.log() for process in self.supervisor.all_processes]
+        return {
+            "skipped": sum(log.count("(overlap=skip)") for log in logs),
+            "replaced": sum(log.count("(overlap=replace)") for log in logs),
+        }
 
     @staticmethod
     def _static_lifetime(spec: Any, observe_from: float) -> Lifetime:
