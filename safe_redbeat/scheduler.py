@@ -40,6 +40,10 @@ __all__ = ["SafeRedBeatScheduler"]
 
 logger = get_logger("safe_redbeat")
 
+#: seconds after a replica first leads before it looks at Redis' persistence (the check
+#: counts the entries only Redis holds: a scan of the schedule, kept off the first ticks)
+PERSISTENCE_CHECK_AFTER = 5.0
+
 
 class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
     """A RedBeat scheduler that is safe to run as several replicas.
@@ -75,6 +79,9 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         self.loop = LoopWatch(monotonic)
         #: Redis' persistence was looked at once this replica led (see _check_persistence)
         self._persistence_checked = False
+        #: when the check is due: a few seconds after this replica first led, so that its
+        #: count of the entries (a scan of the schedule) never delays the first dispatch
+        self._persistence_due: float | None = None
         super().__init__(app, lock_key=lock_key, lock_timeout=lock_timeout, **kwargs)
         self.keys = binding.keys
         self._check_keys(app)
@@ -147,13 +154,18 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             signals.tick_finished.send(self, duration=duration, leader=self.is_leader)
         self.balancer.heartbeat()
         if not self._persistence_checked and self.is_leader:
-            self._check_persistence()
+            now = self._monotonic()
+            if self._persistence_due is None:
+                self._persistence_due = now + PERSISTENCE_CHECK_AFTER
+            elif now >= self._persistence_due:
+                self._check_persistence()
         delay = min(delays)
         self.loop.ticked(delay)
         return delay
 
     def _check_persistence(self) -> None:
-        """Once, after the first tick this replica led: WARN if Redis persists nothing and
+        """Once, :data:`PERSISTENCE_CHECK_AFTER` seconds after this replica first led: WARN
+        if Redis persists nothing and
         holds entries nothing writes again after it lost its data (neither
         ``beat_schedule`` nor the loader owns them)."""
         client = self.binding.client()

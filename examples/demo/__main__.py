@@ -62,6 +62,14 @@ def watch(client: object, seconds: float, names: dict[int, str]) -> None:
         )
 
 
+def enqueue_mode(log: Path) -> str:
+    """The leader's start-up line that says how it enqueues (atomic on this one Redis)."""
+    for line in log.read_text(errors="replace").splitlines():
+        if "enqueue mode" in line:
+            return line.split("beat: ", 1)[-1]
+    return "enqueue mode not logged yet"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=5, help="time between faults")
@@ -79,6 +87,7 @@ def main() -> None:
                 for n, p in procs.items()
                 if f'"pid":{p.pid},' in (client.get("redbeat::lock") or "")
             )
+            print(f"{leader} leads; {enqueue_mode(Path(tmp) / f'{leader}.log')}")
             print(f"SIGTERM {leader}: it releases the lease, the standby takes over")
             procs[leader].terminate()
             procs[leader].wait(10)

@@ -13,6 +13,7 @@ import redis
 from celery import Celery
 
 from safe_redbeat import SafeRedBeatScheduler, Schedule
+from safe_redbeat.scheduler import PERSISTENCE_CHECK_AFTER
 from safe_redbeat.store.keys import Keys
 from safe_redbeat.store.layout import Layout
 from safe_redbeat.store.persistence import Persistence, count_redis_only, read_persistence
@@ -104,9 +105,13 @@ def test_a_leader_warns_once_when_redis_would_lose_entries_only_it_holds(
 
     with caplog.at_level(logging.WARNING, logger="safe_redbeat"):
         # only statics: a restart of Redis loses nothing they cannot write again
-        quiet = SafeRedBeatScheduler(app=app, monotonic=FakeClock())
+        clock = FakeClock()
+        quiet = SafeRedBeatScheduler(app=app, monotonic=clock)
         quiet.tick()
         assert quiet.is_leader and redis_client.sismember(KEYS.statics, "static")
+        clock.now += PERSISTENCE_CHECK_AFTER
+        quiet.tick()
+        assert quiet._persistence_checked
         quiet.close()
         assert warnings() == []
 
@@ -114,10 +119,14 @@ def test_a_leader_warns_once_when_redis_would_lose_entries_only_it_holds(
             schedules.upsert("manual", "noop", 3600)
         clock = FakeClock()
         leader = SafeRedBeatScheduler(app=app, monotonic=clock)
+        leader.tick()
+        assert leader.is_leader and warnings() == []  # never on the first ticks it leads
+        clock.now += PERSISTENCE_CHECK_AFTER - 1
+        leader.tick()
+        assert warnings() == []
         for _tick in range(3):
-            leader.tick()
             clock.now += 1
-        assert leader.is_leader
+            leader.tick()
         leader.close()
     (line,) = warnings()
     assert "holds 1 entry that is not from beat_schedule or the loader" in line
