@@ -53,6 +53,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 __all__ = [
     "DEPRECATED_NAMES",
     "ENTRY_STATES",
+    "SKIP_REASONS",
     "MetricsServer",
     "SchedulerMetrics",
     "exposition",
@@ -66,6 +67,9 @@ logger = get_logger("safe_redbeat.metrics")
 ENTRY_STATES = STATES
 #: the ``mode`` values of ``safe_redbeat_redis_persistence`` (store/persistence.py)
 PERSISTENCE_MODES = ("aof", "rdb", "aof+rdb", "none", "unknown")
+
+#: Values of the ``reason`` label of ``safe_redbeat_occurrences_skipped_total``.
+SKIP_REASONS = ("catch_up", "overlap")
 
 #: ``cause`` of a leadership change that is not a loss (a label value is never empty).
 NO_CAUSE = "none"
@@ -104,13 +108,27 @@ class SchedulerMetrics:
             "sent": "Occurrences the broker accepted, first send.",
             "republished": "Occurrences sent again from a pending record (same task id).",
             "parked": "Deprecated: safe_redbeat_entries_parked_total (it counts entries).",
-            "skipped": "Missed occurrences skipped under catch_up=skip.",
             "dead": "Occurrences given up on and moved to the dead letters.",
         }
         self.occurrences = {
             kind: Counter(f"safe_redbeat_occurrences_{kind}", text, registry=registry)
             for kind, text in occurrences.items()
         }
+        self.skipped = Counter(
+            "safe_redbeat_occurrences_skipped",
+            "Occurrences not sent, by reason: catch_up (missed, catch_up=skip), overlap "
+            "(the entry's previous run still went, overlap=skip).",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in SKIP_REASONS:
+            self.skipped.labels(reason)
+        self.runs_revoked = Counter(
+            "safe_redbeat_runs_revoked",
+            "Runs revoked because an occurrence replaced them (overlap=replace); asked of "
+            "the workers, best effort.",
+            registry=registry,
+        )
         self.entries_parked = Counter(
             "safe_redbeat_entries_parked",
             "Malformed entries parked (left in place, checked again later); once per "
@@ -161,6 +179,7 @@ class SchedulerMetrics:
             (signals.occurrences_sent, self._on_sent),
             (signals.occurrence_dead, self._on_dead),
             (signals.batch_claimed, self._on_claimed),
+            (signals.occurrence_overlapped, self._on_overlapped),
             (signals.entry_parked, self._on_parked),
             (signals.redis_error, self._on_redis_error),
             (signals.tick_finished, self._on_tick),
@@ -213,7 +232,13 @@ class SchedulerMetrics:
     def _on_claimed(self, sender: Any, claimed: int, skipped: int, **_: Any) -> None:
         self.occurrences["claimed"].inc(claimed)
         if skipped:
-            self.occurrences["skipped"].inc(skipped)
+            self.skipped.labels("catch_up").inc(skipped)
+
+    def _on_overlapped(self, sender: Any, action: str, running: Sequence[str], **_: Any) -> None:
+        if action == "skipped":
+            self.skipped.labels("overlap").inc()
+        else:
+            self.runs_revoked.inc(len(running))
 
     def _on_parked(self, sender: Any, **_: Any) -> None:
         self.entries_parked.inc()

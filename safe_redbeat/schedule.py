@@ -1,7 +1,8 @@
 """Manage schedule entries at run time, from any process or thread.
 
 :class:`Schedule` is the typed API: ``upsert``, ``get``, ``list``, ``enable``, ``disable``,
-``run_now`` and ``delete``. Input is validated before anything is written
+``run_now`` and ``delete``; ``runs`` and ``running`` read the runs an overlap policy
+tracks. Input is validated before anything is written
 (:class:`~safe_redbeat.errors.InvalidEntry`), and every write is one Lua script that
 checks ``expected_version`` inside Redis: of two processes updating the same version, one
 wins and the other gets :class:`~safe_redbeat.errors.VersionConflict` with nothing written.
@@ -38,13 +39,22 @@ from .store.binding import Binding
 from .store.keys import Keys
 from .store.layout import Layout, read_layout
 from .store.rows import EntryRows, Row, Rows, plan_write
+from .store.running import Run, read_running, read_runs
 from .store.scripts import Remove, Upsert, UpsertCode
 from .store.shard import ShardStore
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-__all__ = ["EntryInfo", "EntrySpec", "MalformedEntry", "Schedule", "ScheduleLike", "ShardStore"]
+__all__ = [
+    "EntryInfo",
+    "EntrySpec",
+    "MalformedEntry",
+    "Run",
+    "Schedule",
+    "ScheduleLike",
+    "ShardStore",
+]
 
 logger = get_logger("safe_redbeat.schedule")
 
@@ -311,6 +321,26 @@ class Schedule:
         if wrong_type or row.definition is None:
             raise EntryNotFound(name)
         return self._info(row, now)
+
+    def runs(self, name: str) -> list[Run]:
+        """The runs of the entry ``name`` that count as going (overlap policy ``skip`` or
+        ``replace``), oldest first: task id, since when, until when, ``sent`` or
+        ``running``. Empty for an entry without a policy, or none going."""
+        _check_key(name, self.keys)
+        place = self._place(name, self.layout())
+        _now, found = read_runs(self.client, place.shard.keys, [name])
+        return found[name]
+
+    def running(self, *, limit: int = 10) -> tuple[int, dict[str, list[Run]]]:
+        """How many entries have runs going (over every shard), and the runs of up to
+        ``limit`` of them, those whose runs stop counting first."""
+        total, found = 0, {}
+        for shard in self.shards():
+            part = read_running(self.client, shard.keys, limit=limit)
+            total += part.count
+            found.update(part.runs)
+        first = sorted(found.items(), key=lambda item: min(run.until for run in item[1]))
+        return total, dict(first[:limit])
 
     def list(self, pattern: str = "*", *, page_size: int = 500) -> Iterator[EntryInfo]:
         """Entries whose name matches the glob ``pattern``, read page by page.

@@ -22,6 +22,7 @@ from redbeat.schedulers import RedBeatScheduler
 
 from . import signals
 from .dispatch.enqueue import Enqueuer
+from .dispatch.overlap import Revoker
 from .dispatch.publisher import Publisher
 from .dispatch.shard import Shard, ShardContext
 from .errors import LeaseLost
@@ -97,6 +98,7 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             build_entry=self._maybe_entry,
             keep_alive=self._keep_alive,
             signal_sender=self,
+            revoke=lambda task_ids: self.revoker.revoke(task_ids),
             recheck_seconds=float(self.max_interval),
             monotonic=monotonic,
         )
@@ -276,6 +278,11 @@ class SafeRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
     def publisher(self) -> Publisher:
         """One publisher, on Celery's producer, for every shard."""
         return Publisher(self.app, lambda: self.producer)
+
+    @cached_property
+    def revoker(self) -> Revoker:
+        """Revokes the runs that occurrences of ``overlap="replace"`` entries replace."""
+        return Revoker(self.app)
 
     def _enqueue_mode(self) -> str:
         decided = self.enqueuer.decided

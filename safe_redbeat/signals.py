@@ -9,10 +9,11 @@ Celery's own signals::
     def on_leadership(sender, change, fence, reason, cause, instance, **kwargs): ...
 
 Every receiver gets ``sender`` and the keyword arguments listed with each signal; accept
-``**kwargs`` so new arguments do not break it. ``sender`` is the scheduler, except for the
-occurrence signals (the scheduler's :class:`~safe_redbeat.dispatch.outbox.Outbox`),
-:data:`entry_parked` (its :class:`~safe_redbeat.dispatch.reader.DueReader`) and :data:`reconciled`
-(the source's name). A receiver that raises is
+``**kwargs`` so new arguments do not break it. ``sender`` is the scheduler, except for
+:data:`occurrence_sent`, :data:`occurrences_sent` and :data:`occurrence_dead` (the
+scheduler's :class:`~safe_redbeat.dispatch.outbox.Outbox`), :data:`entry_parked` (its
+:class:`~safe_redbeat.dispatch.reader.DueReader`) and :data:`reconciled` (the source's
+name). A receiver that raises is
 logged by Celery and never stops the scheduler. With no receiver connected a signal costs
 one attribute check per event; the per-occurrence signals are not even built.
 
@@ -42,6 +43,7 @@ __all__ = [
     "entry_parked",
     "leadership_changed",
     "occurrence_dead",
+    "occurrence_overlapped",
     "occurrence_sent",
     "occurrences_sent",
     "reconciled",
@@ -78,6 +80,13 @@ occurrence_dead = Signal(name="safe_redbeat.occurrence_dead")
 #: One claim round trip of a batch: ``claimed`` and ``skipped`` (missed occurrences
 #: skipped under ``catch_up="skip"``) counts.
 batch_claimed = Signal(name="safe_redbeat.batch_claimed")
+
+#: An occurrence of an entry with an overlap policy whose previous run still went when it
+#: was claimed: ``entry`` (name), ``scheduled`` (UNIX seconds), ``task_id`` (this
+#: occurrence's), ``running`` (the task ids of the runs still going), ``action``
+#: (``"skipped"``: not sent, ``overlap="skip"``; ``"replaced"``: sent, and the running
+#: ones revoked, ``overlap="replace"``).
+occurrence_overlapped = Signal(name="safe_redbeat.occurrence_overlapped")
 
 #: A malformed entry parked (left in place, checked again later): ``entry`` (name),
 #: ``reason`` (text naming the field).

@@ -7,7 +7,9 @@ SRB_INSTANCE    safe_redbeat_instance_name (optional)
 SRB_SETTINGS    JSON object merged into app.conf last (overrides everything above)
 SRB_SCHEDULE    JSON object {name: {"task": str, "every": seconds | "cron": "m h dom mon dow",
                 "args": [...], "kwargs": {...}, "options": {...}, and safe_redbeat's lifetime
-                fields "run_immediately", "max_runs", "tz", "start_time"/"expires" (ISO)}}
+                fields "run_immediately", "max_runs", "tz", "overlap", "max_runtime",
+                "start_time"/"expires" (ISO)}}
+SRB_TRACK_RUNS  "1": ``safe_redbeat.worker.track_runs(app)`` (set by testbed.worker)
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def build_entry(name: str, spec: dict[str, Any]) -> dict[str, Any]:
         entry["kwargs"] = dict(spec["kwargs"])
     if "options" in spec:
         entry["options"] = dict(spec["options"])
-    for key in ("run_immediately", "max_runs", "tz"):
+    for key in ("run_immediately", "max_runs", "tz", "overlap", "max_runtime"):
         if key in spec:
             entry[key] = spec[key]
     for key in ("start_time", "expires"):
@@ -92,6 +94,10 @@ def create_app() -> Celery:
 
 
 app = create_app()
+if os.environ.get("SRB_TRACK_RUNS") == "1":
+    from safe_redbeat.worker import track_runs
+
+    track_runs(app)
 
 
 def _noop(*args: Any, **kwargs: Any) -> None:
@@ -147,5 +153,15 @@ def _fail_twice_then_record(self: Any, *args: Any, **kwargs: Any) -> None:
     _record(self.request, args, kwargs)
 
 
+def _run_slowly(self: Any, seconds: float = 5.0) -> None:
+    """Records its start, sleeps ``seconds``, records its end (testbed.worker.spans)."""
+    import time
+
+    _record(self.request, (), {"phase": "start", "seconds": seconds})
+    time.sleep(seconds)
+    _record(self.request, (), {"phase": "end", "seconds": seconds})
+
+
 record = app.task(name="record", bind=True)(_run_and_record)
+slow = app.task(name="slow", bind=True)(_run_slowly)
 flaky = app.task(name="flaky", bind=True, max_retries=3, acks_late=True)(_fail_twice_then_record)

@@ -9,7 +9,7 @@ overwrites fields someone else changed meanwhile.
 from __future__ import annotations
 
 from ..errors import EntryNotFound, InvalidEntry, SafeRedBeatError, VersionConflict
-from ..model.lifecycle import LIFETIME_FIELDS, PARKED
+from ..model.lifecycle import LIFETIME_FIELDS, OVERLAP_ALLOW, OVERLAP_SKIP, PARKED
 from ..model.specs import EntryInfo, EntrySpec, ScheduleLike
 from ..schedule import MalformedEntry
 from .context import (
@@ -29,6 +29,7 @@ from .output import (
     iso,
     last_run,
     parked_json,
+    running_lines,
     schedule_text,
     table,
     when,
@@ -93,7 +94,12 @@ def cmd_show(ctx: Context, args: Args) -> int:
         text = f"name:      {args.name}\nstate:     {PARKED}: {exc}"
         emit(args.json, parked_json(args.name, exc), text)
         return EXIT_OK
-    emit(args.json, entry_json(info), entry_text(info))
+    runs = ctx.schedule().runs(info.name) if info.lifecycle.has_overlap_policy else []
+    emit(
+        args.json,
+        {**entry_json(info), "running": [run.to_json() for run in runs]},
+        (entry_text(info) + "".join("\n" + line for line in running_lines(info, runs))),
+    )
     return EXIT_OK
 
 
@@ -126,6 +132,8 @@ def _spec(args: Args, base: EntryInfo | None) -> EntrySpec:
     lifetime = {name: getattr(base.lifecycle, name) for name in LIFETIME_FIELDS}
     if schedule is not None:
         lifetime["at"] = None  # a periodic schedule replaces a one-off
+    if given.get("overlap") == OVERLAP_ALLOW and "max_runtime" not in given:
+        lifetime["max_runtime"] = None  # allow tracks no run: nothing to bound
     lifetime.update(given)
     return EntrySpec.build(
         base.name,
@@ -199,9 +207,20 @@ def cmd_set_enabled(ctx: Context, args: Args) -> int:
 
 
 def cmd_run_now(ctx: Context, args: Args) -> int:
-    requested = ctx.schedule().run_now(args.name, expected_version=args.expected_version)
-    data = {"name": args.name, "requested_at": iso(requested)}
+    schedules = ctx.schedule()
+    requested = schedules.run_now(args.name, expected_version=args.expected_version)
+    data: dict[str, object] = {"name": args.name, "requested_at": iso(requested)}
     text = f"requested a run of {args.name!r} at {when(requested)}; the leader sends it"
+    info = schedules.get(args.name)
+    runs = schedules.runs(args.name) if info.lifecycle.has_overlap_policy else []
+    if runs:
+        # a manual run follows the entry's overlap policy too
+        data["running"] = [run.to_json() for run in runs]
+        going = ", ".join(run.task_id for run in runs)
+        if info.lifecycle.overlap == OVERLAP_SKIP:
+            text += f" unless a run still goes then (overlap=skip; going now: {going})"
+        else:
+            text += f", revoking the runs going then (overlap=replace; going now: {going})"
     emit(args.json, data, text)
     return EXIT_OK
 

@@ -16,10 +16,11 @@ from ..errors import InvalidEntry
 from ..leader.heartbeat import ReplicaStatus
 from ..leader.lease import Holder
 from ..model.codec import encode_schedule
-from ..model.lifecycle import FLAG, PARKED, TIME, lifetime_fields
+from ..model.lifecycle import FLAG, PARKED, SECONDS, TIME, lifetime_fields
 from ..model.specs import CRONTAB_FIELDS, EntryInfo
 from ..store.keys import Keys
 from ..store.layout import Layout
+from ..store.running import Run
 
 __all__ = [
     "emit",
@@ -32,6 +33,7 @@ __all__ = [
     "local_when",
     "parked_json",
     "replica_json",
+    "running_lines",
     "schedule_json",
     "schedule_text",
     "seconds",
@@ -183,6 +185,19 @@ def entry_text(info: EntryInfo) -> str:
     if info.run_now_at is not None:
         pairs.append(("run now", f"requested {when(info.run_now_at)}"))
     return "\n".join(f"{label + ':':<11}{value}" for label, value in pairs)
+
+
+def running_lines(info: EntryInfo, runs: Sequence[Run]) -> list[str]:
+    """``show``'s lines for the runs an overlap policy counts as going."""
+    if not info.lifecycle.has_overlap_policy:
+        return []
+    if not runs:
+        return [f"{'running:':<11}none"]
+    return [
+        f"{'running:':<11}{run.task_id} {run.state} since {when(run.since)}, "
+        f"counts until {when(run.until)}"
+        for run in runs
+    ]
 
 
 def holder_json(holder: Holder | None, beat: ReplicaStatus | None) -> dict[str, Any] | None:
@@ -397,6 +412,7 @@ def _count_lines(status: dict[str, Any]) -> list[str]:
         f"Entries:        {status['entries']} ({status['not_scheduled']} will not run again)",
         f"Pending:        {status['pending']} (claimed, not yet published)",
         f"Dead letters:   {dead}" + (" (safe-redbeat dead list)" if dead else ""),
+        *_running_lines(status["running"]),
         f"Persistence:    {_persistence_text(status)}",
     ]
     due = status["next_due"]
@@ -414,6 +430,29 @@ def _count_lines(status: dict[str, Any]) -> list[str]:
     return [*lines, "Next due:", table(("NAME", "DUE", "IN", "STATE"), rows, "  ")]
 
 
+def _running_lines(running: dict[str, Any]) -> list[str]:
+    """``status``'s lines for the entries with runs going (overlap policy)."""
+    count, runs = running["entries"], running["runs"]
+    if not count:
+        return []
+    word = "entry has" if count == 1 else "entries have"
+    rows = [
+        (
+            r["name"],
+            r["task_id"],
+            r["state"],
+            r["since"].replace("T", " ").split(".")[0].replace("+00:00", "") + " UTC",
+            r["until"].replace("T", " ").split(".")[0].replace("+00:00", "") + " UTC",
+        )
+        for r in runs
+    ]
+    header = ("NAME", "TASK ID", "STATE", "SINCE", "COUNTS UNTIL")
+    return [
+        f"Running:        {count} {word} a run going (overlap policy)",
+        table(header, rows, "  "),
+    ]
+
+
 def _lifetime_pairs(info: EntryInfo, zone: str) -> list[tuple[str, object]]:
     """``show``'s lines for the lifetime fields that are set: times first, as declared."""
     times: list[tuple[str, object]] = []
@@ -421,12 +460,14 @@ def _lifetime_pairs(info: EntryInfo, zone: str) -> list[tuple[str, object]]:
     for spec in lifetime_fields():
         value = getattr(info.lifecycle, spec.name)
         label, kind = spec.metadata["label"], spec.metadata["kind"]
-        if value is None or value is False:
+        if value is None or value is False or value == spec.default:
             continue
         if kind == TIME and isinstance(value, datetime):
             times.append((label, local_when(value, zone)))
         elif kind == FLAG:
             others.append((label, f"at once ({spec.name})"))
+        elif kind == SECONDS:
+            others.append((label, f"{seconds(value)} ({value:g} s)"))
         else:
             others.append((label, value))
     order = {"at": 0, "start": 1, "expires": 2}

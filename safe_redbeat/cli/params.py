@@ -132,13 +132,24 @@ def _zones(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[
 def lifetime_options(*, add: bool) -> list[Callable[[Any], Any]]:
     """One option per lifetime field, from its metadata (``lifetime_fields()``); the
     first-run flag (``--now``) only for ``add``."""
-    from ..model.lifecycle import COUNT, FLAG, TIME, ZONE, lifetime_fields
+    from ..model.lifecycle import (
+        CHOICE,
+        COUNT,
+        FLAG,
+        OVERLAP_POLICIES,
+        SECONDS,
+        TIME,
+        ZONE,
+        lifetime_fields,
+    )
 
     #: how a lifetime field of each kind is read: parameter type and metavar
     kinds: dict[str, tuple[ParamType, str]] = {
         TIME: (WHEN, "WHEN"),
         COUNT: (click.IntRange(min=1), "N"),
         ZONE: (click.STRING, "ZONE"),
+        CHOICE: (click.Choice(OVERLAP_POLICIES), "|".join(OVERLAP_POLICIES)),
+        SECONDS: (DURATION, "DURATION"),
     }
     options: list[Callable[[Any], Any]] = []
     for spec in lifetime_fields():

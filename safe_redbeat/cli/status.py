@@ -133,6 +133,7 @@ def collect_status(ctx: Context) -> dict[str, Any]:
     states = _states(ctx, [name for _score, name in due])
     per_shard = [s.json for s in shards]
     shared = frozenset(shared_names(replicas))
+    running, runs = ctx.schedule().running(limit=NEXT_DUE)
     status: dict[str, Any] = {
         "redis_url": ctx.url,
         "key_prefix": ctx.keys.prefix,
@@ -140,6 +141,12 @@ def collect_status(ctx: Context) -> dict[str, Any]:
         "redis_only_entries": count_redis_only(ctx.client, layout.all_keys()),
         "replicas": [replica_json(r, shared, shard_info=sharded(layout)) for r in replicas],
         **{field: sum(s[field] for s in per_shard) for field in COUNTED},
+        "running": {
+            "entries": running,
+            "runs": [
+                {"name": name, **run.to_json()} for name, found in runs.items() for run in found
+            ],
+        },
         "next_due": [
             {
                 "name": name,

@@ -457,7 +457,9 @@ class Enqueuer:
                 continue
             occurrence = next(prepared)
             keep_leading()  # as before each publish: renew when due, stop if lost
-            version_key = (op.key, op.definition) if static and op.definition else None
+            # a message's constant part: the definition, and the overlap policy's headers
+            version = f"{op.definition}\x00{occurrence.prefix}\x00{occurrence.max_runtime}"
+            version_key = (op.key, version) if static and op.definition else None
             try:
                 commands = self.builder.commands(occurrence, fence, version_key)
             except NotAtomic as exc:

@@ -2,8 +2,9 @@
 
 For each entry read as due, :func:`plan_batch` decides (:mod:`..model.decide`) what
 ``claim.lua`` should do: claim an occurrence (:mod:`..model.occurrence`) and move the
-score, move the score only, or park a malformed entry. :func:`settle_claim` reads the
-script's answer.
+score, move the score only, or park a malformed entry. An occurrence of an entry with an
+overlap policy carries it (:class:`~..store.scripts.Overlap`): whether its previous run
+still goes is decided by the claim itself. :func:`settle_claim` reads the script's answer.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from ..model.decide import decide
 from ..model.entry import StoredEntry, to_timestamp
 from ..model.occurrence import Occurrence, task_id_for
 from ..model.slots import writer_score
-from ..store.scripts import Claim, ClaimCode, ClaimResult
+from ..store.keys import Keys
+from ..store.scripts import Claim, ClaimCode, ClaimResult, Overlap
 from ..store.wire import PARK
 
-__all__ = ["ClaimOp", "Plan", "Settled", "park", "plan_batch", "settle_claim"]
+__all__ = ["ClaimOp", "Plan", "Running", "Settled", "park", "plan_batch", "settle_claim"]
 
 
 @dataclass(frozen=True)
@@ -71,12 +73,15 @@ def plan_batch(
     catch_up: str = "run_once",
     catch_up_grace_seconds: float = 60.0,
     id_prefix: str | None = None,
+    keys: Keys | None = None,
 ) -> Plan:
     """Decide, for each due entry read from Redis, what the claim script should do.
 
     An entry whose schedule fails to compute (whatever it raises) is parked
     ``recheck_seconds`` ahead and listed in ``Plan.parked``; the others go on.
     Task ids derive from ``id_prefix`` + name (``Keys.task_key``), else the entry's key.
+    ``keys`` (the shard's) name the running keys of entries with an overlap policy; an
+    entry with one is claimed without it when they are not given.
     """
     plan = Plan()
     now_ts = to_timestamp(now)
@@ -94,6 +99,7 @@ def plan_batch(
                 catch_up,
                 catch_up_grace_seconds,
                 id_prefix,
+                keys,
             )
         except Exception as exc:  # a schedule Celery cannot compute: park this one entry
             plan.parked.append((entry.key, f"{type(exc).__name__}: {exc}"))
@@ -113,11 +119,12 @@ def _plan_entry(
     catch_up: str,
     catch_up_grace_seconds: float,
     id_prefix: str | None,
+    keys: Keys | None,
 ) -> ClaimOp | None:
     scheduled = int(entry.score)
     if entry.run_now is not None:
         # a manual run: sent once, the regular schedule and last run stay as they were
-        occurrence = _occurrence(entry, entry.run_now, fence, id_prefix, kind="\x00run_now")
+        occurrence = _occurrence(entry, entry.run_now, fence, id_prefix, keys, kind="\x00run_now")
         regular = (
             writer_score(
                 entry.schedule, entry.lifecycle, entry.last_run_at, entry.total_run_count, now
@@ -133,6 +140,7 @@ def _plan_entry(
             occurrence=occurrence,
             run_now=entry.run_now_raw or "",
             definition=entry.definition_raw,
+            overlap=_overlap(entry, occurrence, keys, regular, ""),
         )
     if not entry.enabled:
         return ClaimOp(entry.key, entry.score, entry.version, park_until)
@@ -149,7 +157,7 @@ def _plan_entry(
     if step.meta is not None:
         at, count = step.meta
         meta = meta_at_now(count) if at is now else encode_meta(at, count)
-    claimed = _occurrence(entry, scheduled, fence, id_prefix) if step.send else None
+    claimed = _occurrence(entry, scheduled, fence, id_prefix, keys) if step.send else None
     return ClaimOp(
         entry.key,
         entry.score,
@@ -159,13 +167,21 @@ def _plan_entry(
         occurrence=claimed,
         new_state=step.state,
         definition=entry.definition_raw if claimed is not None else "",
+        overlap=_overlap(entry, claimed, keys, step.unsent_score, step.unsent_state),
     )
 
 
 def _occurrence(
-    entry: StoredEntry, scheduled: int, fence: int, id_prefix: str | None, kind: str = ""
+    entry: StoredEntry,
+    scheduled: int,
+    fence: int,
+    id_prefix: str | None,
+    keys: Keys | None,
+    kind: str = "",
 ) -> Occurrence:
     key = entry.key if id_prefix is None else id_prefix + entry.name
+    lc = entry.lifecycle
+    tracked = keys is not None and lc.has_overlap_policy
     return Occurrence(
         task_id=task_id_for(key, scheduled, kind),
         entry=entry.name,
@@ -175,6 +191,31 @@ def _occurrence(
         options=entry.options,
         scheduled=scheduled,
         fence=fence,
+        prefix=keys.prefix if tracked and keys is not None else "",
+        max_runtime=lc.max_runtime if tracked else None,
+    )
+
+
+def _overlap(
+    entry: StoredEntry,
+    occurrence: Occurrence | None,
+    keys: Keys | None,
+    unsent_score: int,
+    unsent_state: str,
+) -> Overlap | None:
+    """The overlap policy the claim of ``occurrence`` applies, if its entry has one."""
+    lc = entry.lifecycle
+    if occurrence is None or keys is None or not lc.has_overlap_policy:
+        return None
+    assert lc.max_runtime is not None  # checked with the policy
+    return Overlap(
+        policy=lc.overlap,
+        running_key=keys.running(entry.name),
+        running_index=keys.running_index,
+        max_runtime_ms=max(round(lc.max_runtime * 1000), 1),
+        task_id=occurrence.task_id,
+        unsent_score=unsent_score,
+        unsent_state=unsent_state,
     )
 
 
@@ -191,6 +232,20 @@ class Settled:
     queue_refused: list[ClaimOp] = field(default_factory=list)
     #: entry keys whose hash was gone: ``claim.lua`` dropped their schedule slot
     gone: list[str] = field(default_factory=list)
+    #: occurrences not sent: their entry's previous run still goes (``overlap="skip"``)
+    skipped: list[Running] = field(default_factory=list)
+    #: occurrences sent while their entry's previous runs still go (``"replace"``): the
+    #: runs to revoke
+    replacing: list[Running] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Running:
+    """An occurrence the claim found its entry's other runs going for."""
+
+    occurrence: Occurrence
+    #: the task ids of the runs that still count as going
+    running: tuple[str, ...]
 
 
 def settle_claim(ops: Sequence[ClaimOp], result: ClaimResult) -> Settled:
@@ -198,9 +253,14 @@ def settle_claim(ops: Sequence[ClaimOp], result: ClaimResult) -> Settled:
     if result.fenced_out:
         raise FencedOut("Redis rejected a claim: the lease key no longer holds our token")
     settled = Settled()
-    for op, code in zip(ops, result.codes, strict=True):
+    for index, (op, code) in enumerate(zip(ops, result.codes, strict=True)):
         if code is ClaimCode.CLAIMED and op.occurrence is not None:
             (settled.enqueued if op.pushes else settled.claimed).append(op.occurrence)
+            others = result.running.get(index)
+            if others:
+                settled.replacing.append(Running(op.occurrence, tuple(others)))
+        elif code is ClaimCode.SKIPPED and op.occurrence is not None:
+            settled.skipped.append(Running(op.occurrence, tuple(result.running.get(index, ()))))
         elif code is ClaimCode.GONE:
             settled.gone.append(op.key)
         elif code is ClaimCode.QUEUE_REFUSED:

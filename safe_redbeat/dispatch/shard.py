@@ -9,8 +9,9 @@ settings, clock, publisher, loader slot, a keep-alive callback) and builds its p
 it on first use (Redis may not answer yet): lease and leadership, reader, outbox, seeder.
 
 What dispatch does, in order: read due (:mod:`.reader`), republish what is pending
-(:mod:`.outbox`), plan (:mod:`.plan`), claim (``claim.lua``), publish and acknowledge
-(:mod:`.outbox`, :mod:`.publisher`). See ``docs/architecture.md``.
+(:mod:`.outbox`), plan (:mod:`.plan`), claim (``claim.lua``; what it found still running
+under an overlap policy: :mod:`.overlap`), publish and acknowledge (:mod:`.outbox`,
+:mod:`.publisher`). See ``docs/architecture.md``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ..store.layout import Layout
 from ..store.scripts import Scripts
 from ..sync.loader import LoaderSlot
 from ..sync.seeding import Seeder
+from . import overlap
 from .catchup import coalesce, regular_keys
 from .enqueue import Enqueuer, calls
 from .outbox import Outbox
@@ -66,6 +68,9 @@ class ShardContext:
     keep_alive: Callable[[Shard], None]
     #: the sender of the signals of this shard's parts (the scheduler, see signals.py)
     signal_sender: Any
+    #: revoke (and terminate) runs an occurrence replaces (``overlap="replace"``); best
+    #: effort, never blocking (:class:`.overlap.Revoker`)
+    revoke: Callable[[Sequence[str]], None]
     #: how long a disabled or parked entry waits before it is read again
     recheck_seconds: float
     monotonic: Callable[[], float] = time.monotonic
@@ -220,6 +225,7 @@ class Shard:
             catch_up=s.catch_up,
             catch_up_grace_seconds=s.catch_up_grace_seconds,
             id_prefix=self.keys.task_key(""),
+            keys=self.keys,
         )
         plan.ops.extend(batch.ops)
         for key, problem in plan.parked:
@@ -242,7 +248,17 @@ class Shard:
             return self._claim(ops), 0
         c = self.context
         fence = self.leadership.fence()
-        prepared = enqueuer.prepare(ops, fence, c.client(), self.keys, self._keep_leading)
+        busy = overlap.likely_skipped(c.client(), ops)  # their messages are not built
+        built = iter(
+            enqueuer.prepare(
+                [op for index, op in enumerate(ops) if index not in busy],
+                fence,
+                c.client(),
+                self.keys,
+                self._keep_leading,
+            )
+        )
+        prepared = [op if index in busy else next(built) for index, op in enumerate(ops)]
         to_publish: list[Occurrence] = []
         enqueued = 0
         for number, call in enumerate(calls(prepared)):
@@ -277,6 +293,8 @@ class Shard:
         except FencedOut:
             self.leadership.lease.drop()
             raise
+        if settled.skipped or settled.replacing:
+            overlap.report(self.context.signal_sender, settled, self.context.revoke)
         for key in settled.gone:
             self.seeder.reseed_needed = True
             logger.warning(

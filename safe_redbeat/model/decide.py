@@ -6,7 +6,9 @@ time as ``meta.last_run_at`` with ``total_run_count`` 0; an entry found without 
 RedBeat, another language) is anchored at the leader's ``now``. ``run_immediately`` opts
 out. After an outage a missed entry runs once (``catch_up="run_once"``) or skips late
 occurrences (``"skip"``). ``max_runs``, ``expires`` and one-offs end an entry in the same
-fenced claim that sends its last run.
+fenced claim that sends its last run. Whether the previous run still goes (the overlap
+policy) is decided inside the claim, which Redis runs: a :class:`Step` that sends says
+what to write if the claim skips it instead.
 
 Everything here is pure: time comes in as arguments.
 """
@@ -41,6 +43,11 @@ class Step:
     coalesced: bool = False
     #: seconds until the entry is due, when it is not due yet
     next_due_in: float | None = None
+    #: what the claim writes instead when it does not send the occurrence after all (the
+    #: overlap policy ``skip``, decided inside the claim): the next slot and a state, as if
+    #: the slot had been skipped; the run count and ``meta`` stay as they are
+    unsent_score: int = NEVER
+    unsent_state: str = ""
 
 
 def decide(
@@ -99,9 +106,17 @@ def decide(
         return Step(new_score=new_score, meta=(now, runs), state=state, skipped=True)
     if _sent_late_for(entry, scheduled, now, zone):
         return Step(new_score=new_score, meta=(now, runs), state=state, coalesced=True)
+    unsent_score, unsent_state = new_score, state
     if lc.max_runs is not None and runs + 1 >= lc.max_runs:
         new_score, state = NEVER, FINISHED
-    return Step(send=True, new_score=new_score, meta=(now, runs + 1), state=state)
+    return Step(
+        send=True,
+        new_score=new_score,
+        meta=(now, runs + 1),
+        state=state,
+        unsent_score=unsent_score,
+        unsent_state=unsent_state,
+    )
 
 
 def _decide_once(
@@ -133,7 +148,8 @@ def _decide_once(
                 return Step(new_score=NEVER, state=EXPIRED)
         elif catch_up == "skip" and now_epoch - at > grace:
             return Step(new_score=NEVER, meta=(now, 0), state=EXPIRED, skipped=True)
-    return Step(send=True, new_score=NEVER, meta=(now, 1), state=FINISHED)
+    # a one-off not sent because its entry's previous run still goes is not run at all
+    return Step(send=True, new_score=NEVER, meta=(now, 1), state=FINISHED, unsent_state=EXPIRED)
 
 
 def _sent_late_for(entry: StoredEntry, scheduled: int, now: datetime, zone: tzinfo) -> bool:

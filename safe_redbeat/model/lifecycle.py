@@ -1,7 +1,8 @@
 """When an entry runs: its lifetime fields and the states they give it.
 
 An entry's lifetime fields (``start_time``, ``expires``, ``max_runs``, a one-off's ``at``,
-``tz``, ``run_immediately``) live in the hash field ``lifecycle`` (JSON), and the states
+``tz``, ``run_immediately``, and the overlap policy ``overlap`` with its ``max_runtime``)
+live in the hash field ``lifecycle`` (JSON), and the states
 the leader records (``finished``, ``expired``) in the hash field ``state``: stock RedBeat
 reads neither, so it still reads our entries. See docs/storage-format.md. Where the next
 run lies is :mod:`.slots`; what the leader does with a due entry is :mod:`.decide`.
@@ -28,13 +29,19 @@ __all__ = [
     "EXPIRED",
     "FINISHED",
     "LIFETIME_FIELDS",
+    "MAX_RUNTIME_LIMIT",
     "NOT_STARTED",
+    "OVERLAP_ALLOW",
+    "OVERLAP_POLICIES",
+    "OVERLAP_REPLACE",
+    "OVERLAP_SKIP",
     "PARKED",
     "STATES",
     "TERMINAL",
     "Lifecycle",
     "Lifetime",
     "check_max_runs",
+    "check_max_runtime",
     "check_zone",
     "decode_state",
     "lifetime_fields",
@@ -57,12 +64,20 @@ TERMINAL = frozenset({EXPIRED, FINISHED})
 
 _UTC = timezone.utc
 
+#: What the leader does with an occurrence while the entry's previous run still goes:
+#: send it anyway (the default, Celery's behaviour), skip it, or revoke the running one
+#: and send it (Kubernetes CronJob's ``concurrencyPolicy`` Allow, Forbid, Replace).
+OVERLAP_ALLOW, OVERLAP_SKIP, OVERLAP_REPLACE = "allow", "skip", "replace"
+OVERLAP_POLICIES = (OVERLAP_ALLOW, OVERLAP_SKIP, OVERLAP_REPLACE)
+#: The longest ``max_runtime`` (ten years, in seconds): it becomes a Redis expiry in ms.
+MAX_RUNTIME_LIMIT = 10 * 366 * 86400
+
 
 # -- the value --------------------------------------------------------------------------
 
 
 #: How a lifetime field is checked, stored and shown (the ``kind`` of its metadata).
-TIME, COUNT, ZONE, FLAG = "time", "count", "zone", "flag"
+TIME, COUNT, ZONE, FLAG, CHOICE, SECONDS = "time", "count", "zone", "flag", "choice", "seconds"
 
 
 def _meta(kind: str, label: str, help: str, flag: str = "") -> dict[str, str]:
@@ -105,6 +120,27 @@ class Lifecycle:
     at: datetime | None = field(
         default=None, metadata=_meta(TIME, "at", "a one-off: run once at WHEN (ISO 8601)")
     )
+    #: while the entry's previous run still goes: ``allow`` another, ``skip`` this
+    #: occurrence, or ``replace`` the running one (revoked) with it
+    overlap: str = field(
+        default=OVERLAP_ALLOW,
+        metadata=_meta(
+            CHOICE,
+            "overlap",
+            "while the last run still goes: allow another, skip this one, or replace the "
+            "running one (needs --max-runtime for skip and replace)",
+        ),
+    )
+    #: seconds after which a run that never reported its end no longer counts as running
+    max_runtime: float | None = field(
+        default=None,
+        metadata=_meta(
+            SECONDS,
+            "max runtime",
+            "after this long a run that never reported its end (a killed worker) no longer "
+            "counts as running",
+        ),
+    )
 
     @property
     def is_default(self) -> bool:
@@ -125,6 +161,9 @@ class Lifecycle:
         start, expires = values.get("start_time"), values.get("expires")
         if start is not None and expires is not None and _aware(expires) <= _aware(start):
             raise InvalidEntry(key, "expires", f"must be after start_time ({start.isoformat()})")
+        if values.get("overlap") is None:
+            values.pop("overlap", None)  # None: the default policy
+        _check_overlap(key, values.get("overlap", OVERLAP_ALLOW), values.get("max_runtime"))
         return cls(**values) if values else _DEFAULT
 
     def encode(self) -> str:
@@ -135,7 +174,11 @@ class Lifecycle:
         for name in LIFETIME_FIELDS:
             value = getattr(self, name)
             if value != _DEFAULTS[name]:
-                data[name] = _epoch_number(value) if _KINDS[name] == TIME else value
+                if _KINDS[name] == TIME:
+                    value = _epoch_number(value)
+                elif _KINDS[name] == SECONDS:
+                    value = _number(value)
+                data[name] = value
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @classmethod
@@ -158,7 +201,14 @@ class Lifecycle:
                 values[name] = _decode_time(key, name, value)
             elif value is not None:
                 values[name] = _check(key, name, _KINDS[name], value, f"lifecycle.{name}")
+        overlap = values.get("overlap", OVERLAP_ALLOW)
+        _check_overlap(key, overlap, values.get("max_runtime"), "lifecycle.")
         return cls(**values)
+
+    @property
+    def has_overlap_policy(self) -> bool:
+        """Whether runs of the entry are tracked (``overlap`` is ``skip`` or ``replace``)."""
+        return self.overlap != OVERLAP_ALLOW
 
     def in_zone(self, zone: tzinfo, resolve: Callable[[datetime, tzinfo], datetime]) -> Lifecycle:
         """These fields with naive datetimes taken in ``zone`` (by ``resolve``)."""
@@ -187,6 +237,8 @@ class Lifetime(TypedDict, total=False):
     tz: str | None
     run_immediately: bool
     at: datetime | None
+    overlap: str
+    max_runtime: float | None
 
 
 _DEFAULT = Lifecycle()
@@ -213,6 +265,12 @@ def _check(key: str, name: str, kind: str, value: Any, where: str) -> Any:
         check_max_runs(key, value, where)
     elif kind == ZONE:
         check_zone(key, value, where)
+    elif kind == CHOICE:
+        if value not in OVERLAP_POLICIES:
+            choices = ", ".join(repr(p) for p in OVERLAP_POLICIES)
+            raise InvalidEntry(key, where, f"must be one of {choices}, got {value!r}")
+    elif kind == SECONDS:
+        return check_max_runtime(key, value, where)
     elif not isinstance(value, bool):
         raise InvalidEntry(key, where, f"must be True or False, got {value!r}")
     return value
@@ -227,8 +285,11 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def _epoch_number(value: datetime) -> int | float:
-    seconds = value.timestamp()
-    return int(seconds) if seconds.is_integer() else seconds
+    return _number(value.timestamp())
+
+
+def _number(seconds: float) -> int | float:
+    return int(seconds) if float(seconds).is_integer() else float(seconds)
 
 
 def _decode_time(key: str, name: str, value: Any) -> datetime | None:
@@ -246,6 +307,39 @@ def check_max_runs(key: str, value: Any, field_name: str = "max_runs") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidEntry(key, field_name, f"must be an int >= 1, got {value!r}")
     return value
+
+
+def check_max_runtime(key: str, value: Any, field_name: str = "max_runtime") -> int | float:
+    """``value`` as a number of seconds from 0.001 to :data:`MAX_RUNTIME_LIMIT`."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0.001 <= value <= MAX_RUNTIME_LIMIT  # NaN fails too
+    ):
+        raise InvalidEntry(
+            key,
+            field_name,
+            f"must be a number of seconds from 0.001 to {MAX_RUNTIME_LIMIT}, got {value!r}",
+        )
+    return value
+
+
+def _check_overlap(key: str, overlap: str, max_runtime: float | None, where: str = "") -> None:
+    """``skip`` and ``replace`` need ``max_runtime``; ``allow`` tracks no run to bound."""
+    if overlap != OVERLAP_ALLOW and max_runtime is None:
+        raise InvalidEntry(
+            key,
+            where + "max_runtime",
+            f"is needed with overlap {overlap!r}: the seconds after which a run that never "
+            "reported its end (its worker was killed) no longer counts as running",
+        )
+    if overlap == OVERLAP_ALLOW and max_runtime is not None:
+        raise InvalidEntry(
+            key,
+            where + "max_runtime",
+            "applies only with overlap 'skip' or 'replace' (with 'allow' no run is tracked); "
+            "leave it unset",
+        )
 
 
 def check_zone(key: str, value: Any, field_name: str = "tz") -> ZoneInfo:

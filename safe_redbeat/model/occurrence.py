@@ -4,6 +4,10 @@ An *occurrence* is one entry at one scheduled time: the entry's ZSET score when 
 claimed. Its task id is derived from both (uuid5), so any leader that sends the same
 occurrence sends the same id, and a worker-side guard can drop a second copy. Its JSON
 form is the pending (and dead-letter) record.
+
+An occurrence of an entry with an overlap policy (``skip``, ``replace``) also carries the
+key prefix of its shard and the entry's ``max_runtime``, in its record and its message's
+headers: a worker's hook (:mod:`safe_redbeat.worker`) marks the run under that prefix.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from .validation import check_options, check_text
 __all__ = [
     "HEADER_ENTRY",
     "HEADER_FENCE",
+    "HEADER_MAX_RUNTIME",
     "HEADER_PERIODIC_TASK_NAME",
+    "HEADER_PREFIX",
     "HEADER_SCHEDULED",
     "Occurrence",
     "task_id_for",
@@ -29,6 +35,10 @@ __all__ = [
 HEADER_FENCE = "safe_redbeat_fence"
 HEADER_SCHEDULED = "safe_redbeat_scheduled"
 HEADER_ENTRY = "safe_redbeat_entry"
+#: Set only on messages of entries with an overlap policy: the key prefix of the entry's
+#: shard (the run is marked at ``<prefix>:running:<entry>``) and its ``max_runtime``.
+HEADER_PREFIX = "safe_redbeat_prefix"
+HEADER_MAX_RUNTIME = "safe_redbeat_max_runtime"
 #: django-celery-beat's header naming the periodic task (read by django-celery-results)
 HEADER_PERIODIC_TASK_NAME = "periodic_task_name"
 
@@ -62,6 +72,10 @@ class Occurrence:
     attempts: int = 0
     #: the last such failure, one line
     last_error: str = ""
+    #: with an overlap policy: the key prefix of the entry's shard, where its run is marked
+    prefix: str = ""
+    #: with an overlap policy: the entry's ``max_runtime`` (seconds); None: runs untracked
+    max_runtime: float | None = None
     #: the record exactly as stored in Redis (compare-and-set needs the stored text)
     raw: str = field(default="", compare=False, repr=False)
 
@@ -75,6 +89,9 @@ class Occurrence:
             "scheduled": self.scheduled,
             "fence": self.fence,
         }
+        if self.max_runtime is not None:
+            data["prefix"] = self.prefix
+            data["max_runtime"] = self.max_runtime
         if self.attempts:
             data["attempts"] = self.attempts
             data["last_error"] = self.last_error
@@ -109,6 +126,15 @@ class Occurrence:
             check_options(entry, options)
         except InvalidEntry as exc:
             raise ValueError(str(exc)) from None
+        prefix, max_runtime = data.get("prefix", ""), data.get("max_runtime")
+        if not isinstance(prefix, str):
+            raise ValueError(f"'prefix' must be a string, got {prefix!r}")
+        if max_runtime is not None and (
+            isinstance(max_runtime, bool)
+            or not isinstance(max_runtime, int | float)
+            or not max_runtime > 0
+        ):
+            raise ValueError(f"'max_runtime' must be a positive number, got {max_runtime!r}")
         return cls(
             task_id=task_id,
             entry=entry,
@@ -118,6 +144,8 @@ class Occurrence:
             options=options,
             scheduled=_whole(data, "scheduled"),
             fence=_whole(data, "fence"),
+            prefix=prefix,
+            max_runtime=max_runtime,
             attempts=_whole(data, "attempts", 0),
             last_error=str(data.get("last_error") or ""),
             raw=raw,
@@ -128,13 +156,17 @@ class Occurrence:
         return replace(self, attempts=self.attempts + 1, last_error=error, raw="")
 
     def headers(self, sender_fence: int) -> dict[str, Any]:
-        return {
+        headers: dict[str, Any] = {
             "celery_beat_task": True,
             HEADER_FENCE: sender_fence,
             HEADER_SCHEDULED: self.scheduled,
             HEADER_ENTRY: self.entry,
             HEADER_PERIODIC_TASK_NAME: self.entry,
         }
+        if self.max_runtime is not None:
+            headers[HEADER_PREFIX] = self.prefix
+            headers[HEADER_MAX_RUNTIME] = self.max_runtime
+        return headers
 
 
 def _whole(data: dict[str, Any], name: str, default: int | None = None) -> int:

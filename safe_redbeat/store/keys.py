@@ -113,6 +113,18 @@ class Keys:
         """SET of the tokens of replicas that wrote a heartbeat (see heartbeat.py)."""
         return self.prefix + ":replicas"
 
+    def running(self, name: str) -> str:
+        """HASH, with an expiry: the runs of the entry ``name`` that count as going
+        (overlap policy ``skip`` or ``replace``), task id -> ``"<until ms> <since ms>
+        <state>"`` in Redis time (``store/running.py``)."""
+        return f"{self.prefix}:running:{name}"
+
+    @property
+    def running_index(self) -> str:
+        """ZSET: entry key -> the latest ``until`` (Redis ms) of its runs, so readers find
+        the running entries without a SCAN."""
+        return self.prefix + ":running"
+
     def match(self, pattern: str) -> str:
         """A SCAN ``MATCH`` pattern: ``pattern`` below the prefix, taken literally."""
         return _GLOB.sub(r"\\\1", self.prefix) + pattern

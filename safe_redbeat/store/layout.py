@@ -26,6 +26,7 @@ the key also holds ``"moving_to"`` and writes are refused with
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,7 @@ __all__ = [
     "Layout",
     "check_shards",
     "decode_layout",
+    "is_prefix_of",
     "read_layout",
     "settle_layout",
     "shard_of",
@@ -119,6 +121,25 @@ def _escaped(prefix: str) -> str:
 def shard_prefix(prefix: str, index: int, shards: int) -> str:
     """The key prefix of shard ``index`` of ``shards`` below the app's ``prefix``."""
     return "{" + f"{_escaped(prefix)}#{index}/{shards}" + "}:"
+
+
+def is_prefix_of(base_prefix: str, prefix: str) -> bool:
+    """Whether ``prefix`` is ``base_prefix`` or the prefix of one of its shards (in any
+    layout): a key prefix of the app's own schedule."""
+    if prefix == base_prefix:
+        return True
+    found = _SHARD_PREFIX.fullmatch(prefix)
+    if found is None:
+        return False
+    index, shards = int(found.group(2)), int(found.group(3))
+    return (
+        1 < shards <= MAX_SHARDS
+        and index < shards
+        and (shard_prefix(base_prefix, index, shards) == prefix)
+    )
+
+
+_SHARD_PREFIX = re.compile(r"\{(.*)#(\d{1,6})/(\d{1,6})\}:", re.DOTALL)
 
 
 def _shard_keys(base: Keys, shards: int) -> list[Keys]:

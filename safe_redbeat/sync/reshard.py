@@ -261,5 +261,6 @@ def _delete_shard(client: Any, keys: Keys) -> None:
         keys.seeded,
         keys.reconcile,
         keys.fence,
+        keys.running_index,  # the records of runs (running:<name>) expire by themselves
     ):
         client.unlink(key)

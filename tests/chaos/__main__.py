@@ -16,6 +16,10 @@ an entry ran more than once for one broker outage, a pending record was lost, a 
 sent more than twice, another entry was late while one entry's messages were refused, or
 a dead letter has no refused queue to explain it.
 
+``--overlap skip`` (or ``replace``) gives every entry that overlap policy: each claim then
+checks and records the entry's runs, and the auditor, as a worker whose tasks take no
+time, ends each run when it takes the message; the oracle's figures must not change.
+
 ``--shards K`` runs a sharded schedule (3 replicas share K shards; ``--shards 6
 --each-once`` is tests/chaos/test_shard_chaos.py): the faults hit replicas leading some
 shards, and one shard's lease key; the run also fails if a shard had no live leader for
@@ -70,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         help=f"the broker on a server of its own, with {', '.join(BROKER_FAULTS)}",
     )
     parser.add_argument("--each-once", action="store_true", help="one fault of each kind")
+    parser.add_argument(
+        "--overlap",
+        choices=("skip", "replace"),
+        default=None,
+        help="every entry with this overlap policy (max_runtime 30 s); the auditor ends "
+        "each run as it takes the message",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     parser.add_argument("--write-docs", action="store_true", help=f"update {DOC_PATH}")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -91,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown & set(BROKER_FAULTS):
             mode += " (broker faults need --broker)"
         parser.error(f"unknown fault kinds{mode}: {', '.join(sorted(unknown))}")
+    if args.overlap and args.write_docs:
+        parser.error("--write-docs regenerates the default run's results, not --overlap's")
     if args.sentinel and args.write_docs:
         parser.error("--write-docs regenerates the default run's results, not --sentinel's")
     if args.replicas < 2:
@@ -120,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "each_once": args.each_once,
         "keep_workdir": args.keep,
         "own_broker": args.broker,
+        "overlap": args.overlap or "",
     }
     if sharded:
         config = sharded_scenario(args.shards, **common, **sizes)
@@ -136,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.broker:
         print(broker_table(report))
     print(report.summary())
+    overlap = data.info.get("overlap")
+    if overlap:
+        print(
+            f"overlap={overlap['policy']}: runs ended by the auditor {overlap['runs_ended']} "
+            f"(errors {overlap['end_errors']}), occurrences logged skipped "
+            f"{overlap['skipped']}, replacing a run {overlap['replaced']}"
+        )
     print(f"wall time {elapsed:.0f}s, seed {seed}, workdir {workdir}")
     result = report.to_dict()
     result["info"] = data.info

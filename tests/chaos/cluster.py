@@ -7,7 +7,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -419,7 +419,10 @@ class AuditorThread:
     def __init__(
         self, host: str, port: int, *, db: int = 0, interval: float = 0.05,
         queues: Sequence[str] = ("celery",),
+        on_taken: Callable[[list[Message]], None] | None = None,
     ) -> None:  # fmt: skip
+        #: called with the messages of each drain (a worker that runs them at once)
+        self.on_taken = on_taken
         self.client = redis.Redis(
             host=host, port=port, db=db, decode_responses=True, socket_timeout=3,
             socket_connect_timeout=1,
@@ -455,6 +458,8 @@ class AuditorThread:
             Message.parse(raw, arrived, name) for name, items in taken for raw in reversed(items)
         ]
         self.sent.extend(to_sent(m) for m in new)
+        if new and self.on_taken is not None:
+            self.on_taken(new)
         return len(new)
 
     def refuse(self, queue: str, member: str = "chaos-refused") -> float:

@@ -21,7 +21,11 @@ from typing import Any
 import redis
 
 from safe_redbeat.leader.lease import Holder, parse_token
+from safe_redbeat.model.occurrence import HEADER_ENTRY, HEADER_MAX_RUNTIME, HEADER_PREFIX
+from safe_redbeat.store.keys import Keys
 from safe_redbeat.store.layout import Layout
+from safe_redbeat.store.scripts import Scripts
+from testbed.beat import Message
 from testbed.redis_server import HOST, RedisServer
 from testbed.sentinel import SentinelDeployment
 from testbed.settings import LEASE, RENEW, RETRY, SOCKET_TIMEOUT
@@ -136,6 +140,11 @@ class ChaosConfig:
     refuse_max: float = 15.0
     #: ``safe_redbeat_publish_attempts`` (None: the library's default)
     publish_attempts: int | None = None
+    #: an overlap policy every entry gets (``skip``, ``replace``; '': none), with
+    #: ``max_runtime``; the auditor then ends each run as it takes the message (a worker
+    #: whose tasks take no time)
+    overlap: str = ""
+    max_runtime: float = 30.0
 
     def beat_settings(self) -> dict[str, Any]:
         settings: dict[str, Any] = {
@@ -178,7 +187,16 @@ class Harness:
             crons=config.crons,
             periods=config.periods,
             refused=BROKER_REFUSE_ONE in config.faults,
+            lifetime=(
+                {"overlap": config.overlap, "max_runtime": config.max_runtime}
+                if config.overlap
+                else None
+            ),
         )
+        #: runs the auditor ended (``overlap``), and calls that failed
+        self.runs_ended = 0
+        self.runs_end_errors = 0
+        self._run_scripts: dict[str, Scripts] = {}
         self.lifetimes: dict[str, list[Lifetime]] = {}
         self.faults: list[FaultRecord] = []
         #: the schedule's Redis (only the broker's with ``sentinel``)
@@ -258,7 +276,12 @@ class Harness:
             options = self.sentinel.redbeat_options(self.config.socket_timeout)
             self.admin = self.sentinel.client()
         queues = ["celery"] + ([REFUSED_QUEUE] if BROKER_REFUSE_ONE in self.config.faults else [])
-        self.auditor = AuditorThread(HOST, self.broker_server.port, queues=queues)
+        self.auditor = AuditorThread(
+            HOST,
+            self.broker_server.port,
+            queues=queues,
+            on_taken=self._end_runs if self.config.overlap else None,
+        )
         settings = self.config.beat_settings()
         if options:
             settings["redbeat_redis_options"] = options
@@ -298,6 +321,33 @@ class Harness:
             self.failed = True
         if self._own_workdir and not self.config.keep_workdir and not self.failed:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _end_runs(self, messages: list[Message]) -> None:
+        """The auditor took ``messages``: each run ends at once (``run_ended.lua`` on the
+        schedule's Redis, as a worker's ``track_runs`` calls it)."""
+        runs = [(m.task_id, found) for m in messages if (found := _run_of(m)) is not None]
+        if not runs:
+            return
+        try:
+            with self.admin.pipeline(transaction=False) as pipe:
+                for task_id, (prefix, entry) in runs:
+                    scripts = self._run_scripts.get(prefix)
+                    if scripts is None:
+                        keys = Keys(prefix=prefix, lease=prefix + ":lock")
+                        scripts = self._run_scripts[prefix] = Scripts(self.admin, keys)
+                    k = scripts.keys
+                    scripts.raw.run_ended(
+                        keys=[k.running(entry), k.running_index, k.entry(entry)],
+                        args=[task_id],
+                        client=pipe,
+                    )
+                replies = pipe.execute(raise_on_error=False)
+        except redis.RedisError:
+            self.runs_end_errors += len(runs)
+            return
+        failed = sum(isinstance(reply, Exception) for reply in replies)
+        self.runs_end_errors += failed
+        self.runs_ended += len(runs) - failed
 
     def configure_redis(self) -> None:
         """``appendfsync everysec`` on ``server``, unless broker-stop may SIGKILL it."""
@@ -498,6 +548,14 @@ class Harness:
                 if self.broker_server is not self.server or self.sentinel is not None
                 else "the schedule's server",
                 "auditor_errors": self.auditor.errors,
+                "overlap": {
+                    "policy": config.overlap,
+                    "runs_ended": self.runs_ended,
+                    "end_errors": self.runs_end_errors,
+                    **self._overlap_lines(),
+                }
+                if config.overlap
+                else None,
                 "lease_monitor_errors": 0 if self.monitor is None else self.monitor.errors,
                 "sentinel": None
                 if self.sentinel is None
@@ -559,6 +617,16 @@ class Harness:
                     )
         return found
 
+    def _overlap_lines(self) -> dict[str, int]:
+        """How many occurrences the replicas logged as skipped or replacing a run going
+        (``--overlap``; the auditor ends each run as it takes its message, so a skip is
+        one the oracle counts as missing)."""
+        logs = [process.log() for process in self.supervisor.all_processes]
+        return {
+            "skipped": sum(log.count("(overlap=skip)") for log in logs),
+            "replaced": sum(log.count("(overlap=replace)") for log in logs),
+        }
+
     @staticmethod
     def _static_lifetime(spec: Any, observe_from: float) -> Lifetime:
         """A ``beat_schedule`` entry, seeded by the first leader before ``observe_from``:
@@ -577,6 +645,15 @@ class Harness:
                 if name is not None:
                     origins[message.origin] = name
         return origins
+
+
+def _run_of(message: Message) -> tuple[str, str] | None:
+    """(shard prefix, entry) of a message sent under an overlap policy, else None."""
+    headers = message.headers
+    prefix, entry = headers.get(HEADER_PREFIX), headers.get(HEADER_ENTRY)
+    if headers.get(HEADER_MAX_RUNTIME) is None or not isinstance(prefix, str):
+        return None
+    return (prefix, entry) if isinstance(entry, str) else None
 
 
 def sharded_scenario(shards: int = 6, **overrides: Any) -> ChaosConfig:

@@ -74,6 +74,8 @@ class WorkloadEntry:
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    #: lifetime fields (the overlap policy of ``--overlap``)
+    lifetime: dict[str, Any] = field(default_factory=dict)
 
     def beat_spec(self) -> dict[str, Any]:
         """The SRB_SCHEDULE form read by testbed/beatapp.py."""
@@ -88,6 +90,7 @@ class WorkloadEntry:
             spec["kwargs"] = dict(self.kwargs)
         if self.options:
             spec["options"] = dict(self.options)
+        spec.update(self.lifetime)
         return spec
 
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 from celery import Celery
 from celery.schedules import crontab
 from celery.schedules import schedule as interval
-from redbeat.schedulers import RedBeatSchedulerEntry
+from redbeat.schedulers import RedBeatSchedulerEntry, get_redis
 
 from safe_redbeat import Schedule
+from safe_redbeat.model.lifecycle import Lifecycle
 from tests.chaos.model import WorkloadEntry
 
 #: The entry that carries args, kwargs and options through every fault.
@@ -35,10 +37,25 @@ def build_specs(
     crons: int,
     periods: tuple[int, int] = (1, 5),
     refused: bool = False,
+    lifetime: dict[str, Any] | None = None,
 ) -> dict[str, WorkloadEntry]:
     """``statics`` + ``dynamics`` interval entries of ``periods`` (1-5 s), ``crons``
     every-minute ones; with ``refused``, :data:`REFUSED_ENTRY` too (every 2 s, to its own
-    queue)."""
+    queue). ``lifetime``: fields every entry gets (an overlap policy)."""
+    specs = _build_specs(rng, statics, dynamics, crons, periods, refused)
+    if lifetime:
+        specs = {name: replace(spec, lifetime=dict(lifetime)) for name, spec in specs.items()}
+    return specs
+
+
+def _build_specs(
+    rng: random.Random,
+    statics: int,
+    dynamics: int,
+    crons: int,
+    periods: tuple[int, int],
+    refused: bool,
+) -> dict[str, WorkloadEntry]:
     specs: dict[str, WorkloadEntry] = {}
     for i in range(statics):
         period = float(rng.randint(*periods))
@@ -90,7 +107,8 @@ def redbeat_app(redis_url: str, redis_options: dict[str, Any] | None = None) -> 
 
 
 def write_dynamic(app: Celery, specs: Iterable[WorkloadEntry]) -> int:
-    """Write entries directly to Redis, as RedBeat's own API does (``entry.save()``)."""
+    """Write entries directly to Redis, as RedBeat's own API does (``entry.save()``); the
+    lifetime fields as another program would, in the hash field ``lifecycle``."""
     count = 0
     for spec in specs:
         if spec.source != "dynamic":
@@ -98,7 +116,7 @@ def write_dynamic(app: Celery, specs: Iterable[WorkloadEntry]) -> int:
         run_every = (
             interval(timedelta(seconds=spec.period)) if spec.kind == "interval" else crontab()
         )
-        RedBeatSchedulerEntry(
+        entry = RedBeatSchedulerEntry(
             spec.name,
             "noop",
             run_every,
@@ -106,7 +124,11 @@ def write_dynamic(app: Celery, specs: Iterable[WorkloadEntry]) -> int:
             kwargs=dict(spec.kwargs),
             options=dict(spec.options),
             app=app,
-        ).save()
+        )
+        entry.save()
+        if spec.lifetime:
+            lifecycle = Lifecycle.build(spec.name, **spec.lifetime).encode()
+            get_redis(app).hset(entry.key, "lifecycle", lifecycle)
         count += 1
     return count
 
@@ -128,6 +150,7 @@ def write_dynamic_sharded(app: Celery, specs: Iterable[WorkloadEntry]) -> int:
                 args=spec.args,
                 kwargs=spec.kwargs,
                 options=spec.options,
+                **spec.lifetime,
             )
             count += 1
     return count

@@ -44,6 +44,7 @@ STATUS_KEYS = {
     "not_scheduled",
     "pending",
     "next_due",
+    "running",
     "last_reconcile",
 }
 LEADER_KEYS = {"instance", "host", "pid", "fence", "lease_ttl", "leading_for", "heartbeat_age"}
@@ -95,6 +96,8 @@ ENTRY_KEYS = {
     "tz",
     "run_immediately",
     "at",
+    "overlap",
+    "max_runtime",
 }
 SYNC_KEYS = {
     "held",
@@ -277,6 +280,7 @@ def test_every_mutating_command_round_trips_through_show(redis_url: str, tmp_pat
         "--kwargs", '{"fmt": "pdf"}', "--queue", "reports",
     )  # fmt: skip
     shown = cli_json(env, "show", "nightly")
+    assert shown.pop("running") == []  # show also reads the runs an overlap policy tracks
     assert set(shown) == ENTRY_KEYS and shown == added
     assert shown["schedule"]["__type__"] == "crontab" and shown["schedule_text"] == "0 3 * * *"
     assert (shown["task"], shown["kwargs"], shown["options"]) == (

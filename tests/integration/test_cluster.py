@@ -132,14 +132,14 @@ def test_every_script_call_hashes_all_its_keys_to_the_prefix_slot(
     app: Celery, redis_url: str, redis_cluster: LocalCluster, cluster_prefix: str
 ) -> None:
     """Every Lua script, with KEYS as its Python caller builds them, on one slot: lease,
-    claim, due, sent, upsert, remove, run_now, versions, diff, move, adopt; and every other
-    key of Keys."""
+    claim (with an overlap policy), due, sent, upsert, remove, run_now, versions, diff,
+    move, adopt, a worker's run_started and run_ended; and every other key of Keys."""
     keys = Keys.from_app(app)
     slot = key_slot(keys.schedule.encode())
     fixed = [
         keys.lease, keys.schedule, keys.statics, keys.fence, keys.pending, keys.loader,
         keys.seeded, keys.reconcile, keys.replica("beat-0"), keys.entry("any:name{x}"),
-        keys.dead,
+        keys.dead, keys.running("any:name{x}"), keys.running_index,
     ]  # fmt: skip
     assert slots(fixed) == {slot}
 
@@ -147,7 +147,9 @@ def test_every_script_call_hashes_all_its_keys_to_the_prefix_slot(
         {"name": "from-loader", "task": "noop", "schedule": 1},
         {"name": "doomed", "task": "noop", "schedule": 3600},
     ]
-    app.conf.beat_schedule = {"static": {"task": "noop", "schedule": 1.0}}
+    app.conf.beat_schedule = {
+        "static": {"task": "noop", "schedule": 1.0, "overlap": "skip", "max_runtime": 60}
+    }
     app.conf.safe_redbeat_loader = "tests.apps.loaders:load"
     recorder = Recorder()
     clock = FakeClock()
@@ -167,6 +169,10 @@ def test_every_script_call_hashes_all_its_keys_to_the_prefix_slot(
         scheduler.tick()  # renew, reconcile (remove), due, claim
         # sent: what a publish that went out late records (sent_at)
         assert scheduler.shards[0].scripts.sent_late([keys.entry("static")]) == 1
+        # a worker's records of a run (overlap policy): the claim recorded "static" sent
+        assert scheduler.client.hlen(keys.running("static")) == 1
+        assert schedule.shards()[0].scripts.run_started("static", "t-1", 5000)
+        assert schedule.shards()[0].scripts.run_ended("static", "t-1")
         schedule.delete("api")
         scheduler.close()  # release
         shard = schedule.shards()[0]  # reshard's copy into a shard (its keys: one slot)

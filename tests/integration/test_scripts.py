@@ -85,7 +85,7 @@ def claim(scripts: Scripts, token: str, *ops: list[str], keys: list[str]) -> lis
     argv = [token, str(len(ops)), "", ""]  # n; the broker's database is the schedule's
     for op in ops:
         argv.extend(op)
-        argv.extend(["", "", "0"])  # run_now sent: none; new state: none; no pushes
+        argv.extend(["", "", "0", ""])  # run_now: none; new state: none; no pushes; allow
     result = scripts.claim(keys=[KEYS.lease, KEYS.schedule, KEYS.pending, *keys], args=argv)
     return [int(code) for code in result]
 

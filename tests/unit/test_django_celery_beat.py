@@ -188,6 +188,26 @@ def test_lifecycle_fields_are_mapped_to_the_loader_contract(models: Any) -> None
     assert "expires" not in item["options"]
 
 
+def test_the_overlap_policy_is_set_in_the_rows_headers(models: Any) -> None:
+    from safe_redbeat.contrib.django_celery_beat.admin import schedulable_error
+
+    interval = models.IntervalSchedule.objects.create(every=1, period="hours")
+    row = models.PeriodicTask.objects.create(
+        name="export", task="reports.export", interval=interval,
+        headers='{"tenant": "acme", "safe_redbeat_overlap": "skip", '
+        '"safe_redbeat_max_runtime": 5400}',
+    )  # fmt: skip
+    spec = spec_of(row)
+    assert (spec.lifecycle.overlap, spec.lifecycle.max_runtime) == ("skip", 5400)
+    assert spec.options["headers"] == {"tenant": "acme", "periodic_task_name": "export"}
+    row.headers = '{"safe_redbeat_overlap": "skip"}'  # no max_runtime: refused at the field
+    error = schedulable_error(row)
+    assert error is not None and error.field == "max_runtime"
+    from safe_redbeat.contrib.django_celery_beat.admin import _form_field
+
+    assert _form_field(row, error.field) == "headers"
+
+
 def test_a_clocked_row_is_a_one_off_at_its_time(models: Any) -> None:
     at = datetime(2026, 3, 14, 12, 0, tzinfo=timezone.utc)
     clocked = models.ClockedSchedule.objects.create(clocked_time=at)

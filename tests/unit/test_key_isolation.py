@@ -16,6 +16,8 @@ from safe_redbeat.store.layout import Layout
 #: replica tokens are 32 hex digits; guard keys carry uuid task ids
 TOKENS = ("0123456789abcdef0123456789abcdef", "deadbeefdeadbeefdeadbeefdeadbeef")
 TASK_IDS = ("6f1c1d56-3f43-4a52-9d1e-6a0f2f6b7c15",)
+#: entries whose runs are tracked (overlap policy): ``<p>:running:<name>``
+RUNNING = ("nightly", "a:b", "schedule", "1")
 
 ALPHABET = "ab1:{}#/%09 "
 prefixes = st.text(ALPHABET, max_size=10).map(lambda text: text + ":")
@@ -53,8 +55,10 @@ def internal(keys: Keys) -> set[str]:
         keys.layout,
         keys.reconcile,
         keys.replica_index,
+        keys.running_index,
         keys.lease,
     }
+    found |= {keys.running(name) for name in RUNNING}
     found |= {keys.replica(token) for token in TOKENS}
     found |= {f"{keys.prefix}:done:{task_id}" for task_id in TASK_IDS}
     return found

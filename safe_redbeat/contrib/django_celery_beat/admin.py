@@ -48,6 +48,9 @@ _FIELD_OF = {
     "priority": "priority",
     "exchange": "exchange",
     "routing_key": "routing_key",
+    # the overlap policy is set in the row's headers JSON (the table has no field for it)
+    "overlap": "headers",
+    "max_runtime": "headers",
 }
 _SCHEDULES = ("interval", "crontab", "solar", "clocked")
 

@@ -20,13 +20,16 @@ enabled, args, kwargs     ``enabled``, ``args``, ``kwargs`` (JSON text parsed)
 queue, exchange,          ``options`` of the same names (when set)
 routing_key, priority
 headers                   ``options["headers"]`` plus ``periodic_task_name`` (as
-                          django-celery-beat's scheduler sends it)
+                          django-celery-beat's scheduler sends it); its keys
+                          ``safe_redbeat_overlap`` and ``safe_redbeat_max_runtime`` are
+                          taken out and become ``overlap`` and ``max_runtime`` (the
+                          table has no field for them)
 description               stays in the table: a Redis entry has no place for it
 ========================  ============================================================
 
 The lifecycle keys (``start_time``, ``expires``, ``max_runs``, ``tz``, ``at``,
-``run_immediately``) and the run history (``last_run_at``, ``total_run_count``) are the
-loader's own (see the README, "When entries run").
+``run_immediately``, ``overlap``, ``max_runtime``) and the run history (``last_run_at``,
+``total_run_count``) are the loader's own (see the README, "When entries run").
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from safe_redbeat.errors import InvalidEntry
 from safe_redbeat.sync import loader as core_loader
 
 __all__ = [
+    "OVERLAP_HEADERS",
     "Rejected",
     "load_rows",
     "row_to_entry",
@@ -51,6 +55,9 @@ __all__ = [
 logger = get_logger("safe_redbeat.contrib.django_celery_beat")
 
 _MESSAGE_OPTIONS = ("queue", "exchange", "routing_key", "priority")
+#: The overlap policy of a row, set in its ``headers`` JSON (the table has no field for
+#: it): entry field -> header key, taken out of the message's headers.
+OVERLAP_HEADERS = {"overlap": "safe_redbeat_overlap", "max_runtime": "safe_redbeat_max_runtime"}
 _SCHEDULE_FIELDS = ("interval", "crontab", "solar", "clocked")
 _CRONTAB_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
 
@@ -161,7 +168,11 @@ def row_to_entry(row: Any) -> dict[str, Any]:
     }
     if row.expire_seconds is not None:
         options["expires"] = int(row.expire_seconds)
-    options["headers"] = {**_json(row, "headers", "{}", dict), "periodic_task_name": row.name}
+    headers = _json(row, "headers", "{}", dict)
+    for field, header in OVERLAP_HEADERS.items():
+        if header in headers:
+            entry[field] = headers.pop(header)
+    options["headers"] = {**headers, "periodic_task_name": row.name}
     entry["options"] = options
     if row.one_off and row.clocked is None:
         entry["max_runs"] = 1

@@ -39,6 +39,7 @@ __all__ = [
     "Move",
     "MoveCode",
     "MoveResult",
+    "Overlap",
     "Registered",
     "Remove",
     "RemoveCode",
@@ -87,6 +88,8 @@ class Registered:
         self.move = client.register_script(source("move"))
         self.adopt = client.register_script(source("adopt"))
         self.sent = client.register_script(source("sent"))
+        self.run_started = client.register_script(source("run_started"))
+        self.run_ended = client.register_script(source("run_ended"))
 
 
 # -- reply codes -------------------------------------------------------------------------
@@ -110,6 +113,9 @@ class ClaimCode(IntEnum):
     #: its message cannot be pushed (a queue key of another type, or one the ACL user may
     #: not write): nothing written
     QUEUE_REFUSED = 4
+    #: not sent: another run of the entry still counts as going (overlap policy ``skip``);
+    #: its slot moved on
+    SKIPPED = 5
 
 
 class UpsertCode(IntEnum):
@@ -195,8 +201,15 @@ class Fenced(Generic[C]):
 
 UpsertResult = Coded[UpsertCode]
 RemoveResult = Coded[RemoveCode]
-ClaimResult = Fenced[ClaimCode]
 MoveResult = Fenced[MoveCode]
+
+
+@dataclass(frozen=True)
+class ClaimResult(Fenced[ClaimCode]):
+    """``claim.lua``'s answer: a code per operation, and for the operations with an
+    overlap policy whose entry had other runs going, their task ids (by 0-based index)."""
+
+    running: dict[int, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -251,6 +264,23 @@ class Due:
 
 
 @dataclass(frozen=True)
+class Overlap:
+    """The overlap policy of one operation of ``claim.lua`` that sends an occurrence."""
+
+    #: ``skip`` or ``replace``
+    policy: str
+    #: the entry's running HASH and the running index of its shard
+    running_key: str
+    running_index: str
+    max_runtime_ms: int
+    #: the occurrence's task id (its own run never counts against it)
+    task_id: str
+    #: what the claim writes if it skips the occurrence: the score, and a state or ''
+    unsent_score: int
+    unsent_state: str = ""
+
+
+@dataclass(frozen=True)
 class Claim:
     """One operation of ``claim.lua``: claim an occurrence (record it pending and move the
     score), or only move the score."""
@@ -268,6 +298,8 @@ class Claim:
     #: broker commands that enqueue the occurrence's message in the same step (atomic
     #: enqueue): ``(verb, queue key, value)``, verb ``lpush`` or ``pexpire``
     pushes: tuple[tuple[str, str, str], ...] = ()
+    #: the entry's overlap policy, when the operation sends an occurrence under one
+    overlap: Overlap | None = None
 
     def pending_record(self) -> str:
         """``'<task id> <record>'`` of the occurrence to record pending, or '' (a move,
@@ -412,6 +444,8 @@ class Scripts:
         queues: dict[str, int] = {}
         commands: list[str] = []
         argv: list[str] = [token, str(len(ops)), *_databases(databases)]
+        #: (position in argv, overlap) of the operations with an overlap policy
+        overlaps: list[tuple[int, Overlap]] = []
         for op in ops:
             argv += [
                 _score_text(op.expected_score),
@@ -422,21 +456,60 @@ class Scripts:
                 op.run_now,
                 op.new_state,
                 str(len(op.pushes)),
+                "",
             ]
+            if op.overlap is not None:
+                overlaps.append((len(argv) - 1, op.overlap))
             for verb, queue, value in op.pushes:
                 index = queues.setdefault(queue, len(queues) + 1)
                 commands += [verb, str(index), value]
-        reply = self.raw.claim(
-            keys=[
-                self.keys.lease,
-                self.keys.schedule,
-                self.keys.pending,
-                *(o.key for o in ops),
-                *queues,
-            ],
-            args=argv + commands,
+        keys = [
+            self.keys.lease,
+            self.keys.schedule,
+            self.keys.pending,
+            *(o.key for o in ops),
+            *queues,
+        ]
+        if overlaps:
+            # the running keys after the queues; each value names their (1-based) positions
+            running: dict[str, int] = {}
+            for position, overlap in overlaps:
+                at = [
+                    running.setdefault(key, len(keys) + len(running) + 1)
+                    for key in (overlap.running_key, overlap.running_index)
+                ]
+                argv[position] = _overlap_text(overlap, *at)
+            keys += running
+        reply = self.raw.claim(keys=keys, args=argv + commands)
+        if int(reply[0]) != 1:
+            return ClaimResult(fenced_out=True)
+        n = len(ops)
+        found: dict[int, list[str]] = {}
+        extra = reply[1 + n :]
+        for index, task_id in zip(extra[::2], extra[1::2], strict=True):
+            found.setdefault(int(index) - 1, []).append(str(task_id))
+        return ClaimResult(False, [ClaimCode(int(code)) for code in reply[1 : 1 + n]], found)
+
+    # -- runs (overlap policy; called from workers) --------------------------------------
+
+    def run_started(self, name: str, task_id: str, max_runtime_ms: int) -> bool:
+        """Record the run ``task_id`` of the entry ``name`` as going for ``max_runtime_ms``
+        (Redis time); False if a key of another type is in the way."""
+        keys = self.keys
+        reply = self.raw.run_started(
+            keys=[keys.running(name), keys.running_index, keys.entry(name)],
+            args=[task_id, max(int(max_runtime_ms), 1)],
         )
-        return _fenced(ClaimCode, reply)
+        return bool(int(reply))
+
+    def run_ended(self, name: str, task_id: str) -> bool:
+        """Delete the run ``task_id`` of the entry ``name`` (only that run's record);
+        True if it was recorded."""
+        keys = self.keys
+        reply = self.raw.run_ended(
+            keys=[keys.running(name), keys.running_index, keys.entry(name)], args=[task_id]
+        )
+        return bool(int(reply))
 
     def move(
         self,
@@ -574,6 +647,23 @@ def _databases(databases: tuple[int, int] | None) -> list[str]:
     if databases is None or databases[0] == databases[1]:
         return ["", ""]
     return [str(databases[0]), str(databases[1])]
+
+
+def _overlap_text(overlap: Overlap, running_at: int, index_at: int) -> str:
+    """The ``overlap`` value of a ``claim.lua`` operation (see its contract)."""
+    if overlap.policy not in ("skip", "replace") or " " in overlap.task_id:
+        raise ValueError(f"not an overlap policy claim.lua takes: {overlap!r}")
+    return " ".join(
+        (
+            overlap.policy,
+            str(running_at),
+            str(index_at),
+            str(max(int(overlap.max_runtime_ms), 1)),
+            overlap.task_id,
+            str(int(overlap.unsent_score)),
+            overlap.unsent_state or "-",
+        )
+    )
 
 
 def _optional(number: int | None) -> str | int:

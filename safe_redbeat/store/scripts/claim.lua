@@ -7,11 +7,13 @@
 -- KEYS[3]       - pending HASH (task id -> record of a claimed, unpublished occurrence)
 -- KEYS[3+i]     - entry HASH of operation i, i = 1..n
 -- KEYS[3+n+j]   - broker queue key j (a kombu queue LIST), j = 1..q (atomic enqueue only)
+-- KEYS[...]     - after those: the running HASHes and the running index ZSET of the
+--                 operations with an overlap policy, at the positions their values name
 -- ARGV[1]       - our lease token
 -- ARGV[2]       - n, the number of operations
 -- ARGV[3]       - the broker's database index when it differs from the schedule's, or ''
 -- ARGV[4]       - the schedule's database index (to select back), or '' with ARGV[3] ''
--- then 8 values per operation i, starting at ARGV[5 + 8 * (i - 1)]:
+-- then 9 values per operation i, starting at ARGV[5 + 9 * (i - 1)]:
 --   expected score   - the ZSET score read when the occurrence was planned
 --   expected version - the entry's `version` field read then ('0' if it had none)
 --   new score        - next due timestamp ('-1' = never again)
@@ -26,6 +28,12 @@
 --                      or '' to leave it alone
 --   pushes           - m, how many broker commands enqueue this operation's message (0:
 --                      none)
+--   overlap          - '' (no overlap policy: send), or, for an occurrence of an entry
+--                      whose policy is skip or replace, 7 fields separated by one space:
+--                      policy ('skip' or 'replace'), r (the entry's running HASH is
+--                      KEYS[r]), x (the running index ZSET is KEYS[x]), max runtime in
+--                      ms, the occurrence's task id, the score and the state ('-': none)
+--                      to write instead if it is skipped
 -- then, after the operations' values, 3 values per broker command, operation by operation
 -- (m_1 commands of operation 1, then those of operation 2, ...):
 --   verb  - 'lpush' (push the message) or 'pexpire' (a queue with x-expires)
@@ -42,20 +50,85 @@
 -- kept, and unless the operation parks the entry ('-') the new score is never later than
 -- the request: the next tick sends it.
 --
--- return {1, code_1, ..., code_n} when the lease is ours, with per operation:
+-- Overlap policy. The running HASH of an entry holds its runs that count as going: task
+-- id -> '<until ms> <since ms> <state>' in Redis time (state 'sent' by this script,
+-- 'running' once a worker started it). A run counts while now < min(until, since + max
+-- runtime); other fields are deleted here. If a run other than this occurrence counts,
+-- 'skip' sends nothing: the score and state to write if skipped are written, the run
+-- count, meta and any pushes are not (code 5); 'replace' sends as usual, and the running
+-- task ids are returned for the caller to revoke. Every occurrence sent under a policy
+-- is recorded: field <task id> = '<now + max runtime> <now> sent', the HASH expires with
+-- its last run, and the index holds the entry key with that time as its score (and
+-- expires with the last run it names).
+--
+-- return {1, code_1, ..., code_n, i, task id, i, task id, ...} when the lease is ours,
+-- with per operation:
 --   1 - done;  0 - the score moved meanwhile (claimed by someone, or rescheduled);
 --   3 - the definition changed meanwhile (version differs);
 --   2 - the entry HASH is gone, or the key holds another type: its ZSET member is dropped
 --       (it pointed at no entry); the key itself is left alone;
 --   4 - its message cannot be pushed (a queue key of another type, or not writable):
---       nothing written.
+--       nothing written;
+--   5 - skipped: another run of the entry still counts (overlap policy 'skip');
+-- and after the codes, one pair per run that still counted for operation i (codes 1 and
+-- 5): i and the run's task id.
 -- return {0} when the lease is not ours: nothing was written.
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
     return {0}
 end
 local n = tonumber(ARGV[2])
 local broker_db, schedule_db = ARGV[3], ARGV[4]
-local first_command = 5 + 8 * n
+local first_command = 5 + 9 * n
+
+-- Redis' clock in ms, read once when an operation has an overlap policy
+local now_ms
+local function clock()
+    if not now_ms then
+        local t = redis.call('TIME')
+        now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    end
+    return now_ms
+end
+
+-- whether `key` may be written as a `kind` (it is one, or does not exist)
+local function usable(key, kind)
+    local found = redis.call('TYPE', key)['ok']
+    return found == kind or found == 'none'
+end
+
+-- the index expires with the last run it names
+local function expire_with_last(index)
+    local last = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')
+    if last[2] then
+        redis.call('PEXPIREAT', index, last[2])
+    end
+end
+
+-- the runs of an entry that still count, other than `task_id`; deletes the others
+-- (expired, or unreadable); returns their task ids and the latest `until` of those kept
+local function running(marker, task_id, max_ms)
+    local now = clock()
+    local fields = redis.call('HGETALL', marker)
+    local others, latest = {}, 0
+    for f = 1, #fields, 2 do
+        local untils, since = string.match(fields[f + 1], '^(%d+) (%d+) ')
+        local until_ms = tonumber(untils)
+        if until_ms and tonumber(since) + max_ms < until_ms then
+            until_ms = tonumber(since) + max_ms
+        end
+        if not until_ms or until_ms <= now then
+            redis.call('HDEL', marker, fields[f])
+        else
+            if fields[f] ~= task_id then
+                others[#others + 1] = fields[f]
+            end
+            if until_ms > latest then
+                latest = until_ms
+            end
+        end
+    end
+    return others, latest
+end
 
 -- the queue keys, checked once each, in the broker's database
 local pushable, checked = {}, {}
@@ -88,10 +161,12 @@ if first_command <= #ARGV then
 end
 
 local codes = {1}
+local overlapping = {}
+local pruned = false
 local command = first_command
 for i = 1, n do
     local key = KEYS[3 + i]
-    local base = 5 + 8 * (i - 1)
+    local base = 5 + 9 * (i - 1)
     local pushes = tonumber(ARGV[base + 7])
     local first, last = command, command + 3 * (pushes - 1)
     command = command + 3 * pushes
@@ -112,7 +187,64 @@ for i = 1, n do
                 code = 4
             end
         end
+        -- the overlap policy: does another run of the entry still count?
+        local overlap, marker, index, max_ms, task_id = ARGV[base + 8], nil, nil, 0, nil
+        local unsent_score, unsent_state = nil, nil
+        local recorded_until = 0
+        if code == 1 and overlap ~= '' then
+            local policy, r, x, ms, id, score, state = string.match(
+                overlap, '^(%a+) (%d+) (%d+) (%d+) (%S+) (%-?%d+) (%S+)$')
+            if not policy or (policy ~= 'skip' and policy ~= 'replace') then
+                return redis.error_reply('claim.lua: bad overlap value ' .. overlap)
+            end
+            marker, index, max_ms, task_id = KEYS[tonumber(r)], KEYS[tonumber(x)], tonumber(ms), id
+            unsent_score, unsent_state = score, state
+            if not usable(marker, 'hash') or not usable(index, 'zset') then
+                marker = nil  -- another program's key of another type: sent, not tracked
+            else
+                local others, latest = running(marker, task_id, max_ms)
+                for _, other in ipairs(others) do
+                    overlapping[#overlapping + 1] = i
+                    overlapping[#overlapping + 1] = other
+                end
+                if not pruned then
+                    redis.call('ZREMRANGEBYSCORE', index, '-inf', string.format('%d', clock()))
+                    pruned = true
+                end
+                if #others > 0 and policy == 'skip' then
+                    code = 5
+                else
+                    recorded_until = math.max(clock() + max_ms, latest)
+                end
+            end
+        end
+        if code == 5 then
+            -- skipped: the slot moves on as if it had been skipped; nothing is sent
+            local new_score = unsent_score
+            local run_now = redis.call('HGET', key, 'run_now')
+            if run_now and run_now == ARGV[base + 5] then
+                redis.call('HDEL', key, 'run_now')  -- the manual run it was is skipped
+            elseif run_now then
+                local requested = tonumber(run_now)
+                if requested and requested >= 0 and requested < 9007199254740992
+                        and (tonumber(new_score) < 0 or requested < tonumber(new_score)) then
+                    new_score = run_now
+                end
+            end
+            redis.call('ZADD', KEYS[2], new_score, key)
+            if unsent_state ~= '-' then
+                redis.call('HSET', key, 'state', unsent_state)
+            end
+        end
         if code == 1 then
+            if marker then
+                local now = clock()
+                redis.call('HSET', marker, task_id,
+                           string.format('%d %d sent', now + max_ms, now))
+                redis.call('PEXPIREAT', marker, string.format('%d', recorded_until))
+                redis.call('ZADD', index, string.format('%d', recorded_until), key)
+                expire_with_last(index)
+            end
             if pushes > 0 then
                 if broker_db ~= '' then
                     redis.call('SELECT', broker_db)
@@ -155,5 +287,8 @@ for i = 1, n do
         end
     end
     codes[i + 1] = code
+end
+for _, value in ipairs(overlapping) do
+    codes[#codes + 1] = value
 end
 return codes
