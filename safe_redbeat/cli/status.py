@@ -124,6 +124,10 @@ def holder_beat(holder: Holder | None, replicas: list[ReplicaStatus]) -> Replica
 # -- status ----------------------------------------------------------------------------
 
 
+def _runs_json(runs: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"name": name, **run.to_json()} for name, found in runs.items() for run in found]
+
+
 def collect_status(ctx: Context) -> dict[str, Any]:
     """The ``status --json`` object."""
     layout = ctx.layout()
@@ -141,12 +145,7 @@ def collect_status(ctx: Context) -> dict[str, Any]:
         "redis_only_entries": count_redis_only(ctx.client, layout.all_keys()),
         "replicas": [replica_json(r, shared, shard_info=sharded(layout)) for r in replicas],
         **{field: sum(s[field] for s in per_shard) for field in COUNTED},
-        "running": {
-            "entries": running,
-            "runs": [
-                {"name": name, **run.to_json()} for name, found in runs.items() for run in found
-            ],
-        },
+        "running": {"entries": running, "runs": _runs_json(runs)},
         "next_due": [
             {
                 "name": name,

@@ -104,6 +104,28 @@ local function expire_with_last(index)
     end
 end
 
+-- moves the entry `key` to `new_score` in the schedule: a manual run request that reads
+-- `consumed` was this occurrence and is deleted; another request earlier than
+-- `new_score` is where the entry goes instead (a malformed one, which parks the entry,
+-- never moves the score); `consumed` '-' (parking) leaves any request alone, even one
+-- that reads '-'
+local function move_on(key, new_score, consumed)
+    local run_now = redis.call('HGET', key, 'run_now')
+    if consumed == '-' then
+        run_now = nil
+    end
+    if run_now and run_now == consumed then
+        redis.call('HDEL', key, 'run_now')
+    elseif run_now then
+        local requested = tonumber(run_now)
+        if requested and requested >= 0 and requested < 9007199254740992
+                and (tonumber(new_score) < 0 or requested < tonumber(new_score)) then
+            new_score = run_now
+        end
+    end
+    redis.call('ZADD', KEYS[2], new_score, key)
+end
+
 -- the runs of an entry that still count, other than `task_id`; deletes the others
 -- (expired, or unreadable); returns their task ids and the latest `until` of those kept
 local function running(marker, task_id, max_ms)
@@ -220,18 +242,7 @@ for i = 1, n do
         end
         if code == 5 then
             -- skipped: the slot moves on as if it had been skipped; nothing is sent
-            local new_score = unsent_score
-            local run_now = redis.call('HGET', key, 'run_now')
-            if run_now and run_now == ARGV[base + 5] then
-                redis.call('HDEL', key, 'run_now')  -- the manual run it was is skipped
-            elseif run_now then
-                local requested = tonumber(run_now)
-                if requested and requested >= 0 and requested < 9007199254740992
-                        and (tonumber(new_score) < 0 or requested < tonumber(new_score)) then
-                    new_score = run_now
-                end
-            end
-            redis.call('ZADD', KEYS[2], new_score, key)
+            move_on(key, unsent_score, ARGV[base + 5])  -- a manual run it was is skipped
             if unsent_state ~= '-' then
                 redis.call('HSET', key, 'state', unsent_state)
             end
@@ -259,22 +270,7 @@ for i = 1, n do
             if ARGV[base + 3] ~= '' then
                 redis.call('HSET', key, 'meta', ARGV[base + 3])
             end
-            local new_score = ARGV[base + 2]
-            local run_now = redis.call('HGET', key, 'run_now')
-            if ARGV[base + 5] == '-' then
-                run_now = nil  -- parking: a request (even one that reads '-') is left alone
-            end
-            if run_now and run_now == ARGV[base + 5] then
-                redis.call('HDEL', key, 'run_now')
-            elseif run_now then
-                local requested = tonumber(run_now)
-                -- a malformed request (the entry is parked for it) never moves the score
-                if requested and requested >= 0 and requested < 9007199254740992
-                        and (tonumber(new_score) < 0 or requested < tonumber(new_score)) then
-                    new_score = run_now
-                end
-            end
-            redis.call('ZADD', KEYS[2], new_score, key)
+            move_on(key, ARGV[base + 2], ARGV[base + 5])
             if ARGV[base + 6] ~= '' then
                 redis.call('HSET', key, 'state', ARGV[base + 6])
             end
