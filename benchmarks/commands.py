@@ -36,9 +36,13 @@ COUNTED = (REDBEAT, SAFE_PUBLISH, SAFE_STEADY)
 CLAIM_SCRIPT = "claim.lua"
 #: the round trips that read due entries (one due.lua call and one HMGET pipeline each)
 DUE_SCRIPT = "due.lua"
-#: the commands of the replica's upkeep: renew.lua (lease), SET + SADD (heartbeat),
-#: GET, PTTL, SMEMBERS (the balancer's poll of leases and replicas)
-UPKEEP = frozenset({"EVALSHA renew.lua", "SET", "SADD", "GET", "PTTL", "SMEMBERS"})
+#: the commands of the replica's upkeep, due by the clock: renew.lua (lease), SET + SADD
+#: (heartbeat), GET, PTTL, SMEMBERS (the balancer's poll of leases and replicas), and the
+#: one look at Redis' persistence 5 s after a replica first led (INFO, CONFIG GET, and on a
+#: Redis that persists nothing SMEMBERS + ZSCAN pages to count the entries only it holds)
+UPKEEP = frozenset(
+    {"EVALSHA renew.lua", "SET", "SADD", "GET", "PTTL", "SMEMBERS", "INFO", "CONFIG", "ZSCAN"}
+)
 
 
 @dataclass
@@ -73,7 +77,8 @@ class CommandResult:
     @property
     def upkeep_trips(self) -> list[tuple[str, ...]]:
         """Round trips of the replica's upkeep, due by the clock, not by the batches:
-        lease renewals, heartbeats, the balancer's look at leases and replicas."""
+        lease renewals, heartbeats, the balancer's look at leases and replicas, the one
+        persistence check."""
         return [trip for trip in self.trips if set(trip) <= UPKEEP]
 
     @property

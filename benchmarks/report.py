@@ -224,6 +224,13 @@ def _dispatch_targets(dispatch: list[DispatchResult]) -> list[Target]:
     return found
 
 
+def _batch_trips(c: CommandResult) -> int:
+    """Round trips of ``c``'s tick that its batches cost: all but the upkeep (lease
+    renewals, heartbeats, the balancer's polls), which is due by the clock during a long
+    tick, not by the number of entries."""
+    return c.round_trips - len(c.upkeep_trips)
+
+
 def _round_trip_targets(commands: list[CommandResult]) -> list[Target]:
     found: list[Target] = []
     batch = DEFAULTS.batch_size
@@ -232,12 +239,16 @@ def _round_trip_targets(commands: list[CommandResult]) -> list[Target]:
         base, ours = _batch_base(commands, contender), _of(commands, contender)
         if base is None:
             continue
-        per_batch = base.round_trips / math.ceil(base.n / batch)
-        detail = ", ".join(f"N={c.n}: {c.round_trips}" for c in ours)
+        per_batch = _batch_trips(base) / math.ceil(base.n / batch)
+        detail = ", ".join(
+            f"N={c.n}: {_batch_trips(c)}"
+            + (f" (+{len(c.upkeep_trips)} upkeep)" if c.upkeep_trips else "")
+            for c in ours
+        )
         detail += f" (RedBeat N={stock.n}: {stock.round_trips})" if stock else ""
-        name = f"round trips per tick O(N/batch_size), {NAMES[contender.key]}: "
+        name = f"round trips per tick beyond upkeep O(N/batch_size), {NAMES[contender.key]}: "
         name += f"<= c x ceil(N/{batch}), c = round trips per batch at N={base.n} ({per_batch:g})"
-        ok = all(c.round_trips <= per_batch * math.ceil(c.n / batch) for c in ours)
+        ok = all(_batch_trips(c) <= per_batch * math.ceil(c.n / batch) for c in ours)
         found.append(Target(name, ok, detail))
     atomic = _of(commands, SAFE_STEADY)
     if atomic:
