@@ -32,21 +32,10 @@ def project(redis_url: str) -> Iterator[Path]:
     from django.contrib.auth.models import User
     from django.test import override_settings
 
-    from examples.django_celery_beat import celery_app
     from safe_redbeat.contrib.django_celery_beat.row_signals import close_schedules
 
-    with override_settings(SAFE_REDBEAT_WRITE_THROUGH=False):
-        django_project.clear_tables()
+    django_project.use_redis(redis_url)
     User.objects.all().delete()
-    close_schedules()
-    for cached in ("redbeat_conf", "redbeat_redis"):
-        vars(celery_app).pop(cached, None)
-    celery_app.conf.update(
-        redbeat_redis_url=redis_url,
-        broker_url=redis_url,
-        CELERY_REDBEAT_REDIS_URL=redis_url,
-        CELERY_BROKER_URL=redis_url,
-    )
     with override_settings(ALLOWED_HOSTS=["testserver"]):
         try:
             yield db_path

@@ -35,23 +35,9 @@ SETTINGS = {
 def project(redis_url: str) -> Iterator[Path]:
     """Django set up, its tables empty, the example's Celery app on this test's Redis."""
     db_path = django_project.setup()
-    from django.test import override_settings
-
-    from examples.django_celery_beat import celery_app
     from safe_redbeat.contrib.django_celery_beat.row_signals import close_schedules
 
-    with override_settings(SAFE_REDBEAT_WRITE_THROUGH=False):
-        django_project.clear_tables()
-    close_schedules()
-    for cached in ("redbeat_conf", "redbeat_redis"):
-        vars(celery_app).pop(cached, None)
-    # both spellings: older Celery looks the CELERY_ (Django) key up first
-    celery_app.conf.update(
-        redbeat_redis_url=redis_url,
-        broker_url=redis_url,
-        CELERY_REDBEAT_REDIS_URL=redis_url,
-        CELERY_BROKER_URL=redis_url,
-    )
+    django_project.use_redis(redis_url)
     try:
         yield db_path
     finally:

@@ -49,6 +49,29 @@ def clear_tables() -> None:
         model.objects.all().delete()
 
 
+def use_redis(redis_url: str) -> None:
+    """Point the example's Celery app at ``redis_url`` (schedule and broker), with its
+    tables empty (write-through off while they are emptied) and no cached Schedule or
+    RedBeat connection of an earlier test left."""
+    from django.test import override_settings
+
+    from examples.django_celery_beat import celery_app
+    from safe_redbeat.contrib.django_celery_beat.row_signals import close_schedules
+
+    with override_settings(SAFE_REDBEAT_WRITE_THROUGH=False):
+        clear_tables()
+    close_schedules()
+    for cached in ("redbeat_conf", "redbeat_redis"):
+        vars(celery_app).pop(cached, None)
+    # both spellings: older Celery looks the CELERY_ (Django) key up first
+    celery_app.conf.update(
+        redbeat_redis_url=redis_url,
+        broker_url=redis_url,
+        CELERY_REDBEAT_REDIS_URL=redis_url,
+        CELERY_BROKER_URL=redis_url,
+    )
+
+
 def beat_env(db_path: Path, *, write_back: float | None = None) -> dict[str, str]:
     """Extra environment of a beat process running the example project."""
     env = {"DJANGO_SETTINGS_MODULE": SETTINGS_MODULE, "EXAMPLE_DB_PATH": str(db_path)}
