@@ -200,9 +200,12 @@ class ModelMachine(RuleBasedStateMachine):
         shards=st.sampled_from([1, 1, 2]),
         catch_up=st.sampled_from(["run_once", "run_once", "skip"]),
         seed=st.integers(0, 1000),
+        phase=st.integers(0, 359).map(lambda half_seconds: half_seconds / 2),
     )
-    def start(self, shards: int, catch_up: str, seed: int) -> None:
-        self.world = World(self.servers, shards=shards, catch_up=catch_up, seed=seed, known=KNOWN)
+    def start(self, shards: int, catch_up: str, seed: int, phase: float) -> None:
+        self.world = World(
+            self.servers, shards=shards, catch_up=catch_up, seed=seed, known=KNOWN, phase=phase
+        )
         self.w.tick_all()
 
     def teardown(self) -> None:

@@ -134,8 +134,12 @@ class ModelServers:
         self.broker.stop()
         self.schedule.stop()
 
-    def reset(self) -> None:
-        """Empty both servers (the broker started if it was stopped); the clock goes on."""
+    def reset(self, phase: float = 0.0) -> None:
+        """Empty both servers (the broker started if it was stopped); the clock goes on to
+        ``phase`` seconds past the next whole hour, so that a run sees the same times, and
+        the static entries' slots (:data:`STATICS`) at the same moments, whenever it runs
+        and whatever ran before it."""
+        self.clock.set((self.clock.now // 3600 + 1) * 3600 + phase)
         if not self.broker.running():
             self.broker.start()
         for server in (self.schedule, self.broker):
@@ -163,9 +167,11 @@ class World:
         seed: int = 0,
         known: frozenset[str] = frozenset(),
         settings: dict[str, Any] | None = None,
+        phase: float = 0.0,
     ) -> None:
-        """``settings``: replica settings instead of :data:`SETTINGS`' (lease ones)."""
-        servers.reset()
+        """``settings``: replica settings instead of :data:`SETTINGS`' (lease ones);
+        ``phase``: where in the hour the run starts (see :meth:`ModelServers.reset`)."""
+        servers.reset(phase)
         self.settings = {**SETTINGS, **(settings or {})}
         self.lease = float(self.settings["safe_redbeat_lease_seconds"])
         self.renew = float(self.settings["safe_redbeat_renew_seconds"])
@@ -267,6 +273,7 @@ class World:
         for tag, hits in self.oracle.known_hits.items():
             STATS[f"known bug hit: {tag}"] += hits
         STATS["second sends while a queue was refused"] += self.oracle.resends
+        STATS["second sends after a lease lost before the ack"] += self.oracle.lost_acks
         STATS["slowest tick (ms)"] = max(STATS["slowest tick (ms)"], int(self.slowest_tick * 1000))
 
     # -- time --------------------------------------------------------------------------
