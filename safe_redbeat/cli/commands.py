@@ -25,6 +25,7 @@ from ..errors import (
     SafeRedBeatError,
     VersionConflict,
 )
+from ..model.codec import SOLAR_EVENTS
 from ..model.lifecycle import FLAG, lifetime_fields
 from .backup import cmd_export, cmd_import
 from .context import (
@@ -65,6 +66,7 @@ UPDATE_FIELDS = (
     "task",
     "every",
     "cron",
+    "solar",
     "args",
     "kwargs",
     "options",
@@ -73,7 +75,7 @@ UPDATE_FIELDS = (
     *(f.name for f in lifetime_fields() if f.metadata["kind"] != FLAG),
 )
 #: the options of which ``add`` takes exactly one and ``update`` at most one
-SCHEDULE_OPTIONS = (("every", "--every"), ("cron", "--cron"), ("at", "--at"))
+SCHEDULE_OPTIONS = (("every", "--every"), ("cron", "--cron"), ("solar", "--solar"), ("at", "--at"))
 
 
 # -- the options every command takes -----------------------------------------------------
@@ -153,7 +155,9 @@ def _check(ctx: click.Context, args: Args) -> None:
             flags = " ".join(flag for _name, flag in SCHEDULE_OPTIONS)
             raise click.UsageError(f"one of the arguments {flags} is required", ctx)
     if args.command == "update" and all(getattr(args, f) is None for f in UPDATE_FIELDS):
-        raise click.UsageError("update: nothing to change (give --task, --every, --cron, ...)", ctx)
+        raise click.UsageError(
+            "update: nothing to change (give --task, --every, --cron, --solar, ...)", ctx
+        )
     if args.command == "health" and args.cluster and (args.instance or args.role != "any"):
         raise click.UsageError(
             "health: --cluster checks the lease holder; drop --instance and --role", ctx
@@ -258,6 +262,17 @@ def _entry_options(*, add: bool) -> Callable[[Callable[..., Any]], Callable[...,
             ),
             click.option("--every", type=DURATION, help="interval: 90s, 5m, 1h30m, 1d or seconds"),
             click.option("--cron", metavar="EXPR", help='cron expression, e.g. "0 3 * * *"'),
+            click.option(
+                "--solar",
+                type=(
+                    click.Choice(SOLAR_EVENTS),
+                    click.FloatRange(-90, 90),
+                    click.FloatRange(-180, 180),
+                ),
+                default=None,
+                metavar="EVENT LAT LON",
+                help="a solar event at a place, e.g. sunset 52.37 4.89 (needs ephem)",
+            ),
             click.option("--args", type=JsonOf(list, "array"), metavar="JSON", help="a JSON array"),
             click.option(
                 "--kwargs", type=JsonOf(dict, "object"), metavar="JSON", help="a JSON object"
@@ -349,7 +364,7 @@ def show_command(**params: Any) -> None:
 @_common
 @_entry_options(add=True)
 def add_command(**params: Any) -> None:
-    """Create an entry (fails if it exists): --every, --cron or --at, and --task."""
+    """Create an entry (fails if it exists): --every, --cron, --solar or --at, and --task."""
     _run(cmd_add, **params)
 
 

@@ -9,6 +9,7 @@ overwrites fields someone else changed meanwhile.
 from __future__ import annotations
 
 from ..errors import EntryNotFound, InvalidEntry, SafeRedBeatError, VersionConflict
+from ..model.codec import solar_schedule
 from ..model.lifecycle import LIFETIME_FIELDS, OVERLAP_ALLOW, OVERLAP_SKIP, PARKED
 from ..model.specs import EntryInfo, EntrySpec, ScheduleLike
 from ..schedule import MalformedEntry
@@ -106,6 +107,8 @@ def cmd_show(ctx: Context, args: Args) -> int:
 def _spec(args: Args, base: EntryInfo | None) -> EntrySpec:
     """What ``add`` asks for, or ``base`` with the fields ``update`` was given."""
     schedule: ScheduleLike | None = args.every if args.every is not None else args.cron
+    if args.solar is not None:
+        schedule = solar_schedule(args.name, *args.solar)
     options = {} if base is None else dict(base.options)
     if args.options is not None:
         options = dict(args.options)
@@ -118,7 +121,7 @@ def _spec(args: Args, base: EntryInfo | None) -> EntrySpec:
     }
     if base is None:
         if schedule is None and args.at is None:  # the command line already requires one
-            raise CLIError(EXIT_USAGE, "usage", "add needs --every, --cron or --at")
+            raise CLIError(EXIT_USAGE, "usage", "add needs --every, --cron, --solar or --at")
         return EntrySpec.build(
             args.name,
             args.task,

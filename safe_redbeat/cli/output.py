@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from celery.schedules import BaseSchedule, crontab
+from celery.schedules import BaseSchedule, crontab, solar
 from celery.schedules import schedule as interval
 
 from ..errors import InvalidEntry
@@ -93,7 +93,10 @@ def schedule_json(value: BaseSchedule) -> Any:
 
 
 def schedule_text(value: BaseSchedule) -> str:
-    """``every 30s``, a cron expression, or ``rrule freq=...`` for anything else."""
+    """``every 30s``, a cron expression, ``sunset at 52.37, 4.89``, or ``rrule freq=...``
+    for anything else."""
+    if isinstance(value, solar):
+        return f"{value.event} at {value.lat:g}, {value.lon:g}"
     if isinstance(value, crontab):
         return " ".join(str(getattr(value, f"_orig_{name}")) for name in CRONTAB_FIELDS)
     if isinstance(value, interval):

@@ -321,6 +321,34 @@ def test_every_mutating_command_round_trips_through_show(redis_url: str, tmp_pat
     assert gone.stdout == ""
 
 
+def test_a_solar_entry_is_added_shown_and_changed_from_the_command_line(
+    redis_url: str, tmp_path: Path
+) -> None:
+    env = env_for(redis_url, tmp_path)
+    added = cli_json(env, "add", "dusk", "--task", "noop", "--solar", "sunset", "52.37", "4.89")
+    assert added["schedule"] == {"__type__": "solar", "event": "sunset", "lat": 52.37, "lon": 4.89}
+    assert added["schedule_text"] == "sunset at 52.37, 4.89" and added["next_run_at"]
+    human = cli(env, "show", "dusk").stdout
+    assert "sunset at 52.37, 4.89" in human
+
+    assert cli(env, "update", "dusk", "--solar", "dawn_civil", "-33.9", "151.2").returncode == 0
+    shown = cli_json(env, "show", "dusk")
+    assert shown["schedule"]["event"] == "dawn_civil" and shown["version"] == 2
+    assert cli(env, "update", "dusk", "--cron", "0 3 * * *").returncode == 0
+    assert cli_json(env, "show", "dusk")["schedule"]["__type__"] == "crontab"
+
+    for bad, says in (
+        (["sunfall", "52", "4"], "'sunfall' is not one of"),
+        (["sunset", "95", "4"], "95.0 is not in the range -90<=x<=90"),
+        (["sunset", "north", "4"], "'north' is not a valid float"),
+    ):
+        result = cli(env, "add", "x", "--task", "noop", "--solar", *bad)
+        assert result.returncode == 2 and "--solar" in result.stderr and says in result.stderr
+    both = cli(env, "add", "x", "--task", "noop", "--solar", "sunset", "1", "2", "--every", "5")
+    assert both.returncode == 2 and "not allowed with" in both.stderr
+    assert [e["name"] for e in cli_json(env, "list")["entries"]] == ["dusk"]
+
+
 def test_sync_applies_the_configured_loader_and_dry_run_changes_nothing(
     redis_url: str, tmp_path: Path
 ) -> None:
@@ -354,7 +382,7 @@ def test_bad_input_gets_a_usage_line_or_one_error_line(redis_url: str, tmp_path:
     no_schedule = cli(env, "add", "x", "--task", "noop")
     assert no_schedule.returncode == 2
     assert no_schedule.stderr.startswith("usage: safe-redbeat add")
-    assert "one of the arguments --every --cron --at is required" in no_schedule.stderr
+    assert "one of the arguments --every --cron --solar --at is required" in no_schedule.stderr
     bad_json = cli(env, "add", "x", "--task", "noop", "--every", "5", "--args", "{}")
     assert bad_json.returncode == 2 and "must be a JSON array" in bad_json.stderr
 

@@ -53,7 +53,10 @@ def run(*args: str) -> tuple[int, str]:
     [
         (["add", "x", "--task", "t", "--every", "5x"], "not a duration: '5x'"),
         (["add", "x", "--task", "t", "--every", "0"], "must be a positive duration"),
-        (["add", "x", "--task", "t"], "one of the arguments --every --cron --at is required"),
+        (
+            ["add", "x", "--task", "t"],
+            "one of the arguments --every --cron --solar --at is required",
+        ),
         (["add", "x", "--task", "t", "--every", "5", "--cron", "* * * * *"], "not allowed with"),
         (["add", "x", "--task", "t", "--every", "5", "--kwargs", "[]"], "must be a JSON object"),
         (["add", "x", "--task", "t", "--every", "5", "--start", "soon"], "not an ISO 8601"),
