@@ -4,6 +4,7 @@ a real beat's scrape.)"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -134,6 +135,14 @@ def test_the_kustomize_base_fits_together() -> None:
         "PrometheusRule",
     }
     labels = _check_deployment(found["Deployment"])
+    [component_path] = kustomization["components"]
+    component = KUSTOMIZE / component_path
+    [grafana] = documents(component / "kustomization.yaml")
+    assert grafana["kind"] == "Component"
+    [dashboard] = grafana["configMapGenerator"]
+    assert [(component / name).is_file() for name in dashboard["files"]] == [True]
+    assert json.loads((component / dashboard["files"][0]).read_text())["panels"]
+    assert dashboard["options"]["labels"] == {"grafana_dashboard": "1"}
     image = _container(found["Deployment"])["image"]
     assert image.split(":")[0] == kustomization["images"][0]["name"]
     assert _selects(found["PodDisruptionBudget"]["spec"]["selector"], labels)
