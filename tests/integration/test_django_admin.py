@@ -196,6 +196,11 @@ def test_the_form_refuses_a_row_safe_redbeat_cannot_schedule(
     for field, value, shown in (
         ("headers", "{not json", "headers: is not valid JSON"),
         ("name", "a::b", "name: must not contain"),
+        (
+            "headers",
+            '{"safe_redbeat_overlap": "skip"}',
+            "headers.safe_redbeat_max_runtime: is needed with overlap &#x27;skip&#x27;",
+        ),
     ):
         response = c.post(ADD, {**form, field: value})
         assert response.status_code == 200, f"{field}: the form was accepted"

@@ -28,7 +28,7 @@ from safe_redbeat.errors import InvalidEntry
 from safe_redbeat.sync.loader import item_spec
 from safe_redbeat.sync.seeding import static_names
 
-from .mapping import row_to_entry
+from .mapping import OVERLAP_HEADERS, row_to_entry
 
 __all__ = ["SafePeriodicTaskAdmin", "SafePeriodicTaskForm", "schedulable_error"]
 
@@ -76,6 +76,16 @@ def _form_field(row: Any, field: str) -> str | None:
     return None
 
 
+def _label(field: str) -> str:
+    """The name the admin user knows a field by: the overlap fields are keys of the row's
+    ``headers`` (``headers.safe_redbeat_max_runtime``)."""
+    head, dot, rest = field.partition(".")
+    if head == "lifecycle":
+        head, dot, rest = rest.partition(".")
+    header = OVERLAP_HEADERS.get(head)
+    return field if header is None else f"headers.{header}{dot}{rest}"
+
+
 class SafePeriodicTaskForm(PeriodicTaskAdmin.form):  # type: ignore[misc]
     """django-celery-beat's form, plus: the row must be one safe_redbeat can schedule."""
 
@@ -93,7 +103,7 @@ class SafePeriodicTaskForm(PeriodicTaskAdmin.form):  # type: ignore[misc]
         if error is None:
             return
         field = _form_field(self.instance, error.field)
-        message = f"safe_redbeat cannot schedule this task: {error.field}: {error.problem}"
+        message = f"safe_redbeat cannot schedule this task: {_label(error.field)}: {error.problem}"
         self.add_error(field if field in self.fields else None, message)
 
 
