@@ -148,6 +148,10 @@ def _decide_once(
                 return Step(new_score=NEVER, state=EXPIRED)
         elif catch_up == "skip" and now_epoch - at > grace:
             return Step(new_score=NEVER, meta=(now, 0), state=EXPIRED, skipped=True)
+    elif catch_up == "skip" and now_epoch - int(entry.score) > grace:
+        # its run asked for at once (scheduled when it was written) was missed during an
+        # outage: late as any other occurrence
+        return Step(new_score=NEVER, meta=(now, 0), state=EXPIRED, skipped=True)
     # a one-off not sent because its entry's previous run still goes is not run at all
     return Step(send=True, new_score=NEVER, meta=(now, 1), state=FINISHED, unsent_state=EXPIRED)
 

@@ -148,6 +148,25 @@ def test_a_one_off_missed_until_after_its_expiry_is_not_sent(world: World) -> No
     assert world.client.hget(BASE.entry("a"), "state") == "expired"
 
 
+def test_a_one_off_asked_to_run_at_once_and_missed_past_the_grace_is_skipped(
+    servers: ModelServers,
+) -> None:
+    """Found by the long model run: a one-off written after its time with
+    run_immediately, no leader ticking for two minutes, catch_up="skip": the run asked
+    for when it was written is as late as any other occurrence, and is skipped."""
+    world = World(servers, catch_up="skip")
+    try:
+        world.tick_all()
+        world.upsert("a", Spec(Plan("once", at=int(world.now) - 300), run_immediately=True))
+        world.advance(120)  # nobody ticks: later than the grace (60 s)
+        world.tick_all()
+        assert [s for s in world.oracle.seen.values() if s.entry == "a"] == []
+        assert world.client.hget(BASE.entry("a"), "state") == "expired"
+        assert world.oracle.problems == []
+    finally:
+        world.close()
+
+
 @pytest.mark.parametrize("fault", ["pause", "lease-delete"])
 def test_a_lease_lost_in_a_republish_leaves_one_catch_up_run(world: World, fault: str) -> None:
     world.tick_all()

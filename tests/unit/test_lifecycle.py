@@ -82,6 +82,13 @@ def test_a_one_off_written_after_its_time_runs_only_within_the_grace_or_when_ask
     # existed before its time, missed during an outage: the catch-up rule runs it once
     missed = decide(entry(sched, last=NOW - timedelta(hours=2), lc=past), NOW)
     assert missed.send
+    # its run asked for at once missed during an outage: catch_up="skip" skips it too
+    written = T - 120
+    late = decide(entry(sched, lc=asked, score=written), NOW, catch_up="skip", grace=60)
+    assert not late.send and late.skipped and late.state == EXPIRED
+    in_time = decide(entry(sched, lc=asked, score=T - 30), NOW, catch_up="skip", grace=60)
+    assert in_time.send and in_time.state == FINISHED
+    assert decide(entry(sched, lc=asked, score=written), NOW, grace=60).send  # run_once
 
 
 def test_start_time_and_expires_bound_the_runs() -> None:
