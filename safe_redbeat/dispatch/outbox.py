@@ -218,8 +218,13 @@ class Outbox:
         if settlement.bury:
             codes = self._move(self.keys.dead, settlement.bury, token)
             for (occurrence, error), code in zip(buried, codes, strict=True):
-                if code is MoveCode.DONE:
-                    signals.dead(self, occurrence.task_id, occurrence, error)
+                if code is not MoveCode.DONE:
+                    continue
+                if occurrence.max_runtime is not None:
+                    # it reached no worker: under an overlap policy it no longer counts
+                    # as going (`dead retry` sends it without counting it)
+                    self.scripts.run_ended(occurrence.entry, occurrence.task_id)
+                signals.dead(self, occurrence.task_id, occurrence, error)
 
     def _move(self, destination: str, records: list[Move], token: str) -> list[MoveCode]:
         """``move.lua`` from the pending hash to ``destination``, in pages; its codes."""

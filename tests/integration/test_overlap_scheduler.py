@@ -129,6 +129,43 @@ def test_skip_sends_nothing_while_a_run_goes_then_the_next_slot(
 
 
 @pytest.mark.parametrize(("enqueue", "shards"), [("publish", 1), ("atomic", 3)])
+def test_a_run_moved_to_the_dead_letters_no_longer_counts_as_going(
+    redis_url: str,
+    redis_client: redis.Redis,
+    overlapped: list[dict[str, Any]],
+    enqueue: str,
+    shards: int,
+) -> None:
+    """Found by the chaos run with --overlap skip and broker faults: a dead-lettered
+    occurrence never reached a worker, yet its run record kept the entry skipped until
+    max_runtime (60 s here) had passed."""
+    app = make_app(
+        "overlap", redis_url, safe_redbeat_enqueue=enqueue, safe_redbeat_shards=shards,
+        safe_redbeat_publish_attempts=2,
+    )  # fmt: skip
+    scheduler = SafeRedBeatScheduler(app=app)
+    auditor = QueueAuditor(redis_client)
+    keys = Layout(KEYS, shards).keys_for("export")
+    try:
+        tick_until(scheduler, lambda: len(scheduler.balancer.led()) == shards, 10)
+        redis_client.sadd("celery", "not a list")  # the queue refuses every message
+        with Schedule(app) as schedule:
+            schedule.upsert(
+                "export", task="noop", schedule=1, overlap="skip", max_runtime=60,
+                run_immediately=True,
+            )  # fmt: skip
+        (dead,) = tick_until(scheduler, lambda: redis_client.hkeys(keys.dead), 10)
+        assert redis_client.hkeys(keys.running("export")) == []  # it runs nowhere
+        redis_client.delete("celery")  # the queue takes messages again
+        (sent,) = tick_until(scheduler, auditor.drain, 5)  # the next slot: was 60 s
+        assert sent.task_id != dead
+        assert set(redis_client.hkeys(keys.running("export"))) == {sent.task_id}
+    finally:
+        scheduler.close()
+        app.close()
+
+
+@pytest.mark.parametrize(("enqueue", "shards"), [("publish", 1), ("atomic", 3)])
 def test_replace_sends_and_revokes_the_running_one(
     redis_url: str,
     redis_client: redis.Redis,
