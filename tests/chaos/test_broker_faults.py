@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -35,9 +36,11 @@ from tests.support.inprocess import add_due, celery_app
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.timeout(180)]
 
 
-def broker_run(tmp_path: Path, fault: str) -> tuple[Report, RunData, str]:
+def broker_run(tmp_path: Path, fault: str, **overrides: Any) -> tuple[Report, RunData, str]:
     seed = int(os.environ.get("SRB_CHAOS_SEED", "3"))
-    config = broker_scenario(fault, seed=seed, workdir=tmp_path / "chaos", keep_workdir=True)
+    config = broker_scenario(
+        fault, seed=seed, workdir=tmp_path / "chaos", keep_workdir=True, **overrides
+    )
     report, data, workdir = run_chaos(config, log=print)
     print(markdown_table(report))
     print(broker_table(report))
@@ -117,16 +120,19 @@ def test_a_broker_frozen_past_the_lease_loses_nothing_and_doubles_nothing(
     assert report.outage_pairs == len(data.specs), text
 
 
+@pytest.mark.parametrize("overlap", ["", "skip"])
 def test_a_message_the_broker_refuses_is_dead_lettered_and_the_others_run_on_time(
-    tmp_path: Path,
+    tmp_path: Path, overlap: str
 ) -> None:
     """One entry's queue key holds a SET (LPUSH answers WRONGTYPE) for 6 s, longer until
     that entry has a dead letter (at most 12 s). The failure counts against that message
     only: its pending record's attempts, then a dead letter after
     ``safe_redbeat_publish_attempts`` (3 here); the rest of each batch is acknowledged and
     every other entry runs on time (missing and late are checked for them as if there were
-    no fault); nothing is re-sent over and over."""
-    report, _data, text = broker_run(tmp_path, BROKER_REFUSE_ONE)
+    no fault); nothing is re-sent over and over. With every entry under ``overlap="skip"``
+    (max_runtime 30 s) the dead letter, which reached no worker, does not keep its entry
+    from running once the queue takes messages again."""
+    report, _data, text = broker_run(tmp_path, BROKER_REFUSE_ONE, overlap=overlap)
     assert_survived(report, text)
     assert_rules(report, ("late", "no dead letter", *NEVER), text)
     dead = report.dead_letters.get(REFUSED_ENTRY, 0)
