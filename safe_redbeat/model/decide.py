@@ -141,16 +141,13 @@ def _decide_once(
         return Step(new_score=NEVER, state=EXPIRED)
     if not lc.run_immediately:
         created = now_epoch if last is None else last.timestamp()
-        if created >= at:
+        if created >= at and created - at > grace:
             # created, or re-seeded after data loss, after its time: not re-run unless
             # that was within the grace (or asked for with run_immediately)
-            if created - at > grace:
-                return Step(new_score=NEVER, state=EXPIRED)
-        elif catch_up == "skip" and now_epoch - at > grace:
-            return Step(new_score=NEVER, meta=(now, 0), state=EXPIRED, skipped=True)
-    elif catch_up == "skip" and now_epoch - int(entry.score) > grace:
-        # its run asked for at once (scheduled when it was written) was missed during an
-        # outage: late as any other occurrence
+            return Step(new_score=NEVER, state=EXPIRED)
+    if catch_up == "skip" and now_epoch - int(entry.score) > grace:
+        # its occurrence (scheduled at the score: its time, or when it was written after
+        # it) was missed during an outage: late as any other occurrence
         return Step(new_score=NEVER, meta=(now, 0), state=EXPIRED, skipped=True)
     # a one-off not sent because its entry's previous run still goes is not run at all
     return Step(send=True, new_score=NEVER, meta=(now, 1), state=FINISHED, unsent_state=EXPIRED)

@@ -89,6 +89,12 @@ def test_a_one_off_written_after_its_time_runs_only_within_the_grace_or_when_ask
     in_time = decide(entry(sched, lc=asked, score=T - 30), NOW, catch_up="skip", grace=60)
     assert in_time.send and in_time.state == FINISHED
     assert decide(entry(sched, lc=asked, score=written), NOW, grace=60).send  # run_once
+    # written within the grace after its time, then missed during an outage: skipped too
+    soon = Lifecycle(at=NOW - timedelta(seconds=150))
+    written_at = NOW - timedelta(seconds=120)
+    outage = entry(once_schedule(NOW), last=written_at, score=written, lc=soon)
+    assert decide(outage, NOW, catch_up="skip", grace=60).skipped
+    assert decide(outage, NOW, grace=60).send  # run_once
 
 
 def test_start_time_and_expires_bound_the_runs() -> None:
