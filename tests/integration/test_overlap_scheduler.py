@@ -71,9 +71,12 @@ def tick_until(scheduler: SafeRedBeatScheduler, done: Callable[[], Any], timeout
 
 
 def setup(
-    redis_url: str, policy: str, enqueue: str, shards: int
+    redis_url: str, policy: str, enqueue: str, shards: int, **settings: Any
 ) -> tuple[Celery, SafeRedBeatScheduler, Revoked, RunTracker]:
-    app = make_app("overlap", redis_url, safe_redbeat_enqueue=enqueue, safe_redbeat_shards=shards)
+    app = make_app(
+        "overlap", redis_url, safe_redbeat_enqueue=enqueue, safe_redbeat_shards=shards,
+        **settings,
+    )  # fmt: skip
     scheduler = SafeRedBeatScheduler(app=app)
     revoked = Revoked()
     scheduler.__dict__["revoker"] = revoked
@@ -139,21 +142,13 @@ def test_a_run_moved_to_the_dead_letters_no_longer_counts_as_going(
     """Found by the chaos run with --overlap skip and broker faults: a dead-lettered
     occurrence never reached a worker, yet its run record kept the entry skipped until
     max_runtime (60 s here) had passed."""
-    app = make_app(
-        "overlap", redis_url, safe_redbeat_enqueue=enqueue, safe_redbeat_shards=shards,
-        safe_redbeat_publish_attempts=2,
-    )  # fmt: skip
-    scheduler = SafeRedBeatScheduler(app=app)
+    redis_client.sadd("celery", "not a list")  # the queue refuses every message
+    app, scheduler, _revoked, _tracker = setup(
+        redis_url, "skip", enqueue, shards, safe_redbeat_publish_attempts=2
+    )
     auditor = QueueAuditor(redis_client)
     keys = Layout(KEYS, shards).keys_for("export")
     try:
-        tick_until(scheduler, lambda: len(scheduler.balancer.led()) == shards, 10)
-        redis_client.sadd("celery", "not a list")  # the queue refuses every message
-        with Schedule(app) as schedule:
-            schedule.upsert(
-                "export", task="noop", schedule=1, overlap="skip", max_runtime=60,
-                run_immediately=True,
-            )  # fmt: skip
         (dead,) = tick_until(scheduler, lambda: redis_client.hkeys(keys.dead), 10)
         assert redis_client.hkeys(keys.running("export")) == []  # it runs nowhere
         redis_client.delete("celery")  # the queue takes messages again
